@@ -1,0 +1,250 @@
+//! The binary contract between gate's kernel programs and its userspace.
+//!
+//! Every type here crosses the user/kernel boundary through a BPF map or the event ring buffer,
+//! so each is `#[repr(C)]`, has explicit padding fields and a size pinned at compile time.
+//! Shipped constants are never renumbered: a new value gets a new number.
+#![no_std]
+
+/// Operations a policy rule can govern.
+pub mod op {
+    pub const EXEC: u8 = 0;
+    pub const WRITE: u8 = 1;
+    pub const READ: u8 = 2;
+    pub const CONNECT: u8 = 3;
+    /// Number of file operations kept per inode rule (exec, write, read, one spare).
+    pub const FILE_OPS: usize = 4;
+}
+
+/// Decisions, ordered by severity: when several rules match, the highest wins
+/// (deny overrides ask overrides allow); `NONE` means no rule matched.
+pub mod decision {
+    pub const NONE: u8 = 0;
+    pub const ALLOW: u8 = 1;
+    pub const ASK: u8 = 2;
+    pub const DENY: u8 = 3;
+    /// Low bits of a decision byte hold the decision itself.
+    pub const MASK: u8 = 0x03;
+    /// A matching rule asked that allowed actions be audited too.
+    pub const AUDIT: u8 = 0x80;
+}
+
+/// Rule indexes with a meaning of their own (real rules are numbered from 0).
+pub mod rule {
+    /// No rule matched: the policy default decided.
+    pub const DEFAULT: u16 = 0xffff;
+    /// The kernel could not evaluate the rules (failed read, path too deep); fail-closed.
+    pub const INTERNAL: u16 = 0xfffe;
+    /// gate's own start-up self-test canary.
+    pub const SELFTEST: u16 = 0xfffd;
+    /// The action could not be recorded and the policy requires an audit record.
+    pub const AUDIT_REQUIRED: u16 = 0xfffc;
+}
+
+/// Which kernel hook produced an event.
+pub mod hook {
+    pub const BPRM_CHECK: u8 = 0;
+    pub const FILE_OPEN: u8 = 1;
+    pub const PATH_MKNOD: u8 = 2;
+    pub const PATH_MKDIR: u8 = 3;
+    pub const PATH_RMDIR: u8 = 4;
+    pub const PATH_UNLINK: u8 = 5;
+    pub const PATH_SYMLINK: u8 = 6;
+    pub const PATH_LINK_SRC: u8 = 7;
+    pub const PATH_LINK_DST: u8 = 8;
+    pub const PATH_RENAME_SRC: u8 = 9;
+    pub const PATH_RENAME_DST: u8 = 10;
+    pub const PATH_TRUNCATE: u8 = 11;
+    pub const PATH_CHMOD: u8 = 12;
+    pub const PATH_CHOWN: u8 = 13;
+    pub const INODE_SETATTR: u8 = 14;
+    pub const SOCKET_CONNECT: u8 = 15;
+    pub const SOCKET_SENDMSG: u8 = 16;
+    pub const NAMES: [&str; 17] = [
+        "exec", "open", "mknod", "mkdir", "rmdir", "unlink", "symlink", "link-source", "link",
+        "rename-source", "rename", "truncate", "chmod", "chown", "setattr", "connect", "sendmsg",
+    ];
+}
+
+/// Event flags.
+pub mod flag {
+    /// Policy mode is audit: the action would have been denied but was let through.
+    pub const AUDIT_MODE: u8 = 0x01;
+    /// The path had more components than an event carries; the leading ones were dropped.
+    pub const PATH_TRUNCATED: u8 = 0x02;
+    /// The decision came from the fail-closed rule for internal errors.
+    pub const INTERNAL_ERROR: u8 = 0x04;
+}
+
+/// Per-CPU counter slots (`COUNTERS` map).
+pub mod counter {
+    /// Events that could not be reserved in the ring buffer (lost, to be reported as a gap).
+    pub const RINGBUF_FULL: u32 = 0;
+    /// Internal errors inside confined cgroups (each resolved by denying).
+    pub const INTERNAL_ERROR: u32 = 1;
+    /// Paths deeper than the kernel walks (resolved by denying).
+    pub const DEPTH_EXCEEDED: u32 = 2;
+    /// Decisions taken for confined tasks.
+    pub const DECISIONS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Maximum dentries the kernel walks from an object to the root, mount crossings included.
+pub const MAX_PATH_DEPTH: u32 = 64;
+/// Path components an event carries (leaf first).
+pub const EVENT_NAMES: usize = 16;
+/// Bytes per path component in an event (a longer name is cut, NUL-terminated).
+pub const EVENT_NAME_LEN: usize = 64;
+/// Port ranges one address prefix can carry.
+pub const MAX_PORT_RULES: usize = 16;
+
+/// Key of the inode rule map: a file or directory identified by device and inode number.
+/// `dev` is the kernel's internal encoding (`MKDEV`: major << 20 | minor), as in `super_block.s_dev`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct InodeKey {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// What the rules say about one inode, per operation (indexed by `op::*`).
+/// `exact` applies when the inode itself is the object; `subtree` when it is an ancestor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InodeRule {
+    pub exact: [u8; op::FILE_OPS],
+    pub subtree: [u8; op::FILE_OPS],
+    pub exact_rule: [u16; op::FILE_OPS],
+    pub subtree_rule: [u16; op::FILE_OPS],
+}
+
+/// One port range with its decision, inside a `NetRule`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortRule {
+    pub lo: u16,
+    pub hi: u16,
+    pub decision: u8,
+    pub _pad: u8,
+    pub rule: u16,
+}
+
+/// Value of the LPM tries for IPv4 and IPv6: every port range that applies to addresses under
+/// the prefix, the rules of less specific prefixes already merged in by the compiler.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetRule {
+    pub count: u32,
+    pub _pad: u32,
+    pub ports: [PortRule; MAX_PORT_RULES],
+}
+
+impl Default for NetRule {
+    fn default() -> Self {
+        Self { count: 0, _pad: 0, ports: [PortRule::default(); MAX_PORT_RULES] }
+    }
+}
+
+/// Runtime configuration (`CONFIG` array map, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Cgroup v2 id of the confined cgroup; tasks in it or below are confined. 0: nothing is.
+    pub cgroup_id: u64,
+    /// Level of that cgroup in the hierarchy (root is 0).
+    pub cgroup_level: u32,
+    /// 0 enforce, 1 audit.
+    pub mode: u8,
+    /// 1: a confined action that cannot be recorded is denied.
+    pub audit_required: u8,
+    /// 1: the policy has read rules (otherwise reads skip the walk).
+    pub has_read_rules: u8,
+    pub _pad0: u8,
+    /// Default decision per operation (`op::*`), with `decision::AUDIT` possibly set.
+    pub defaults: [u8; 4],
+    pub _pad1: u32,
+}
+
+pub const MODE_ENFORCE: u8 = 0;
+pub const MODE_AUDIT: u8 = 1;
+
+/// Struct field offsets of the running kernel, read from its BTF at load time and handed to
+/// the programs as read-only data, so one object works across kernel versions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KernelOffsets {
+    pub file_f_path: u32,
+    pub file_f_mode: u32,
+    pub file_f_flags: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_d_parent: u32,
+    pub dentry_d_name: u32,
+    pub dentry_d_inode: u32,
+    pub dentry_d_sb: u32,
+    pub qstr_name: u32,
+    pub inode_i_ino: u32,
+    pub sb_s_dev: u32,
+    pub mount_mnt: u32,
+    pub mount_mnt_parent: u32,
+    pub mount_mnt_mountpoint: u32,
+    pub bprm_file: u32,
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_fs: u32,
+    pub fs_struct_root: u32,
+    pub msghdr_msg_name: u32,
+    pub msghdr_msg_namelen: u32,
+    /// `FMODE_BACKING` on kernels that have it (overlayfs' internal files), else 0.
+    pub fmode_backing: u32,
+    /// Argument count of `inode_setattr` (2 before 6.3, 3 with the idmap argument).
+    pub setattr_args: u32,
+    /// 1 once filled from BTF; programs deny confined actions while 0.
+    pub valid: u32,
+}
+
+/// One decision, as sent through the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub ktime_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub op: u8,
+    /// The decision as evaluated (`decision::*`, never NONE).
+    pub decision: u8,
+    pub hook: u8,
+    pub flags: u8,
+    pub rule: u16,
+    /// Path components filled in `names`, leaf first.
+    pub name_count: u16,
+    pub comm: [u8; 16],
+    pub ino: u64,
+    pub dev: u32,
+    pub port: u16,
+    /// AF_INET or AF_INET6 for network events (v4-mapped addresses are reported as AF_INET).
+    pub family: u16,
+    pub addr: [u8; 16],
+    pub names: [[u8; EVENT_NAME_LEN]; EVENT_NAMES],
+}
+
+const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
+const _: () = assert!(core::mem::size_of::<InodeRule>() == 24);
+const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
+const _: () = assert!(core::mem::size_of::<NetRule>() == 8 + 8 * MAX_PORT_RULES);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 25 * 4);
+const _: () = assert!(core::mem::size_of::<Event>() == 88 + EVENT_NAMES * EVENT_NAME_LEN);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::InodeKey {}
+    unsafe impl aya::Pod for super::InodeRule {}
+    unsafe impl aya::Pod for super::NetRule {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,104 @@
+//! Verdicts: merging rule decisions, applying the default and the mode, and turning the
+//! result into the hook's return value.
+use aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id;
+use gate_common::{Config, KernelOffsets, MODE_AUDIT, counter, decision, flag, rule};
+
+use crate::{
+    event::{self, Object},
+    maps::{CONFIG, count},
+};
+
+const EPERM: i32 = 1;
+
+/// The evaluated decision for one action.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    /// `decision::*` with possibly `decision::AUDIT`.
+    pub decision: u8,
+    pub rule: u16,
+    pub flags: u8,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub fn none() -> Self {
+        Self { decision: decision::NONE, rule: rule::DEFAULT, flags: 0 }
+    }
+
+    /// The fail-closed verdict for an internal error.
+    #[inline(always)]
+    pub fn internal(rule: u16, depth: bool) -> Self {
+        count(if depth { counter::DEPTH_EXCEEDED } else { counter::INTERNAL_ERROR });
+        Self { decision: decision::DENY, rule, flags: flag::INTERNAL_ERROR }
+    }
+
+    #[inline(always)]
+    pub fn severity(&self) -> u8 {
+        self.decision & decision::MASK
+    }
+
+    /// Adds one matching rule: the more severe decision wins; an audit request on an equally
+    /// severe rule is kept.
+    #[inline(always)]
+    pub fn merge(&mut self, d: u8, r: u16) {
+        let sev = d & decision::MASK;
+        if sev == decision::NONE {
+            return;
+        }
+        if sev > self.severity() {
+            self.decision = d;
+            self.rule = r;
+        } else if sev == self.severity() {
+            self.decision |= d & decision::AUDIT;
+        }
+    }
+
+    /// Falls back to the policy default when no rule matched.
+    #[inline(always)]
+    pub fn or_default(mut self, cfg: &Config, op: usize) -> Self {
+        if self.severity() == decision::NONE && op < cfg.defaults.len() {
+            self.decision = cfg.defaults[op];
+            self.rule = rule::DEFAULT;
+            if self.severity() == decision::NONE {
+                self.decision = decision::DENY;
+            }
+        }
+        self
+    }
+}
+
+/// The configuration, if the current task is confined: it runs in the configured cgroup or
+/// one below it. This is the whole cost for everyone else.
+#[inline(always)]
+pub fn confined() -> Option<&'static Config> {
+    let cfg = CONFIG.get(0)?;
+    if cfg.cgroup_id == 0 {
+        return None;
+    }
+    // SAFETY: plain helper call.
+    let id = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.cgroup_level as i32) };
+    if id != cfg.cgroup_id {
+        return None;
+    }
+    Some(cfg)
+}
+
+/// Records the verdict as needed and returns the hook's return value.
+#[inline(always)]
+pub fn finish(cfg: &Config, o: &KernelOffsets, op: u8, hook: u8, mut v: Verdict, obj: &Object) -> i32 {
+    count(counter::DECISIONS);
+    let sev = v.severity();
+    let denied = sev == decision::DENY || sev == decision::ASK;
+    if denied && cfg.mode == MODE_AUDIT {
+        v.flags |= flag::AUDIT_MODE;
+    }
+    let wanted = denied
+        || v.decision & decision::AUDIT != 0
+        || op == gate_common::op::EXEC
+        || op == gate_common::op::CONNECT;
+    if wanted && !event::emit(o, op, hook, &v, obj) && cfg.audit_required != 0 {
+        // The action cannot be recorded and the policy requires a record: deny it.
+        return -EPERM;
+    }
+    if denied && cfg.mode != MODE_AUDIT { -EPERM } else { 0 }
+}

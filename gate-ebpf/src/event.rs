@@ -1,0 +1,132 @@
+//! Decision events into the ring buffer. The path is rebuilt from dentry names only when an
+//! event is actually sent, so allowed actions that nobody asked to audit cost no name reads.
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+};
+use gate_common::{EVENT_NAMES, Event, KernelOffsets, counter, flag};
+
+use crate::{
+    decide::Verdict,
+    kernel::{ptr, read},
+    maps::{EVENTS, count},
+    walk::{Start, Step, step},
+};
+
+/// What an action was about.
+pub enum Object {
+    File(Start),
+    Net { family: u16, port: u16, addr: [u8; 16] },
+}
+
+/// Sends one event; false when the ring buffer had no room (counted as lost).
+#[inline(always)]
+pub fn emit(o: &KernelOffsets, op: u8, hook: u8, v: &Verdict, obj: &Object) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(counter::RINGBUF_FULL);
+        return false;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points to a reserved, writable Event in the ring buffer.
+    unsafe {
+        fill_task(e, o);
+        (*e).op = op;
+        (*e).decision = v.decision;
+        (*e).hook = hook;
+        (*e).flags = v.flags;
+        (*e).rule = v.rule;
+        (*e).name_count = 0;
+        (*e).ino = 0;
+        (*e).dev = 0;
+        (*e).port = 0;
+        (*e).family = 0;
+        (*e).addr = [0; 16];
+        match obj {
+            Object::File(start) => fill_path(e, o, *start),
+            Object::Net { family, port, addr } => {
+                (*e).family = *family;
+                (*e).port = *port;
+                (*e).addr = *addr;
+            }
+        }
+    }
+    entry.submit(0);
+    true
+}
+
+/// # Safety
+/// `e` must point to a writable Event.
+#[inline(always)]
+unsafe fn fill_task(e: *mut Event, o: &KernelOffsets) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: caller guarantees `e`; helpers are plain calls.
+    unsafe {
+        (*e).ktime_ns = bpf_ktime_get_ns();
+        (*e).cgroup_id = aya_ebpf::helpers::bpf_get_current_cgroup_id();
+        (*e).pid = pid_tgid as u32;
+        (*e).tgid = (pid_tgid >> 32) as u32;
+        (*e).uid = uid_gid as u32;
+        (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let task = bpf_get_current_task();
+        (*e).ppid = ptr(task, o.task_real_parent)
+            .and_then(|parent| read::<u32>(parent, o.task_tgid))
+            .unwrap_or(0);
+    }
+}
+
+/// The task's root directory (chroot), where path names stop.
+#[inline(always)]
+fn task_root(o: &KernelOffsets) -> (u64, u64) {
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    let Ok(fs) = ptr(task, o.task_fs) else { return (0, 0) };
+    let root = fs + o.fs_struct_root as u64;
+    let mnt = ptr(root, o.path_mnt).unwrap_or(0);
+    let dentry = ptr(root, o.path_dentry).unwrap_or(0);
+    (dentry, mnt)
+}
+
+/// Fills identity and path components (leaf first) of a file object.
+///
+/// # Safety
+/// `e` must point to a writable Event.
+#[inline(always)]
+unsafe fn fill_path(e: *mut Event, o: &KernelOffsets, start: Start) {
+    let (root_dentry, root_mnt) = task_root(o);
+    // SAFETY: caller guarantees `e`.
+    unsafe {
+        if let Ok(Some(key)) = crate::walk::identity(o, start.dentry) {
+            (*e).dev = key.dev;
+            (*e).ino = key.ino;
+        }
+        let mut dentry = start.dentry;
+        let mut vfsmnt = start.vfsmnt;
+        let mut n: usize = 0;
+        for _ in 0..gate_common::MAX_PATH_DEPTH {
+            if dentry == root_dentry && vfsmnt == root_mnt {
+                break;
+            }
+            let parent = ptr(dentry, o.dentry_d_parent).unwrap_or(0);
+            if parent != dentry && parent != 0 {
+                if n >= EVENT_NAMES {
+                    (*e).flags |= flag::PATH_TRUNCATED;
+                    break;
+                }
+                let name = ptr(dentry + o.dentry_d_name as u64, o.qstr_name).unwrap_or(0);
+                if name == 0 || bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*e).names[n]).is_err() {
+                    (*e).names[n][0] = 0;
+                }
+                n += 1;
+            }
+            match step(o, dentry, vfsmnt) {
+                Ok(Step::Up(d, m)) => {
+                    dentry = d;
+                    vfsmnt = m;
+                }
+                _ => break,
+            }
+        }
+        (*e).name_count = n as u16;
+    }
+}

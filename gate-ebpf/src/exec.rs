@@ -1,0 +1,43 @@
+//! exec: `bprm_check_security`, called for the program and again for each interpreter.
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use gate_common::{hook, op};
+
+use crate::{
+    decide::{Verdict, confined, finish},
+    event::Object,
+    kernel::{offsets, ptr},
+    walk::{Start, file_verdict},
+};
+
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(1);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    let bprm: u64 = ctx.arg(0);
+    let start = ptr(bprm, o.bprm_file).and_then(|file| file_start(&o, file));
+    let v = match start {
+        Ok(start) if o.valid != 0 => file_verdict(&o, op::EXEC as usize, start)
+            .unwrap_or_else(|_| Verdict::internal(gate_common::rule::INTERNAL, false)),
+        _ => Verdict::internal(gate_common::rule::INTERNAL, false),
+    };
+    let v = v.or_default(cfg, op::EXEC as usize);
+    let obj = match start {
+        Ok(s) => Object::File(s),
+        Err(_) => Object::File(Start { dentry: 0, vfsmnt: 0 }),
+    };
+    finish(cfg, &o, op::EXEC, hook::BPRM_CHECK, v, &obj)
+}
+
+/// Where the walk starts for an open `struct file`.
+#[inline(always)]
+pub fn file_start(
+    o: &gate_common::KernelOffsets,
+    file: u64,
+) -> Result<Start, crate::kernel::ReadError> {
+    let path = file + o.file_f_path as u64;
+    Ok(Start { dentry: ptr(path, o.path_dentry)?, vfsmnt: ptr(path, o.path_mnt)? })
+}

@@ -1,0 +1,58 @@
+//! open: `file_open`. Opens with write intent (write, append, O_TRUNC) are `write`; other
+//! opens are `read`. Creation itself is checked earlier by `path_mknod`.
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use gate_common::{hook, op, rule};
+
+use crate::{
+    decide::{Verdict, confined, finish},
+    event::Object,
+    exec::file_start,
+    kernel::{offsets, read},
+    walk::{Start, file_verdict},
+};
+
+const FMODE_READ: u32 = 0x1;
+const FMODE_WRITE: u32 = 0x2;
+const O_TRUNC: u32 = 0o1000;
+
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(1);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    let file: u64 = ctx.arg(0);
+    let (mode, flags) = match (read::<u32>(file, o.file_f_mode), read::<u32>(file, o.file_f_flags)) {
+        (Ok(m), Ok(f)) => (m, f),
+        _ => (FMODE_WRITE, 0),
+    };
+    // overlayfs opens the real file behind an already checked overlay file ("backing file").
+    if o.fmode_backing != 0 && mode & o.fmode_backing != 0 {
+        return 0;
+    }
+    let fop = if mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0 {
+        op::WRITE
+    } else if mode & FMODE_READ != 0 {
+        if cfg.has_read_rules == 0 && cfg.defaults[op::READ as usize] & gate_common::decision::MASK
+            == gate_common::decision::ALLOW
+            && cfg.defaults[op::READ as usize] & gate_common::decision::AUDIT == 0
+        {
+            return 0;
+        }
+        op::READ
+    } else {
+        // Neither read nor write (O_PATH never gets here; e.g. open for ioctl only).
+        return 0;
+    };
+    let start = file_start(&o, file);
+    let v = match start {
+        Ok(s) if o.valid != 0 => file_verdict(&o, fop as usize, s)
+            .unwrap_or_else(|_| Verdict::internal(rule::INTERNAL, false)),
+        _ => Verdict::internal(rule::INTERNAL, false),
+    };
+    let v = v.or_default(cfg, fop as usize);
+    let obj = Object::File(start.unwrap_or(Start { dentry: 0, vfsmnt: 0 }));
+    finish(cfg, &o, fop, hook::FILE_OPEN, v, &obj)
+}

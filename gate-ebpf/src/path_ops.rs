@@ -1,0 +1,190 @@
+//! Writes that change the file tree without an open: the `path_*` hooks (they carry the
+//! vfsmount, so rules above mount points apply) and `inode_setattr` for timestamp changes.
+//! Each is a `write` on its object; link and rename check both ends.
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use gate_common::{Config, KernelOffsets, hook, op, rule};
+
+use crate::{
+    decide::{Verdict, confined, finish},
+    event::Object,
+    kernel::{SETATTR_ARGS, offsets, ptr, read},
+    walk::{Start, file_verdict},
+};
+
+/// The object named `dentry` inside the directory `dir` (a `struct path *`).
+#[inline(always)]
+fn in_dir(o: &KernelOffsets, dir: u64, dentry: u64) -> Start {
+    Start { dentry, vfsmnt: ptr(dir, o.path_mnt).unwrap_or(0) }
+}
+
+/// The object a `struct path *` points at.
+#[inline(always)]
+fn at_path(o: &KernelOffsets, path: u64) -> Start {
+    Start { dentry: ptr(path, o.path_dentry).unwrap_or(0), vfsmnt: ptr(path, o.path_mnt).unwrap_or(0) }
+}
+
+/// Checks a write to `start` for a confined task; 0 for everyone else.
+#[inline(always)]
+fn check_write(cfg: &Config, o: &KernelOffsets, hook: u8, start: Start) -> i32 {
+    let v = if o.valid == 0 || start.dentry == 0 {
+        Verdict::internal(rule::INTERNAL, false)
+    } else {
+        file_verdict(o, op::WRITE as usize, start)
+            .unwrap_or_else(|_| Verdict::internal(rule::INTERNAL, false))
+    };
+    let v = v.or_default(cfg, op::WRITE as usize);
+    finish(cfg, o, op::WRITE, hook, v, &Object::File(start))
+}
+
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(4);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_MKNOD, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+}
+
+#[lsm(hook = "path_mkdir")]
+pub fn path_mkdir(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(3);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_MKDIR, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+}
+
+#[lsm(hook = "path_rmdir")]
+pub fn path_rmdir(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(2);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_RMDIR, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+}
+
+#[lsm(hook = "path_unlink")]
+pub fn path_unlink(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(2);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_UNLINK, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+}
+
+#[lsm(hook = "path_symlink")]
+pub fn path_symlink(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(3);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_SYMLINK, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+}
+
+/// A new name for an existing inode: a write at the new name, and a write on the source file
+/// itself, so a protected file cannot be given a name outside the rules that cover it.
+#[lsm(hook = "path_link")]
+pub fn path_link(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(3);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    let new_dir: u64 = ctx.arg(1);
+    let src = in_dir(&o, new_dir, ctx.arg(0));
+    let r = check_write(cfg, &o, hook::PATH_LINK_SRC, src);
+    if r != 0 {
+        return r;
+    }
+    check_write(cfg, &o, hook::PATH_LINK_DST, in_dir(&o, new_dir, ctx.arg(2)))
+}
+
+#[lsm(hook = "path_rename")]
+pub fn path_rename(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(5);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    let r = check_write(cfg, &o, hook::PATH_RENAME_SRC, in_dir(&o, ctx.arg(0), ctx.arg(1)));
+    if r != 0 {
+        return r;
+    }
+    check_write(cfg, &o, hook::PATH_RENAME_DST, in_dir(&o, ctx.arg(2), ctx.arg(3)))
+}
+
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(1);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_TRUNCATE, at_path(&o, ctx.arg(0)))
+}
+
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(2);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_CHMOD, at_path(&o, ctx.arg(0)))
+}
+
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(3);
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_CHOWN, at_path(&o, ctx.arg(0)))
+}
+
+const ATTR_MODE: u32 = 1 << 0;
+const ATTR_UID: u32 = 1 << 1;
+const ATTR_GID: u32 = 1 << 2;
+const ATTR_SIZE: u32 = 1 << 3;
+const ATTR_ATIME: u32 = 1 << 4;
+const ATTR_MTIME: u32 = 1 << 5;
+
+/// `inode_setattr` has no vfsmount (the walk stops at the filesystem root), and mode, owner
+/// and size changes were already checked by the path hooks; it covers what they do not:
+/// timestamp changes (utimes). Its argument list gained an idmap in 6.3.
+#[lsm(hook = "inode_setattr")]
+pub fn inode_setattr(ctx: LsmContext) -> i32 {
+    let (ret, dentry, attr): (i32, u64, u64) = if SETATTR_ARGS.load() == 3 {
+        (ctx.arg(3), ctx.arg(1), ctx.arg(2))
+    } else {
+        (ctx.arg(2), ctx.arg(0), ctx.arg(1))
+    };
+    if ret != 0 {
+        return ret;
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let valid: u32 = read(attr, 0).unwrap_or(ATTR_MTIME);
+    if valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE) != 0
+        || valid & (ATTR_ATIME | ATTR_MTIME) == 0
+    {
+        return 0;
+    }
+    let o = offsets();
+    check_write(cfg, &o, hook::INODE_SETATTR, Start { dentry, vfsmnt: 0 })
+}

@@ -1,0 +1,172 @@
+//! The enforcement engine: loads gate's eBPF object with the running kernel's offsets, sizes
+//! and fills its maps from a compiled policy, attaches every LSM program and pins the links
+//! so that enforcement outlives the process that set it up.
+//!
+//! One `Engine` confines one cgroup subtree with one policy. Several engines (several
+//! `gate run`s) coexist: each program passes on a denial by an earlier one.
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
+    programs::{FdLink, Lsm, links::PinnedLink},
+};
+use gate_common::{Config, InodeKey, InodeRule, KernelOffsets, NetRule, counter};
+
+use crate::{
+    btf::{self, Btf, BtfError},
+    policy::CompiledPolicy,
+};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gate"));
+
+/// Default size of the event ring buffer.
+pub const DEFAULT_RINGBUF_BYTES: u32 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "this gate binary was built without its eBPF programs (AYA_BUILD_SKIP was set); \
+         rebuild it without AYA_BUILD_SKIP"
+    )]
+    NoObject,
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {0}; the binary and its programs do not match")]
+    Missing(&'static str),
+    #[error("the kernel refused program {program}: {source}")]
+    Program { program: String, source: aya::programs::ProgramError },
+    #[error("writing map {map} failed: {source}")]
+    Map { map: &'static str, source: aya::maps::MapError },
+    #[error("pinning {path} failed: {source}")]
+    Pin { path: PathBuf, source: String },
+}
+
+/// A loaded, filled and (after [`Engine::attach`]) enforcing instance.
+pub struct Engine {
+    ebpf: Ebpf,
+    links: Vec<PinnedLink>,
+}
+
+/// The kernel's view of the running kernel's BTF, for attaching.
+fn kernel_btf() -> Result<aya::Btf, EngineError> {
+    aya::Btf::from_sys_fs().map_err(|e| {
+        EngineError::Btf(BtfError::Missing(format!("loadable BTF ({e})")))
+    })
+}
+
+impl Engine {
+    /// Loads the object and fills every map from `policy`, with nothing confined yet.
+    pub fn load(policy: &CompiledPolicy, ringbuf_bytes: u32) -> Result<Self, EngineError> {
+        if OBJECT.is_empty() {
+            return Err(EngineError::NoObject);
+        }
+        let offsets: KernelOffsets = btf::kernel_offsets(&Btf::from_sys_fs()?)?;
+        let inodes = (policy.inodes.len() as u32 + 1).max(1);
+        let net4 = (policy.net4.len() as u32).max(1);
+        let net6 = (policy.net6.len() as u32).max(1);
+        let ebpf = EbpfLoader::new()
+            .set_global("KOFFSETS", &offsets, true)
+            .set_global("SETATTR_ARGS", &offsets.setattr_args, true)
+            .map_max_entries("INODES", inodes)
+            .map_max_entries("NET4", net4)
+            .map_max_entries("NET6", net6)
+            .map_max_entries("EVENTS", ringbuf_bytes.next_power_of_two().max(1 << 16))
+            .load(OBJECT)
+            .map_err(EngineError::Load)?;
+        let mut engine = Engine { ebpf, links: Vec::new() };
+        engine.fill(policy)?;
+        Ok(engine)
+    }
+
+    fn fill(&mut self, policy: &CompiledPolicy) -> Result<(), EngineError> {
+        let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
+        for (k, v) in &policy.inodes {
+            inodes.insert(k, v, 0).map_err(|source| EngineError::Map { map: "INODES", source })?;
+        }
+        let mut net4: LpmTrie<_, [u8; 4], NetRule> = self.map("NET4")?;
+        for ((prefix, addr), v) in &policy.net4 {
+            net4.insert(&Key::new(*prefix, *addr), v, 0)
+                .map_err(|source| EngineError::Map { map: "NET4", source })?;
+        }
+        let mut net6: LpmTrie<_, [u8; 16], NetRule> = self.map("NET6")?;
+        for ((prefix, addr), v) in &policy.net6 {
+            net6.insert(&Key::new(*prefix, *addr), v, 0)
+                .map_err(|source| EngineError::Map { map: "NET6", source })?;
+        }
+        Ok(())
+    }
+
+    fn map<'a, T>(&'a mut self, name: &'static str) -> Result<T, EngineError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(EngineError::Missing(name))?;
+        T::try_from(map).map_err(|source| EngineError::Map { map: name, source })
+    }
+
+    /// Adds one exact-file rule (used for the start-up self-test canary).
+    pub fn add_inode(&mut self, key: InodeKey, rule: InodeRule) -> Result<(), EngineError> {
+        let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
+        inodes.insert(key, rule, 0).map_err(|source| EngineError::Map { map: "INODES", source })
+    }
+
+    /// Starts confining the cgroup `(id, level)` and everything below it.
+    pub fn set_config(&mut self, cfg: Config) -> Result<(), EngineError> {
+        let mut config: Array<_, Config> = self.map("CONFIG")?;
+        config.set(0, cfg, 0).map_err(|source| EngineError::Map { map: "CONFIG", source })
+    }
+
+    /// Loads and attaches every program, pinning each link under `pin_dir` (a bpffs
+    /// directory) so that enforcement stays in place if this process dies.
+    pub fn attach(&mut self, pin_dir: &Path) -> Result<(), EngineError> {
+        let btf = kernel_btf()?;
+        for (hook, _) in btf::HOOKS {
+            let prog: &mut Lsm = self
+                .ebpf
+                .program_mut(hook)
+                .ok_or(EngineError::Missing("an LSM program"))?
+                .try_into()
+                .map_err(|source| EngineError::Program { program: hook.to_string(), source })?;
+            let err = |source| EngineError::Program { program: hook.to_string(), source };
+            prog.load(hook, &btf).map_err(err)?;
+            let id = prog.attach().map_err(err)?;
+            let link: FdLink = prog.take_link(id).map_err(err)?.into();
+            let path = pin_dir.join(hook);
+            let pinned = link
+                .pin(&path)
+                .map_err(|e| EngineError::Pin { path: path.clone(), source: e.to_string() })?;
+            self.links.push(pinned);
+        }
+        Ok(())
+    }
+
+    /// The event ring buffer (can be taken once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EngineError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(EngineError::Missing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| EngineError::Map { map: "EVENTS", source })
+    }
+
+    /// Counter totals over all CPUs, indexed by `gate_common::counter::*`.
+    pub fn counters(&mut self) -> Result<[u64; counter::COUNT as usize], EngineError> {
+        let arr: PerCpuArray<_, u64> = self.map("COUNTERS")?;
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = arr
+                .get(&(i as u32), 0)
+                .map_err(|source| EngineError::Map { map: "COUNTERS", source })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Stops enforcing: unpins and detaches every link.
+    pub fn detach(mut self) -> Result<(), std::io::Error> {
+        for link in self.links.drain(..) {
+            drop(link.unpin()?);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! Kernel decision events, decoded into what a person or a log wants to read.
+use gate_common::{Event, decision, flag, hook, op, rule};
+use serde::Serialize;
+
+use crate::policy::CompiledPolicy;
+
+/// One decision as gate reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Decision {
+    pub op: &'static str,
+    pub hook: &'static str,
+    pub decision: &'static str,
+    /// False when audit mode let a would-be denial through.
+    pub enforced: bool,
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub ktime_ns: u64,
+    /// The kernel's decision came from the fail-closed rule for internal errors.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub internal_error: bool,
+}
+
+impl Decision {
+    pub fn denied(&self) -> bool {
+        self.decision != "allow"
+    }
+
+    /// The object in human terms: a path or address:port.
+    pub fn object(&self) -> String {
+        match (&self.path, &self.addr, self.port) {
+            (Some(p), _, _) => p.clone(),
+            (None, Some(a), Some(port)) if a.contains(':') => format!("[{a}]:{port}"),
+            (None, Some(a), Some(port)) => format!("{a}:{port}"),
+            _ => String::from("?"),
+        }
+    }
+}
+
+/// Reads an `Event` out of a ring-buffer record; None if the record is too short.
+pub fn parse(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < core::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is repr(C) plain data, any bit pattern is valid, length checked above.
+    Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Rebuilds the path from the leaf-first components the kernel sent.
+pub fn path_of(e: &Event) -> String {
+    let n = (e.name_count as usize).min(e.names.len());
+    let mut parts: Vec<String> = e.names[..n].iter().map(|c| cstr(c)).collect();
+    parts.reverse();
+    let joined = parts.join("/");
+    if e.flags & flag::PATH_TRUNCATED != 0 { format!("…/{joined}") } else { format!("/{joined}") }
+}
+
+fn op_name(o: u8) -> &'static str {
+    match o {
+        op::EXEC => "exec",
+        op::WRITE => "write",
+        op::READ => "read",
+        op::CONNECT => "connect",
+        _ => "unknown",
+    }
+}
+
+fn decision_name(d: u8) -> &'static str {
+    match d & decision::MASK {
+        decision::ALLOW => "allow",
+        decision::ASK => "ask",
+        _ => "deny",
+    }
+}
+
+/// The rule's id, or what decided when no rule did.
+pub fn rule_name(policy: &CompiledPolicy, r: u16) -> String {
+    match r {
+        rule::DEFAULT => "default".into(),
+        rule::INTERNAL => "internal".into(),
+        rule::SELFTEST => "gate-selftest".into(),
+        rule::AUDIT_REQUIRED => "audit-required".into(),
+        i => policy.rules.get(i as usize).map(|m| m.id.clone()).unwrap_or_else(|| format!("#{i}")),
+    }
+}
+
+pub fn decode(e: &Event, policy: &CompiledPolicy) -> Decision {
+    let net = e.op == op::CONNECT;
+    let addr = net.then(|| match e.family {
+        2 => std::net::Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
+        _ => std::net::Ipv6Addr::from(e.addr).to_string(),
+    });
+    let sev = e.decision & decision::MASK;
+    Decision {
+        op: op_name(e.op),
+        hook: hook::NAMES.get(e.hook as usize).copied().unwrap_or("unknown"),
+        decision: decision_name(e.decision),
+        enforced: sev == decision::ALLOW || e.flags & flag::AUDIT_MODE == 0,
+        rule: rule_name(policy, e.rule),
+        path: (!net).then(|| path_of(e)),
+        addr,
+        port: net.then_some(e.port),
+        pid: e.pid,
+        tgid: e.tgid,
+        ppid: e.ppid,
+        uid: e.uid,
+        comm: cstr(&e.comm),
+        cgroup_id: e.cgroup_id,
+        ktime_ns: e.ktime_ns,
+        internal_error: e.flags & flag::INTERNAL_ERROR != 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Event {
+        // SAFETY: all-zero is a valid Event.
+        unsafe { core::mem::zeroed() }
+    }
+
+    #[test]
+    fn path_is_rebuilt_leaf_first() {
+        let mut e = event();
+        for (i, n) in ["id_rsa", ".ssh", "root"].iter().enumerate() {
+            e.names[i][..n.len()].copy_from_slice(n.as_bytes());
+        }
+        e.name_count = 3;
+        assert_eq!(path_of(&e), "/root/.ssh/id_rsa");
+        e.flags = flag::PATH_TRUNCATED;
+        assert_eq!(path_of(&e), "…/root/.ssh/id_rsa");
+        e.name_count = 0;
+        e.flags = 0;
+        assert_eq!(path_of(&e), "/");
+    }
+
+    #[test]
+    fn short_records_are_rejected() {
+        assert!(parse(&[0u8; 10]).is_none());
+        assert!(parse(&vec![0u8; core::mem::size_of::<Event>()]).is_some());
+    }
+}

@@ -1,0 +1,121 @@
+//! The `gate` command line.
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gate::{
+    policy::{self, Mode, Vars},
+    run::{self, RunOptions},
+};
+
+#[derive(Parser)]
+#[command(name = "gate", version, about = "Confine AI agents in the kernel with BPF LSM")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Enforce,
+    Audit,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a command confined by a policy, with its whole process tree.
+    Run {
+        /// Policy file (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// Directory substituted for ${workspace} in the policy.
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        /// Override the policy's mode (audit: report what would be denied, deny nothing).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Write one JSON line per decision to this file.
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// Size of the kernel event ring buffer.
+        #[arg(long, default_value_t = gate::engine::DEFAULT_RINGBUF_BYTES)]
+        ringbuf_bytes: u32,
+        /// Do not print the summary at the end.
+        #[arg(long, short)]
+        quiet: bool,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<OsString>,
+    },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Check whether this host can enforce, and say how to fix what is missing.
+    Doctor,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy and show what it compiles to.
+    Check {
+        file: PathBuf,
+        /// Directory substituted for ${workspace}.
+        #[arg(long)]
+        workspace: Option<PathBuf>,
+        /// Print every compiled map entry.
+        #[arg(long)]
+        dump: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("GATE_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Run { policy, workspace, mode, log, ringbuf_bytes, quiet, command } => {
+            let mode = mode.map(|m| match m {
+                ModeArg::Enforce => Mode::Enforce,
+                ModeArg::Audit => Mode::Audit,
+            });
+            run::run(&RunOptions { policy, workspace, mode, log, command, ringbuf_bytes, quiet })
+        }
+        Cmd::Policy { cmd: PolicyCmd::Check { file, workspace, dump } } => {
+            policy_check(&file, workspace, dump)
+        }
+        Cmd::Doctor => gate::doctor::report(),
+    };
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn policy_check(file: &std::path::Path, workspace: Option<PathBuf>, dump: bool) -> i32 {
+    let workspace = workspace.or_else(|| std::env::current_dir().ok());
+    let vars = Vars { workspace, home: run::home_dir() };
+    match policy::load(file, &vars) {
+        Ok(p) => {
+            for w in &p.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "{}: ok — policy {:?}, {} rules, {} file entries, {} network prefixes, digest {}",
+                file.display(),
+                p.name,
+                p.rules.len(),
+                p.inodes.len(),
+                p.net4.len() + p.net6.len(),
+                hex::encode(p.digest)
+            );
+            if dump {
+                print!("{}", p.dump());
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}

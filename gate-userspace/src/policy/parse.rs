@@ -1,0 +1,308 @@
+//! TOML → validated [`Policy`]: shape checks by serde (unknown keys are errors), value checks
+//! here, each error located at the offending value.
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::error::{Location, PolicyError, Pos};
+use super::net::{Cidr, PortRange};
+use super::{AddrSpec, AuditLevel, Decision, Mode, Op, PathSpec, Policy, Rule, Target, VERSION};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: Spanned<i64>,
+    name: Spanned<String>,
+    mode: Mode,
+    #[serde(default)]
+    audit: AuditLevel,
+    #[serde(default)]
+    default: RawDefaults,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    exec: Option<Decision>,
+    write: Option<Decision>,
+    read: Option<Decision>,
+    connect: Option<Decision>,
+}
+
+type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Spanned<String>,
+    op: Spanned<Op>,
+    decision: Decision,
+    #[serde(default)]
+    audit: bool,
+    #[serde(default)]
+    description: Option<String>,
+    path: Option<SpannedList<String>>,
+    addr: Option<SpannedList<String>>,
+    port: Option<SpannedList<RawPort>>,
+}
+
+/// A port as written: an integer or a `"N"` / `"N-M"` string.
+enum RawPort {
+    Int(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+        impl Visitor<'_> for PortVisitor {
+            type Value = RawPort;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or a \"lo-hi\" port range string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPort, E> {
+                Ok(RawPort::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawPort, E> {
+                Ok(RawPort::Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPort, E> {
+                Ok(RawPort::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(PortVisitor)
+    }
+}
+
+/// Parses and validates a policy. `file` is only used to locate errors.
+pub fn parse(source: &str, file: &Path) -> Result<Policy, PolicyError> {
+    let raw: RawPolicy = toml::from_str(source).map_err(|e| {
+        let pos = Pos::from_offset(source, e.span().map_or(0, |s| s.start));
+        PolicyError::Syntax { at: Location::new(file, pos), message: e.message().trim_end().to_owned() }
+    })?;
+    Checker { source, file }.policy(raw)
+}
+
+/// Turns spans into locations while checking values.
+struct Checker<'a> {
+    source: &'a str,
+    file: &'a Path,
+}
+
+impl Checker<'_> {
+    fn pos(&self, span: Range<usize>) -> Pos {
+        Pos::from_offset(self.source, span.start)
+    }
+
+    fn at<T>(&self, value: &Spanned<T>) -> Location {
+        Location::new(self.file, self.pos(value.span()))
+    }
+
+    fn policy(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
+        if *raw.version.get_ref() != i64::from(VERSION) {
+            return Err(PolicyError::Version { at: self.at(&raw.version), found: *raw.version.get_ref() });
+        }
+        let name = raw.name.get_ref();
+        if name.trim().is_empty() || name.chars().any(char::is_control) {
+            let message = "policy name must be non-empty, without control characters".to_owned();
+            return Err(PolicyError::Invalid { at: self.at(&raw.name), message });
+        }
+        let d = &raw.default;
+        let fallback = Policy::DEFAULTS;
+        let defaults = [
+            d.exec.unwrap_or(fallback[0]),
+            d.write.unwrap_or(fallback[1]),
+            d.read.unwrap_or(fallback[2]),
+            d.connect.unwrap_or(fallback[3]),
+        ];
+        let mut first_seen: HashMap<String, Pos> = HashMap::new();
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        for r in &raw.rule {
+            let rule = self.rule(r)?;
+            if let Some(&first) = first_seen.get(&rule.id) {
+                let at = self.at(&r.id);
+                return Err(PolicyError::DuplicateId { at, id: rule.id, first });
+            }
+            first_seen.insert(rule.id.clone(), rule.pos);
+            rules.push(rule);
+        }
+        let file = self.file.to_path_buf();
+        Ok(Policy { file, name: name.clone(), mode: raw.mode, audit: raw.audit, defaults, rules })
+    }
+
+    fn rule(&self, r: &RawRule) -> Result<Rule, PolicyError> {
+        let id = r.id.get_ref();
+        let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+        if id.is_empty() || !id.chars().all(id_ok) {
+            let message = format!("rule id `{id}` must be non-empty and use only A-Z a-z 0-9 _ . -");
+            return Err(PolicyError::Invalid { at: self.at(&r.id), message });
+        }
+        let pos = self.pos(r.id.span());
+        let target = if r.op.get_ref().is_file() { self.file_target(r)? } else { self.net_target(r, pos)? };
+        Ok(Rule {
+            id: id.clone(),
+            op: *r.op.get_ref(),
+            decision: r.decision,
+            audit: r.audit,
+            description: r.description.clone(),
+            target,
+            pos,
+        })
+    }
+
+    fn file_target(&self, r: &RawRule) -> Result<Target, PolicyError> {
+        let op = r.op.get_ref();
+        for (key, span) in [("addr", r.addr.as_ref().map(Spanned::span)), ("port", r.port.as_ref().map(Spanned::span))] {
+            if let Some(span) = span {
+                let message = format!("`{key}` only applies to connect rules, not to a `{op}` rule");
+                return Err(PolicyError::WrongField { at: Location::new(self.file, self.pos(span)), message });
+            }
+        }
+        let Some(paths) = &r.path else {
+            let message = format!("a `{op}` rule needs `path`");
+            return Err(PolicyError::WrongField { at: self.at(&r.op), message });
+        };
+        self.non_empty(paths, "path")?;
+        let specs = paths.get_ref().iter().map(|p| self.path_spec(p)).collect::<Result<_, _>>()?;
+        Ok(Target::Paths(specs))
+    }
+
+    fn net_target(&self, r: &RawRule, rule_pos: Pos) -> Result<Target, PolicyError> {
+        if let Some(path) = &r.path {
+            let message = "`path` does not apply to connect rules (they take `addr` and `port`)".to_owned();
+            return Err(PolicyError::WrongField { at: self.at(path), message });
+        }
+        let addrs = match &r.addr {
+            None => [Cidr::ANY_V4, Cidr::ANY_V6].map(|cidr| AddrSpec { cidr, pos: rule_pos }).to_vec(),
+            Some(list) => {
+                self.non_empty(list, "addr")?;
+                list.get_ref().iter().map(|a| self.addr(a)).collect::<Result<_, _>>()?
+            }
+        };
+        let ports = match &r.port {
+            None => vec![PortRange::ALL],
+            Some(list) => {
+                self.non_empty(list, "port")?;
+                list.get_ref().iter().map(|p| self.port(p)).collect::<Result<_, _>>()?
+            }
+        };
+        Ok(Target::Net { addrs, ports })
+    }
+
+    fn non_empty<T>(&self, list: &SpannedList<T>, key: &str) -> Result<(), PolicyError> {
+        if list.get_ref().is_empty() {
+            let message = format!("`{key}` is empty: leave it out or list at least one value");
+            return Err(PolicyError::Invalid { at: self.at(list), message });
+        }
+        Ok(())
+    }
+
+    fn addr(&self, a: &Spanned<String>) -> Result<AddrSpec, PolicyError> {
+        let value = a.get_ref();
+        let cidr = Cidr::parse(value)
+            .map_err(|reason| PolicyError::BadAddress { at: self.at(a), value: value.clone(), reason })?;
+        Ok(AddrSpec { cidr, pos: self.pos(a.span()) })
+    }
+
+    fn port(&self, p: &Spanned<RawPort>) -> Result<PortRange, PolicyError> {
+        let (parsed, value) = match p.get_ref() {
+            RawPort::Int(n) => (PortRange::from_int(*n), n.to_string()),
+            RawPort::Text(s) => (PortRange::parse(s), s.clone()),
+        };
+        parsed.map_err(|reason| PolicyError::BadPort { at: self.at(p), value, reason })
+    }
+
+    fn path_spec(&self, p: &Spanned<String>) -> Result<PathSpec, PolicyError> {
+        let raw = p.get_ref();
+        let at = self.at(p);
+        let literal = strip_variables(raw).map_err(|message| PolicyError::Variable { at: at.clone(), message })?;
+        let is_glob = |s: &str| s.contains(['*', '?', '[', '{']);
+        let subtree = literal.ends_with("/**");
+        let body = if subtree { &literal[..literal.len() - 3] } else { literal.as_str() };
+        if is_glob(body) {
+            return Err(PolicyError::UnsupportedGlob { at, pattern: raw.clone() });
+        }
+        let absolute = ["/", "~/", "${home}", "${workspace}"].iter().any(|s| raw.starts_with(s)) || raw == "~";
+        if !absolute {
+            return Err(PolicyError::NotAbsolute { at, path: raw.clone() });
+        }
+        Ok(PathSpec { raw: raw.clone(), subtree, pos: at.pos })
+    }
+}
+
+/// The pattern with its `${…}` variables removed; an error for unknown or unterminated ones.
+fn strip_variables(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("unterminated `${{` in `{raw}`"));
+        };
+        let name = &after[..end];
+        if !matches!(name, "workspace" | "home") {
+            return Err(format!("unknown variable `${{{name}}}` in `{raw}` (known: ${{workspace}}, ${{home}})"));
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl Policy {
+    /// A canonical text form of the policy: one line per setting and per rule, rules sorted by
+    /// id and each rule's paths, addresses and ports sorted, defaults spelled out. Formatting,
+    /// comments, rule order and keys left at their default do not change it.
+    pub fn canonical(&self) -> String {
+        let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut out = format!("gate-policy v{VERSION}\nname {}\nmode {}\naudit {}\n", q(&self.name), self.mode.name(), self.audit.name());
+        for op in Op::ALL {
+            out += &format!("default {} {}\n", op.name(), self.defaults[op.index()].name());
+        }
+        let mut rules: Vec<String> = self.rules.iter().map(|r| canonical_rule(r, &q)).collect();
+        rules.sort();
+        for r in rules {
+            out += &r;
+            out.push('\n');
+        }
+        out
+    }
+
+    /// SHA-256 of [`Policy::canonical`].
+    pub fn digest(&self) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, self.canonical().as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+}
+
+fn canonical_rule(r: &Rule, q: &dyn Fn(&str) -> String) -> String {
+    let mut items: Vec<String> = match &r.target {
+        Target::Paths(paths) => paths.iter().map(|p| format!("path {}", q(&p.raw))).collect(),
+        Target::Net { addrs, ports } => {
+            let a = addrs.iter().map(|a| format!("addr {}", a.cidr));
+            a.chain(ports.iter().map(|p| format!("port {p}"))).collect()
+        }
+    };
+    items.sort();
+    items.dedup();
+    let description = r.description.as_deref().map_or("-".to_owned(), q);
+    format!(
+        "rule {} op {} decision {} audit {} description {} {}",
+        q(&r.id),
+        r.op.name(),
+        r.decision.name(),
+        r.audit,
+        description,
+        items.join(" ")
+    )
+}

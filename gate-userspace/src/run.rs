@@ -1,0 +1,358 @@
+//! `gate run`: confine one command tree with one policy.
+//!
+//! Order matters and every step fails closed:
+//! 1. compile the policy (nothing touches the kernel if it is invalid);
+//! 2. create a fresh cgroup, load the programs with the policy in their maps, attach them and
+//!    pin the links (so enforcement outlives gate if it is killed);
+//! 3. prove that enforcement is in effect with a self-test: a forked process in the cgroup
+//!    must be stopped (and reported) opening a canary file gate protects;
+//! 4. only then start the command, moved into the cgroup before it execs;
+//! 5. when it exits, kill what is left of its tree, drain the events, detach, remove the cgroup.
+use std::{
+    ffi::OsString,
+    fs,
+    io::{self, Write as _},
+    os::{
+        fd::{AsFd, AsRawFd},
+        unix::{fs::MetadataExt, process::CommandExt, process::ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use gate_common::{Config, InodeKey, InodeRule, MODE_AUDIT, MODE_ENFORCE, counter, decision, flag, op, rule};
+
+use crate::{
+    cgroup::{self, Cgroup, CgroupError, Hierarchy},
+    engine::{Engine, EngineError},
+    events::{self, Decision},
+    policy::{self, CompiledPolicy, Mode, PolicyError, Vars},
+    report::{self, LogSink, Summary},
+    state,
+};
+
+/// Exit status when gate itself fails (as `env`/`timeout` do).
+pub const EXIT_GATE_FAILED: i32 = 125;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("enforcement is not in effect, refusing to start the command: {0}")]
+    SelfTest(String),
+    #[error("could not start {cmd}: {source}{hint}")]
+    Spawn { cmd: String, source: io::Error, hint: &'static str },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// What `gate run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub policy: PathBuf,
+    pub workspace: Option<PathBuf>,
+    pub mode: Option<Mode>,
+    pub log: Option<PathBuf>,
+    pub command: Vec<OsString>,
+    pub ringbuf_bytes: u32,
+    pub quiet: bool,
+}
+
+/// Runs the command confined; returns the exit status for gate to exit with.
+pub fn run(opts: &RunOptions) -> i32 {
+    match run_inner(opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gate: {e}");
+            EXIT_GATE_FAILED
+        }
+    }
+}
+
+pub fn home_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
+    let vars = Vars { workspace: opts.workspace.clone(), home: home_dir() };
+    let mut policy = policy::load(&opts.policy, &vars)?;
+    if let Some(mode) = opts.mode {
+        policy.mode = mode;
+    }
+    for w in &policy.warnings {
+        eprintln!("gate: warning: {w}");
+    }
+    let policy = Arc::new(policy);
+    let h = cgroup::hierarchy()?;
+    state::ensure_bpffs()?;
+    state::collect_stale(&h);
+    let run = state::RunState::create()?;
+    let result = confine_and_run(opts, &policy, &h, &run);
+    if result.is_ok() {
+        run.remove();
+    }
+    result
+}
+
+fn confine_and_run(
+    opts: &RunOptions,
+    policy: &Arc<CompiledPolicy>,
+    h: &Hierarchy,
+    run: &state::RunState,
+) -> Result<i32, RunError> {
+    let cg = Cgroup::create(h, &run.id)?;
+    run.record_cgroup(&cg.path)?;
+    let mut engine = Engine::load(policy, opts.ringbuf_bytes)?;
+    let canary = run.canary()?;
+    engine.add_inode(canary, canary_rule())?;
+    engine.set_config(config_for(policy, &cg))?;
+    let attached = engine.attach(&run.pin_dir);
+    let mut events = engine.take_events()?;
+    let outcome = attached.map_err(RunError::from).and_then(|()| {
+        self_test(&cg, &run.canary_path(), &mut events, policy.mode)?;
+        supervise(opts, policy, &cg, events)
+    });
+    // Whatever happened, nothing confined may be left running unconfined: kill the tree
+    // before enforcement is removed.
+    let killed = cg.kill_all(Duration::from_secs(10));
+    let mut summary = outcome?;
+    killed?;
+    summary.counters = engine.counters()?;
+    engine.detach().map_err(io_err("detaching the BPF programs"))?;
+    cg.remove()?;
+    if !opts.quiet {
+        eprint!("{}", summary.render(&opts.command));
+    }
+    Ok(summary.exit_code)
+}
+
+fn canary_rule() -> InodeRule {
+    let mut r = InodeRule::default();
+    r.exact[op::WRITE as usize] = decision::DENY;
+    r.exact_rule[op::WRITE as usize] = rule::SELFTEST;
+    r
+}
+
+fn config_for(policy: &CompiledPolicy, cg: &Cgroup) -> Config {
+    Config {
+        cgroup_id: cg.id,
+        cgroup_level: cg.level,
+        mode: if policy.mode == Mode::Audit { MODE_AUDIT } else { MODE_ENFORCE },
+        audit_required: policy.audit_required as u8,
+        has_read_rules: policy.has_read_rules as u8,
+        _pad0: 0,
+        defaults: policy.defaults,
+        _pad1: 0,
+    }
+}
+
+/// Proves enforcement: a forked process joins the cgroup and opens the canary for writing.
+/// The kernel must deny it (in audit mode: let it through flagged) and report it.
+fn self_test(
+    cg: &Cgroup,
+    canary: &Path,
+    events: &mut RingBuf<MapData>,
+    mode: Mode,
+) -> Result<(), RunError> {
+    let procs = cg.procs_file()?;
+    let path = std::ffi::CString::new(canary.as_os_str().as_encoded_bytes())
+        .map_err(|_| RunError::SelfTest("canary path has a NUL byte".into()))?;
+    // SAFETY: gate is single-threaded here; the child only makes async-signal-safe calls.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io_err("fork for the self-test")(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: raw syscalls only, then _exit.
+        unsafe {
+            let code = if write_pid(procs.as_raw_fd(), libc::getpid()) {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 { 10 } else if *libc::__errno_location() == libc::EPERM { 11 } else { 12 }
+            } else {
+                13
+            };
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let expected = if mode == Mode::Audit { 10 } else { 11 };
+    if code != expected {
+        return Err(RunError::SelfTest(match code {
+            13 => "could not move a test process into the cgroup".into(),
+            10 => "a confined test process opened a protected file; the BPF LSM is not active \
+                   on this kernel (check `gate doctor`)"
+                .into(),
+            12 => "the self-test failed with an unexpected error".into(),
+            _ => format!("the self-test ended with status {code}"),
+        }));
+    }
+    wait_selftest_event(events)
+}
+
+fn wait_selftest_event(events: &mut RingBuf<MapData>) -> Result<(), RunError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        while let Some(item) = events.next() {
+            if let Some(e) = events::parse(&item) {
+                if e.rule == rule::SELFTEST {
+                    return Ok(());
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    Err(RunError::SelfTest("the kernel denied the test but reported no event".into()))
+}
+
+/// Writes `pid` in decimal to `fd` without allocating (safe between fork and exec).
+fn write_pid(fd: i32, pid: i32) -> bool {
+    let mut buf = [0u8; 12];
+    let mut i = buf.len();
+    let mut n = pid as u32;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // SAFETY: writing from a valid buffer.
+    unsafe { libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i) > 0 }
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: i32) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// SIGTERM and SIGHUP go to the command; SIGINT and SIGQUIT reach it from the terminal
+/// directly, so gate itself ignores them while the command runs.
+fn install_signal_handlers() {
+    // SAFETY: installing handlers that only call kill(2).
+    unsafe {
+        libc::signal(libc::SIGTERM, forward_signal as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, forward_signal as libc::sighandler_t);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+}
+
+/// Starts the command in the cgroup, collects events until it and its tree are gone.
+fn supervise(
+    opts: &RunOptions,
+    policy: &Arc<CompiledPolicy>,
+    cg: &Cgroup,
+    events: RingBuf<MapData>,
+) -> Result<Summary, RunError> {
+    let sink = match &opts.log {
+        Some(p) => Some(LogSink::open(p, policy, &cg.name).map_err(io_err(format!("opening log {}", p.display())))?),
+        None => None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let collector = {
+        let (stop, policy) = (stop.clone(), policy.clone());
+        thread::spawn(move || collect(events, sink, &policy, &stop))
+    };
+    let status = spawn_and_wait(opts, cg);
+    // Let the tree finish: the command's own exit does not end what it left running.
+    let _ = cg.kill_all(Duration::from_secs(10));
+    stop.store(true, Ordering::SeqCst);
+    let mut summary = collector.join().map_err(|_| RunError::SelfTest("event thread panicked".into()))??;
+    summary.exit_code = status?;
+    Ok(summary)
+}
+
+fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup) -> Result<i32, RunError> {
+    let procs = cg.procs_file()?;
+    let fd = procs.as_fd().as_raw_fd();
+    let (prog, args) = opts.command.split_first().ok_or_else(|| RunError::Spawn {
+        cmd: String::new(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "no command given"),
+        hint: "",
+    })?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    // SAFETY: the closure only calls getpid and write(2).
+    unsafe {
+        cmd.pre_exec(move || {
+            if write_pid(fd, libc::getpid()) { Ok(()) } else { Err(io::Error::last_os_error()) }
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+        cmd: prog.to_string_lossy().into_owned(),
+        hint: if source.raw_os_error() == Some(libc::EPERM) {
+            " (the policy does not allow executing it: add an exec rule for it)"
+        } else {
+            ""
+        },
+        source,
+    })?;
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    install_signal_handlers();
+    drop(procs);
+    let status = child.wait().map_err(io_err("waiting for the command"))?;
+    CHILD.store(0, Ordering::SeqCst);
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Drains the ring buffer into the log and the summary until told to stop, then once more.
+fn collect(
+    mut events: RingBuf<MapData>,
+    mut sink: Option<LogSink>,
+    policy: &CompiledPolicy,
+    stop: &AtomicBool,
+) -> Result<Summary, RunError> {
+    let mut summary = Summary::default();
+    let fd = events.as_fd().as_raw_fd();
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        while let Some(item) = events.next() {
+            let Some(e) = events::parse(&item) else { continue };
+            if e.rule == rule::SELFTEST {
+                continue;
+            }
+            let d = events::decode(&e, policy);
+            summary.add(&d);
+            if let Some(s) = sink.as_mut() {
+                s.decision(&d).map_err(io_err("writing the decision log"))?;
+            }
+        }
+        if stopping {
+            break;
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: polling one valid fd.
+        unsafe { libc::poll(&mut pfd, 1, 50) };
+    }
+    if let Some(s) = sink.take() {
+        s.finish().map_err(io_err("closing the decision log"))?;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,398 @@
+//! gate-probe: performs exactly one governed syscall and reports the errno the kernel returned.
+//!
+//! Output contract (relied on by `gate-kernel-tests` and the scenarios):
+//! - success: prints `ok`, exits 0;
+//! - failure: prints `errno=NAME` (symbolic, e.g. `errno=EPERM`), exits 1;
+//! - usage error: message on stderr, exits 2.
+//!
+//! `exec` replaces the probe on success, so the exec'd program's status is the result.
+//! `listen` is a helper for loopback tests, not a probe: it prints `listening` once bound,
+//! accepts connections until its time is up, then prints `ok`.
+//!
+//! Network probes that could block on a real network (connect, fastopen) give up after
+//! `GATE_PROBE_TIMEOUT` seconds (default 5) and report `errno=ETIMEDOUT`, so a missing denial
+//! shows up as a wrong errno rather than a hung test. A denial by gate never waits: the LSM hook
+//! fails the syscall before any packet leaves.
+
+use std::ffi::{CString, OsString};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use gate_tests::probe::{OPS, errno_name};
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let Some(op) = args.first().and_then(|a| a.to_str()) else {
+        return usage("missing operation");
+    };
+    let Some(spec) = OPS.iter().find(|s| s.name == op) else {
+        return usage(&format!("unknown operation {op:?}"));
+    };
+    let rest = &args[1..];
+    if rest.len() < spec.min_args || spec.max_args.is_some_and(|m| rest.len() > m) {
+        return usage(&format!("{} takes {}", spec.name, spec.usage));
+    }
+    match run(op, rest) {
+        Ok(Ok(())) => report(None),
+        Ok(Err(errno)) => report(Some(errno)),
+        Err(msg) => usage(&msg),
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("gate-probe: {msg}");
+    eprintln!("usage: gate-probe OP ARGS...");
+    for s in OPS {
+        eprintln!("  {} {}", s.name, s.usage);
+    }
+    ExitCode::from(2)
+}
+
+fn report(errno: Option<i32>) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let code = match errno {
+        None => {
+            let _ = writeln!(out, "ok");
+            0
+        }
+        Some(e) => {
+            let _ = writeln!(out, "errno={}", errno_name(e));
+            1
+        }
+    };
+    let _ = out.flush();
+    ExitCode::from(code)
+}
+
+/// Outer error: usage problem (exit 2). Inner error: the syscall's errno (exit 1).
+type ProbeResult = Result<Result<(), i32>, String>;
+
+fn cstr(a: &OsString) -> Result<CString, String> {
+    CString::new(a.as_bytes()).map_err(|_| format!("argument {a:?} contains a NUL byte"))
+}
+
+fn text(a: &OsString) -> Result<&str, String> {
+    a.to_str().ok_or_else(|| format!("argument {a:?} is not UTF-8"))
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Turns a libc return value into the probe's result.
+fn check(ret: libc::c_int) -> Result<(), i32> {
+    if ret < 0 { Err(last_errno()) } else { Ok(()) }
+}
+
+fn open_with(path: &OsString, flags: libc::c_int) -> ProbeResult {
+    let p = cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated string; mode is only read with O_CREAT.
+    let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC, 0o644 as libc::c_uint) };
+    if fd < 0 {
+        return Ok(Err(last_errno()));
+    }
+    // SAFETY: fd was just returned by open and is owned here.
+    unsafe { libc::close(fd) };
+    Ok(Ok(()))
+}
+
+fn run(op: &str, a: &[OsString]) -> ProbeResult {
+    match op {
+        "open-read" => open_with(&a[0], libc::O_RDONLY),
+        "open-write" => open_with(&a[0], libc::O_WRONLY),
+        "open-append" => open_with(&a[0], libc::O_WRONLY | libc::O_APPEND),
+        "open-trunc" => open_with(&a[0], libc::O_WRONLY | libc::O_TRUNC),
+        "create" => open_with(&a[0], libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),
+        "exec" => exec(a),
+        "unlink" => {
+            let p = cstr(&a[0])?;
+            // SAFETY: valid C string.
+            Ok(check(unsafe { libc::unlink(p.as_ptr()) }))
+        }
+        "mkdir" => {
+            let p = cstr(&a[0])?;
+            // SAFETY: valid C string.
+            Ok(check(unsafe { libc::mkdir(p.as_ptr(), 0o755) }))
+        }
+        "rmdir" => {
+            let p = cstr(&a[0])?;
+            // SAFETY: valid C string.
+            Ok(check(unsafe { libc::rmdir(p.as_ptr()) }))
+        }
+        "rename" => {
+            let (from, to) = (cstr(&a[0])?, cstr(&a[1])?);
+            // SAFETY: valid C strings.
+            Ok(check(unsafe { libc::rename(from.as_ptr(), to.as_ptr()) }))
+        }
+        "link" => {
+            let (from, to) = (cstr(&a[0])?, cstr(&a[1])?);
+            // SAFETY: valid C strings.
+            Ok(check(unsafe { libc::link(from.as_ptr(), to.as_ptr()) }))
+        }
+        "symlink" => {
+            let (target, link) = (cstr(&a[0])?, cstr(&a[1])?);
+            // SAFETY: valid C strings.
+            Ok(check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }))
+        }
+        "mknod-fifo" => {
+            let p = cstr(&a[0])?;
+            // SAFETY: valid C string; a FIFO needs no device number.
+            Ok(check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o644, 0) }))
+        }
+        "truncate" => {
+            let p = cstr(&a[0])?;
+            let len: libc::off_t =
+                text(&a[1])?.parse().map_err(|_| format!("bad length {:?}", a[1]))?;
+            // SAFETY: valid C string.
+            Ok(check(unsafe { libc::truncate(p.as_ptr(), len) }))
+        }
+        "chmod" => {
+            let p = cstr(&a[0])?;
+            let mode = libc::mode_t::from_str_radix(text(&a[1])?, 8)
+                .map_err(|_| format!("bad octal mode {:?}", a[1]))?;
+            // SAFETY: valid C string.
+            Ok(check(unsafe { libc::chmod(p.as_ptr(), mode) }))
+        }
+        "chown" => {
+            let p = cstr(&a[0])?;
+            let uid: libc::uid_t = text(&a[1])?.parse().map_err(|_| format!("bad uid {:?}", a[1]))?;
+            let gid: libc::gid_t = text(&a[2])?.parse().map_err(|_| format!("bad gid {:?}", a[2]))?;
+            // SAFETY: valid C string.
+            Ok(check(unsafe { libc::chown(p.as_ptr(), uid, gid) }))
+        }
+        "utimes" => {
+            let p = cstr(&a[0])?;
+            // SAFETY: valid C string; a null times pointer sets both times to now.
+            Ok(check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), std::ptr::null(), 0) }))
+        }
+        "connect" => connect(sockaddr_arg(&a[0], &a[1])?),
+        "sendto" => sendto_udp(sockaddr_arg(&a[0], &a[1])?),
+        "fastopen" => fastopen(sockaddr_arg(&a[0], &a[1])?),
+        "listen" => {
+            let secs: u64 = text(&a[2])?.parse().map_err(|_| format!("bad seconds {:?}", a[2]))?;
+            listen(sockaddr_arg(&a[0], &a[1])?, Duration::from_secs(secs))
+        }
+        other => Err(format!("operation {other:?} not implemented")),
+    }
+}
+
+fn exec(a: &[OsString]) -> ProbeResult {
+    let path = cstr(&a[0])?;
+    let argv: Vec<CString> = a.iter().map(cstr).collect::<Result<_, _>>()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let env: Vec<CString> = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|_| "environment contains a NUL byte".to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let _ = std::io::stdout().flush();
+    // SAFETY: all pointers are NUL-terminated strings kept alive above, arrays null-terminated.
+    unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+    Ok(Err(last_errno()))
+}
+
+fn sockaddr_arg(addr: &OsString, port: &OsString) -> Result<SocketAddr, String> {
+    let ip: IpAddr = text(addr)?.parse().map_err(|_| format!("bad address {addr:?}"))?;
+    let port: u16 = text(port)?.parse().map_err(|_| format!("bad port {port:?}"))?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// A socket address in its C form, with its length.
+struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+    family: libc::c_int,
+}
+
+impl RawAddr {
+    fn new(addr: SocketAddr) -> Self {
+        // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let (len, family) = match addr {
+            SocketAddr::V4(v4) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+                (std::mem::size_of::<libc::sockaddr_in>(), libc::AF_INET)
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                    sin6_scope_id: 0,
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+                (std::mem::size_of::<libc::sockaddr_in6>(), libc::AF_INET6)
+            }
+        };
+        Self { storage, len: len as libc::socklen_t, family }
+    }
+
+    fn ptr(&self) -> *const libc::sockaddr {
+        &self.storage as *const _ as *const libc::sockaddr
+    }
+}
+
+/// A socket closed on drop.
+struct Fd(libc::c_int);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: the fd is owned by this value.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn socket(family: libc::c_int, ty: libc::c_int) -> Result<Fd, i32> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 { Err(last_errno()) } else { Ok(Fd(fd)) }
+}
+
+fn probe_timeout() -> Duration {
+    let secs = std::env::var("GATE_PROBE_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    Duration::from_secs(secs)
+}
+
+/// Waits until the socket is writable (connected) or failed; returns its pending error.
+fn wait_connected(fd: &Fd, timeout: Duration) -> Result<(), i32> {
+    let mut pfd = libc::pollfd { fd: fd.0, events: libc::POLLOUT, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    if n == 0 {
+        return Err(libc::ETIMEDOUT);
+    }
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: err and len are valid for getsockopt(SO_ERROR).
+    let r = unsafe {
+        libc::getsockopt(fd.0, libc::SOL_SOCKET, libc::SO_ERROR, &mut err as *mut _ as *mut _, &mut len)
+    };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    if err != 0 { Err(err) } else { Ok(()) }
+}
+
+fn connect(addr: SocketAddr) -> ProbeResult {
+    let raw = RawAddr::new(addr);
+    let fd = match socket(raw.family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => return Ok(Err(e)),
+    };
+    // SAFETY: raw holds a valid address of raw.len bytes.
+    let r = unsafe { libc::connect(fd.0, raw.ptr(), raw.len) };
+    if r == 0 {
+        return Ok(Ok(()));
+    }
+    let e = last_errno();
+    if e != libc::EINPROGRESS {
+        return Ok(Err(e));
+    }
+    Ok(wait_connected(&fd, probe_timeout()))
+}
+
+fn sendto_udp(addr: SocketAddr) -> ProbeResult {
+    let raw = RawAddr::new(addr);
+    let fd = match socket(raw.family, libc::SOCK_DGRAM) {
+        Ok(fd) => fd,
+        Err(e) => return Ok(Err(e)),
+    };
+    let buf = b"gate-probe";
+    // SAFETY: buf and raw are valid for the given lengths.
+    let r = unsafe { libc::sendto(fd.0, buf.as_ptr().cast(), buf.len(), 0, raw.ptr(), raw.len) };
+    Ok(if r < 0 { Err(last_errno()) } else { Ok(()) })
+}
+
+fn fastopen(addr: SocketAddr) -> ProbeResult {
+    let raw = RawAddr::new(addr);
+    let fd = match socket(raw.family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => return Ok(Err(e)),
+    };
+    let buf = b"gate-probe";
+    // SAFETY: buf and raw are valid for the given lengths.
+    let r = unsafe {
+        libc::sendto(fd.0, buf.as_ptr().cast(), buf.len(), libc::MSG_FASTOPEN, raw.ptr(), raw.len)
+    };
+    if r >= 0 {
+        return Ok(Ok(()));
+    }
+    let e = last_errno();
+    if e != libc::EINPROGRESS {
+        return Ok(Err(e));
+    }
+    // No cookie yet: the kernel sent a plain SYN and the connect is under way.
+    Ok(wait_connected(&fd, probe_timeout()))
+}
+
+fn listen(addr: SocketAddr, duration: Duration) -> ProbeResult {
+    let raw = RawAddr::new(addr);
+    let fd = match socket(raw.family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => return Ok(Err(e)),
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: valid option value.
+    unsafe {
+        libc::setsockopt(
+            fd.0,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const _,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: raw holds a valid address of raw.len bytes.
+    if let Err(e) = check(unsafe { libc::bind(fd.0, raw.ptr(), raw.len) }) {
+        return Ok(Err(e));
+    }
+    // SAFETY: plain syscall.
+    if let Err(e) = check(unsafe { libc::listen(fd.0, 128) }) {
+        return Ok(Err(e));
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening");
+        let _ = out.flush();
+    }
+    let deadline = Instant::now() + duration;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Ok(()));
+        }
+        let mut pfd = libc::pollfd { fd: fd.0, events: libc::POLLIN, revents: 0 };
+        let ms = left.as_millis().clamp(1, 1000) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n > 0 {
+            // SAFETY: null address pointers are allowed.
+            let c = unsafe { libc::accept4(fd.0, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+            if c >= 0 {
+                drop(Fd(c));
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The probe's operation table, shared by `gate-probe` and the scenario validator, and errno names.
+
+/// One probe operation and its argument count.
+pub struct OpSpec {
+    pub name: &'static str,
+    pub min_args: usize,
+    /// `None`: any number of extra arguments (exec).
+    pub max_args: Option<usize>,
+    pub usage: &'static str,
+}
+
+const fn op(name: &'static str, n: usize, usage: &'static str) -> OpSpec {
+    OpSpec { name, min_args: n, max_args: Some(n), usage }
+}
+
+/// Every operation `gate-probe` knows.
+pub const OPS: &[OpSpec] = &[
+    op("open-read", 1, "PATH"),
+    op("open-write", 1, "PATH"),
+    op("open-append", 1, "PATH"),
+    op("open-trunc", 1, "PATH"),
+    op("create", 1, "PATH"),
+    OpSpec { name: "exec", min_args: 1, max_args: None, usage: "PATH [ARGS...]" },
+    op("unlink", 1, "PATH"),
+    op("mkdir", 1, "PATH"),
+    op("rmdir", 1, "PATH"),
+    op("rename", 2, "FROM TO"),
+    op("link", 2, "EXISTING NEW"),
+    op("symlink", 2, "TARGET LINK"),
+    op("mknod-fifo", 1, "PATH"),
+    op("truncate", 2, "PATH LEN"),
+    op("chmod", 2, "PATH OCTAL-MODE"),
+    op("chown", 3, "PATH UID GID"),
+    op("utimes", 1, "PATH"),
+    op("connect", 2, "ADDR PORT"),
+    op("sendto", 2, "ADDR PORT"),
+    op("fastopen", 2, "ADDR PORT"),
+    op("listen", 3, "ADDR PORT SECONDS"),
+];
+
+/// Looks an operation up by name.
+pub fn find_op(name: &str) -> Option<&'static OpSpec> {
+    OPS.iter().find(|s| s.name == name)
+}
+
+/// Checks an argument list (operation first) against the table.
+pub fn validate(args: &[String]) -> Result<(), String> {
+    let Some(name) = args.first() else {
+        return Err("empty probe command".into());
+    };
+    let spec = find_op(name).ok_or_else(|| format!("unknown probe operation {name:?}"))?;
+    let n = args.len() - 1;
+    if n < spec.min_args || spec.max_args.is_some_and(|m| n > m) {
+        return Err(format!("probe {} takes {} (got {n} arguments)", spec.name, spec.usage));
+    }
+    Ok(())
+}
+
+/// Symbolic name of an errno value (`EPERM`), or `E<number>` when unknown.
+pub fn errno_name(e: i32) -> String {
+    let errno = nix::errno::Errno::from_raw(e);
+    if errno == nix::errno::Errno::UnknownErrno {
+        format!("E{e}")
+    } else {
+        format!("{errno:?}")
+    }
+}
+
+/// The message `strerror` gives for a symbolic errno name, for the few names scenarios use.
+/// Shell steps have no probe output to read, only the message of the failing program.
+pub fn strerror_text(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "EPERM" => "Operation not permitted",
+        "EACCES" => "Permission denied",
+        "ENOENT" => "No such file or directory",
+        "EXDEV" => "Invalid cross-device link",
+        "ENETUNREACH" => "Network is unreachable",
+        "ECONNREFUSED" => "Connection refused",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(errno_name(libc::EPERM), "EPERM");
+        assert_eq!(errno_name(libc::EACCES), "EACCES");
+        assert_eq!(errno_name(libc::ETIMEDOUT), "ETIMEDOUT");
+        assert_eq!(errno_name(99999), "E99999");
+    }
+
+    #[test]
+    fn arity() {
+        let v = |a: &[&str]| validate(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(v(&["open-write", "/x"]).is_ok());
+        assert!(v(&["open-write"]).is_err());
+        assert!(v(&["rename", "a"]).is_err());
+        assert!(v(&["exec", "/bin/true", "a", "b"]).is_ok());
+        assert!(v(&["frobnicate"]).is_err());
+        assert!(v(&[]).is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! `cargo xtask`: set up this machine, and build and test gate on the host and in qemu guests.
+//! See `cargo xtask --help`.
+mod apt;
+mod bench;
+mod cmd;
+mod cpio;
+mod demo;
+mod elf;
+mod guest;
+mod initramfs;
+mod kernels;
+mod modules;
+mod paths;
+mod setup;
+mod test;
+mod toolchain;
+mod workspace;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::kernels::Series;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, build and test gate (host and qemu guests).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing needs (apt packages, qemu, nightly, bpf-linker, guest
+    /// kernels); idempotent.
+    Setup {
+        /// Also look for guest kernels newer than the cached ones.
+        #[arg(long)]
+        update_kernels: bool,
+    },
+    /// Boot a guest and run a command in it; exits with the command's status.
+    Guest(GuestArgs),
+    /// Host tests, release build, then the kernel tests in a guest per kernel.
+    Test(TestArgs),
+    /// Run tests/demo/demo.sh in a 6.1 guest.
+    Demo,
+    /// Benchmarks (not implemented yet).
+    Bench,
+}
+
+#[derive(Args)]
+struct GuestArgs {
+    /// Guest kernel: 6.1 or 6.12.
+    #[arg(long, default_value = "6.1")]
+    kernel: Series,
+    /// Deterministic virtual time: `-icount shift=0,sleep=off`.
+    #[arg(long)]
+    icount: bool,
+    /// Seconds before the guest is killed (and the run fails).
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Extra environment for the command, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// Run the kernel tests on this kernel only (6.1 or 6.12).
+    #[arg(long)]
+    kernel: Option<Series>,
+    /// Skip `cargo test --workspace` on the host.
+    #[arg(long)]
+    no_host: bool,
+    /// Seconds each guest may run before it is killed and its suite fails.
+    #[arg(long, default_value_t = 1800)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<ExitCode> {
+    match task {
+        Task::Setup { update_kernels } => {
+            setup::run(&setup::Options { quiet: false, update_kernels })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Guest(args) => guest(args),
+        Task::Test(args) => test::run(&test::Options {
+            kernels: args.kernel.map_or_else(|| Series::ALL.to_vec(), |k| vec![k]),
+            host: !args.no_host,
+            timeout: Duration::from_secs(args.timeout),
+        }),
+        Task::Demo => demo::run(),
+        Task::Bench => bench::run().map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn guest(args: GuestArgs) -> Result<ExitCode> {
+    let env = setup::run(&setup::Options { quiet: true, update_kernels: false })?;
+    let image = env.guest(args.kernel);
+    let guest = guest::Guest { kernel: &image.kernel, initramfs: &image.initramfs.path };
+    let options = guest::RunOptions {
+        icount: args.icount,
+        timeout: Duration::from_secs(args.timeout),
+        env: args.env.iter().map(|kv| parse_env(kv)).collect::<Result<_>>()?,
+        cwd: std::env::current_dir().ok(),
+    };
+    let outcome = guest::run(&guest, &options, &args.command)?;
+    Ok(exit_code(outcome.exit_code))
+}
+
+fn parse_env(kv: &str) -> Result<(String, String)> {
+    let (key, value) = kv.split_once('=').with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// A guest command's exit code as our own (out-of-range codes become 1).
+pub fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,158 @@
+//! `cargo xtask test`: host tests, a release build, then the kernel test suite in a qemu guest
+//! for each kernel, one after the other. A guest that cannot boot or does not report fails its
+//! suite. Ends with a summary table and a `N passed, N failed` line.
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::guest::{self, Guest, RunOptions};
+use crate::kernels::Series;
+use crate::setup::{self, Environment};
+use crate::{paths, workspace};
+
+pub const SKIP_GUESTS_ENV: &str = "GATE_SKIP_GUEST_TESTS";
+const TESTS_CRATE_HINT: &str = "the kernel-test crate in tests/ (binaries `gate-kernel-tests` and `gate-probe`) \
+     is missing or not a member of the workspace; add it to [workspace] members in Cargo.toml";
+
+pub struct Options {
+    pub kernels: Vec<Series>,
+    pub host: bool,
+    pub timeout: Duration,
+}
+
+enum Verdict {
+    Passed,
+    Failed(String),
+    NotRun(String),
+}
+
+struct SuiteResult {
+    name: String,
+    verdict: Verdict,
+    duration: Duration,
+}
+
+/// The binaries a guest suite runs.
+struct Binaries {
+    gate: PathBuf,
+    kernel_tests: PathBuf,
+    probe: PathBuf,
+}
+
+pub fn run(options: &Options) -> Result<ExitCode> {
+    let env = setup::run(&setup::Options { quiet: true, update_kernels: false })?;
+    let mut results = Vec::new();
+    if options.host {
+        results.push(timed("host tests", || workspace::host_tests().map(|()| Verdict::Passed)));
+    }
+    let skip_guests = skip_guests_requested();
+    if skip_guests {
+        for series in &options.kernels {
+            results.push(not_run(series, &format!("{SKIP_GUESTS_ENV}=1")));
+        }
+    } else {
+        run_guest_suites(&env, options, &mut results);
+    }
+    Ok(report(&results, skip_guests))
+}
+
+fn run_guest_suites(env: &Environment, options: &Options, results: &mut Vec<SuiteResult>) {
+    let started = Instant::now();
+    let binaries = workspace::release(&[]).and_then(|()| release_binaries());
+    let binaries = match binaries {
+        Ok(binaries) => binaries,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            let duration = started.elapsed();
+            for series in &options.kernels {
+                let verdict = Verdict::Failed(format!("not run: {error:#}"));
+                results.push(SuiteResult { name: suite_name(*series), verdict, duration });
+            }
+            return;
+        }
+    };
+    for series in &options.kernels {
+        results.push(timed(&suite_name(*series), || guest_suite(env, *series, &binaries, options.timeout)));
+    }
+}
+
+fn release_binaries() -> Result<Binaries> {
+    Ok(Binaries {
+        gate: workspace::release_binary("gate", "gate-userspace should provide the `gate` binary")?,
+        kernel_tests: workspace::release_binary("gate-kernel-tests", TESTS_CRATE_HINT)?,
+        probe: workspace::release_binary("gate-probe", TESTS_CRATE_HINT)?,
+    })
+}
+
+fn guest_suite(env: &Environment, series: Series, binaries: &Binaries, timeout: Duration) -> Result<Verdict> {
+    let image = env.guest(series);
+    let guest = Guest { kernel: &image.kernel, initramfs: &image.initramfs.path };
+    let repo = paths::repo_root();
+    let command = vec![
+        path_arg(&binaries.kernel_tests),
+        "--gate".into(),
+        path_arg(&binaries.gate),
+        "--probe".into(),
+        path_arg(&binaries.probe),
+        "--repo".into(),
+        path_arg(&repo),
+    ];
+    let options = RunOptions { icount: false, timeout, env: Vec::new(), cwd: Some(repo) };
+    let outcome = guest::run(&guest, &options, &command)?;
+    Ok(match outcome.exit_code {
+        0 => Verdict::Passed,
+        code => Verdict::Failed(format!("gate-kernel-tests exited with {code}")),
+    })
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn suite_name(series: Series) -> String {
+    format!("kernel {series}")
+}
+
+fn not_run(series: &Series, why: &str) -> SuiteResult {
+    SuiteResult { name: suite_name(*series), verdict: Verdict::NotRun(why.to_owned()), duration: Duration::ZERO }
+}
+
+fn timed(name: &str, suite: impl FnOnce() -> Result<Verdict>) -> SuiteResult {
+    let started = Instant::now();
+    let verdict = suite().unwrap_or_else(|error| {
+        eprintln!("error: {name}: {error:#}");
+        Verdict::Failed(format!("{error:#}"))
+    });
+    SuiteResult { name: name.to_owned(), verdict, duration: started.elapsed() }
+}
+
+fn skip_guests_requested() -> bool {
+    std::env::var(SKIP_GUESTS_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Prints the table and the final count; the exit code is failure if any suite failed.
+fn report(results: &[SuiteResult], skipped_guests: bool) -> ExitCode {
+    println!();
+    println!("{:<14} {:<8} {:>9}  detail", "suite", "result", "duration");
+    for r in results {
+        let (result, detail) = match &r.verdict {
+            Verdict::Passed => ("PASS", ""),
+            Verdict::Failed(why) => ("FAIL", why.as_str()),
+            Verdict::NotRun(why) => ("NOT RUN", why.as_str()),
+        };
+        let detail = detail.lines().next().unwrap_or_default();
+        println!("{:<14} {:<8} {:>8.1}s  {detail}", r.name, result, r.duration.as_secs_f64());
+    }
+    let passed = results.iter().filter(|r| matches!(r.verdict, Verdict::Passed)).count();
+    let failed = results.iter().filter(|r| matches!(r.verdict, Verdict::Failed(_))).count();
+    if skipped_guests {
+        println!();
+        println!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        println!("!! KERNEL TESTS WERE NOT RUN ({SKIP_GUESTS_ENV}=1): BPF LSM enforcement is UNTESTED !!");
+        println!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
