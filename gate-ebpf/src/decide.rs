@@ -1,7 +1,8 @@
 //! Verdicts: merging rule decisions, applying the default and the mode, and turning the
 //! result into the hook's return value.
+use crate::kernel::Offs;
 use aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id;
-use gate_common::{Config, KernelOffsets, MODE_AUDIT, counter, decision, flag, rule};
+use gate_common::{Config, MODE_AUDIT, counter, decision, flag, rule};
 
 use crate::{
     event::{self, Object},
@@ -85,7 +86,7 @@ pub fn confined() -> Option<&'static Config> {
 
 /// Records the verdict as needed and returns the hook's return value.
 #[inline(always)]
-pub fn finish(cfg: &Config, o: &KernelOffsets, op: u8, hook: u8, mut v: Verdict, obj: &Object) -> i32 {
+pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, mut v: Verdict, obj: &Object) -> i32 {
     count(counter::DECISIONS);
     let sev = v.severity();
     let denied = sev == decision::DENY || sev == decision::ASK;

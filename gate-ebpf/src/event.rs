@@ -1,16 +1,17 @@
 //! Decision events into the ring buffer. The path is rebuilt from dentry names only when an
 //! event is actually sent, so allowed actions that nobody asked to audit cost no name reads.
+use crate::kernel::Offs;
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
     bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
 };
-use gate_common::{EVENT_NAMES, Event, KernelOffsets, counter, flag};
+use gate_common::{EVENT_NAMES, Event, counter, flag};
 
 use crate::{
     decide::Verdict,
     kernel::{ptr, read},
     maps::{EVENTS, count},
-    walk::{Start, Step, step},
+    walk::{NameWalk, Start, collect_names},
 };
 
 /// What an action was about.
@@ -21,7 +22,7 @@ pub enum Object {
 
 /// Sends one event; false when the ring buffer had no room (counted as lost).
 #[inline(always)]
-pub fn emit(o: &KernelOffsets, op: u8, hook: u8, v: &Verdict, obj: &Object) -> bool {
+pub fn emit(o: &Offs, op: u8, hook: u8, v: &Verdict, obj: &Object) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(counter::RINGBUF_FULL);
         return false;
@@ -57,7 +58,7 @@ pub fn emit(o: &KernelOffsets, op: u8, hook: u8, v: &Verdict, obj: &Object) -> b
 /// # Safety
 /// `e` must point to a writable Event.
 #[inline(always)]
-unsafe fn fill_task(e: *mut Event, o: &KernelOffsets) {
+unsafe fn fill_task(e: *mut Event, o: &Offs) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     // SAFETY: caller guarantees `e`; helpers are plain calls.
@@ -69,21 +70,21 @@ unsafe fn fill_task(e: *mut Event, o: &KernelOffsets) {
         (*e).uid = uid_gid as u32;
         (*e).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         let task = bpf_get_current_task();
-        (*e).ppid = ptr(task, o.task_real_parent)
-            .and_then(|parent| read::<u32>(parent, o.task_tgid))
+        (*e).ppid = ptr(task, o.task_real_parent())
+            .and_then(|parent| read::<u32>(parent, o.task_tgid()))
             .unwrap_or(0);
     }
 }
 
 /// The task's root directory (chroot), where path names stop.
 #[inline(always)]
-fn task_root(o: &KernelOffsets) -> (u64, u64) {
+fn task_root(o: &Offs) -> (u64, u64) {
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task() };
-    let Ok(fs) = ptr(task, o.task_fs) else { return (0, 0) };
-    let root = fs + o.fs_struct_root as u64;
-    let mnt = ptr(root, o.path_mnt).unwrap_or(0);
-    let dentry = ptr(root, o.path_dentry).unwrap_or(0);
+    let Ok(fs) = ptr(task, o.task_fs()) else { return (0, 0) };
+    let root = fs + o.fs_struct_root() as u64;
+    let mnt = ptr(root, o.path_mnt()).unwrap_or(0);
+    let dentry = ptr(root, o.path_dentry()).unwrap_or(0);
     (dentry, mnt)
 }
 
@@ -92,40 +93,39 @@ fn task_root(o: &KernelOffsets) -> (u64, u64) {
 /// # Safety
 /// `e` must point to a writable Event.
 #[inline(always)]
-unsafe fn fill_path(e: *mut Event, o: &KernelOffsets, start: Start) {
+unsafe fn fill_path(e: *mut Event, o: &Offs, start: Start) {
     let (root_dentry, root_mnt) = task_root(o);
+    let mut w = NameWalk {
+        dentry: start.dentry,
+        vfsmnt: start.vfsmnt,
+        root_dentry,
+        root_mnt,
+        count: 0,
+        truncated: 0,
+        names: [0; EVENT_NAMES],
+    };
+    collect_names(&mut w);
     // SAFETY: caller guarantees `e`.
     unsafe {
         if let Ok(Some(key)) = crate::walk::identity(o, start.dentry) {
             (*e).dev = key.dev;
             (*e).ino = key.ino;
         }
-        let mut dentry = start.dentry;
-        let mut vfsmnt = start.vfsmnt;
-        let mut n: usize = 0;
-        for _ in 0..gate_common::MAX_PATH_DEPTH {
-            if dentry == root_dentry && vfsmnt == root_mnt {
+        if w.truncated != 0 {
+            (*e).flags |= flag::PATH_TRUNCATED;
+        }
+        let mut n = 0usize;
+        for i in 0..EVENT_NAMES {
+            if i as u32 >= w.count {
                 break;
             }
-            let parent = ptr(dentry, o.dentry_d_parent).unwrap_or(0);
-            if parent != dentry && parent != 0 {
-                if n >= EVENT_NAMES {
-                    (*e).flags |= flag::PATH_TRUNCATED;
-                    break;
-                }
-                let name = ptr(dentry + o.dentry_d_name as u64, o.qstr_name).unwrap_or(0);
-                if name == 0 || bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*e).names[n]).is_err() {
-                    (*e).names[n][0] = 0;
-                }
-                n += 1;
+            let name = ptr(w.names[i] + o.dentry_d_name() as u64, o.qstr_name()).unwrap_or(0);
+            if name == 0
+                || bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*e).names[i]).is_err()
+            {
+                (*e).names[i][0] = 0;
             }
-            match step(o, dentry, vfsmnt) {
-                Ok(Step::Up(d, m)) => {
-                    dentry = d;
-                    vfsmnt = m;
-                }
-                _ => break,
-            }
+            n = i + 1;
         }
         (*e).name_count = n as u16;
     }

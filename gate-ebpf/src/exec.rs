@@ -18,10 +18,9 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
     let bprm: u64 = ctx.arg(0);
-    let start = ptr(bprm, o.bprm_file).and_then(|file| file_start(&o, file));
+    let start = ptr(bprm, o.bprm_file()).and_then(|file| file_start(&o, file));
     let v = match start {
-        Ok(start) if o.valid != 0 => file_verdict(&o, op::EXEC as usize, start)
-            .unwrap_or_else(|_| Verdict::internal(gate_common::rule::INTERNAL, false)),
+        Ok(start) if o.valid() != 0 => file_verdict(op::EXEC as usize, start),
         _ => Verdict::internal(gate_common::rule::INTERNAL, false),
     };
     let v = v.or_default(cfg, op::EXEC as usize);
@@ -35,9 +34,9 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 /// Where the walk starts for an open `struct file`.
 #[inline(always)]
 pub fn file_start(
-    o: &gate_common::KernelOffsets,
+    o: &crate::kernel::Offs,
     file: u64,
 ) -> Result<Start, crate::kernel::ReadError> {
-    let path = file + o.file_f_path as u64;
-    Ok(Start { dentry: ptr(path, o.path_dentry)?, vfsmnt: ptr(path, o.path_mnt)? })
+    let path = file + o.file_f_path() as u64;
+    Ok(Start { dentry: ptr(path, o.path_dentry())?, vfsmnt: ptr(path, o.path_mnt())? })
 }

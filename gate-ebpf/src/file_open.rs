@@ -24,12 +24,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
     let file: u64 = ctx.arg(0);
-    let (mode, flags) = match (read::<u32>(file, o.file_f_mode), read::<u32>(file, o.file_f_flags)) {
+    let (mode, flags) = match (read::<u32>(file, o.file_f_mode()), read::<u32>(file, o.file_f_flags())) {
         (Ok(m), Ok(f)) => (m, f),
         _ => (FMODE_WRITE, 0),
     };
     // overlayfs opens the real file behind an already checked overlay file ("backing file").
-    if o.fmode_backing != 0 && mode & o.fmode_backing != 0 {
+    if o.fmode_backing() != 0 && mode & o.fmode_backing() != 0 {
         return 0;
     }
     let fop = if mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0 {
@@ -48,8 +48,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     };
     let start = file_start(&o, file);
     let v = match start {
-        Ok(s) if o.valid != 0 => file_verdict(&o, fop as usize, s)
-            .unwrap_or_else(|_| Verdict::internal(rule::INTERNAL, false)),
+        Ok(s) if o.valid() != 0 => file_verdict(fop as usize, s),
         _ => Verdict::internal(rule::INTERNAL, false),
     };
     let v = v.or_default(cfg, fop as usize);

@@ -33,18 +33,35 @@ pub static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     valid: 0,
 });
 
-/// Argument count of `inode_setattr` on this kernel (2 before 6.3, 3 after), set before load.
-/// Kept apart from `KOFFSETS` so the hook can find its return-value argument cheaply.
-#[unsafe(no_mangle)]
-pub static SETATTR_ARGS: Global<u32> = Global::new(0);
-
 /// A failed kernel read. Inside a confined cgroup it resolves to a denial.
 pub struct ReadError;
 
+/// Handle on the offsets. Each field is read on its own, with a volatile load from the
+/// read-only data (the verifier sees a constant), so no copy of the struct lands on the stack.
+#[derive(Clone, Copy)]
+pub struct Offs;
+
 #[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    KOFFSETS.load()
+pub fn offsets() -> Offs {
+    Offs
 }
+
+macro_rules! offset_fields {
+    ($($f:ident),* $(,)?) => {
+        impl Offs {
+            $(
+                #[inline(always)]
+                pub fn $f(&self) -> u32 {
+                    let p = core::ptr::addr_of!(KOFFSETS).cast::<KernelOffsets>();
+                    // SAFETY: Global<T> is a transparent wrapper around an initialised T.
+                    unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*p).$f)) }
+                }
+            )*
+        }
+    };
+}
+
+offset_fields!(file_f_path, file_f_mode, file_f_flags, path_mnt, path_dentry, dentry_d_parent, dentry_d_name, dentry_d_inode, dentry_d_sb, qstr_name, inode_i_ino, sb_s_dev, mount_mnt, mount_mnt_parent, mount_mnt_mountpoint, bprm_file, task_real_parent, task_tgid, task_fs, fs_struct_root, msghdr_msg_name, msghdr_msg_namelen, fmode_backing, valid);
 
 /// Reads a `T` at `base + off`. `base == 0` is an error, never a read of address `off`.
 #[inline(always)]

@@ -1,7 +1,8 @@
 //! connect: `socket_connect`, and `socket_sendmsg` when the message names a destination
 //! (unconnected UDP `sendto`, TCP fast open). IPv4, IPv6, and v4-mapped IPv6 treated as IPv4.
+use crate::kernel::Offs;
 use aya_ebpf::{macros::lsm, maps::lpm_trie::Key, programs::LsmContext};
-use gate_common::{Config, KernelOffsets, MAX_PORT_RULES, hook, op, rule};
+use gate_common::{Config, MAX_PORT_RULES, hook, op, rule};
 
 use crate::{
     decide::{Verdict, confined, finish},
@@ -33,8 +34,8 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
     let msg: u64 = ctx.arg(1);
-    let name = ptr(msg, o.msghdr_msg_name).unwrap_or(0);
-    let namelen: i32 = read(msg, o.msghdr_msg_namelen).unwrap_or(0);
+    let name = ptr(msg, o.msghdr_msg_name()).unwrap_or(0);
+    let namelen: i32 = read(msg, o.msghdr_msg_namelen()).unwrap_or(0);
     if name == 0 || namelen <= 0 {
         return 0;
     }
@@ -43,7 +44,7 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
 
 /// Checks a destination given as a kernel copy of a `struct sockaddr`.
 #[inline(always)]
-fn check_addr(cfg: &Config, o: &KernelOffsets, hook: u8, sa: u64, len: i32) -> i32 {
+fn check_addr(cfg: &Config, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
     let family: u16 = match read(sa, 0) {
         Ok(f) => f,
         Err(_) => {

@@ -1,36 +1,36 @@
 //! Writes that change the file tree without an open: the `path_*` hooks (they carry the
 //! vfsmount, so rules above mount points apply) and `inode_setattr` for timestamp changes.
 //! Each is a `write` on its object; link and rename check both ends.
+use crate::kernel::Offs;
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use gate_common::{Config, KernelOffsets, hook, op, rule};
+use gate_common::{Config, hook, op, rule};
 
 use crate::{
     decide::{Verdict, confined, finish},
     event::Object,
-    kernel::{SETATTR_ARGS, offsets, ptr, read},
+    kernel::{offsets, ptr, read},
     walk::{Start, file_verdict},
 };
 
 /// The object named `dentry` inside the directory `dir` (a `struct path *`).
 #[inline(always)]
-fn in_dir(o: &KernelOffsets, dir: u64, dentry: u64) -> Start {
-    Start { dentry, vfsmnt: ptr(dir, o.path_mnt).unwrap_or(0) }
+fn in_dir(o: &Offs, dir: u64, dentry: u64) -> Start {
+    Start { dentry, vfsmnt: ptr(dir, o.path_mnt()).unwrap_or(0) }
 }
 
 /// The object a `struct path *` points at.
 #[inline(always)]
-fn at_path(o: &KernelOffsets, path: u64) -> Start {
-    Start { dentry: ptr(path, o.path_dentry).unwrap_or(0), vfsmnt: ptr(path, o.path_mnt).unwrap_or(0) }
+fn at_path(o: &Offs, path: u64) -> Start {
+    Start { dentry: ptr(path, o.path_dentry()).unwrap_or(0), vfsmnt: ptr(path, o.path_mnt()).unwrap_or(0) }
 }
 
 /// Checks a write to `start` for a confined task; 0 for everyone else.
 #[inline(always)]
-fn check_write(cfg: &Config, o: &KernelOffsets, hook: u8, start: Start) -> i32 {
-    let v = if o.valid == 0 || start.dentry == 0 {
+fn check_write(cfg: &Config, o: &Offs, hook: u8, start: Start) -> i32 {
+    let v = if o.valid() == 0 || start.dentry == 0 {
         Verdict::internal(rule::INTERNAL, false)
     } else {
-        file_verdict(o, op::WRITE as usize, start)
-            .unwrap_or_else(|_| Verdict::internal(rule::INTERNAL, false))
+        file_verdict(op::WRITE as usize, start)
     };
     let v = v.or_default(cfg, op::WRITE as usize);
     finish(cfg, o, op::WRITE, hook, v, &Object::File(start))
@@ -167,14 +167,20 @@ const ATTR_MTIME: u32 = 1 << 5;
 
 /// `inode_setattr` has no vfsmount (the walk stops at the filesystem root), and mode, owner
 /// and size changes were already checked by the path hooks; it covers what they do not:
-/// timestamp changes (utimes). Its argument list gained an idmap in 6.3.
+/// timestamp changes (utimes). Its argument list gained an idmap in 6.3, so there are two
+/// programs and userspace loads the one that matches the running kernel.
 #[lsm(hook = "inode_setattr")]
 pub fn inode_setattr(ctx: LsmContext) -> i32 {
-    let (ret, dentry, attr): (i32, u64, u64) = if SETATTR_ARGS.load() == 3 {
-        (ctx.arg(3), ctx.arg(1), ctx.arg(2))
-    } else {
-        (ctx.arg(2), ctx.arg(0), ctx.arg(1))
-    };
+    setattr(ctx.arg(2), ctx.arg(0), ctx.arg(1))
+}
+
+#[lsm(hook = "inode_setattr")]
+pub fn inode_setattr_idmap(ctx: LsmContext) -> i32 {
+    setattr(ctx.arg(3), ctx.arg(1), ctx.arg(2))
+}
+
+#[inline(always)]
+fn setattr(ret: i32, dentry: u64, attr: u64) -> i32 {
     if ret != 0 {
         return ret;
     }

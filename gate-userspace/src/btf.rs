@@ -205,37 +205,50 @@ fn parse_types(raw: &[u8]) -> Result<Vec<Type>, BtfError> {
     Ok(types)
 }
 
-/// LSM hooks the programs attach to, with the argument counts they were written for.
-pub const HOOKS: &[(&str, &[usize])] = &[
-    ("bprm_check_security", &[1]),
-    ("file_open", &[1]),
-    ("path_mknod", &[4]),
-    ("path_mkdir", &[3]),
-    ("path_rmdir", &[2]),
-    ("path_unlink", &[2]),
-    ("path_symlink", &[3]),
-    ("path_link", &[3]),
-    ("path_rename", &[5]),
-    ("path_truncate", &[1]),
-    ("path_chmod", &[2]),
-    ("path_chown", &[3]),
-    ("inode_setattr", &[2, 3]),
-    ("socket_connect", &[3]),
-    ("socket_sendmsg", &[3]),
+/// The programs and the LSM hooks they attach to, with the argument count each was written
+/// for. A hook with several programs has one per kernel signature; the one whose count
+/// matches the running kernel is loaded.
+pub const PROGRAMS: &[(&str, &str, usize)] = &[
+    ("bprm_check_security", "bprm_check_security", 1),
+    ("file_open", "file_open", 1),
+    ("path_mknod", "path_mknod", 4),
+    ("path_mkdir", "path_mkdir", 3),
+    ("path_rmdir", "path_rmdir", 2),
+    ("path_unlink", "path_unlink", 2),
+    ("path_symlink", "path_symlink", 3),
+    ("path_link", "path_link", 3),
+    ("path_rename", "path_rename", 5),
+    ("path_truncate", "path_truncate", 1),
+    ("path_chmod", "path_chmod", 2),
+    ("path_chown", "path_chown", 3),
+    ("inode_setattr", "inode_setattr", 2),
+    ("inode_setattr_idmap", "inode_setattr", 3),
+    ("socket_connect", "socket_connect", 3),
+    ("socket_sendmsg", "socket_sendmsg", 3),
 ];
+
+/// The programs to load on this kernel: (program, hook). Every hook must have a program whose
+/// signature matches, or the kernel is refused.
+pub fn programs_for(btf: &Btf) -> Result<Vec<(&'static str, &'static str)>, BtfError> {
+    let mut out = Vec::new();
+    let mut hooks: Vec<&str> = PROGRAMS.iter().map(|p| p.1).collect();
+    hooks.dedup();
+    for hook in hooks {
+        let n = btf.func_params(&format!("bpf_lsm_{hook}"))?;
+        let candidates: Vec<_> = PROGRAMS.iter().filter(|p| p.1 == hook).collect();
+        let Some(p) = candidates.iter().find(|p| p.2 == n) else {
+            let expected = candidates.iter().map(|p| p.2.to_string()).collect::<Vec<_>>().join(" or ");
+            return Err(BtfError::HookSignature { hook, found: n, expected });
+        };
+        out.push((p.0, p.1));
+    }
+    Ok(out)
+}
 
 /// Reads every offset the programs need and checks the hook signatures.
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
-    let mut setattr_args = 0;
-    for (hook, expected) in HOOKS {
-        let n = btf.func_params(&format!("bpf_lsm_{hook}"))?;
-        if !expected.contains(&n) {
-            return Err(BtfError::HookSignature { hook, found: n, expected: format!("{expected:?}") });
-        }
-        if *hook == "inode_setattr" {
-            setattr_args = n as u32;
-        }
-    }
+    let setattr_args = btf.func_params("bpf_lsm_inode_setattr")? as u32;
+    programs_for(btf)?;
     let f = |s: &str, m: &str| btf.member_offset(s, m);
     Ok(KernelOffsets {
         file_f_path: f("file", "f_path")?,
@@ -283,6 +296,14 @@ mod tests {
         assert!(o.dentry_d_parent > 0 && o.dentry_d_inode > o.dentry_d_parent);
         assert!(o.task_tgid > 0 && o.task_real_parent > o.task_tgid);
         assert!(o.setattr_args == 2 || o.setattr_args == 3);
+    }
+
+    #[test]
+    fn one_program_per_hook_on_the_host() {
+        let btf = Btf::from_sys_fs().expect("host kernel BTF");
+        let progs = programs_for(&btf).expect("programs");
+        assert_eq!(progs.len(), PROGRAMS.len() - 1);
+        assert_eq!(progs.iter().filter(|p| p.1 == "inode_setattr").count(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub enum CgroupError {
     Busy(PathBuf),
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io { what, path: path.to_path_buf(), source }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
-    programs::{FdLink, Lsm, links::PinnedLink},
+    programs::{Lsm, links::{FdLink, PinnedLink}},
 };
 use gate_common::{Config, InodeKey, InodeRule, KernelOffsets, NetRule, counter};
 
@@ -40,8 +40,8 @@ pub enum EngineError {
     Program { program: String, source: aya::programs::ProgramError },
     #[error("writing map {map} failed: {source}")]
     Map { map: &'static str, source: aya::maps::MapError },
-    #[error("pinning {path} failed: {source}")]
-    Pin { path: PathBuf, source: String },
+    #[error("pinning {path} failed: {reason}")]
+    Pin { path: PathBuf, reason: String },
 }
 
 /// A loaded, filled and (after [`Engine::attach`]) enforcing instance.
@@ -68,8 +68,7 @@ impl Engine {
         let net4 = (policy.net4.len() as u32).max(1);
         let net6 = (policy.net6.len() as u32).max(1);
         let ebpf = EbpfLoader::new()
-            .set_global("KOFFSETS", &offsets, true)
-            .set_global("SETATTR_ARGS", &offsets.setattr_args, true)
+            .override_global("KOFFSETS", &offsets, true)
             .map_max_entries("INODES", inodes)
             .map_max_entries("NET4", net4)
             .map_max_entries("NET6", net6)
@@ -123,21 +122,21 @@ impl Engine {
     /// directory) so that enforcement stays in place if this process dies.
     pub fn attach(&mut self, pin_dir: &Path) -> Result<(), EngineError> {
         let btf = kernel_btf()?;
-        for (hook, _) in btf::HOOKS {
+        for (name, hook) in btf::programs_for(&Btf::from_sys_fs()?)? {
             let prog: &mut Lsm = self
                 .ebpf
-                .program_mut(hook)
+                .program_mut(name)
                 .ok_or(EngineError::Missing("an LSM program"))?
                 .try_into()
-                .map_err(|source| EngineError::Program { program: hook.to_string(), source })?;
-            let err = |source| EngineError::Program { program: hook.to_string(), source };
+                .map_err(|source| EngineError::Program { program: name.to_string(), source })?;
+            let err = |source| EngineError::Program { program: name.to_string(), source };
             prog.load(hook, &btf).map_err(err)?;
             let id = prog.attach().map_err(err)?;
             let link: FdLink = prog.take_link(id).map_err(err)?.into();
-            let path = pin_dir.join(hook);
+            let path = pin_dir.join(name);
             let pinned = link
                 .pin(&path)
-                .map_err(|e| EngineError::Pin { path: path.clone(), source: e.to_string() })?;
+                .map_err(|e| EngineError::Pin { path: path.clone(), reason: e.to_string() })?;
             self.links.push(pinned);
         }
         Ok(())

@@ -10,11 +10,10 @@
 //! 5. when it exits, kill what is left of its tree, drain the events, detach, remove the cgroup.
 use std::{
     ffi::OsString,
-    fs,
-    io::{self, Write as _},
+    io,
     os::{
         fd::{AsFd, AsRawFd},
-        unix::{fs::MetadataExt, process::CommandExt, process::ExitStatusExt},
+        unix::process::{CommandExt, ExitStatusExt},
     },
     path::{Path, PathBuf},
     process::Command,
@@ -27,14 +26,14 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use gate_common::{Config, InodeKey, InodeRule, MODE_AUDIT, MODE_ENFORCE, counter, decision, flag, op, rule};
+use gate_common::{Config, InodeRule, MODE_AUDIT, MODE_ENFORCE, decision, op, rule};
 
 use crate::{
     cgroup::{self, Cgroup, CgroupError, Hierarchy},
     engine::{Engine, EngineError},
-    events::{self, Decision},
+    events,
     policy::{self, CompiledPolicy, Mode, PolicyError, Vars},
-    report::{self, LogSink, Summary},
+    report::{LogSink, Summary},
     state,
 };
 
@@ -97,8 +96,13 @@ fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
     if let Some(mode) = opts.mode {
         policy.mode = mode;
     }
-    for w in &policy.warnings {
-        eprintln!("gate: warning: {w}");
+    if !policy.warnings.is_empty() && !opts.quiet {
+        eprintln!(
+            "gate: note: {} policy entries have no effect on this host (paths that do not exist); \
+             `gate policy check {}` lists them",
+            policy.warnings.len(),
+            opts.policy.display()
+        );
     }
     let policy = Arc::new(policy);
     let h = cgroup::hierarchy()?;
@@ -257,8 +261,8 @@ extern "C" fn forward_signal(sig: i32) {
 fn install_signal_handlers() {
     // SAFETY: installing handlers that only call kill(2).
     unsafe {
-        libc::signal(libc::SIGTERM, forward_signal as libc::sighandler_t);
-        libc::signal(libc::SIGHUP, forward_signal as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, forward_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, forward_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }

@@ -12,7 +12,7 @@ use std::{
 
 use gate_common::InodeKey;
 
-use crate::cgroup::Hierarchy;
+use crate::{cgroup::Hierarchy, policy::kernel_dev};
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 pub const PIN_ROOT: &str = "/sys/fs/bpf/gate";
@@ -30,7 +30,7 @@ pub enum StateError {
     NoBpffs(io::Error),
 }
 
-fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
     move |source| StateError::Io { what, path: path.to_path_buf(), source }
 }
 
@@ -45,12 +45,6 @@ pub fn ensure_bpffs() -> Result<(), StateError> {
     }
     nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
         .map_err(|e| StateError::NoBpffs(io::Error::from(e)))
-}
-
-/// The kernel's encoding of a device number (`MKDEV`), as `super_block.s_dev` holds it.
-pub fn kernel_dev(st_dev: u64) -> u32 {
-    let (major, minor) = (libc::major(st_dev), libc::minor(st_dev));
-    (major << 20) | minor
 }
 
 /// One run's state directories.

@@ -8,3 +8,4 @@ pub mod probe;
 pub mod run;
 pub mod scenario;
 pub mod subst;
+pub mod suite;

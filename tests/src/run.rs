@@ -166,10 +166,10 @@ impl Background {
 
     /// Has it exited? (Reaps it if so.)
     pub fn poll(&mut self) -> Option<Status> {
-        if self.status.is_none() {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                self.status = Some(to_status(s));
-            }
+        if self.status.is_none()
+            && let Ok(Some(s)) = self.child.try_wait()
+        {
+            self.status = Some(to_status(s));
         }
         self.status
     }

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Variables: `${workspace}`, `${home}`, `${probe}`, `${repo}`, `${scratch}` (a per-scenario
-//! directory outside the workspace). Probe arguments must only use known variables; shell text
+//! directory, emptied before the setup; the workspace may live in it), `${cgroup}` (where cgroup
+//! v2 is mounted). Probe arguments must only use known variables; shell text
 //! may use its own `${var}`s, which are left alone.
 
 use std::path::{Path, PathBuf};
@@ -178,7 +179,7 @@ impl Scenario {
 /// Variables with dummy values, for validation.
 fn placeholder_vars() -> Vars {
     let mut v = Vars::new();
-    for k in ["workspace", "home", "probe", "repo", "scratch"] {
+    for k in ["workspace", "home", "probe", "repo", "scratch", "cgroup"] {
         v.set(k, format!("/{k}"));
     }
     v

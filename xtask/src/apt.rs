@@ -134,7 +134,8 @@ pub fn search_names(regex: &str) -> Result<Vec<String>> {
 
 /// `apt-get download PACKAGE` into `dir`; returns the .deb written.
 pub fn download(package: &str, dir: &Path) -> Result<PathBuf> {
-    cmd::run(apt_get().arg("download").arg(package).current_dir(dir))?;
+    // As root apt would fall back from its sandbox user with a warning; say so up front.
+    cmd::run(apt_get().args(["-o", "APT::Sandbox::User=root", "download", package]).current_dir(dir))?;
     let deb = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

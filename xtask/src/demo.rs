@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use crate::guest::{self, Guest, RunOptions};
+use crate::guest::{self, RunOptions};
 use crate::kernels::Series;
 use crate::{paths, setup, workspace};
 
@@ -24,10 +24,9 @@ pub fn run() -> Result<ExitCode> {
     }
     workspace::release(&["gate-userspace"])?;
     let gate = workspace::release_binary("gate", "gate-userspace should provide the `gate` binary")?;
-    let image = env.guest(Series::V6_1);
-    let guest = Guest { kernel: &image.kernel, initramfs: &image.initramfs.path };
+    let guest = env.guest(Series::V6_1).guest();
     let command = [script, gate, repo.clone()].map(|p| p.to_string_lossy().into_owned());
-    let options = RunOptions { icount: false, timeout: DEMO_TIMEOUT, env: Vec::new(), cwd: Some(repo) };
+    let options = RunOptions { icount: false, timeout: DEMO_TIMEOUT, env: Vec::new(), cwd: Some(repo), append: None };
     let outcome = guest::run(&guest, &options, &command)?;
     Ok(crate::exit_code(outcome.exit_code))
 }

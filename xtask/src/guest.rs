@@ -24,9 +24,11 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 const EXIT_MARKER: &str = "GATE-GUEST-EXIT=";
 const INIT_ERROR_MARKER: &str = "GATE-GUEST-INIT-ERROR";
 
-/// A bootable guest: kernel plus its cached base initramfs.
+/// A bootable guest: kernel, the image qemu boots (vmlinux or vmlinuz), and the cached base
+/// initramfs.
 pub struct Guest<'a> {
     pub kernel: &'a Kernel,
+    pub boot_image: &'a Path,
     pub initramfs: &'a Path,
 }
 
@@ -38,6 +40,8 @@ pub struct RunOptions {
     pub env: Vec<(String, String)>,
     /// Working directory in the guest (a host path; tmpfs-covered ones are empty there).
     pub cwd: Option<PathBuf>,
+    /// Appended to the kernel command line (e.g. `loglevel=7` to see the whole boot).
+    pub append: Option<String>,
 }
 
 pub struct Outcome {
@@ -60,7 +64,7 @@ pub fn run(guest: &Guest<'_>, options: &RunOptions, command: &[String]) -> Resul
     let initrd = workdir.path.join("initrd.cpio");
     write_initrd(guest.initramfs, &initrd, &run_script(command, &env_for(options)?, options.cwd.as_deref()), &nonce)?;
 
-    let mut qemu = qemu_command(guest.kernel, &initrd, options.icount);
+    let mut qemu = qemu_command(guest.boot_image, &initrd, options);
     say(label, &format!(
         "booting {} (TCG{}, timeout {}s): {}",
         guest.kernel.release,
@@ -168,14 +172,40 @@ fn stream(source: impl Read + Send + 'static, label: String, nonce: String, even
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            let line = String::from_utf8_lossy(&raw);
-            let line = line.trim_end_matches(['\n', '\r']).replace('\r', "");
+            let line = printable(&String::from_utf8_lossy(&raw));
             say(&label, &line);
             if let (Some(events), Some(event)) = (&events, parse_line(&line, &nonce)) {
                 let _ = events.send(event);
             }
         }
     })
+}
+
+/// `line` without terminal control: escape sequences (SeaBIOS clears the screen) and other
+/// control characters except tabs.
+fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' if chars.peek() == Some(&'[') => {
+                chars.next();
+                // CSI: parameters and intermediates, then one final byte in @..~.
+                for p in chars.by_ref() {
+                    if ('@'..='~').contains(&p) {
+                        break;
+                    }
+                }
+            }
+            '\u{1b}' => {
+                chars.next();
+            }
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn parse_line(line: &str, nonce: &str) -> Option<Event> {
@@ -195,19 +225,24 @@ fn say(label: &str, line: &str) {
     let _ = out.flush();
 }
 
-fn qemu_command(kernel: &Kernel, initrd: &Path, icount: bool) -> Command {
+fn qemu_command(boot_image: &Path, initrd: &Path, options: &RunOptions) -> Command {
+    let cmdline = match &options.append {
+        Some(extra) => format!("{KERNEL_CMDLINE} {extra}"),
+        None => KERNEL_CMDLINE.to_owned(),
+    };
     let mut qemu = Command::new(QEMU);
     qemu.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
-        .arg(kernel.vmlinuz())
+        .arg(boot_image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", KERNEL_CMDLINE])
+        .arg("-append")
+        .arg(cmdline)
         // multidevs=remap: the host root spans several filesystems (/, /proc, /sys…); without
         // it their inode numbers can collide in the guest.
         .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]);
-    if icount {
+    if options.icount {
         qemu.args(["-icount", "shift=0,sleep=off"]);
     }
     qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -288,6 +323,12 @@ mod tests {
         assert!(parse_line("GATE-GUEST-EXIT=0 nonce=other", "ab12").is_none());
         assert!(parse_line("GATE-GUEST-EXIT=0", "ab12").is_none());
         assert!(parse_line("echo GATE-GUEST-EXIT=0 nonce=ab12", "ab12").is_none());
+    }
+
+    #[test]
+    fn strips_terminal_control() {
+        assert_eq!(printable("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1)\r\n"), "SeaBIOS (version 1)");
+        assert_eq!(printable("a\tb"), "a\tb");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod paths;
 mod setup;
 mod test;
 mod toolchain;
+mod vmlinux;
 mod workspace;
 
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ struct GuestArgs {
     /// Seconds before the guest is killed (and the run fails).
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Extra kernel command-line arguments (e.g. `loglevel=7` to see the whole boot).
+    #[arg(long)]
+    append: Option<String>,
     /// Extra environment for the command, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -111,13 +115,13 @@ fn run(task: Task) -> Result<ExitCode> {
 
 fn guest(args: GuestArgs) -> Result<ExitCode> {
     let env = setup::run(&setup::Options { quiet: true, update_kernels: false })?;
-    let image = env.guest(args.kernel);
-    let guest = guest::Guest { kernel: &image.kernel, initramfs: &image.initramfs.path };
+    let guest = env.guest(args.kernel).guest();
     let options = guest::RunOptions {
         icount: args.icount,
         timeout: Duration::from_secs(args.timeout),
         env: args.env.iter().map(|kv| parse_env(kv)).collect::<Result<_>>()?,
         cwd: std::env::current_dir().ok(),
+        append: args.append,
     };
     let outcome = guest::run(&guest, &options, &args.command)?;
     Ok(exit_code(outcome.exit_code))

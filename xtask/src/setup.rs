@@ -2,15 +2,18 @@
 //! step checks first and installs only what is missing, printing one line; a second run changes
 //! nothing. Other commands call this quietly (it then prints only what it installs).
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 
 use crate::apt::{self, Apt};
+use crate::guest::Guest;
 use crate::initramfs::{self, Initramfs};
 use crate::kernels::{self, Kernel, Series};
-use crate::{paths, toolchain};
+use crate::{paths, toolchain, vmlinux};
 
-const APT_PACKAGES: &[&str] = &["busybox-static", "cpio", "xz-utils", "gcc", "git", "make"];
+/// zstd: the 6.12 kernel image is zstd-compressed (see vmlinux.rs).
+const APT_PACKAGES: &[&str] = &["busybox-static", "cpio", "xz-utils", "zstd", "gcc", "git", "make"];
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 
 pub struct Options {
@@ -23,7 +26,15 @@ pub struct Options {
 /// A guest kernel ready to boot.
 pub struct GuestImage {
     pub kernel: Kernel,
+    /// The PVH-bootable vmlinux, or the bzImage if it could not be extracted.
+    pub boot_image: PathBuf,
     pub initramfs: Initramfs,
+}
+
+impl GuestImage {
+    pub fn guest(&self) -> Guest<'_> {
+        Guest { kernel: &self.kernel, boot_image: &self.boot_image, initramfs: &self.initramfs.path }
+    }
 }
 
 /// What setup leaves in place for the other commands.
@@ -48,8 +59,9 @@ pub fn run(options: &Options) -> Result<Environment> {
     let mut guests = BTreeMap::new();
     for series in Series::ALL {
         let kernel = setup.kernel(series, options.update_kernels)?;
+        let boot_image = setup.vmlinux(&kernel);
         let initramfs = setup.initramfs(&kernel)?;
-        guests.insert(series, GuestImage { kernel, initramfs });
+        guests.insert(series, GuestImage { kernel, boot_image, initramfs });
     }
     if setup.changes == 0 && !setup.quiet {
         println!("setup: everything is in place, nothing to do");
@@ -179,6 +191,25 @@ impl Setup {
             .with_context(|| format!("getting the {series} guest kernel"))?;
         self.done(&step, &format!("{} in {}", kernel.release, kernel.dir.display()));
         Ok(kernel)
+    }
+
+    /// The uncompressed kernel boots in half the time; the bzImage is the fallback.
+    fn vmlinux(&mut self, kernel: &Kernel) -> PathBuf {
+        let step = format!("guest vmlinux {}", kernel.series);
+        match vmlinux::ensure(kernel) {
+            Ok((path, false)) => {
+                self.present(&step, &format!("PVH entry, {}", path.display()));
+                path
+            }
+            Ok((path, true)) => {
+                self.done(&step, &format!("extracted {}", path.display()));
+                path
+            }
+            Err(error) => {
+                println!("setup: {step:<34} WARNING: {error:#}; booting the slower bzImage instead");
+                kernel.vmlinuz()
+            }
+        }
     }
 
     fn initramfs(&mut self, kernel: &Kernel) -> Result<Initramfs> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::guest::{self, Guest, RunOptions};
+use crate::guest::{self, RunOptions};
 use crate::kernels::Series;
 use crate::setup::{self, Environment};
 use crate::{paths, workspace};
@@ -49,6 +49,7 @@ pub fn run(options: &Options) -> Result<ExitCode> {
     }
     let skip_guests = skip_guests_requested();
     if skip_guests {
+        banner(&format!("{SKIP_GUESTS_ENV}=1: the kernel tests will NOT be run"));
         for series in &options.kernels {
             results.push(not_run(series, &format!("{SKIP_GUESTS_ENV}=1")));
         }
@@ -87,8 +88,7 @@ fn release_binaries() -> Result<Binaries> {
 }
 
 fn guest_suite(env: &Environment, series: Series, binaries: &Binaries, timeout: Duration) -> Result<Verdict> {
-    let image = env.guest(series);
-    let guest = Guest { kernel: &image.kernel, initramfs: &image.initramfs.path };
+    let guest = env.guest(series).guest();
     let repo = paths::repo_root();
     let command = vec![
         path_arg(&binaries.kernel_tests),
@@ -99,7 +99,7 @@ fn guest_suite(env: &Environment, series: Series, binaries: &Binaries, timeout: 
         "--repo".into(),
         path_arg(&repo),
     ];
-    let options = RunOptions { icount: false, timeout, env: Vec::new(), cwd: Some(repo) };
+    let options = RunOptions { icount: false, timeout, env: Vec::new(), cwd: Some(repo), append: None };
     let outcome = guest::run(&guest, &options, &command)?;
     Ok(match outcome.exit_code {
         0 => Verdict::Passed,
@@ -128,6 +128,11 @@ fn timed(name: &str, suite: impl FnOnce() -> Result<Verdict>) -> SuiteResult {
     SuiteResult { name: name.to_owned(), verdict, duration: started.elapsed() }
 }
 
+fn banner(message: &str) {
+    let rule = "!".repeat(message.len() + 6);
+    println!("\n{rule}\n!! {message} !!\n{rule}");
+}
+
 fn skip_guests_requested() -> bool {
     std::env::var(SKIP_GUESTS_ENV).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
@@ -148,10 +153,7 @@ fn report(results: &[SuiteResult], skipped_guests: bool) -> ExitCode {
     let passed = results.iter().filter(|r| matches!(r.verdict, Verdict::Passed)).count();
     let failed = results.iter().filter(|r| matches!(r.verdict, Verdict::Failed(_))).count();
     if skipped_guests {
-        println!();
-        println!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-        println!("!! KERNEL TESTS WERE NOT RUN ({SKIP_GUESTS_ENV}=1): BPF LSM enforcement is UNTESTED !!");
-        println!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        banner(&format!("KERNEL TESTS WERE NOT RUN ({SKIP_GUESTS_ENV}=1): BPF LSM enforcement is UNTESTED"));
     }
     println!("{passed} passed, {failed} failed");
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }

@@ -104,7 +104,9 @@ pub enum PolicyError {
     #[error("{at}: cannot resolve `{}`: {source}", path.display())]
     Resolve { at: Location, path: PathBuf, source: io::Error },
     /// One address prefix would carry more port ranges than the kernel map value holds.
-    #[error("{at}: prefix {prefix} collects {count} port ranges (at most {max}) from rules {rules}")]
+    #[error(
+        "{at}: prefix {prefix} collects {count} port ranges (at most {max}) from rules {rules}"
+    )]
     TooManyPortRules { at: Location, prefix: String, count: usize, max: usize, rules: String },
     /// More rules than a rule index (u16, with reserved values at the top) can number.
     #[error("{at}: {count} rules, at most {max} are supported")]

@@ -184,7 +184,8 @@ pub struct Policy {
 
 impl Policy {
     /// The default decisions when the `[default]` table leaves an operation out.
-    pub const DEFAULTS: [Decision; 4] = [Decision::Deny, Decision::Deny, Decision::Allow, Decision::Deny];
+    pub const DEFAULTS: [Decision; 4] =
+        [Decision::Deny, Decision::Deny, Decision::Allow, Decision::Deny];
 }
 
 /// One `[[rule]]`.
@@ -263,7 +264,9 @@ fn invoking_home() -> io::Result<PathBuf> {
     let uid = match sudo_uid {
         Some(uid) if Uid::effective().is_root() => Uid::from_raw(uid),
         _ => {
-            if let Some(home) = std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_absolute()) {
+            if let Some(home) =
+                std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_absolute())
+            {
                 return Ok(home);
             }
             Uid::current()
@@ -271,7 +274,9 @@ fn invoking_home() -> io::Result<PathBuf> {
     };
     match User::from_uid(uid) {
         Ok(Some(user)) => Ok(user.dir),
-        Ok(None) => Err(io::Error::new(io::ErrorKind::NotFound, format!("no passwd entry for uid {uid}"))),
+        Ok(None) => {
+            Err(io::Error::new(io::ErrorKind::NotFound, format!("no passwd entry for uid {uid}")))
+        }
         Err(e) => Err(io::Error::from(e)),
     }
 }

@@ -2,6 +2,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 
 use gate_common::{MAX_PORT_RULES, NetRule, PortRule, decision};
 
@@ -50,7 +51,7 @@ impl Cidr {
     }
 
     /// The prefix length in bits.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         match *self {
             Cidr::V4 { len, .. } | Cidr::V6 { len, .. } => len,
         }
@@ -137,7 +138,11 @@ fn parse_port(s: &str) -> Result<u16, String> {
 
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.lo == self.hi { write!(f, "{}", self.lo) } else { write!(f, "{}-{}", self.lo, self.hi) }
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
     }
 }
 
@@ -162,7 +167,7 @@ pub type Net6 = BTreeMap<(u32, [u8; 16]), NetRule>;
 
 /// Builds both tries: every distinct prefix gets the port ranges of every entry whose prefix
 /// contains it, so the kernel's longest-prefix match alone finds all applicable rules.
-pub(super) fn compile_net(entries: &[NetEntry], file: &Location) -> Result<(Net4, Net6), PolicyError> {
+pub(super) fn compile_net(entries: &[NetEntry], file: &Path) -> Result<(Net4, Net6), PolicyError> {
     let mut net4 = Net4::new();
     let mut net6 = Net6::new();
     let mut prefixes: BTreeMap<Cidr, Pos> = BTreeMap::new();
@@ -171,7 +176,7 @@ pub(super) fn compile_net(entries: &[NetEntry], file: &Location) -> Result<(Net4
         *pos = (*pos).min(e.pos);
     }
     for (prefix, pos) in prefixes {
-        let value = net_rule_for(&prefix, entries, &Location { pos, ..file.clone() })?;
+        let value = net_rule_for(&prefix, entries, &Location::new(file, pos))?;
         match prefix {
             Cidr::V4 { addr, len } => net4.insert((u32::from(len), addr), value),
             Cidr::V6 { addr, len } => net6.insert((u32::from(len), addr), value),
@@ -180,9 +185,13 @@ pub(super) fn compile_net(entries: &[NetEntry], file: &Location) -> Result<(Net4
     Ok((net4, net6))
 }
 
-fn net_rule_for(prefix: &Cidr, entries: &[NetEntry], at: &Location) -> Result<NetRule, PolicyError> {
+fn net_rule_for(
+    prefix: &Cidr,
+    entries: &[NetEntry],
+    at: &Location,
+) -> Result<NetRule, PolicyError> {
     let mut covering: Vec<&NetEntry> = entries.iter().filter(|e| e.cidr.contains(prefix)).collect();
-    covering.sort_by_key(|e| (e.rule, e.ports, e.cidr.len()));
+    covering.sort_by_key(|e| (e.rule, e.ports, e.cidr.prefix_len()));
     covering.dedup_by_key(|e| (e.rule, e.ports));
     if covering.len() > MAX_PORT_RULES {
         let mut ids: Vec<&str> = covering.iter().map(|e| e.rule_id.as_str()).collect();
@@ -197,21 +206,33 @@ fn net_rule_for(prefix: &Cidr, entries: &[NetEntry], at: &Location) -> Result<Ne
     }
     let mut value = NetRule::default();
     for (slot, e) in value.ports.iter_mut().zip(&covering) {
-        *slot = PortRule { lo: e.ports.lo, hi: e.ports.hi, decision: e.decision, _pad: 0, rule: e.rule };
+        *slot = PortRule {
+            lo: e.ports.lo,
+            hi: e.ports.hi,
+            decision: e.decision,
+            _pad: 0,
+            rule: e.rule,
+        };
     }
     value.count = covering.len() as u32;
     Ok(value)
 }
 
-/// The decision the kernel would take for `port` given a trie value: the most severe range that
-/// contains the port, `None` when none does (then the default applies).
+/// The decision the kernel takes for `port` given a trie value: the most severe range that
+/// contains the port (on a tie the first, keeping the audit bit of equally severe ones), `None`
+/// when none does (then the default applies).
 pub fn evaluate_ports(value: &NetRule, port: u16) -> Option<PortRule> {
     let count = (value.count as usize).min(MAX_PORT_RULES);
-    value.ports[..count]
-        .iter()
-        .filter(|p| p.lo <= port && port <= p.hi)
-        .max_by_key(|p| (p.decision & decision::MASK, std::cmp::Reverse(p.rule)))
-        .copied()
+    let matching = value.ports[..count].iter().filter(|p| p.lo <= port && port <= p.hi);
+    matching.fold(None, |best: Option<PortRule>, p| match best {
+        Some(mut b) if b.decision & decision::MASK >= p.decision & decision::MASK => {
+            if b.decision & decision::MASK == p.decision & decision::MASK {
+                b.decision |= p.decision & decision::AUDIT;
+            }
+            Some(b)
+        }
+        _ => Some(*p),
+    })
 }
 
 #[cfg(test)]
@@ -230,19 +251,35 @@ mod tests {
 
     #[test]
     fn v4_mapped_prefixes_become_v4() {
-        assert_eq!(Cidr::parse("::ffff:10.0.0.0/104"), Ok(Cidr::V4 { addr: [10, 0, 0, 0], len: 8 }));
+        assert_eq!(
+            Cidr::parse("::ffff:10.0.0.0/104"),
+            Ok(Cidr::V4 { addr: [10, 0, 0, 0], len: 8 })
+        );
         assert_eq!(Cidr::parse("::ffff:1.2.3.4"), Ok(Cidr::V4 { addr: [1, 2, 3, 4], len: 32 }));
         assert_eq!(Cidr::parse("::ffff:0.0.0.0/96"), Ok(Cidr::ANY_V4));
         // Shorter than /96 it is an IPv6 prefix that merely contains the mapped range.
-        assert!(matches!(Cidr::parse("::ffff:0:0/80"), Ok(Cidr::V6 { len: 80, .. })));
+        assert!(matches!(Cidr::parse("::/80"), Ok(Cidr::V6 { len: 80, .. })));
+        assert!(Cidr::parse("::ffff:0:0/95").is_err(), "host bits set");
     }
 
     #[test]
     fn rejects_bad_cidrs() {
-        for bad in ["10.0.0.0/33", "::/129", "10.0.0/8", "10.0.0.0/", "10.0.0.0/+8", "example.com", "10.0.0.1/8", ""] {
+        for bad in [
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "example.com",
+            "10.0.0.1/8",
+            "",
+        ] {
             assert!(Cidr::parse(bad).is_err(), "{bad} should be rejected");
         }
-        assert_eq!(Cidr::parse("10.0.0.1/8").unwrap_err(), "host bits are set (did you mean 10.0.0.0/8?)");
+        assert_eq!(
+            Cidr::parse("10.0.0.1/8").unwrap_err(),
+            "host bits are set (did you mean 10.0.0.0/8?)"
+        );
     }
 
     #[test]
@@ -261,7 +298,9 @@ mod tests {
         assert_eq!(PortRange::parse("443"), Ok(PortRange { lo: 443, hi: 443 }));
         assert_eq!(PortRange::parse("0-65535"), Ok(PortRange::ALL));
         assert_eq!(PortRange::parse("1024 - 2048"), Ok(PortRange { lo: 1024, hi: 2048 }));
-        for bad in ["", "-", "1-", "-5", "65536", "10-5", "a", "+1", "1-2-3", "99999999999999999999"] {
+        for bad in
+            ["", "-", "1-", "-5", "65536", "10-5", "a", "+1", "1-2-3", "99999999999999999999"]
+        {
             assert!(PortRange::parse(bad).is_err(), "{bad} should be rejected");
         }
         assert_eq!(PortRange::from_int(22), Ok(PortRange { lo: 22, hi: 22 }));

@@ -5,8 +5,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
 use super::error::{Location, PolicyError, Pos};
@@ -85,7 +85,10 @@ impl<'de> Deserialize<'de> for RawPort {
 pub fn parse(source: &str, file: &Path) -> Result<Policy, PolicyError> {
     let raw: RawPolicy = toml::from_str(source).map_err(|e| {
         let pos = Pos::from_offset(source, e.span().map_or(0, |s| s.start));
-        PolicyError::Syntax { at: Location::new(file, pos), message: e.message().trim_end().to_owned() }
+        PolicyError::Syntax {
+            at: Location::new(file, pos),
+            message: e.message().trim_end().to_owned(),
+        }
     })?;
     Checker { source, file }.policy(raw)
 }
@@ -107,7 +110,10 @@ impl Checker<'_> {
 
     fn policy(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
         if *raw.version.get_ref() != i64::from(VERSION) {
-            return Err(PolicyError::Version { at: self.at(&raw.version), found: *raw.version.get_ref() });
+            return Err(PolicyError::Version {
+                at: self.at(&raw.version),
+                found: *raw.version.get_ref(),
+            });
         }
         let name = raw.name.get_ref();
         if name.trim().is_empty() || name.chars().any(char::is_control) {
@@ -141,11 +147,13 @@ impl Checker<'_> {
         let id = r.id.get_ref();
         let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
         if id.is_empty() || !id.chars().all(id_ok) {
-            let message = format!("rule id `{id}` must be non-empty and use only A-Z a-z 0-9 _ . -");
+            let message =
+                format!("rule id `{id}` must be non-empty and use only A-Z a-z 0-9 _ . -");
             return Err(PolicyError::Invalid { at: self.at(&r.id), message });
         }
         let pos = self.pos(r.id.span());
-        let target = if r.op.get_ref().is_file() { self.file_target(r)? } else { self.net_target(r, pos)? };
+        let target =
+            if r.op.get_ref().is_file() { self.file_target(r)? } else { self.net_target(r, pos)? };
         Ok(Rule {
             id: id.clone(),
             op: *r.op.get_ref(),
@@ -159,10 +167,17 @@ impl Checker<'_> {
 
     fn file_target(&self, r: &RawRule) -> Result<Target, PolicyError> {
         let op = r.op.get_ref();
-        for (key, span) in [("addr", r.addr.as_ref().map(Spanned::span)), ("port", r.port.as_ref().map(Spanned::span))] {
+        for (key, span) in [
+            ("addr", r.addr.as_ref().map(Spanned::span)),
+            ("port", r.port.as_ref().map(Spanned::span)),
+        ] {
             if let Some(span) = span {
-                let message = format!("`{key}` only applies to connect rules, not to a `{op}` rule");
-                return Err(PolicyError::WrongField { at: Location::new(self.file, self.pos(span)), message });
+                let message =
+                    format!("`{key}` only applies to connect rules, not to a `{op}` rule");
+                return Err(PolicyError::WrongField {
+                    at: Location::new(self.file, self.pos(span)),
+                    message,
+                });
             }
         }
         let Some(paths) = &r.path else {
@@ -176,11 +191,14 @@ impl Checker<'_> {
 
     fn net_target(&self, r: &RawRule, rule_pos: Pos) -> Result<Target, PolicyError> {
         if let Some(path) = &r.path {
-            let message = "`path` does not apply to connect rules (they take `addr` and `port`)".to_owned();
+            let message =
+                "`path` does not apply to connect rules (they take `addr` and `port`)".to_owned();
             return Err(PolicyError::WrongField { at: self.at(path), message });
         }
         let addrs = match &r.addr {
-            None => [Cidr::ANY_V4, Cidr::ANY_V6].map(|cidr| AddrSpec { cidr, pos: rule_pos }).to_vec(),
+            None => {
+                [Cidr::ANY_V4, Cidr::ANY_V6].map(|cidr| AddrSpec { cidr, pos: rule_pos }).to_vec()
+            }
             Some(list) => {
                 self.non_empty(list, "addr")?;
                 list.get_ref().iter().map(|a| self.addr(a)).collect::<Result<_, _>>()?
@@ -206,8 +224,11 @@ impl Checker<'_> {
 
     fn addr(&self, a: &Spanned<String>) -> Result<AddrSpec, PolicyError> {
         let value = a.get_ref();
-        let cidr = Cidr::parse(value)
-            .map_err(|reason| PolicyError::BadAddress { at: self.at(a), value: value.clone(), reason })?;
+        let cidr = Cidr::parse(value).map_err(|reason| PolicyError::BadAddress {
+            at: self.at(a),
+            value: value.clone(),
+            reason,
+        })?;
         Ok(AddrSpec { cidr, pos: self.pos(a.span()) })
     }
 
@@ -222,14 +243,16 @@ impl Checker<'_> {
     fn path_spec(&self, p: &Spanned<String>) -> Result<PathSpec, PolicyError> {
         let raw = p.get_ref();
         let at = self.at(p);
-        let literal = strip_variables(raw).map_err(|message| PolicyError::Variable { at: at.clone(), message })?;
+        let literal = strip_variables(raw)
+            .map_err(|message| PolicyError::Variable { at: at.clone(), message })?;
         let is_glob = |s: &str| s.contains(['*', '?', '[', '{']);
         let subtree = literal.ends_with("/**");
         let body = if subtree { &literal[..literal.len() - 3] } else { literal.as_str() };
         if is_glob(body) {
             return Err(PolicyError::UnsupportedGlob { at, pattern: raw.clone() });
         }
-        let absolute = ["/", "~/", "${home}", "${workspace}"].iter().any(|s| raw.starts_with(s)) || raw == "~";
+        let absolute =
+            ["/", "~/", "${home}", "${workspace}"].iter().any(|s| raw.starts_with(s)) || raw == "~";
         if !absolute {
             return Err(PolicyError::NotAbsolute { at, path: raw.clone() });
         }
@@ -249,7 +272,9 @@ fn strip_variables(raw: &str) -> Result<String, String> {
         };
         let name = &after[..end];
         if !matches!(name, "workspace" | "home") {
-            return Err(format!("unknown variable `${{{name}}}` in `{raw}` (known: ${{workspace}}, ${{home}})"));
+            return Err(format!(
+                "unknown variable `${{{name}}}` in `{raw}` (known: ${{workspace}}, ${{home}})"
+            ));
         }
         rest = &after[end + 1..];
     }
@@ -263,7 +288,12 @@ impl Policy {
     /// comments, rule order and keys left at their default do not change it.
     pub fn canonical(&self) -> String {
         let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let mut out = format!("gate-policy v{VERSION}\nname {}\nmode {}\naudit {}\n", q(&self.name), self.mode.name(), self.audit.name());
+        let mut out = format!(
+            "gate-policy v{VERSION}\nname {}\nmode {}\naudit {}\n",
+            q(&self.name),
+            self.mode.name(),
+            self.audit.name()
+        );
         for op in Op::ALL {
             out += &format!("default {} {}\n", op.name(), self.defaults[op.index()].name());
         }

@@ -85,7 +85,11 @@ impl Resolver for FsResolver {
                 if meta.is_dir() {
                     stack.push(entry.path());
                 } else if meta.is_file() && meta.nlink() > 1 {
-                    scan.files.push(Resolved { canonical: entry.path(), key: key_of(&meta), is_dir: false });
+                    scan.files.push(Resolved {
+                        canonical: entry.path(),
+                        key: key_of(&meta),
+                        is_dir: false,
+                    });
                 }
             }
         }
@@ -165,7 +169,8 @@ impl MemResolver {
     /// Adds the symlink `link` pointing at `target` (absolute, or relative to `link`'s parent).
     pub fn symlink(mut self, link: impl AsRef<Path>, target: impl AsRef<Path>) -> Self {
         self.parents(link.as_ref());
-        self.nodes.insert(link.as_ref().to_path_buf(), Node::Symlink(target.as_ref().to_path_buf()));
+        self.nodes
+            .insert(link.as_ref().to_path_buf(), Node::Symlink(target.as_ref().to_path_buf()));
         self
     }
 
@@ -176,8 +181,12 @@ impl MemResolver {
 
     fn parents(&mut self, path: &Path) {
         assert!(path.is_absolute(), "MemResolver paths must be absolute: {}", path.display());
-        let missing: Vec<PathBuf> =
-            path.ancestors().skip(1).filter(|a| !self.nodes.contains_key(*a)).map(Path::to_path_buf).collect();
+        let missing: Vec<PathBuf> = path
+            .ancestors()
+            .skip(1)
+            .filter(|a| !self.nodes.contains_key(*a))
+            .map(Path::to_path_buf)
+            .collect();
         for dir in missing.into_iter().rev() {
             let ino = self.ino();
             self.nodes.insert(dir, Node::Dir(ino));
@@ -186,10 +195,6 @@ impl MemResolver {
 
     fn key(&self, ino: u64) -> InodeKey {
         InodeKey { dev: self.dev, _pad: 0, ino }
-    }
-
-    fn nlink(&self, ino: u64) -> usize {
-        self.nodes.values().filter(|n| matches!(n, Node::File(i) if *i == ino)).count()
     }
 
     /// Walks `path` component by component, following symlinks, like `realpath`.
@@ -252,7 +257,14 @@ impl Resolver for MemResolver {
 
     fn hardlinked_files_under(&self, dir: &Path, limit: usize) -> io::Result<HardlinkScan> {
         let mut scan = HardlinkScan::default();
-        let below = self.nodes
+        let mut links: BTreeMap<u64, usize> = BTreeMap::new();
+        for node in self.nodes.values() {
+            if let Node::File(ino) = node {
+                *links.entry(*ino).or_default() += 1;
+            }
+        }
+        let below = self
+            .nodes
             .range(dir.to_path_buf()..)
             .filter(|(p, _)| p.as_path() != dir)
             .take_while(|(p, _)| p.starts_with(dir));
@@ -262,9 +274,13 @@ impl Resolver for MemResolver {
                 break;
             }
             if let Node::File(ino) = node
-                && self.nlink(*ino) > 1
+                && links.get(ino).is_some_and(|&n| n > 1)
             {
-                scan.files.push(Resolved { canonical: path.clone(), key: self.key(*ino), is_dir: false });
+                scan.files.push(Resolved {
+                    canonical: path.clone(),
+                    key: self.key(*ino),
+                    is_dir: false,
+                });
             }
         }
         Ok(scan)

@@ -1,0 +1,388 @@
+//! [`Policy`] → [`CompiledPolicy`]: the contents of the kernel maps.
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use gate_common::{Config, InodeKey, InodeRule, decision, op, rule as rule_idx};
+
+use super::error::{Location, PolicyError};
+use super::net::{Net4, Net6, NetEntry, compile_net};
+use super::resolve::{HardlinkScan, Resolved, Resolver};
+use super::{Decision, Mode, Op, PathSpec, Policy, Rule, Target, Vars};
+
+/// Most rules a policy may have: rule indexes are u16 and the values from 0xfff0 up are
+/// reserved (`rule::*`).
+pub const MAX_RULES: usize = 0xfff0 - 1;
+/// Directory entries visited per deny/ask subtree when looking for hard-linked files.
+pub const HARDLINK_WALK_LIMIT: usize = 10_000;
+
+/// What the kernel's events refer to by rule index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleMeta {
+    pub id: String,
+    pub op: Op,
+    pub decision: Decision,
+    pub audit: bool,
+}
+
+/// Entry counts, for sizing the kernel maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub rules: usize,
+    pub inodes: usize,
+    pub net4: usize,
+    pub net6: usize,
+}
+
+/// A policy compiled into the contents of the kernel maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub mode: Mode,
+    /// `audit = "required"`: an action that cannot be recorded is denied.
+    pub audit_required: bool,
+    /// Default decision per operation, indexed by `op::*`.
+    pub defaults: [u8; 4],
+    /// The rules, sorted by id; map values refer to them by index.
+    pub rules: Vec<RuleMeta>,
+    /// Inode map contents.
+    pub inodes: BTreeMap<InodeKey, InodeRule>,
+    /// A path of each inode in `inodes` (for humans: dumps and messages).
+    pub inode_paths: BTreeMap<InodeKey, PathBuf>,
+    /// IPv4 LPM trie contents, keyed by (prefix length, address).
+    pub net4: Net4,
+    /// IPv6 LPM trie contents, keyed by (prefix length, address).
+    pub net6: Net6,
+    /// Some inode entry has a read decision (otherwise reads need no walk).
+    pub has_read_rules: bool,
+    /// SHA-256 of the canonical form of the policy ([`Policy::canonical`]).
+    pub digest: [u8; 32],
+    /// Things that did not stop compilation but a user should know (missing paths…).
+    pub warnings: Vec<String>,
+}
+
+impl CompiledPolicy {
+    /// Entry counts of every map.
+    pub fn map_sizes(&self) -> MapSizes {
+        MapSizes {
+            rules: self.rules.len(),
+            inodes: self.inodes.len(),
+            net4: self.net4.len(),
+            net6: self.net6.len(),
+        }
+    }
+
+    /// The rule a kernel event names: a rule id, or the name of a reserved index.
+    pub fn rule_name(&self, index: u16) -> &str {
+        match index {
+            rule_idx::DEFAULT => "default",
+            rule_idx::INTERNAL => "internal-error",
+            rule_idx::SELFTEST => "selftest",
+            rule_idx::AUDIT_REQUIRED => "audit-required",
+            i => self.rules.get(usize::from(i)).map_or("unknown", |r| r.id.as_str()),
+        }
+    }
+
+    /// The `CONFIG` map value for this policy confining the cgroup `cgroup_id` at `cgroup_level`.
+    pub fn config(&self, cgroup_id: u64, cgroup_level: u32) -> Config {
+        Config {
+            cgroup_id,
+            cgroup_level,
+            mode: self.mode.code(),
+            audit_required: u8::from(self.audit_required),
+            has_read_rules: u8::from(self.has_read_rules),
+            defaults: self.defaults,
+            ..Config::default()
+        }
+    }
+
+    /// The digest as lowercase hex.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+}
+
+/// Compiles `policy`, substituting `vars` and resolving paths with `resolver`.
+pub fn compile(
+    policy: &Policy,
+    vars: &Vars,
+    resolver: &dyn Resolver,
+) -> Result<CompiledPolicy, PolicyError> {
+    if policy.rules.len() > MAX_RULES {
+        let at = Location::new(&policy.file, policy.rules[MAX_RULES].pos);
+        return Err(PolicyError::TooManyRules { at, count: policy.rules.len(), max: MAX_RULES });
+    }
+    let mut order: Vec<&Rule> = policy.rules.iter().collect();
+    order.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut c = Compiler::new(policy, vars, resolver);
+    for (index, rule) in order.iter().enumerate() {
+        c.rule(index as u16, rule)?;
+    }
+    c.harden_hardlinks();
+    let (net4, net6) = compile_net(&c.net, &policy.file)?;
+    let warnings = c.take_warnings();
+    let has_read_rules = c.inodes.values().any(|v| {
+        v.exact[usize::from(op::READ)] != decision::NONE
+            || v.subtree[usize::from(op::READ)] != decision::NONE
+    });
+    Ok(CompiledPolicy {
+        name: policy.name.clone(),
+        mode: policy.mode,
+        audit_required: policy.audit == super::AuditLevel::Required,
+        defaults: Op::ALL.map(|op| policy.defaults[op.index()].code()),
+        rules: order
+            .iter()
+            .map(|r| RuleMeta { id: r.id.clone(), op: r.op, decision: r.decision, audit: r.audit })
+            .collect(),
+        inodes: c.inodes,
+        inode_paths: c.paths,
+        net4,
+        net6,
+        has_read_rules,
+        digest: policy.digest(),
+        warnings,
+    })
+}
+
+/// The decision byte a rule puts into the maps.
+fn decision_byte(rule: &Rule) -> u8 {
+    let audit = if rule.decision == Decision::Allow && rule.audit { decision::AUDIT } else { 0 };
+    rule.decision.code() | audit
+}
+
+/// Merges a rule into one map slot the way the kernel merges matches: the more severe decision
+/// wins (on a tie, the rule met first, i.e. the lower index) and an audit request from an
+/// equally severe rule is kept.
+fn merge(slot: &mut u8, slot_rule: &mut u16, byte: u8, index: u16) {
+    let (new, cur) = (byte & decision::MASK, *slot & decision::MASK);
+    if new > cur {
+        *slot = byte;
+        *slot_rule = index;
+    } else if new == cur {
+        *slot |= byte & decision::AUDIT;
+    }
+}
+
+fn empty_inode_rule() -> InodeRule {
+    InodeRule {
+        exact_rule: [rule_idx::DEFAULT; op::FILE_OPS],
+        subtree_rule: [rule_idx::DEFAULT; op::FILE_OPS],
+        ..InodeRule::default()
+    }
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+}
+
+/// A deny/ask subtree whose hard-linked files get exact entries of their own.
+struct HardlinkJob {
+    dir: PathBuf,
+    op: Op,
+    byte: u8,
+    index: u16,
+    rule_id: String,
+    at: Location,
+}
+
+struct Compiler<'a> {
+    policy: &'a Policy,
+    vars: &'a Vars,
+    resolver: &'a dyn Resolver,
+    inodes: BTreeMap<InodeKey, InodeRule>,
+    paths: BTreeMap<InodeKey, PathBuf>,
+    net: Vec<NetEntry>,
+    jobs: Vec<HardlinkJob>,
+    /// Warnings with where they point, sorted by position at the end.
+    warnings: Vec<(Location, String)>,
+    workspace_checked: bool,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(policy: &'a Policy, vars: &'a Vars, resolver: &'a dyn Resolver) -> Self {
+        Compiler {
+            policy,
+            vars,
+            resolver,
+            inodes: BTreeMap::new(),
+            paths: BTreeMap::new(),
+            net: Vec::new(),
+            jobs: Vec::new(),
+            warnings: Vec::new(),
+            workspace_checked: false,
+        }
+    }
+
+    fn warn(&mut self, at: &Location, message: String) {
+        self.warnings.push((at.clone(), format!("{at}: warning: {message}")));
+    }
+
+    /// The warnings in file order.
+    fn take_warnings(&mut self) -> Vec<String> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|(at, _)| at.pos);
+        warnings.into_iter().map(|(_, w)| w).collect()
+    }
+
+    fn rule(&mut self, index: u16, rule: &Rule) -> Result<(), PolicyError> {
+        let byte = decision_byte(rule);
+        match &rule.target {
+            Target::Paths(specs) => {
+                specs.iter().try_for_each(|spec| self.path(index, rule, byte, spec))
+            }
+            Target::Net { addrs, ports } => {
+                for addr in addrs {
+                    for ports in ports {
+                        let (cidr, pos, rule_id) = (addr.cidr, addr.pos, rule.id.clone());
+                        self.net.push(NetEntry {
+                            cidr,
+                            ports: *ports,
+                            decision: byte,
+                            rule: index,
+                            rule_id,
+                            pos,
+                        });
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn path(
+        &mut self,
+        index: u16,
+        rule: &Rule,
+        byte: u8,
+        spec: &PathSpec,
+    ) -> Result<(), PolicyError> {
+        let at = Location::new(&self.policy.file, spec.pos);
+        let text = self.substitute(spec.base(), &at)?;
+        if !Path::new(&text).is_absolute() {
+            return Err(PolicyError::NotAbsolute { at, path: text });
+        }
+        let resolved = match self.resolver.resolve(Path::new(&text)) {
+            Ok(resolved) => resolved,
+            Err(e) if is_missing(&e) => {
+                let (id, raw) = (&rule.id, &spec.raw);
+                let from = if *raw == text { String::new() } else { format!(" (from `{raw}`)") };
+                self.warn(&at, format!("rule `{id}`: `{text}`{from} does not exist, skipped"));
+                return Ok(());
+            }
+            Err(source) => {
+                return Err(PolicyError::Resolve { at, path: text.into(), source });
+            }
+        };
+        if spec.subtree && !resolved.is_dir {
+            return Err(PolicyError::NotDirectory {
+                at,
+                path: resolved.canonical,
+                pattern: spec.raw.clone(),
+            });
+        }
+        self.set(&resolved, spec.subtree, rule.op, byte, index);
+        if spec.subtree && rule.decision != Decision::Allow {
+            let (dir, op, rule_id) = (resolved.canonical, rule.op, rule.id.clone());
+            self.jobs.push(HardlinkJob { dir, op, byte, index, rule_id, at });
+        }
+        Ok(())
+    }
+
+    /// Substitutes `~`, `${home}` and `${workspace}` in a path pattern's base.
+    fn substitute(&mut self, base: &str, at: &Location) -> Result<String, PolicyError> {
+        let mut text = match base.strip_prefix('~') {
+            Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("${{home}}{rest}"),
+            _ => base.to_owned(),
+        };
+        if text.contains("${home}") {
+            text = text.replace("${home}", &var_text(&self.vars.home, "home", at)?);
+        }
+        if text.contains("${workspace}") {
+            let workspace = self.workspace(at)?;
+            text = text.replace("${workspace}", &workspace);
+        }
+        Ok(text)
+    }
+
+    /// The workspace, checked to exist the first time a rule uses it.
+    fn workspace(&mut self, at: &Location) -> Result<String, PolicyError> {
+        let Some(workspace) = &self.vars.workspace else {
+            let message =
+                "`${workspace}` is used but no workspace was given (--workspace)".to_owned();
+            return Err(PolicyError::Variable { at: at.clone(), message });
+        };
+        if !self.workspace_checked {
+            self.resolver.resolve(workspace).map_err(|e| PolicyError::Variable {
+                at: at.clone(),
+                message: format!("the workspace `{}` cannot be resolved: {e}", workspace.display()),
+            })?;
+            self.workspace_checked = true;
+        }
+        var_text(workspace, "workspace", at)
+    }
+
+    fn set(&mut self, resolved: &Resolved, subtree: bool, op: Op, byte: u8, index: u16) {
+        let entry = self.inodes.entry(resolved.key).or_insert_with(empty_inode_rule);
+        self.paths.entry(resolved.key).or_insert_with(|| resolved.canonical.clone());
+        let i = op.index();
+        if subtree {
+            merge(&mut entry.subtree[i], &mut entry.subtree_rule[i], byte, index);
+        } else {
+            merge(&mut entry.exact[i], &mut entry.exact_rule[i], byte, index);
+        }
+    }
+
+    /// Gives every multiply-linked file below a deny/ask subtree an exact entry, so that its
+    /// other names, outside the subtree, are covered too.
+    fn harden_hardlinks(&mut self) {
+        let mut scans: BTreeMap<PathBuf, io::Result<HardlinkScan>> = BTreeMap::new();
+        for job in std::mem::take(&mut self.jobs) {
+            let scan = scans.entry(job.dir.clone()).or_insert_with(|| {
+                self.resolver.hardlinked_files_under(&job.dir, HARDLINK_WALK_LIMIT)
+            });
+            let scan = match scan {
+                Ok(scan) => scan.clone(),
+                Err(e) => {
+                    let message = format!(
+                        "rule `{}`: cannot scan `{}` for hard links: {e}",
+                        job.rule_id,
+                        job.dir.display()
+                    );
+                    self.warn(&job.at, message);
+                    continue;
+                }
+            };
+            for file in &scan.files {
+                self.set(file, false, job.op, job.byte, job.index);
+            }
+            self.warn_scan(&job, &scan);
+        }
+    }
+
+    fn warn_scan(&mut self, job: &HardlinkJob, scan: &HardlinkScan) {
+        let (id, dir) = (&job.rule_id, job.dir.display());
+        if scan.truncated {
+            let message = format!(
+                "rule `{id}`: `{dir}` has more than {HARDLINK_WALK_LIMIT} entries; hard links beyond them are not covered"
+            );
+            self.warn(&job.at, message);
+        }
+        for unreadable in &scan.unreadable {
+            let message = format!(
+                "rule `{id}`: cannot read `{}` to look for hard links",
+                unreadable.display()
+            );
+            self.warn(&job.at, message);
+        }
+    }
+}
+
+/// A variable's value as text, without a trailing slash (so `${home}/x` has no `//`).
+fn var_text(value: &Path, name: &str, at: &Location) -> Result<String, PolicyError> {
+    let Some(text) = value.to_str() else {
+        let message = format!("`${{{name}}}` (`{}`) is not valid UTF-8", value.display());
+        return Err(PolicyError::Variable { at: at.clone(), message });
+    };
+    let trimmed = text.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { text.to_owned() } else { trimmed.to_owned() })
+}

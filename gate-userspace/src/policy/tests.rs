@@ -1,0 +1,642 @@
+//! Unit tests of parsing and compilation: every error kind with its location, and the semantics.
+use std::io;
+use std::path::{Path, PathBuf};
+
+use gate_common::{InodeKey, InodeRule, decision, op, rule as rule_idx};
+
+use super::*;
+
+const HEAD: &str = "version = 1\nname = \"t\"\nmode = \"enforce\"\n";
+
+fn parse_str(src: &str) -> Result<Policy, PolicyError> {
+    parse(src, Path::new("p.toml"))
+}
+
+/// The error message of a policy that must not parse.
+fn parse_err(src: &str) -> String {
+    parse_str(src).expect_err("policy should be rejected").to_string()
+}
+
+/// The error message of a policy (after `HEAD`) that must not parse.
+fn rule_err(body: &str) -> String {
+    parse_err(&format!("{HEAD}{body}"))
+}
+
+fn vars() -> Vars {
+    Vars { workspace: Some(PathBuf::from("/work/ws")), home: PathBuf::from("/home/u") }
+}
+
+fn fs() -> MemResolver {
+    MemResolver::new()
+        .dir("/usr/bin")
+        .file("/usr/bin/curl")
+        .file("/usr/bin/git")
+        .dir("/home/u/.ssh")
+        .file("/home/u/.ssh/id_ed25519")
+        .file("/home/u/.bashrc")
+        .dir("/work/ws/.git/hooks")
+        .file("/work/ws/.git/config")
+        .dir("/tmp")
+}
+
+fn compile_with(body: &str, r: &dyn Resolver) -> Result<CompiledPolicy, PolicyError> {
+    compile(&parse_str(&format!("{HEAD}{body}"))?, &vars(), r)
+}
+
+fn compile_ok(body: &str) -> CompiledPolicy {
+    compile_with(body, &fs()).expect("policy should compile")
+}
+
+fn compile_err(body: &str) -> String {
+    compile_with(body, &fs()).expect_err("policy should not compile").to_string()
+}
+
+fn inode(c: &CompiledPolicy, r: &MemResolver, path: &str) -> InodeRule {
+    let key = r.resolve(Path::new(path)).unwrap().key;
+    *c.inodes.get(&key).unwrap_or_else(|| panic!("no inode entry for {path}"))
+}
+
+fn rule_index(c: &CompiledPolicy, id: &str) -> u16 {
+    c.rules.iter().position(|r| r.id == id).unwrap() as u16
+}
+
+// ---- syntax and shape errors, located by the TOML parser ----
+
+#[test]
+fn toml_syntax_error_is_located() {
+    assert_eq!(
+        parse_err("version = 1\nname = \n"),
+        "p.toml:2:8: string values must be quoted, expected literal string"
+    );
+}
+
+#[test]
+fn unknown_keys_are_rejected_everywhere() {
+    let top = parse_err(&format!("{HEAD}colour = \"red\"\n"));
+    assert!(top.starts_with("p.toml:4:1: unknown field `colour`"), "{top}");
+    let default = rule_err("[default]\nexec = \"deny\"\nexecute = \"deny\"\n");
+    assert!(default.starts_with("p.toml:6:1: unknown field `execute`"), "{default}");
+    let rule =
+        rule_err("[[rule]]\nid = \"a\"\nop = \"exec\"\npaths = [\"/x\"]\ndecision = \"allow\"\n");
+    assert!(rule.starts_with("p.toml:7:1: unknown field `paths`"), "{rule}");
+}
+
+#[test]
+fn wrong_version_points_at_the_value() {
+    let e = parse_err("name = \"t\"\nversion = 2\nmode = \"enforce\"\n");
+    assert_eq!(e, "p.toml:2:11: unsupported policy version 2, this gate supports version 1");
+    let e = parse_err("version = \"1\"\nname = \"t\"\nmode = \"enforce\"\n");
+    assert!(e.starts_with("p.toml:1:11: invalid type: string \"1\", expected i64"), "{e}");
+}
+
+#[test]
+fn bad_names_of_modes_ops_and_decisions() {
+    let e = parse_err("version = 1\nname = \"t\"\nmode = \"permissive\"\n");
+    assert_eq!(e, "p.toml:3:8: unknown variant `permissive`, expected `enforce` or `audit`");
+    let e = parse_err(&format!("{HEAD}audit = \"always\"\n"));
+    assert_eq!(e, "p.toml:4:9: unknown variant `always`, expected `best-effort` or `required`");
+    let e = rule_err("[[rule]]\nid = \"a\"\nop = \"run\"\npath = [\"/x\"]\ndecision = \"allow\"\n");
+    assert_eq!(
+        e,
+        "p.toml:6:6: unknown variant `run`, expected one of `exec`, `write`, `read`, `connect`"
+    );
+    let e =
+        rule_err("[[rule]]\nid = \"a\"\nop = \"exec\"\npath = [\"/x\"]\ndecision = \"maybe\"\n");
+    assert_eq!(e, "p.toml:8:12: unknown variant `maybe`, expected one of `allow`, `ask`, `deny`");
+    let e = rule_err("[default]\nread = \"block\"\n");
+    assert_eq!(e, "p.toml:5:8: unknown variant `block`, expected one of `allow`, `ask`, `deny`");
+}
+
+#[test]
+fn missing_required_keys() {
+    let e = parse_err("version = 1\nmode = \"enforce\"\n");
+    assert!(e.starts_with("p.toml:1:1: missing field `name`"), "{e}");
+    let e = rule_err("[[rule]]\nop = \"exec\"\npath = [\"/x\"]\ndecision = \"allow\"\n");
+    assert!(e.starts_with("p.toml:4:1: missing field `id`"), "{e}");
+}
+
+// ---- value errors ----
+
+#[test]
+fn empty_policy_name() {
+    let e = parse_err("version = 1\nname = \" \"\nmode = \"audit\"\n");
+    assert_eq!(e, "p.toml:2:8: policy name must be non-empty, without control characters");
+}
+
+#[test]
+fn bad_rule_ids() {
+    for id in ["", "has space", "slash/y", "ünïcode"] {
+        let e = rule_err(&format!(
+            "[[rule]]\nid = \"{id}\"\nop = \"exec\"\npath = [\"/x\"]\ndecision = \"allow\"\n"
+        ));
+        assert_eq!(
+            e,
+            format!("p.toml:5:6: rule id `{id}` must be non-empty and use only A-Z a-z 0-9 _ . -")
+        );
+    }
+}
+
+#[test]
+fn duplicate_rule_ids() {
+    let rule = "[[rule]]\nid = \"same\"\nop = \"exec\"\npath = [\"/x\"]\ndecision = \"allow\"\n";
+    let e = rule_err(&format!("{rule}{rule}"));
+    assert_eq!(e, "p.toml:10:6: duplicate rule id `same` (first defined at 5:6)");
+}
+
+#[test]
+fn keys_that_do_not_fit_the_op() {
+    let e =
+        rule_err("[[rule]]\nid = \"a\"\nop = \"connect\"\npath = [\"/x\"]\ndecision = \"allow\"\n");
+    assert_eq!(
+        e,
+        "p.toml:7:8: `path` does not apply to connect rules (they take `addr` and `port`)"
+    );
+    let e = rule_err(
+        "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/x\"]\naddr = [\"::1\"]\ndecision = \"allow\"\n",
+    );
+    assert_eq!(e, "p.toml:8:8: `addr` only applies to connect rules, not to a `write` rule");
+    let e = rule_err(
+        "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/x\"]\nport = [22]\ndecision = \"allow\"\n",
+    );
+    assert_eq!(e, "p.toml:8:8: `port` only applies to connect rules, not to a `read` rule");
+    let e = rule_err("[[rule]]\nid = \"a\"\nop = \"exec\"\ndecision = \"allow\"\n");
+    assert_eq!(e, "p.toml:6:6: a `exec` rule needs `path`");
+}
+
+#[test]
+fn empty_lists() {
+    let e = rule_err("[[rule]]\nid = \"a\"\nop = \"exec\"\npath = []\ndecision = \"allow\"\n");
+    assert_eq!(e, "p.toml:7:8: `path` is empty: leave it out or list at least one value");
+    let e = rule_err("[[rule]]\nid = \"a\"\nop = \"connect\"\naddr = []\ndecision = \"allow\"\n");
+    assert_eq!(e, "p.toml:7:8: `addr` is empty: leave it out or list at least one value");
+    let e = rule_err("[[rule]]\nid = \"a\"\nop = \"connect\"\nport = []\ndecision = \"allow\"\n");
+    assert_eq!(e, "p.toml:7:8: `port` is empty: leave it out or list at least one value");
+}
+
+fn path_err(path: &str) -> String {
+    rule_err(&format!(
+        "[[rule]]\nid = \"a\"\nop = \"exec\"\npath = [\"/ok\", '{path}']\ndecision = \"allow\"\n"
+    ))
+}
+
+#[test]
+fn unsupported_globs() {
+    for glob in [
+        "/usr/*/bin",
+        "/usr/bin/*",
+        "/a/**/b",
+        "/a/b/**/",
+        "/a?",
+        "/a[bc]",
+        "/a/{b,c}",
+        "/a**",
+        "**",
+        "${home}/*",
+    ] {
+        assert_eq!(
+            path_err(glob),
+            format!("p.toml:7:16: unsupported glob `{glob}`, only a trailing /** is supported"),
+        );
+    }
+}
+
+#[test]
+fn bad_variables() {
+    assert_eq!(
+        path_err("${HOME}/x"),
+        "p.toml:7:16: unknown variable `${HOME}` in `${HOME}/x` (known: ${workspace}, ${home})"
+    );
+    assert_eq!(path_err("${workspace/x"), "p.toml:7:16: unterminated `${` in `${workspace/x`");
+}
+
+#[test]
+fn relative_paths() {
+    for rel in ["usr/bin", "", "./x", "~user/x", "$home/x", "x/${home}"] {
+        assert_eq!(
+            path_err(rel),
+            format!("p.toml:7:16: path `{rel}` is not absolute (after substitution)")
+        );
+    }
+}
+
+fn connect_err(field: &str) -> String {
+    rule_err(&format!("[[rule]]\nid = \"a\"\nop = \"connect\"\n{field}\ndecision = \"allow\"\n"))
+}
+
+#[test]
+fn bad_addresses() {
+    assert_eq!(
+        connect_err("addr = [\"::1\", \"10.0.0.0/33\"]"),
+        "p.toml:7:16: bad address `10.0.0.0/33`: prefix length `33` is not a number in 0..=32"
+    );
+    assert_eq!(
+        connect_err("addr = [\"localhost\"]"),
+        "p.toml:7:9: bad address `localhost`: `localhost` is not an IP address"
+    );
+    assert_eq!(
+        connect_err("addr = [\"192.168.1.1/24\"]"),
+        "p.toml:7:9: bad address `192.168.1.1/24`: host bits are set (did you mean 192.168.1.0/24?)"
+    );
+    let e = connect_err("addr = [10]");
+    assert!(e.starts_with("p.toml:7:9: invalid type: integer `10`, expected a string"), "{e}");
+}
+
+#[test]
+fn bad_ports() {
+    assert_eq!(
+        connect_err("port = [22, \"70000\"]"),
+        "p.toml:7:13: bad port range `70000`: 70000 is not a port in 0..=65535"
+    );
+    assert_eq!(
+        connect_err("port = [\"10-5\"]"),
+        "p.toml:7:9: bad port range `10-5`: 10 is above 5"
+    );
+    assert_eq!(
+        connect_err("port = [-1]"),
+        "p.toml:7:9: bad port range `-1`: -1 is not a port in 0..=65535"
+    );
+    assert_eq!(
+        connect_err("port = [\"ssh\"]"),
+        "p.toml:7:9: bad port range `ssh`: `ssh` is not a port number"
+    );
+    let e = connect_err("port = [true]");
+    assert!(
+        e.starts_with("p.toml:7:9: invalid type: boolean `true`, expected a port number"),
+        "{e}"
+    );
+}
+
+// ---- compile errors ----
+
+#[test]
+fn workspace_variable_without_workspace() {
+    let policy = parse_str(&format!(
+        "{HEAD}[[rule]]\nid = \"ws\"\nop = \"write\"\npath = [\"${{workspace}}/**\"]\ndecision = \"allow\"\n"
+    ))
+    .unwrap();
+    let no_ws = Vars { workspace: None, home: "/home/u".into() };
+    let e = compile(&policy, &no_ws, &fs()).unwrap_err().to_string();
+    assert_eq!(e, "p.toml:7:9: `${workspace}` is used but no workspace was given (--workspace)");
+    let gone = Vars { workspace: Some("/nowhere".into()), home: "/home/u".into() };
+    let e = compile(&policy, &gone, &fs()).unwrap_err().to_string();
+    assert!(e.starts_with("p.toml:7:9: the workspace `/nowhere` cannot be resolved: "), "{e}");
+    let relative = Vars { workspace: Some("ws".into()), home: "/home/u".into() };
+    let r = MemResolver::new().dir("/ws");
+    let e = compile(&policy, &relative, &r).unwrap_err().to_string();
+    assert_eq!(e, "p.toml:7:9: path `ws` is not absolute (after substitution)");
+}
+
+#[test]
+fn subtree_of_a_file() {
+    let e = compile_err(
+        "[[rule]]\nid = \"a\"\nop = \"exec\"\npath = [\"/usr/bin/curl/**\"]\ndecision = \"deny\"\n",
+    );
+    assert_eq!(
+        e,
+        "p.toml:7:9: `/usr/bin/curl` is not a directory, so `/usr/bin/curl/**` cannot match anything below it"
+    );
+}
+
+struct FailingResolver;
+
+impl Resolver for FailingResolver {
+    fn resolve(&self, _: &Path) -> io::Result<Resolved> {
+        Err(io::Error::from(io::ErrorKind::PermissionDenied))
+    }
+    fn hardlinked_files_under(&self, _: &Path, _: usize) -> io::Result<HardlinkScan> {
+        Err(io::Error::from(io::ErrorKind::PermissionDenied))
+    }
+}
+
+#[test]
+fn unresolvable_path_is_an_error_but_a_missing_one_is_not() {
+    let body = "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/secret\"]\ndecision = \"deny\"\n";
+    let e = compile_with(body, &FailingResolver).unwrap_err().to_string();
+    assert_eq!(e, "p.toml:7:9: cannot resolve `/secret`: permission denied");
+    let c = compile_ok(body);
+    assert!(c.inodes.is_empty());
+    assert_eq!(c.warnings, ["p.toml:7:9: warning: rule `a`: `/secret` does not exist, skipped"]);
+    let through_file = compile_ok(
+        "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/usr/bin/curl/x\"]\ndecision = \"deny\"\n",
+    );
+    assert_eq!(through_file.warnings.len(), 1);
+}
+
+#[test]
+fn too_many_port_ranges_for_one_prefix() {
+    let ports: Vec<String> = (1..=17).map(|p| p.to_string()).collect();
+    let body = format!(
+        "[[rule]]\nid = \"many\"\nop = \"connect\"\naddr = [\"10.0.0.0/8\"]\nport = [{}]\ndecision = \"allow\"\n",
+        ports.join(", ")
+    );
+    assert_eq!(
+        compile_err(&body),
+        "p.toml:7:9: prefix 10.0.0.0/8 collects 17 port ranges (at most 16) from rules `many`"
+    );
+    // Spread over two rules, the more specific prefix inherits the less specific one's ranges.
+    let body = format!(
+        "[[rule]]\nid = \"wide\"\nop = \"connect\"\naddr = [\"10.0.0.0/8\"]\nport = [{}]\ndecision = \"allow\"\n\
+         [[rule]]\nid = \"narrow\"\nop = \"connect\"\naddr = [\"10.1.0.0/16\"]\nport = [1, 2]\ndecision = \"deny\"\n",
+        ports[..15].join(", ")
+    );
+    assert_eq!(
+        compile_err(&body),
+        "p.toml:13:9: prefix 10.1.0.0/16 collects 17 port ranges (at most 16) from rules `narrow`, `wide`"
+    );
+}
+
+#[test]
+fn too_many_rules() {
+    let one = parse_str(&format!(
+        "{HEAD}[[rule]]\nid = \"r\"\nop = \"exec\"\npath = [\"/x\"]\ndecision = \"allow\"\n"
+    ))
+    .unwrap();
+    let mut many = one.clone();
+    many.rules =
+        (0..=MAX_RULES).map(|i| Rule { id: format!("r{i}"), ..one.rules[0].clone() }).collect();
+    let e = compile(&many, &vars(), &fs()).unwrap_err().to_string();
+    assert_eq!(e, "p.toml:5:6: 65520 rules, at most 65519 are supported");
+    many.rules.pop();
+    assert!(compile(&many, &vars(), &fs()).is_ok());
+}
+
+#[test]
+fn unreadable_file() {
+    let e = load(Path::new("/nonexistent/p.toml"), &vars()).unwrap_err();
+    assert!(matches!(e, PolicyError::Read { .. }));
+    assert!(e.location().is_none());
+    assert!(e.to_string().starts_with("/nonexistent/p.toml: cannot read policy: "), "{e}");
+}
+
+// ---- semantics ----
+
+#[test]
+fn defaults_when_left_out_and_when_given() {
+    let c = compile_ok("");
+    assert_eq!(c.defaults, [decision::DENY, decision::DENY, decision::ALLOW, decision::DENY]);
+    let c = compile_ok("[default]\nexec = \"allow\"\nread = \"ask\"\n");
+    assert_eq!(c.defaults[usize::from(op::EXEC)], decision::ALLOW);
+    assert_eq!(c.defaults[usize::from(op::WRITE)], decision::DENY);
+    assert_eq!(c.defaults[usize::from(op::READ)], decision::ASK);
+    assert_eq!(c.defaults[usize::from(op::CONNECT)], decision::DENY);
+    assert!(!c.has_read_rules && c.inodes.is_empty() && c.net4.is_empty() && c.net6.is_empty());
+}
+
+#[test]
+fn mode_and_audit_level() {
+    let c = compile_with("", &fs()).unwrap();
+    assert_eq!((c.mode, c.audit_required), (Mode::Enforce, false));
+    let p =
+        parse_str("version = 1\nname = \"t\"\nmode = \"audit\"\naudit = \"required\"\n").unwrap();
+    let c = compile(&p, &vars(), &fs()).unwrap();
+    assert_eq!((c.mode, c.audit_required), (Mode::Audit, true));
+    let cfg = c.config(42, 3);
+    assert_eq!(
+        (cfg.cgroup_id, cfg.cgroup_level, cfg.mode, cfg.audit_required),
+        (42, 3, gate_common::MODE_AUDIT, 1)
+    );
+    assert_eq!(cfg.defaults, c.defaults);
+}
+
+fn three_rules(order: &[usize]) -> String {
+    let rules = [
+        "[[rule]]\nid = \"c-allow\"\nop = \"exec\"\npath = [\"/usr/bin/**\", \"/usr/bin/curl\"]\ndecision = \"allow\"\n",
+        "[[rule]]\nid = \"b-ask\"\nop = \"exec\"\npath = [\"/usr/bin/curl\"]\ndecision = \"ask\"\n",
+        "[[rule]]\nid = \"a-deny\"\nop = \"exec\"\npath = [\"/usr/bin/curl\", \"/usr/./bin/../bin/curl\"]\ndecision = \"deny\"\n",
+    ];
+    order.iter().map(|&i| rules[i]).collect()
+}
+
+#[test]
+fn deny_overrides_ask_overrides_allow_in_any_order() {
+    let r = fs();
+    let c = compile_ok(&three_rules(&[0, 1, 2]));
+    let curl = inode(&c, &r, "/usr/bin/curl");
+    let e = usize::from(op::EXEC);
+    assert_eq!((curl.exact[e], curl.exact_rule[e]), (decision::DENY, rule_index(&c, "a-deny")));
+    let bin = inode(&c, &r, "/usr/bin");
+    assert_eq!((bin.subtree[e], bin.subtree_rule[e]), (decision::ALLOW, rule_index(&c, "c-allow")));
+    assert_eq!(bin.exact, [decision::NONE; 4], "a subtree rule leaves the exact slots alone");
+    assert_eq!(bin.exact_rule, [rule_idx::DEFAULT; 4]);
+    for order in [[2, 1, 0], [1, 2, 0], [1, 0, 2]] {
+        assert_eq!(compile_ok(&three_rules(&order)).dump(), c.dump(), "order {order:?}");
+    }
+    let ask = compile_ok(&three_rules(&[0, 1]));
+    let curl = inode(&ask, &r, "/usr/bin/curl");
+    assert_eq!((curl.exact[e], curl.exact_rule[e]), (decision::ASK, rule_index(&ask, "b-ask")));
+}
+
+#[test]
+fn rules_are_indexed_by_sorted_id() {
+    let c = compile_ok(&three_rules(&[0, 1, 2]));
+    let ids: Vec<&str> = c.rules.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["a-deny", "b-ask", "c-allow"]);
+    assert_eq!(c.rule_name(1), "b-ask");
+    assert_eq!(c.rule_name(rule_idx::DEFAULT), "default");
+    assert_eq!(c.rule_name(rule_idx::INTERNAL), "internal-error");
+    assert_eq!(c.rule_name(77), "unknown");
+}
+
+#[test]
+fn audit_bit_comes_from_allow_rules_only() {
+    let body = "[[rule]]\nid = \"log-git\"\nop = \"exec\"\npath = [\"/usr/bin/git\"]\ndecision = \"allow\"\naudit = true\n\
+                [[rule]]\nid = \"plain\"\nop = \"exec\"\npath = [\"/usr/bin/git\", \"/usr/bin/curl\"]\ndecision = \"allow\"\n\
+                [[rule]]\nid = \"no-curl\"\nop = \"exec\"\npath = [\"/usr/bin/curl\"]\ndecision = \"deny\"\naudit = true\n";
+    let (c, r, e) = (compile_ok(body), fs(), usize::from(op::EXEC));
+    let git = inode(&c, &r, "/usr/bin/git");
+    assert_eq!(git.exact[e], decision::ALLOW | decision::AUDIT);
+    assert_eq!(git.exact_rule[e], rule_index(&c, "log-git"));
+    let curl = inode(&c, &r, "/usr/bin/curl");
+    assert_eq!(curl.exact[e], decision::DENY, "audit on a deny rule sets nothing");
+    let loses = "[[rule]]\nid = \"a\"\nop = \"exec\"\npath = [\"/usr/bin/git\"]\ndecision = \"allow\"\naudit = true\n\
+                 [[rule]]\nid = \"b\"\nop = \"exec\"\npath = [\"/usr/bin/git\"]\ndecision = \"ask\"\n";
+    let ask_wins = compile_ok(loses);
+    let git = inode(&ask_wins, &r, "/usr/bin/git").exact[e];
+    assert_eq!(git, decision::ASK, "the audit bit goes with its allow");
+    assert!(c.rules[usize::from(rule_index(&c, "log-git"))].audit);
+}
+
+#[test]
+fn variables_and_tilde_are_substituted() {
+    let body = "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"~/.ssh/**\", \"${home}/.bashrc\", \"${workspace}/.git/config\", \"~\"]\ndecision = \"deny\"\n";
+    let (c, r) = (compile_ok(body), fs());
+    let rd = usize::from(op::READ);
+    assert_eq!(inode(&c, &r, "/home/u/.ssh").subtree[rd], decision::DENY);
+    assert_eq!(inode(&c, &r, "/home/u/.bashrc").exact[rd], decision::DENY);
+    assert_eq!(inode(&c, &r, "/work/ws/.git/config").exact[rd], decision::DENY);
+    assert_eq!(inode(&c, &r, "/home/u").exact[rd], decision::DENY);
+    assert!(c.has_read_rules && c.warnings.is_empty(), "{:?}", c.warnings);
+    let slash = Vars { home: "/home/u/".into(), ..vars() };
+    let p = parse_str(&format!("{HEAD}{body}")).unwrap();
+    assert_eq!(compile(&p, &slash, &fs()).unwrap(), c);
+}
+
+#[test]
+fn symlinks_resolve_to_their_target() {
+    let r = fs().symlink("/bin", "/usr/bin");
+    let c = compile_with(
+        "[[rule]]\nid = \"a\"\nop = \"exec\"\npath = [\"/bin/**\"]\ndecision = \"allow\"\n",
+        &r,
+    )
+    .unwrap();
+    let key = r.resolve(Path::new("/usr/bin")).unwrap().key;
+    assert_eq!(c.inodes.keys().collect::<Vec<_>>(), [&key]);
+    assert_eq!(c.inode_paths[&key], Path::new("/usr/bin"));
+}
+
+#[test]
+fn hard_links_below_denied_subtrees_get_exact_entries() {
+    let r = fs()
+        .hardlink("/home/u/.ssh/id_ed25519", "/tmp/innocent")
+        .hardlink("/usr/bin/git", "/usr/bin/git2");
+    let body = "[[rule]]\nid = \"ssh\"\nop = \"read\"\npath = [\"~/.ssh/**\"]\ndecision = \"deny\"\n\
+                [[rule]]\nid = \"bin\"\nop = \"exec\"\npath = [\"/usr/bin/**\"]\ndecision = \"allow\"\n";
+    let c = compile_with(body, &r).unwrap();
+    let key = r.resolve(Path::new("/tmp/innocent")).unwrap().key;
+    let rd = usize::from(op::READ);
+    assert_eq!(c.inodes[&key].exact[rd], decision::DENY);
+    assert_eq!(c.inodes[&key].exact_rule[rd], rule_index(&c, "ssh"));
+    let git = r.resolve(Path::new("/usr/bin/git")).unwrap().key;
+    assert!(!c.inodes.contains_key(&git), "allow subtrees are not hardened");
+    assert_eq!(c.inodes.len(), 3, "~/.ssh, /usr/bin, and the hard-linked key");
+}
+
+#[test]
+fn hard_link_walk_is_bounded() {
+    let mut r = fs();
+    for i in 0..=HARDLINK_WALK_LIMIT {
+        r = r.file(format!("/big/f{i:05}"));
+    }
+    let c = compile_with(
+        "[[rule]]\nid = \"big\"\nop = \"write\"\npath = [\"/big/**\"]\ndecision = \"deny\"\n",
+        &r,
+    )
+    .unwrap();
+    assert_eq!(
+        c.warnings,
+        [
+            "p.toml:7:9: warning: rule `big`: `/big` has more than 10000 entries; hard links beyond them are not covered"
+        ]
+    );
+    let c = compile_with(
+        "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/tmp/**\"]\ndecision = \"deny\"\n",
+        &FailingResolver,
+    );
+    assert!(c.is_err(), "resolving fails first");
+}
+
+fn net_key4(c: &str) -> (u32, [u8; 4]) {
+    match Cidr::parse(c).unwrap() {
+        Cidr::V4 { addr, len } => (u32::from(len), addr),
+        other => panic!("{other} is not v4"),
+    }
+}
+
+#[test]
+fn net_prefixes_inherit_less_specific_rules() {
+    let body = "[[rule]]\nid = \"https\"\nop = \"connect\"\naddr = [\"10.0.0.0/8\"]\nport = [443, \"8000-8080\"]\ndecision = \"allow\"\n\
+                [[rule]]\nid = \"lab\"\nop = \"connect\"\naddr = [\"10.1.0.0/16\"]\ndecision = \"deny\"\n\
+                [[rule]]\nid = \"host\"\nop = \"connect\"\naddr = [\"10.1.2.3\"]\nport = [\"443\"]\ndecision = \"ask\"\n";
+    let c = compile_ok(body);
+    assert_eq!(c.net4.len(), 3);
+    assert!(c.net6.is_empty());
+    let wide = &c.net4[&net_key4("10.0.0.0/8")];
+    assert_eq!(wide.count, 2);
+    let lab = &c.net4[&net_key4("10.1.0.0/16")];
+    assert_eq!(lab.count, 3);
+    assert_eq!(evaluate_ports(lab, 443).unwrap().decision, decision::DENY);
+    let host = &c.net4[&net_key4("10.1.2.3/32")];
+    assert_eq!(host.count, 4);
+    let hit = evaluate_ports(host, 443).unwrap();
+    assert_eq!((hit.decision, hit.rule), (decision::DENY, rule_index(&c, "lab")));
+    assert_eq!(evaluate_ports(wide, 8080).unwrap().rule, rule_index(&c, "https"));
+    assert!(evaluate_ports(wide, 22).is_none(), "no range: the default decides");
+}
+
+#[test]
+fn missing_addr_means_both_families_and_missing_port_all_ports() {
+    let c = compile_ok(
+        "[[rule]]\nid = \"dns\"\nop = \"connect\"\nport = [53]\ndecision = \"allow\"\naudit = true\n",
+    );
+    let v4 = &c.net4[&(0, [0; 4])];
+    let v6 = &c.net6[&(0, [0; 16])];
+    assert_eq!((v4.count, v6.count), (1, 1));
+    assert_eq!(
+        (v4.ports[0].lo, v4.ports[0].hi, v4.ports[0].decision),
+        (53, 53, decision::ALLOW | decision::AUDIT)
+    );
+    let c = compile_ok(
+        "[[rule]]\nid = \"lo\"\nop = \"connect\"\naddr = [\"::1\"]\ndecision = \"allow\"\n",
+    );
+    let mut one = [0u8; 16];
+    one[15] = 1;
+    let lo = &c.net6[&(128, one)];
+    assert_eq!((lo.count, lo.ports[0].lo, lo.ports[0].hi), (1, 0, 65535));
+}
+
+#[test]
+fn v4_mapped_prefixes_land_in_the_v4_trie() {
+    let body = "[[rule]]\nid = \"m\"\nop = \"connect\"\naddr = [\"::ffff:192.168.0.0/112\", \"192.168.0.0/16\"]\ndecision = \"deny\"\n";
+    let c = compile_ok(body);
+    assert!(c.net6.is_empty());
+    let v = &c.net4[&net_key4("192.168.0.0/16")];
+    assert_eq!(v.count, 1, "the same rule's identical ranges are merged");
+}
+
+#[test]
+fn digest_ignores_formatting_order_and_spelled_out_defaults() {
+    let a = format!("{HEAD}{}", three_rules(&[0, 1, 2]));
+    let b = format!(
+        "# reformatted\nmode='enforce'\nversion=1\nname='t'\n[default]\nread='allow'\n\n{}",
+        three_rules(&[2, 0, 1]).replace(" = ", "=")
+    );
+    let (pa, pb) = (parse_str(&a).unwrap(), parse_str(&b).unwrap());
+    assert_eq!(pa.canonical(), pb.canonical());
+    assert_eq!(pa.digest(), pb.digest());
+    let c = parse_str(&a.replace("\"ask\"", "\"deny\"")).unwrap();
+    assert_ne!(pa.digest(), c.digest());
+    let paths_swapped = parse_str(
+        &a.replace("[\"/usr/bin/**\", \"/usr/bin/curl\"]", "[\"/usr/bin/curl\", \"/usr/bin/**\"]"),
+    )
+    .unwrap();
+    assert_eq!(pa.digest(), paths_swapped.digest());
+    assert_eq!(compile(&pa, &vars(), &fs()).unwrap().digest, pa.digest());
+}
+
+#[test]
+fn errors_know_their_location() {
+    let e = parse_str(&format!(
+        "{HEAD}[[rule]]\nid = \"a\"\nop = \"exec\"\npath = [\"/a/*\"]\ndecision = \"deny\"\n"
+    ))
+    .unwrap_err();
+    let at = e.location().unwrap();
+    assert_eq!((at.file.as_path(), at.pos), (Path::new("p.toml"), Pos { line: 7, col: 9 }));
+    assert!(matches!(e, PolicyError::UnsupportedGlob { .. }));
+}
+
+#[test]
+fn has_read_rules_follows_compiled_read_entries() {
+    assert!(
+        !compile_ok(
+            "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/tmp/**\"]\ndecision = \"allow\"\n"
+        )
+        .has_read_rules
+    );
+    assert!(
+        compile_ok(
+            "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/tmp/**\"]\ndecision = \"allow\"\n"
+        )
+        .has_read_rules
+    );
+    let missing = compile_ok(
+        "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/gone\"]\ndecision = \"deny\"\n",
+    );
+    assert!(!missing.has_read_rules, "a read rule whose paths are all missing needs no walk");
+}
+
+#[test]
+fn map_sizes_count_entries() {
+    let c = compile_ok(&three_rules(&[0, 1, 2]));
+    assert_eq!(c.map_sizes(), MapSizes { rules: 3, inodes: 2, net4: 0, net6: 0 });
+    let _: &InodeKey = c.inodes.keys().next().unwrap();
+}

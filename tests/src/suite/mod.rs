@@ -1,0 +1,330 @@
+//! The kernel suite: shared context, failure reports, and the list of tests.
+//!
+//! Every test runs `gate run` for real, so this only works where BPF LSM is active (a guest
+//! booted by `cargo xtask test`). Tests run one after the other; each gets its own directory
+//! under [`SCRATCH`] and its own log file.
+
+pub mod lifecycle;
+pub mod process_tree;
+pub mod scenarios;
+pub mod single;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::env::Env;
+use crate::events::{EventMatcher, Log};
+use crate::outcome::{Expect, Outcome};
+use crate::run::Cmd;
+
+/// Everything the suite creates lives under here (test policies name paths below it).
+pub const SCRATCH: &str = "/tmp/gate-tests";
+
+/// PATH for commands the suite runs: /usr/bin first, so the distribution's git and tools are used.
+pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What every test gets.
+pub struct Ctx {
+    pub gate: PathBuf,
+    pub probe: PathBuf,
+    pub repo: PathBuf,
+    pub env: Env,
+    pub verbose: bool,
+}
+
+/// Why a test failed: a one-line summary (`expected …, got …`) and details.
+#[derive(Debug)]
+pub struct Failure {
+    pub summary: String,
+    pub details: Vec<String>,
+}
+
+pub type TestResult = Result<(), Failure>;
+
+impl Failure {
+    pub fn new(summary: impl Into<String>) -> Self {
+        Self { summary: summary.into(), details: Vec::new() }
+    }
+
+    pub fn detail(mut self, line: impl Into<String>) -> Self {
+        self.details.push(line.into());
+        self
+    }
+
+    /// Adds the command and what it printed.
+    pub fn command(mut self, cmd: &Cmd, o: &Outcome) -> Self {
+        self.details.push(format!("command: {}", cmd.display()));
+        self.details.push(format!("status: {}", o.status));
+        push_block(&mut self.details, "stdout", &o.stdout);
+        push_block(&mut self.details, "stderr", &o.stderr);
+        self
+    }
+
+    /// Adds the decision lines of a log.
+    pub fn log(mut self, path: &Path, log: &Log) -> Self {
+        self.details.push(format!("log {}:", path.display()));
+        for l in log.excerpt(20) {
+            self.details.push(format!("  {l}"));
+        }
+        self
+    }
+}
+
+fn push_block(out: &mut Vec<String>, what: &str, text: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return;
+    }
+    out.push(format!("{what}:"));
+    let skip = lines.len().saturating_sub(30);
+    if skip > 0 {
+        out.push(format!("  … {skip} lines"));
+    }
+    for l in &lines[skip..] {
+        out.push(format!("  {l}"));
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.summary)?;
+        for d in &self.details {
+            write!(f, "\n    {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure::new(s)
+    }
+}
+
+/// Turns a setup error into a failure.
+pub trait OrFail<T> {
+    fn or_fail(self, what: &str) -> Result<T, Failure>;
+}
+
+impl<T, E: fmt::Display> OrFail<T> for Result<T, E> {
+    fn or_fail(self, what: &str) -> Result<T, Failure> {
+        self.map_err(|e| Failure::new(format!("setup: {what}: {e}")))
+    }
+}
+
+/// Options of one `gate run`.
+#[derive(Clone, Debug)]
+pub struct GateOpts {
+    pub policy: PathBuf,
+    pub workspace: PathBuf,
+    pub log: PathBuf,
+    pub mode: Option<String>,
+    pub timeout: Duration,
+}
+
+impl Ctx {
+    /// A test policy shipped in `tests/scenarios/policies/`.
+    pub fn test_policy(&self, name: &str) -> PathBuf {
+        self.repo.join("tests/scenarios/policies").join(format!("{name}.toml"))
+    }
+
+    pub fn home(&self) -> &str {
+        &self.env.home
+    }
+
+    /// A fresh directory for one test: `SCRATCH/<group>/<slug>`, emptied first.
+    pub fn fresh_dir(&self, group: &str, name: &str) -> Result<PathBuf, Failure> {
+        let slug: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let d = Path::new(SCRATCH).join(group).join(slug);
+        remove_tree(&d);
+        std::fs::create_dir_all(&d).or_fail(&format!("mkdir {}", d.display()))?;
+        Ok(d)
+    }
+
+    /// Copies gate-probe into `dir` (so policies that only allow exec from the workspace allow it).
+    pub fn install_probe(&self, dir: &Path) -> Result<PathBuf, Failure> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).or_fail(&format!("mkdir {}", dir.display()))?;
+        let dst = dir.join("gate-probe");
+        std::fs::copy(&self.probe, &dst).or_fail(&format!("copy probe to {}", dst.display()))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).or_fail("chmod probe")?;
+        Ok(dst)
+    }
+
+    /// `gate run …opts… -- argv`, run in the workspace with HOME and PATH set.
+    pub fn gate_cmd(&self, o: &GateOpts, argv: &[String]) -> Cmd {
+        let mut a: Vec<String> = vec![
+            self.gate.display().to_string(),
+            "run".into(),
+            "--policy".into(),
+            o.policy.display().to_string(),
+            "--workspace".into(),
+            o.workspace.display().to_string(),
+            "--log".into(),
+            o.log.display().to_string(),
+        ];
+        if let Some(m) = &o.mode {
+            a.push("--mode".into());
+            a.push(m.clone());
+        }
+        a.push("--".into());
+        a.extend(argv.iter().cloned());
+        self.plain_cmd(&a, &o.workspace).timeout(o.timeout)
+    }
+
+    /// A command run outside gate, with the same environment as confined ones.
+    pub fn plain_cmd(&self, argv: &[String], cwd: &Path) -> Cmd {
+        Cmd::new(argv).cwd(cwd).env("HOME", self.home()).env("PATH", PATH)
+    }
+
+    /// Runs `argv` under gate and checks the outcome and, optionally, one event in the log.
+    pub fn expect_gate(
+        &self,
+        o: &GateOpts,
+        argv: &[String],
+        expect: &Expect,
+        event: Option<&EventMatcher>,
+    ) -> TestResult {
+        let _ = std::fs::remove_file(&o.log);
+        let cmd = self.gate_cmd(o, argv);
+        let out = cmd.run();
+        let log = Log::read(&o.log);
+        if !expect.matches(&out) {
+            return Err(Failure::new(format!("expected {expect}, got {}", out.summary()))
+                .command(&cmd, &out)
+                .log(&o.log, &log));
+        }
+        if let Some(m) = event
+            && log.find(m).is_none()
+        {
+            return Err(Failure::new(format!("expected event {m} in the log, found none"))
+                .command(&cmd, &out)
+                .log(&o.log, &log));
+        }
+        Ok(())
+    }
+
+    /// Runs `argv` outside gate and requires success.
+    pub fn expect_unconfined_ok(&self, argv: &[String], cwd: &Path) -> TestResult {
+        let cmd = self.plain_cmd(argv, cwd);
+        let out = cmd.run();
+        if Expect::Ok.matches(&out) {
+            Ok(())
+        } else {
+            Err(Failure::new(format!("expected ok when run outside gate, got {}", out.summary()))
+                .command(&cmd, &out))
+        }
+    }
+}
+
+/// Removes a directory tree, unmounting nothing (scenarios unmount in their teardown).
+pub fn remove_tree(p: &Path) {
+    let _ = std::fs::remove_dir_all(p);
+}
+
+/// Files every test relies on: fake secrets in HOME, a tool the test policies deny.
+pub fn prepare(ctx: &Ctx) -> Result<(), String> {
+    let home = Path::new(ctx.home());
+    let w = |p: PathBuf, text: &str| -> Result<(), String> {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+        }
+        std::fs::write(&p, text).map_err(|e| format!("write {}: {e}", p.display()))
+    };
+    w(home.join(".ssh/id_rsa"), "-----BEGIN FAKE KEY (gate tests)-----\n")?;
+    w(home.join(".ssh/authorized_keys"), "ssh-ed25519 AAAAfake gate-tests\n")?;
+    w(home.join(".bashrc"), "# gate tests\n")?;
+    w(home.join(".profile"), "# gate tests\n")?;
+    std::fs::create_dir_all(SCRATCH).map_err(|e| format!("mkdir {SCRATCH}: {e}"))?;
+    let tools = Path::new(SCRATCH).join("tools");
+    std::fs::create_dir_all(&tools).map_err(|e| format!("mkdir {}: {e}", tools.display()))?;
+    let tool = tools.join("denied-tool");
+    if !tool.exists() {
+        std::fs::copy("/usr/bin/true", &tool).map_err(|e| format!("copy /usr/bin/true: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Prints results as they come and counts them.
+pub struct Reporter {
+    pub passed: usize,
+    pub failed: usize,
+    filters: Vec<String>,
+    list_only: bool,
+}
+
+impl Reporter {
+    pub fn new(filters: Vec<String>, list_only: bool) -> Self {
+        Self { passed: 0, failed: 0, filters, list_only }
+    }
+
+    /// Whether a test with this name should run.
+    pub fn wants(&self, name: &str) -> bool {
+        let selected = self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()));
+        if selected && self.list_only {
+            println!("{name}");
+            return false;
+        }
+        selected
+    }
+
+    pub fn record(&mut self, name: &str, r: TestResult) {
+        self.record_with_notes(name, r, &[]);
+    }
+
+    /// Records a result, then notes that explain it (indented, not results themselves).
+    pub fn record_with_notes(&mut self, name: &str, r: TestResult, notes: &[String]) {
+        use std::io::Write;
+        match r {
+            Ok(()) => {
+                self.passed += 1;
+                println!("PASS {name}");
+            }
+            Err(f) => {
+                self.failed += 1;
+                println!("FAIL {name}: {f}");
+            }
+        }
+        for n in notes {
+            println!("    note: {n}");
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Notes a test leaves for the report (which of several acceptable outcomes happened, …).
+pub type Notes = Vec<String>;
+
+/// A test written in Rust.
+pub type TestFn = fn(&Ctx, &mut Notes) -> TestResult;
+
+/// Every Rust test, in the order they run.
+pub fn rust_tests() -> Vec<(&'static str, TestFn)> {
+    let mut v = Vec::new();
+    v.extend(single::tests());
+    v.extend(process_tree::tests());
+    v.extend(lifecycle::tests());
+    v
+}
+
+/// Lists test names (scenario steps from their files) without running anything.
+pub fn list(repo: &Path, rep: &mut Reporter) {
+    scenarios::list(repo, rep);
+    for (name, _) in rust_tests() {
+        rep.wants(name);
+    }
+}
+
+/// Runs everything: scenarios first (the real workload), then the Rust tests.
+pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
+    scenarios::run_all(ctx, rep);
+    for (name, f) in rust_tests() {
+        if rep.wants(name) {
+            let mut notes = Notes::new();
+            let r = f(ctx, &mut notes);
+            rep.record_with_notes(name, r, &notes);
+        }
+    }
+}

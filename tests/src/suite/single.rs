@@ -1,0 +1,282 @@
+//! Tests of one `gate run` each: exit status, policy errors, the cgroup, audit mode, events.
+//! They use `tests/scenarios/policies/base.toml`: everything allowed except writes and reads
+//! under ~/.ssh, exec of SCRATCH/tools/denied-tool, and connects to documentation prefixes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Ctx, Failure, GateOpts, Notes, OrFail, SCRATCH, TestFn, TestResult};
+use crate::env::cgroup_path;
+use crate::events::{EventMatcher, Log, ev};
+use crate::outcome::{Expect, Status};
+
+pub fn tests() -> Vec<(&'static str, TestFn)> {
+    vec![
+        ("exit/command-status-passed-through", exit_status),
+        ("exit/killed-by-signal-is-128-plus-signal", exit_signal),
+        ("exit/policy-syntax-error-is-125-with-location", policy_syntax_error),
+        ("exit/policy-unknown-op-is-125", policy_semantic_error),
+        ("exit/policy-missing-is-125", policy_missing),
+        ("cgroup/fresh-cgroup-removed-afterwards", fresh_cgroup),
+        ("mode/audit-lets-denied-write-through-and-logs-it", audit_mode),
+        ("events/deny-write", event_deny_write),
+        ("events/deny-read", event_deny_read),
+        ("events/deny-exec", event_deny_exec),
+        ("events/allow-exec", event_allow_exec),
+        ("events/allow-connect", event_allow_connect),
+        ("events/deny-connect", event_deny_connect),
+        ("events/audited-allow-rule", event_audited_allow),
+        ("events/no-event-for-plain-allowed-write", event_quiet_allow),
+        ("events/decision-fields", event_fields),
+    ]
+}
+
+/// A workspace with the probe in it, and options for a `gate run` under `base.toml`.
+pub struct Setup {
+    pub dir: PathBuf,
+    pub ws: PathBuf,
+    pub probe: String,
+    pub opts: GateOpts,
+}
+
+pub fn setup(ctx: &Ctx, group: &str, name: &str, policy: &str) -> Result<Setup, Failure> {
+    let dir = ctx.fresh_dir(group, name)?;
+    let ws = dir.join("ws");
+    let probe = ctx.install_probe(&ws)?.display().to_string();
+    let opts = GateOpts {
+        policy: ctx.test_policy(policy),
+        workspace: ws.clone(),
+        log: dir.join("log.jsonl"),
+        mode: None,
+        timeout: Duration::from_secs(120),
+    };
+    Ok(Setup { dir, ws, probe, opts })
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), script.into()]
+}
+
+impl Setup {
+    pub fn probe(&self, args: &[&str]) -> Vec<String> {
+        std::iter::once(self.probe.clone()).chain(args.iter().map(|s| s.to_string())).collect()
+    }
+}
+
+fn ssh_key(ctx: &Ctx) -> String {
+    format!("{}/.ssh/id_rsa", ctx.home())
+}
+
+fn exit_status(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "exit-status", "base")?;
+    ctx.expect_gate(&s.opts, &sh("exit 7"), &Expect::Exit(7), None)?;
+    ctx.expect_gate(&s.opts, &sh("exit 0"), &Expect::Exit(0), None)
+}
+
+fn exit_signal(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "exit-signal", "base")?;
+    ctx.expect_gate(&s.opts, &sh("kill -KILL $$"), &Expect::Exit(128 + 9), None)?;
+    ctx.expect_gate(&s.opts, &sh("kill -TERM $$"), &Expect::Exit(128 + 15), None)
+}
+
+/// Runs gate with a broken policy; requires 125, a message naming `must_mention`, and that the
+/// command did not run.
+fn expect_gate_fails(ctx: &Ctx, s: &Setup, policy: &Path, must_mention: &str) -> TestResult {
+    let marker = s.dir.join("command-ran");
+    let mut opts = s.opts.clone();
+    opts.policy = policy.to_path_buf();
+    let cmd = ctx.gate_cmd(&opts, &sh(&format!("touch {}", marker.display())));
+    let out = cmd.run();
+    if out.status != Status::Exited(125) {
+        return Err(Failure::new(format!("expected exit:125, got {}", out.summary())).command(&cmd, &out));
+    }
+    if !out.stderr.contains(must_mention) {
+        return Err(Failure::new(format!("expected stderr to mention {must_mention:?}")).command(&cmd, &out));
+    }
+    if marker.exists() {
+        return Err(Failure::new("expected the command not to run, but it did").command(&cmd, &out));
+    }
+    Ok(())
+}
+
+fn policy_syntax_error(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "policy-syntax", "base")?;
+    let bad = s.dir.join("broken.toml");
+    // Line 4 has the error: a table header without its closing bracket.
+    let text = "version = 1\nname = \"broken\"\nmode = \"enforce\"\n[default\nexec = \"allow\"\n";
+    std::fs::write(&bad, text).or_fail("write policy")?;
+    let path = bad.display().to_string();
+    expect_gate_fails(ctx, &s, &bad, &format!("{path}:4:"))?;
+    // The column follows the line: file:line:column.
+    let cmd = ctx.gate_cmd(&GateOpts { policy: bad.clone(), ..s.opts.clone() }, &sh("true"));
+    let out = cmd.run();
+    let after = out.stderr.split(&format!("{path}:4:")).nth(1).unwrap_or("");
+    if !after.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(Failure::new(format!("expected {path}:4:COLUMN on stderr")).command(&cmd, &out));
+    }
+    Ok(())
+}
+
+fn policy_semantic_error(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "policy-semantic", "base")?;
+    let bad = s.dir.join("unknown-op.toml");
+    let text = "version = 1\nname = \"unknown-op\"\nmode = \"enforce\"\n\n[default]\nexec = \"allow\"\n\
+                write = \"allow\"\nread = \"allow\"\nconnect = \"allow\"\n\n[[rule]]\nid = \"x\"\n\
+                op = \"teleport\"\npath = [\"/tmp\"]\ndecision = \"deny\"\n";
+    std::fs::write(&bad, text).or_fail("write policy")?;
+    expect_gate_fails(ctx, &s, &bad, &bad.display().to_string())
+}
+
+fn policy_missing(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "policy-missing", "base")?;
+    let missing = s.dir.join("no-such-policy.toml");
+    expect_gate_fails(ctx, &s, &missing, "no-such-policy.toml")
+}
+
+fn own_cgroup() -> Result<String, Failure> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").or_fail("read /proc/self/cgroup")?;
+    cgroup_path(&text).ok_or_else(|| Failure::new("setup: no cgroup v2 line in /proc/self/cgroup"))
+}
+
+fn fresh_cgroup(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "cgroup", "base")?;
+    let mine = own_cgroup()?;
+    let cmd = ctx.gate_cmd(&s.opts, &sh("cat /proc/self/cgroup"));
+    let out = cmd.run();
+    if out.status != Status::Exited(0) {
+        return Err(Failure::new(format!("expected exit:0, got {}", out.summary())).command(&cmd, &out));
+    }
+    let Some(theirs) = cgroup_path(&out.stdout) else {
+        return Err(Failure::new("expected a 0:: line from /proc/self/cgroup").command(&cmd, &out));
+    };
+    if theirs == mine {
+        return Err(Failure::new(format!("expected the command in a new cgroup, got the runner's own ({mine})"))
+            .command(&cmd, &out));
+    }
+    let dir = ctx.env.cgroup_root.join(theirs.trim_start_matches('/'));
+    if dir.exists() {
+        return Err(Failure::new(format!("expected {} to be removed after gate exited, it still exists", dir.display()))
+            .command(&cmd, &out));
+    }
+    Ok(())
+}
+
+fn audit_mode(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let mut s = setup(ctx, "single", "audit-mode", "base")?;
+    s.opts.mode = Some("audit".into());
+    let key = ssh_key(ctx);
+    let m = ev("write", "deny").rule("ssh-write").path(&key).enforced(false);
+    ctx.expect_gate(&s.opts, &s.probe(&["open-write", &key]), &Expect::Ok, Some(&m))?;
+    let m = ev("exec", "deny").rule("denied-tool").enforced(false);
+    let tool = format!("{SCRATCH}/tools/denied-tool");
+    ctx.expect_gate(&s.opts, &s.probe(&["exec", &tool]), &Expect::Exit(0), Some(&m))
+}
+
+fn event_deny_write(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-deny-write", "base")?;
+    let key = ssh_key(ctx);
+    let m = ev("write", "deny").rule("ssh-write").hook("open").path(&key).enforced(true);
+    ctx.expect_gate(&s.opts, &s.probe(&["open-write", &key]), &Expect::Errno("EPERM".into()), Some(&m))
+}
+
+fn event_deny_read(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-deny-read", "base")?;
+    let key = ssh_key(ctx);
+    let m = ev("read", "deny").rule("ssh-read").hook("open").path(&key).enforced(true);
+    ctx.expect_gate(&s.opts, &s.probe(&["open-read", &key]), &Expect::Errno("EPERM".into()), Some(&m))
+}
+
+fn event_deny_exec(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-deny-exec", "base")?;
+    let tool = format!("{SCRATCH}/tools/denied-tool");
+    let m = ev("exec", "deny").rule("denied-tool").hook("exec").path(&tool).enforced(true);
+    ctx.expect_gate(&s.opts, &s.probe(&["exec", &tool]), &Expect::Errno("EPERM".into()), Some(&m))
+}
+
+fn event_allow_exec(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-allow-exec", "base")?;
+    let m = ev("exec", "allow").hook("exec").path("/usr/bin/true");
+    ctx.expect_gate(&s.opts, &s.probe(&["exec", "/usr/bin/true"]), &Expect::Exit(0), Some(&m))?;
+    // The command gate starts is an exec too.
+    let m = ev("exec", "allow").path(&s.probe);
+    ctx.expect_gate(&s.opts, &s.probe(&["exec", "/usr/bin/true"]), &Expect::Exit(0), Some(&m))
+}
+
+/// Starts a loopback listener outside gate; returns it and its port.
+pub fn listener(ctx: &Ctx, s: &Setup, addr: &str, port: u16) -> Result<crate::run::Background, Failure> {
+    let argv = [s.probe.clone(), "listen".into(), addr.into(), port.to_string(), "600".into()];
+    let cmd = ctx.plain_cmd(&argv, &s.ws);
+    let mut bg = cmd.spawn()?;
+    if !bg.wait_for_stdout("listening", Duration::from_secs(30)) {
+        let o = bg.wait(Duration::from_secs(1));
+        return Err(Failure::new(format!("setup: listener on {addr}:{port} did not start")).command(&cmd, &o));
+    }
+    Ok(bg)
+}
+
+fn event_allow_connect(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-allow-connect", "base")?;
+    let _l = listener(ctx, &s, "127.0.0.1", 18101)?;
+    let m = ev("connect", "allow").hook("connect").addr("127.0.0.1").port(18101);
+    ctx.expect_gate(&s.opts, &s.probe(&["connect", "127.0.0.1", "18101"]), &Expect::Ok, Some(&m))
+}
+
+fn event_deny_connect(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-deny-connect", "base")?;
+    let m = ev("connect", "deny").rule("test-net").hook("connect").addr("192.0.2.1").port(80);
+    ctx.expect_gate(&s.opts, &s.probe(&["connect", "192.0.2.1", "80"]), &Expect::Errno("EPERM".into()), Some(&m))?;
+    let m = ev("connect", "deny").rule("test-net").hook("sendmsg").port(53);
+    ctx.expect_gate(&s.opts, &s.probe(&["sendto", "192.0.2.7", "53"]), &Expect::Errno("EPERM".into()), Some(&m))
+}
+
+fn event_audited_allow(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-audited", "base")?;
+    std::fs::create_dir_all(s.ws.join("audited")).or_fail("mkdir audited")?;
+    let f = s.ws.join("audited/new-file").display().to_string();
+    let m = ev("write", "allow").rule("audited").path(&f);
+    ctx.expect_gate(&s.opts, &s.probe(&["create", &f]), &Expect::Ok, Some(&m))
+}
+
+fn event_quiet_allow(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-quiet", "base")?;
+    let f = s.ws.join("plain-file").display().to_string();
+    ctx.expect_gate(&s.opts, &s.probe(&["create", &f]), &Expect::Ok, None)?;
+    let log = Log::read(&s.opts.log);
+    let m = EventMatcher { path: Some(f.clone()), ..Default::default() };
+    if let Some(e) = log.find(&m) {
+        return Err(Failure::new(format!("expected no event for an allowed, unaudited write, got {e}"))
+            .log(&s.opts.log, &log));
+    }
+    Ok(())
+}
+
+fn event_fields(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let s = setup(ctx, "single", "ev-fields", "base")?;
+    let key = ssh_key(ctx);
+    // sh runs the probe as a child, so the probe's ppid is the shell's pid.
+    let script = format!("echo shell=$$; {} open-write {key}; true", s.probe);
+    let cmd = ctx.gate_cmd(&s.opts, &sh(&script));
+    let _ = std::fs::remove_file(&s.opts.log);
+    let out = cmd.run();
+    let log = Log::read(&s.opts.log);
+    let fail = |msg: String| Failure::new(msg).command(&cmd, &out).log(&s.opts.log, &log);
+    let Some(e) = log.find(&ev("write", "deny").path(&key)) else {
+        return Err(fail("expected a deny event for the write".into()));
+    };
+    let shell_pid: Option<u64> =
+        out.stdout.lines().find_map(|l| l.strip_prefix("shell=")).and_then(|p| p.trim().parse().ok());
+    let num = |k: &str| e.get(k).and_then(serde_json::Value::as_u64);
+    if num("pid").is_none_or(|p| p == 0) {
+        return Err(fail(format!("expected a nonzero pid in {e}")));
+    }
+    if num("ppid") != shell_pid {
+        return Err(fail(format!("expected ppid {shell_pid:?} (the shell), got {:?}", num("ppid"))));
+    }
+    if num("uid") != Some(0) {
+        return Err(fail(format!("expected uid 0, got {:?}", e.get("uid"))));
+    }
+    if e.get("comm").and_then(|c| c.as_str()) != Some("gate-probe") {
+        return Err(fail(format!("expected comm \"gate-probe\", got {:?}", e.get("comm"))));
+    }
+    Ok(())
+}
