@@ -9,8 +9,10 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     if std::env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true")) {
         let out = std::env::var("OUT_DIR").context("OUT_DIR not set")?;
-        std::fs::write(std::path::Path::new(&out).join("gate"), b"")
-            .context("writing the placeholder eBPF object")?;
+        for name in ["gate", "gate-null"] {
+            std::fs::write(std::path::Path::new(&out).join(name), b"")
+                .context("writing the placeholder eBPF object")?;
+        }
         return Ok(());
     }
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;

@@ -38,6 +38,8 @@ pub mod rule {
     pub const SELFTEST: u16 = 0xfffd;
     /// The action could not be recorded and the policy requires an audit record.
     pub const AUDIT_REQUIRED: u16 = 0xfffc;
+    /// Kernel-internal: the path was deeper than the walk (reported as `INTERNAL`).
+    pub const INTERNAL_DEPTH: u16 = 0xfffb;
 }
 
 /// Which kernel hook produced an event.

@@ -1,7 +1,7 @@
 //! Verdicts: merging rule decisions, applying the default and the mode, and turning the
 //! result into the hook's return value.
 use crate::kernel::Offs;
-use aya_ebpf::helpers::bpf_get_current_ancestor_cgroup_id;
+use aya_ebpf::{Global, helpers::bpf_get_current_ancestor_cgroup_id};
 use gate_common::{Config, MODE_AUDIT, counter, decision, flag, rule};
 
 use crate::{
@@ -9,7 +9,26 @@ use crate::{
     maps::{CONFIG, count},
 };
 
-const EPERM: i32 = 1;
+/// `-EPERM` and the lowest errno, as read-only data: the compiler cannot fold them into
+/// branch-free arithmetic (`-(cond as i32)`) whose result the verifier cannot bound, while
+/// the verifier sees the constants. Kernels from 6.12 check that an LSM program returns a
+/// value in [-4095, 0].
+#[unsafe(no_mangle)]
+static EPERM_RET: Global<i32> = Global::new(-1);
+#[unsafe(no_mangle)]
+static MIN_ERRNO_RET: Global<i32> = Global::new(-4095);
+
+#[inline(always)]
+pub fn eperm() -> i32 {
+    EPERM_RET.load()
+}
+
+/// The previous program's verdict, passed on unchanged when it is a denial (an errno); any
+/// other non-zero value is not a valid verdict and becomes a denial.
+#[inline(always)]
+pub fn pass_on(ret: i32) -> i32 {
+    if ret < MIN_ERRNO_RET.load() || ret > 0 { eperm() } else { ret }
+}
 
 /// The evaluated decision for one action.
 #[derive(Clone, Copy)]
@@ -31,6 +50,17 @@ impl Verdict {
     pub fn internal(rule: u16, depth: bool) -> Self {
         count(if depth { counter::DEPTH_EXCEEDED } else { counter::INTERNAL_ERROR });
         Self { decision: decision::DENY, rule, flags: flag::INTERNAL_ERROR }
+    }
+
+    /// Packs decision and rule into one word (and back), to carry across walk levels.
+    #[inline(always)]
+    pub fn pack(&self) -> u64 {
+        self.decision as u64 | (self.rule as u64) << 8 | (self.flags as u64) << 24
+    }
+
+    #[inline(always)]
+    pub fn unpack(p: u64) -> Self {
+        Self { decision: p as u8, rule: (p >> 8) as u16, flags: (p >> 24) as u8 }
     }
 
     #[inline(always)]
@@ -99,7 +129,7 @@ pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, mut v: Verdict, obj: &Ob
         || op == gate_common::op::CONNECT;
     if wanted && !event::emit(o, op, hook, &v, obj) && cfg.audit_required != 0 {
         // The action cannot be recorded and the policy requires a record: deny it.
-        return -EPERM;
+        return eperm();
     }
-    if denied && cfg.mode != MODE_AUDIT { -EPERM } else { 0 }
+    if denied && cfg.mode != MODE_AUDIT { eperm() } else { 0 }
 }

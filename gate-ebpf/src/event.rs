@@ -3,15 +3,16 @@
 use crate::kernel::Offs;
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-    bpf_get_current_uid_gid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes,
+    bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str},
 };
-use gate_common::{EVENT_NAMES, Event, counter, flag};
+use gate_common::{EVENT_NAME_LEN, EVENT_NAMES, Event, counter, flag};
 
 use crate::{
     decide::Verdict,
     kernel::{ptr, read},
     maps::{EVENTS, count},
-    walk::{NameWalk, Start, collect_names},
+    walk::{Start, collect_names},
 };
 
 /// What an action was about.
@@ -88,45 +89,40 @@ fn task_root(o: &Offs) -> (u64, u64) {
     (dentry, mnt)
 }
 
-/// Fills identity and path components (leaf first) of a file object.
+/// Fills identity and path components (one slot per level, leaf first; empty for a
+/// filesystem root) of a file object.
 ///
 /// # Safety
 /// `e` must point to a writable Event.
 #[inline(always)]
 unsafe fn fill_path(e: *mut Event, o: &Offs, start: Start) {
     let (root_dentry, root_mnt) = task_root(o);
-    let mut w = NameWalk {
-        dentry: start.dentry,
-        vfsmnt: start.vfsmnt,
-        root_dentry,
-        root_mnt,
-        count: 0,
-        truncated: 0,
-        names: [0; EVENT_NAMES],
-    };
-    collect_names(&mut w);
+    let names = collect_names(o, start, root_dentry, root_mnt);
     // SAFETY: caller guarantees `e`.
     unsafe {
         if let Ok(Some(key)) = crate::walk::identity(o, start.dentry) {
             (*e).dev = key.dev;
             (*e).ino = key.ino;
         }
-        if w.truncated != 0 {
+        if names.truncated {
             (*e).flags |= flag::PATH_TRUNCATED;
         }
-        let mut n = 0usize;
+        // No branches in this loop: a branch per slot would double the verifier's work per
+        // slot. A failed read (no dentry, no name) leaves the slot zeroed, i.e. empty.
         for i in 0..EVENT_NAMES {
-            if i as u32 >= w.count {
-                break;
-            }
-            let name = ptr(w.names[i] + o.dentry_d_name() as u64, o.qstr_name()).unwrap_or(0);
-            if name == 0
-                || bpf_probe_read_kernel_str_bytes(name as *const u8, &mut (*e).names[i]).is_err()
-            {
-                (*e).names[i][0] = 0;
-            }
-            n = i + 1;
+            let mut name: u64 = 0;
+            let addr = names.dentries[i] + o.dentry_d_name() as u64 + o.qstr_name() as u64;
+            bpf_probe_read_kernel(
+                (&mut name as *mut u64).cast(),
+                8,
+                addr as *const core::ffi::c_void,
+            );
+            bpf_probe_read_kernel_str(
+                (*e).names[i].as_mut_ptr().cast(),
+                EVENT_NAME_LEN as u32,
+                name as *const core::ffi::c_void,
+            );
         }
-        (*e).name_count = n as u16;
+        (*e).name_count = names.levels as u16;
     }
 }

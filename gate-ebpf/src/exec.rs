@@ -13,14 +13,14 @@ use crate::{
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(1);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
     let bprm: u64 = ctx.arg(0);
     let start = ptr(bprm, o.bprm_file()).and_then(|file| file_start(&o, file));
     let v = match start {
-        Ok(start) if o.valid() != 0 => file_verdict(op::EXEC as usize, start),
+        Ok(start) if o.valid() != 0 => file_verdict(&o, op::EXEC as usize, start),
         _ => Verdict::internal(gate_common::rule::INTERNAL, false),
     };
     let v = v.or_default(cfg, op::EXEC as usize);

@@ -19,7 +19,7 @@ const O_TRUNC: u32 = 0o1000;
 pub fn file_open(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(1);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -48,7 +48,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     };
     let start = file_start(&o, file);
     let v = match start {
-        Ok(s) if o.valid() != 0 => file_verdict(fop as usize, s),
+        Ok(s) if o.valid() != 0 => file_verdict(&o, fop as usize, s),
         _ => Verdict::internal(rule::INTERNAL, false),
     };
     let v = v.or_default(cfg, fop as usize);

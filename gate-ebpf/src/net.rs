@@ -18,7 +18,7 @@ const AF_INET6: u16 = 10;
 pub fn socket_connect(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(3);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -29,7 +29,7 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
 pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(3);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();

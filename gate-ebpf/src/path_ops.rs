@@ -30,7 +30,7 @@ fn check_write(cfg: &Config, o: &Offs, hook: u8, start: Start) -> i32 {
     let v = if o.valid() == 0 || start.dentry == 0 {
         Verdict::internal(rule::INTERNAL, false)
     } else {
-        file_verdict(op::WRITE as usize, start)
+        file_verdict(o, op::WRITE as usize, start)
     };
     let v = v.or_default(cfg, op::WRITE as usize);
     finish(cfg, o, op::WRITE, hook, v, &Object::File(start))
@@ -40,7 +40,7 @@ fn check_write(cfg: &Config, o: &Offs, hook: u8, start: Start) -> i32 {
 pub fn path_mknod(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(4);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -51,7 +51,7 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
 pub fn path_mkdir(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(3);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -62,7 +62,7 @@ pub fn path_mkdir(ctx: LsmContext) -> i32 {
 pub fn path_rmdir(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(2);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -73,7 +73,7 @@ pub fn path_rmdir(ctx: LsmContext) -> i32 {
 pub fn path_unlink(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(2);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -84,7 +84,7 @@ pub fn path_unlink(ctx: LsmContext) -> i32 {
 pub fn path_symlink(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(3);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -97,7 +97,7 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
 pub fn path_link(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(3);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -114,7 +114,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
 pub fn path_rename(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(5);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -129,7 +129,7 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
 pub fn path_truncate(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(1);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -140,7 +140,7 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
 pub fn path_chmod(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(2);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -151,7 +151,7 @@ pub fn path_chmod(ctx: LsmContext) -> i32 {
 pub fn path_chown(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(3);
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
@@ -182,7 +182,7 @@ pub fn inode_setattr_idmap(ctx: LsmContext) -> i32 {
 #[inline(always)]
 fn setattr(ret: i32, dentry: u64, attr: u64) -> i32 {
     if ret != 0 {
-        return ret;
+        return crate::decide::pass_on(ret);
     }
     let Some(cfg) = confined() else { return 0 };
     let valid: u32 = read(attr, 0).unwrap_or(ATTR_MTIME);

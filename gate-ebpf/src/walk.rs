@@ -5,15 +5,13 @@
 //! of the mount it was reached through), then continues from the mount point. So a file
 //! reached through a bind mount of a protected directory still meets the rules of that
 //! directory, and rules on directories above a mount point still apply below it.
-use core::ffi::c_void;
-
-use aya_ebpf::helpers::generated::bpf_loop;
-use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, decision, rule};
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, counter, decision, flag, rule};
 
 use crate::{
     decide::Verdict,
-    kernel::{Offs, ReadError, offsets, ptr, read},
-    maps::INODES,
+    kernel::{Offs, ReadError, ptr, read},
+    maps::{INODES, count},
 };
 
 /// Where a walk starts: the object's dentry (may be negative, for a name being created) and
@@ -63,140 +61,108 @@ pub fn identity(o: &Offs, dentry: u64) -> Result<Option<InodeKey>, ReadError> {
     Ok(Some(InodeKey { dev, _pad: 0, ino }))
 }
 
-const RUNNING: u32 = 0;
-const FINISHED: u32 = 1;
-const FAILED: u32 = 2;
-
-/// State of one rule walk, shared with the `bpf_loop` callback (which the verifier checks once,
-/// instead of once per level as it would an unrolled loop).
-#[repr(C)]
-struct RuleWalk {
-    dentry: u64,
-    vfsmnt: u64,
-    op: u32,
-    first: u32,
-    status: u32,
-    verdict: Verdict,
-}
-
-/// One level: look the dentry up, then move to its parent. Returns whether to go on.
+/// Hides a value from the verifier: it comes back as an unknown scalar. Verdicts differ by
+/// path after each level (no match, a match, a more severe match); without this the verifier
+/// would carry every combination into the next level and give up long before 64 levels.
 #[inline(always)]
-fn rule_level(w: &mut RuleWalk) -> Result<bool, ReadError> {
-    let o = offsets();
-    if let Some(key) = identity(&o, w.dentry)? {
-        // SAFETY: the value is only read, within this program run.
-        if let Some(r) = unsafe { INODES.get(&key) } {
-            let op = (w.op & 3) as usize;
-            if w.first != 0 {
-                w.verdict.merge(r.exact[op], r.exact_rule[op]);
-            } else {
-                w.verdict.merge(r.subtree[op], r.subtree_rule[op]);
-            }
-            if w.verdict.severity() == decision::DENY {
-                return Ok(false);
-            }
-        }
-    }
-    w.first = 0;
-    match step(&o, w.dentry, w.vfsmnt)? {
-        Step::Up(d, m) => {
-            w.dentry = d;
-            w.vfsmnt = m;
-            Ok(true)
-        }
-        Step::Done => Ok(false),
-    }
-}
-
-extern "C" fn rule_level_cb(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: ctx is the RuleWalk passed to bpf_loop by `file_verdict`.
-    let w = unsafe { &mut *ctx.cast::<RuleWalk>() };
-    match rule_level(w) {
-        Ok(true) => 0,
-        Ok(false) => {
-            w.status = FINISHED;
-            1
-        }
-        Err(_) => {
-            w.status = FAILED;
-            1
-        }
-    }
+fn launder(v: u64) -> u64 {
+    // SAFETY: reads 8 bytes of this program's own stack.
+    unsafe { bpf_probe_read_kernel(&v as *const u64) }.unwrap_or(u64::MAX)
 }
 
 /// Evaluates the file rules for `op` on the object at `start`: the most severe of the
 /// object's exact rule and every ancestor's subtree rule. A failed read, or a path deeper than
 /// `MAX_PATH_DEPTH`, gives the fail-closed verdict.
+///
+/// The result is laundered once more on the way out, so that every way out of the walk (a
+/// deny found at level k, the root reached at level k, …) reaches the caller as one state:
+/// otherwise the verifier checks everything after the walk once per way out.
 #[inline(always)]
-pub fn file_verdict(op: usize, start: Start) -> Verdict {
-    let mut w = RuleWalk {
-        dentry: start.dentry,
-        vfsmnt: start.vfsmnt,
-        op: op as u32,
-        first: 1,
-        status: RUNNING,
-        verdict: Verdict::none(),
-    };
-    // SAFETY: bpf_loop calls the callback with a pointer to `w`, on this stack.
-    unsafe {
-        bpf_loop(
-            MAX_PATH_DEPTH,
-            rule_level_cb as *mut c_void,
-            (&mut w as *mut RuleWalk).cast(),
-            0,
-        )
-    };
-    match w.status {
-        FINISHED => w.verdict,
-        FAILED => Verdict::internal(rule::INTERNAL, false),
-        _ => Verdict::internal(rule::INTERNAL, true),
+pub fn file_verdict(o: &Offs, op: usize, start: Start) -> Verdict {
+    let packed = launder(walk_rules(o, op & 3, start));
+    if packed == u64::MAX {
+        return Verdict::internal(rule::INTERNAL, false);
     }
+    let v = Verdict::unpack(packed);
+    if v.flags & flag::INTERNAL_ERROR != 0 {
+        count(if v.rule == rule::INTERNAL_DEPTH { counter::DEPTH_EXCEEDED } else { counter::INTERNAL_ERROR });
+        return Verdict { decision: decision::DENY, rule: rule::INTERNAL, flags: flag::INTERNAL_ERROR };
+    }
+    v
 }
 
-/// Dentries whose names make up a path, leaf first, for an event.
-#[repr(C)]
-pub struct NameWalk {
-    pub dentry: u64,
-    pub vfsmnt: u64,
-    pub root_dentry: u64,
-    pub root_mnt: u64,
-    pub count: u32,
-    pub truncated: u32,
-    pub names: [u64; EVENT_NAMES],
-}
-
-extern "C" fn name_level_cb(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: ctx is the NameWalk passed to bpf_loop by `collect_names`.
-    let w = unsafe { &mut *ctx.cast::<NameWalk>() };
-    let o = offsets();
-    if w.dentry == w.root_dentry && w.vfsmnt == w.root_mnt {
-        return 1;
-    }
-    let Ok(parent) = ptr(w.dentry, o.dentry_d_parent()) else { return 1 };
-    if parent != w.dentry && parent != 0 {
-        let n = w.count as usize;
-        if n >= EVENT_NAMES {
-            w.truncated = 1;
-            return 1;
-        }
-        w.names[n] = w.dentry;
-        w.count += 1;
-    }
-    match step(&o, w.dentry, w.vfsmnt) {
-        Ok(Step::Up(d, m)) => {
-            w.dentry = d;
-            w.vfsmnt = m;
-            0
-        }
-        _ => 1,
-    }
-}
-
-/// Collects up to `EVENT_NAMES` dentries from `start` up to the task's root directory.
+/// The walk itself; returns a packed verdict (internal errors flagged, not yet counted).
 #[inline(always)]
-pub fn collect_names(w: &mut NameWalk) {
-    // SAFETY: bpf_loop calls the callback with a pointer to `w`, on the caller's stack.
-    unsafe {
-        bpf_loop(MAX_PATH_DEPTH, name_level_cb as *mut c_void, (w as *mut NameWalk).cast(), 0)
-    };
+fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
+    const FAILED: u64 = (decision::DENY as u64)
+        | (rule::INTERNAL as u64) << 8
+        | (flag::INTERNAL_ERROR as u64) << 24;
+    const TOO_DEEP: u64 = (decision::DENY as u64)
+        | (rule::INTERNAL_DEPTH as u64) << 8
+        | (flag::INTERNAL_ERROR as u64) << 24;
+    let mut dentry = start.dentry;
+    let mut vfsmnt = start.vfsmnt;
+    let mut packed: u64 = Verdict::none().pack();
+    for level in 0..MAX_PATH_DEPTH {
+        let mut v = Verdict::unpack(packed);
+        let Ok(key) = identity(o, dentry) else { return FAILED };
+        if let Some(key) = key {
+            // SAFETY: the value is only read, within this program run.
+            if let Some(r) = unsafe { INODES.get(&key) } {
+                if level == 0 {
+                    v.merge(r.exact[op], r.exact_rule[op]);
+                } else {
+                    v.merge(r.subtree[op], r.subtree_rule[op]);
+                }
+                if v.severity() == decision::DENY {
+                    return v.pack();
+                }
+            }
+        }
+        match step(o, dentry, vfsmnt) {
+            Ok(Step::Up(d, m)) => {
+                dentry = d;
+                vfsmnt = m;
+            }
+            Ok(Step::Done) => return v.pack(),
+            Err(_) => return FAILED,
+        }
+        packed = launder(v.pack());
+        if packed == u64::MAX {
+            return FAILED;
+        }
+    }
+    TOO_DEEP
+}
+
+/// Dentries whose names make up a path, one slot per level from the object up. A
+/// filesystem root's name is "/", which userspace leaves out when it joins the names.
+pub struct Names {
+    pub dentries: [u64; EVENT_NAMES],
+    pub levels: u32,
+    pub truncated: bool,
+}
+
+/// Walks from `start` to the task's root directory, keeping the first `EVENT_NAMES` levels.
+#[inline(always)]
+pub fn collect_names(o: &Offs, start: Start, root_dentry: u64, root_mnt: u64) -> Names {
+    let mut n = Names { dentries: [0; EVENT_NAMES], levels: 0, truncated: false };
+    let mut dentry = start.dentry;
+    let mut vfsmnt = start.vfsmnt;
+    for level in 0..EVENT_NAMES {
+        if dentry == root_dentry && vfsmnt == root_mnt {
+            return n;
+        }
+        n.dentries[level] = dentry;
+        n.levels = level as u32 + 1;
+        match step(o, dentry, vfsmnt) {
+            Ok(Step::Up(d, m)) => {
+                dentry = d;
+                vfsmnt = m;
+            }
+            _ => return n,
+        }
+    }
+    n.truncated = !(dentry == root_dentry && vfsmnt == root_mnt);
+    n
 }

@@ -1,7 +1,10 @@
 //! `gate doctor`: can this host enforce? Each check says what it found and, when it fails,
 //! how to fix it. The last check does what `gate run` does before starting a command: load,
 //! attach, and prove with a canary that a confined process is actually stopped.
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use crate::{
     btf::{self, Btf},
@@ -96,6 +99,7 @@ fn self_test() -> Result<String, String> {
         workspace: None,
         mode: None,
         log: None,
+        audit_key: PathBuf::from(crate::audit::DEFAULT_KEY_PATH),
         command: vec!["true".into()],
         ringbuf_bytes: 1 << 16,
         quiet: true,

@@ -19,6 +19,8 @@ use crate::{
 };
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gate"));
+/// Programs that only pass the previous verdict on (gate-ebpf/src/null.rs), for benchmarks.
+static NULL_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gate-null"));
 
 /// Default size of the event ring buffer.
 pub const DEFAULT_RINGBUF_BYTES: u32 = 4 << 20;
@@ -121,18 +123,7 @@ impl Engine {
     /// Loads and attaches every program, pinning each link under `pin_dir` (a bpffs
     /// directory) so that enforcement stays in place if this process dies.
     pub fn attach(&mut self, pin_dir: &Path) -> Result<(), EngineError> {
-        let btf = kernel_btf()?;
-        for (name, hook) in btf::programs_for(&Btf::from_sys_fs()?)? {
-            let prog: &mut Lsm = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(EngineError::Missing("an LSM program"))?
-                .try_into()
-                .map_err(|source| EngineError::Program { program: name.to_string(), source })?;
-            let err = |source| EngineError::Program { program: name.to_string(), source };
-            prog.load(hook, &btf).map_err(err)?;
-            let id = prog.attach().map_err(err)?;
-            let link: FdLink = prog.take_link(id).map_err(err)?.into();
+        for (name, link) in attach_all(&mut self.ebpf)? {
             let path = pin_dir.join(name);
             let pinned = link
                 .pin(&path)
@@ -148,17 +139,12 @@ impl Engine {
         RingBuf::try_from(map).map_err(|source| EngineError::Map { map: "EVENTS", source })
     }
 
-    /// Counter totals over all CPUs, indexed by `gate_common::counter::*`.
-    pub fn counters(&mut self) -> Result<[u64; counter::COUNT as usize], EngineError> {
-        let arr: PerCpuArray<_, u64> = self.map("COUNTERS")?;
-        let mut out = [0u64; counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = arr
-                .get(&(i as u32), 0)
-                .map_err(|source| EngineError::Map { map: "COUNTERS", source })?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+    /// The per-CPU counters (can be taken once).
+    pub fn take_counters(&mut self) -> Result<Counters, EngineError> {
+        let map = self.ebpf.take_map("COUNTERS").ok_or(EngineError::Missing("COUNTERS"))?;
+        PerCpuArray::try_from(map)
+            .map(Counters)
+            .map_err(|source| EngineError::Map { map: "COUNTERS", source })
     }
 
     /// Stops enforcing: unpins and detaches every link.
@@ -167,5 +153,59 @@ impl Engine {
             drop(link.unpin()?);
         }
         Ok(())
+    }
+}
+
+/// Loads and attaches every program of `ebpf` that matches this kernel's hook signatures.
+fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, FdLink)>, EngineError> {
+    let btf = kernel_btf()?;
+    let mut links = Vec::new();
+    for (name, hook) in btf::programs_for(&Btf::from_sys_fs()?)? {
+        let err = |source| EngineError::Program { program: name.to_string(), source };
+        let prog: &mut Lsm = ebpf
+            .program_mut(name)
+            .ok_or(EngineError::Missing("an LSM program"))?
+            .try_into()
+            .map_err(err)?;
+        prog.load(hook, &btf).map_err(err)?;
+        let id = prog.attach().map_err(err)?;
+        links.push((name, prog.take_link(id).map_err(err)?.into()));
+    }
+    Ok(links)
+}
+
+/// Empty programs on gate's hooks (the benchmarks' "any BPF LSM enforcer" floor); detached
+/// when dropped.
+pub struct NullEngine {
+    _links: Vec<FdLink>,
+    _ebpf: Ebpf,
+}
+
+impl NullEngine {
+    pub fn attach() -> Result<Self, EngineError> {
+        if NULL_OBJECT.is_empty() {
+            return Err(EngineError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new().load(NULL_OBJECT).map_err(EngineError::Load)?;
+        let links = attach_all(&mut ebpf)?.into_iter().map(|(_, l)| l).collect();
+        Ok(NullEngine { _links: links, _ebpf: ebpf })
+    }
+}
+
+/// The kernel's per-CPU counters (`gate_common::counter::*`).
+pub struct Counters(PerCpuArray<MapData, u64>);
+
+impl Counters {
+    /// Totals over all CPUs.
+    pub fn read(&self) -> Result<[u64; counter::COUNT as usize], EngineError> {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let values = self
+                .0
+                .get(&(i as u32), 0)
+                .map_err(|source| EngineError::Map { map: "COUNTERS", source })?;
+            *slot = values.iter().sum();
+        }
+        Ok(out)
     }
 }

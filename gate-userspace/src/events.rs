@@ -64,7 +64,10 @@ fn cstr(b: &[u8]) -> String {
 /// Rebuilds the path from the leaf-first components the kernel sent.
 pub fn path_of(e: &Event) -> String {
     let n = (e.name_count as usize).min(e.names.len());
-    let mut parts: Vec<String> = e.names[..n].iter().map(|c| cstr(c)).collect();
+    // One slot per level; a filesystem root is named "/" (or empty if unreadable) and is not
+    // part of the path.
+    let mut parts: Vec<String> =
+        e.names[..n].iter().map(|c| cstr(c)).filter(|c| !c.is_empty() && c != "/").collect();
     parts.reverse();
     let joined = parts.join("/");
     if e.flags & flag::PATH_TRUNCATED != 0 { format!("…/{joined}") } else { format!("/{joined}") }
@@ -138,10 +141,11 @@ mod tests {
     #[test]
     fn path_is_rebuilt_leaf_first() {
         let mut e = event();
-        for (i, n) in ["id_rsa", ".ssh", "root"].iter().enumerate() {
+        // Level 2 is a filesystem root (mount point crossing): its slot is empty.
+        for (i, n) in ["id_rsa", ".ssh", "/", "root", "/"].iter().enumerate() {
             e.names[i][..n.len()].copy_from_slice(n.as_bytes());
         }
-        e.name_count = 3;
+        e.name_count = 5;
         assert_eq!(path_of(&e), "/root/.ssh/id_rsa");
         e.flags = flag::PATH_TRUNCATED;
         assert_eq!(path_of(&e), "…/root/.ssh/id_rsa");

@@ -33,9 +33,13 @@ enum Cmd {
         /// Override the policy's mode (audit: report what would be denied, deny nothing).
         #[arg(long, value_enum)]
         mode: Option<ModeArg>,
-        /// Write one JSON line per decision to this file.
+        /// Append the signed, hash-chained audit stream (one JSON record per line) to this file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Ed25519 key signing the log's checkpoints; created (mode 0600, public key beside it
+        /// as .pub) if missing.
+        #[arg(long, env = "GATE_AUDIT_KEY", default_value = gate::audit::DEFAULT_KEY_PATH)]
+        audit_key: PathBuf,
         /// Size of the kernel event ring buffer.
         #[arg(long, default_value_t = gate::engine::DEFAULT_RINGBUF_BYTES)]
         ringbuf_bytes: u32,
@@ -76,12 +80,12 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Run { policy, workspace, mode, log, ringbuf_bytes, quiet, command } => {
+        Cmd::Run { policy, workspace, mode, log, audit_key, ringbuf_bytes, quiet, command } => {
             let mode = mode.map(|m| match m {
                 ModeArg::Enforce => Mode::Enforce,
                 ModeArg::Audit => Mode::Audit,
             });
-            run::run(&RunOptions { policy, workspace, mode, log, command, ringbuf_bytes, quiet })
+            run::run(&RunOptions { policy, workspace, mode, log, audit_key, command, ringbuf_bytes, quiet })
         }
         Cmd::Policy { cmd: PolicyCmd::Check { file, workspace, dump } } => {
             policy_check(&file, workspace, dump)

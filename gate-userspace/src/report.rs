@@ -1,46 +1,118 @@
 //! What a run reports: the decision log (`--log`) and the summary printed at the end.
-use std::{
-    collections::BTreeMap,
-    ffi::OsString,
-    fs::File,
-    io::{self, BufWriter, Write},
-    path::Path,
-};
+use std::{collections::BTreeMap, ffi::OsString, path::Path};
 
 use gate_common::counter;
 
-use crate::{events::Decision, policy::CompiledPolicy};
+use crate::{
+    audit::{
+        AuditConfig, AuditError, AuditLog, Decision as AuditDecision, Lifecycle, Object,
+        Op as AuditOp, PolicyLoad, PolicyMode, RecordBody, Scope, Verdict,
+    },
+    events::Decision,
+    policy::{CompiledPolicy, Mode},
+};
 
-/// The decision log: one JSON object per line.
+/// The decision log: gate's signed, hash-chained audit stream (see [`crate::audit`]).
+/// A run writes its policy load and start, one record per decision, a signed gap record for
+/// events the kernel could not queue, and its stop.
 pub struct LogSink {
-    out: BufWriter<File>,
+    log: AuditLog,
     agent: String,
     digest: String,
+    command: Vec<String>,
 }
 
 impl LogSink {
-    pub fn open(path: &Path, policy: &CompiledPolicy, agent: &str) -> io::Result<Self> {
-        let out = BufWriter::new(File::options().create(true).append(true).open(path)?);
-        Ok(LogSink { out, agent: agent.to_owned(), digest: hex::encode(policy.digest) })
-    }
-
-    pub fn decision(&mut self, d: &Decision) -> io::Result<()> {
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            kind: &'static str,
-            agent: &'a str,
-            policy_digest: &'a str,
-            #[serde(flatten)]
-            d: &'a Decision,
+    pub fn open(
+        path: &Path,
+        key: &Path,
+        policy: &CompiledPolicy,
+        agent: &str,
+        command: &[OsString],
+    ) -> Result<Self, AuditError> {
+        if let Some(dir) = key.parent() {
+            let _ = std::fs::create_dir_all(dir);
         }
-        let line = Line { kind: "decision", agent: &self.agent, policy_digest: &self.digest, d };
-        serde_json::to_writer(&mut self.out, &line)?;
-        self.out.write_all(b"\n")?;
-        self.out.flush()
+        let mut log = AuditLog::open(path, AuditConfig::new(key))?;
+        let digest = policy.digest_hex();
+        log.append(&RecordBody::PolicyLoad(PolicyLoad {
+            policy_digest: digest.clone(),
+            source: policy.name.clone(),
+            mode: if policy.mode == Mode::Audit { PolicyMode::Audit } else { PolicyMode::Enforce },
+            rules: policy.rules.len() as u32,
+        }))?;
+        let command: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+        let mut start = Lifecycle::new(Scope::Run);
+        start.agent = Some(agent.to_owned());
+        start.pid = Some(std::process::id());
+        start.version = Some(env!("CARGO_PKG_VERSION").to_owned());
+        start.command = Some(command.clone());
+        log.append(&RecordBody::Start(start))?;
+        Ok(LogSink { log, agent: agent.to_owned(), digest, command })
     }
 
-    pub fn finish(mut self) -> io::Result<()> {
-        self.out.flush()
+    pub fn decision(&mut self, d: &Decision) -> Result<(), AuditError> {
+        let object = match (&d.path, &d.addr, d.port) {
+            (_, Some(a), Some(port)) => match a.parse() {
+                Ok(addr) => Object::Socket { addr, port },
+                Err(_) => Object::Path { path: format!("{a}:{port}") },
+            },
+            (Some(p), _, _) => Object::Path { path: p.clone() },
+            _ => Object::Path { path: String::from("?") },
+        };
+        let op = match d.op {
+            "exec" => AuditOp::Exec,
+            "write" => AuditOp::Write,
+            "read" => AuditOp::Read,
+            _ => AuditOp::Connect,
+        };
+        let decision = match d.decision {
+            "allow" => Verdict::Allow,
+            "ask" => Verdict::Ask,
+            _ => Verdict::Deny,
+        };
+        let rec = AuditDecision {
+            agent: self.agent.clone(),
+            pid: d.pid,
+            tgid: d.tgid,
+            ppid: d.ppid,
+            uid: d.uid,
+            comm: d.comm.clone(),
+            exe: None,
+            op,
+            hook: d.hook.to_owned(),
+            object,
+            decision,
+            enforced: d.enforced,
+            rule: d.rule.clone(),
+            policy_digest: self.digest.clone(),
+            correlation: None,
+        };
+        self.log.append(&RecordBody::Decision(rec)).map(|_| ())
+    }
+
+    /// Records `lost` events the kernel could not queue (a signed gap in the stream).
+    pub fn gap(&mut self, lost: u64, cpu: Option<u32>) -> Result<(), AuditError> {
+        self.log
+            .append_gap(lost, cpu, "kernel ring buffer full: events were dropped, decisions were still enforced")
+            .map(|_| ())
+    }
+
+    /// Flushes a drained batch and signs a checkpoint when one is due.
+    pub fn tick(&mut self) -> Result<(), AuditError> {
+        self.log.flush()?;
+        self.log.tick().map(|_| ())
+    }
+
+    pub fn finish(mut self, exit_code: Option<i32>, reason: Option<String>) -> Result<(), AuditError> {
+        let mut stop = Lifecycle::new(Scope::Run);
+        stop.agent = Some(self.agent.clone());
+        stop.pid = Some(std::process::id());
+        stop.command = Some(std::mem::take(&mut self.command));
+        stop.exit_code = exit_code;
+        stop.reason = reason;
+        self.log.append(&RecordBody::Stop(stop))?;
+        self.log.close()
     }
 }
 

@@ -30,7 +30,7 @@ use gate_common::{Config, InodeRule, MODE_AUDIT, MODE_ENFORCE, decision, op, rul
 
 use crate::{
     cgroup::{self, Cgroup, CgroupError, Hierarchy},
-    engine::{Engine, EngineError},
+    engine::{Counters, Engine, EngineError},
     events,
     policy::{self, CompiledPolicy, Mode, PolicyError, Vars},
     report::{LogSink, Summary},
@@ -52,6 +52,8 @@ pub enum RunError {
     State(#[from] state::StateError),
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
     #[error("enforcement is not in effect, refusing to start the command: {0}")]
     SelfTest(String),
     #[error("could not start {cmd}: {source}{hint}")]
@@ -70,6 +72,8 @@ pub struct RunOptions {
     pub workspace: Option<PathBuf>,
     pub mode: Option<Mode>,
     pub log: Option<PathBuf>,
+    /// Ed25519 key that signs the log's checkpoints (created on first use).
+    pub audit_key: PathBuf,
     pub command: Vec<OsString>,
     pub ringbuf_bytes: u32,
     pub quiet: bool,
@@ -130,16 +134,16 @@ fn confine_and_run(
     engine.set_config(config_for(policy, &cg))?;
     let attached = engine.attach(&run.pin_dir);
     let mut events = engine.take_events()?;
+    let counters = engine.take_counters()?;
     let outcome = attached.map_err(RunError::from).and_then(|()| {
         self_test(&cg, &run.canary_path(), &mut events, policy.mode)?;
-        supervise(opts, policy, &cg, events)
+        supervise(opts, policy, &cg, events, counters)
     });
     // Whatever happened, nothing confined may be left running unconfined: kill the tree
     // before enforcement is removed.
     let killed = cg.kill_all(Duration::from_secs(10));
-    let mut summary = outcome?;
+    let summary = outcome?;
     killed?;
-    summary.counters = engine.counters()?;
     engine.detach().map_err(io_err("detaching the BPF programs"))?;
     cg.remove()?;
     if !opts.quiet {
@@ -274,21 +278,30 @@ fn supervise(
     policy: &Arc<CompiledPolicy>,
     cg: &Cgroup,
     events: RingBuf<MapData>,
+    counters: Counters,
 ) -> Result<Summary, RunError> {
     let sink = match &opts.log {
-        Some(p) => Some(LogSink::open(p, policy, &cg.name).map_err(io_err(format!("opening log {}", p.display())))?),
+        Some(p) => Some(LogSink::open(p, &opts.audit_key, policy, &cg.name, &opts.command)?),
         None => None,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let collector = {
         let (stop, policy) = (stop.clone(), policy.clone());
-        thread::spawn(move || collect(events, sink, &policy, &stop))
+        thread::spawn(move || collect(events, counters, sink, &policy, &stop))
     };
     let status = spawn_and_wait(opts, cg);
-    // Let the tree finish: the command's own exit does not end what it left running.
+    // The command's own exit does not end what it left running: end the tree.
     let _ = cg.kill_all(Duration::from_secs(10));
     stop.store(true, Ordering::SeqCst);
-    let mut summary = collector.join().map_err(|_| RunError::SelfTest("event thread panicked".into()))??;
+    let (mut summary, sink) =
+        collector.join().map_err(|_| RunError::SelfTest("event thread panicked".into()))??;
+    let (code, reason) = match &status {
+        Ok(c) => (Some(*c), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    if let Some(sink) = sink {
+        sink.finish(code, reason)?;
+    }
     summary.exit_code = status?;
     Ok(summary)
 }
@@ -327,14 +340,17 @@ fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup) -> Result<i32, RunError> {
 }
 
 /// Drains the ring buffer into the log and the summary until told to stop, then once more.
+/// Events the kernel could not queue become signed gap records.
 fn collect(
     mut events: RingBuf<MapData>,
+    counters: Counters,
     mut sink: Option<LogSink>,
     policy: &CompiledPolicy,
     stop: &AtomicBool,
-) -> Result<Summary, RunError> {
+) -> Result<(Summary, Option<LogSink>), RunError> {
     let mut summary = Summary::default();
     let fd = events.as_fd().as_raw_fd();
+    let mut lost_seen = 0u64;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         while let Some(item) = events.next() {
@@ -345,9 +361,18 @@ fn collect(
             let d = events::decode(&e, policy);
             summary.add(&d);
             if let Some(s) = sink.as_mut() {
-                s.decision(&d).map_err(io_err("writing the decision log"))?;
+                s.decision(&d)?;
             }
         }
+        summary.counters = counters.read()?;
+        let lost = summary.counters[gate_common::counter::RINGBUF_FULL as usize];
+        if let Some(s) = sink.as_mut() {
+            if lost > lost_seen {
+                s.gap(lost - lost_seen, None)?;
+            }
+            s.tick()?;
+        }
+        lost_seen = lost;
         if stopping {
             break;
         }
@@ -355,8 +380,5 @@ fn collect(
         // SAFETY: polling one valid fd.
         unsafe { libc::poll(&mut pfd, 1, 50) };
     }
-    if let Some(s) = sink.take() {
-        s.finish().map_err(io_err("closing the decision log"))?;
-    }
-    Ok(summary)
+    Ok((summary, sink))
 }

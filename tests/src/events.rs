@@ -43,6 +43,12 @@ impl Log {
         self.lines.iter().filter(|v| v.get("kind").and_then(Value::as_str) == Some("decision"))
     }
 
+    /// The lines stamped (`ktime_ns`) within `[t0, t1]`: one step's events in a batch.
+    pub fn window(&self, t0: u64, t1: u64) -> Log {
+        let inside = |v: &Value| v.get("ktime_ns").and_then(Value::as_u64).is_some_and(|t| t >= t0 && t <= t1);
+        Log { lines: self.lines.iter().filter(|v| inside(v)).cloned().collect(), bad_lines: Vec::new() }
+    }
+
     pub fn find(&self, m: &EventMatcher) -> Option<&Value> {
         self.decisions().find(|e| m.matches(e))
     }
@@ -242,6 +248,19 @@ path_suffix = "${home}/x""#)
         assert_eq!(m.expand(&vars).unwrap().path_suffix.as_deref(), Some("/root/x"));
         assert!(toml::from_str::<EventMatcher>("opp = \"write\"").is_err());
         assert_eq!(m.to_string(), "{op=write decision=deny path_suffix=${home}/x}");
+    }
+
+    #[test]
+    fn windows() {
+        let text = "{\"kind\":\"decision\",\"op\":\"exec\",\"ktime_ns\":100}\n\
+                    {\"kind\":\"decision\",\"op\":\"write\",\"ktime_ns\":200}\n\
+                    {\"kind\":\"decision\",\"op\":\"read\"}\n";
+        let log = Log::parse(text);
+        assert_eq!(log.window(0, 150).decisions().count(), 1);
+        assert_eq!(log.window(100, 200).decisions().count(), 2);
+        assert_eq!(log.window(201, 300).decisions().count(), 0);
+        assert!(log.window(150, 250).find(&ev("write", "")).is_none());
+        assert!(log.window(150, 250).find(&EventMatcher { op: Some("write".into()), ..Default::default() }).is_some());
     }
 
     #[test]

@@ -24,6 +24,24 @@ impl fmt::Display for Status {
     }
 }
 
+impl FromStr for Status {
+    type Err = String;
+
+    /// Parses what `Display` writes.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "timeout" {
+            return Ok(Status::TimedOut);
+        }
+        if let Some(n) = s.strip_prefix("exit:") {
+            return n.parse().map(Status::Exited).map_err(|_| format!("bad status {s:?}"));
+        }
+        if let Some(n) = s.strip_prefix("signal ") {
+            return n.parse().map(Status::Signaled).map_err(|_| format!("bad status {s:?}"));
+        }
+        Err(format!("bad status {s:?}"))
+    }
+}
+
 /// A finished command: status and captured output.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -184,6 +202,14 @@ mod tests {
         // An errno line with exit 0 (script went on) is not ok.
         let went_on = o(Status::Exited(0), "errno=EPERM\n", "");
         assert!(!Expect::Ok.matches(&went_on));
+    }
+
+    #[test]
+    fn status_round_trips() {
+        for s in [Status::Exited(0), Status::Exited(-1), Status::Signaled(9), Status::TimedOut] {
+            assert_eq!(s.to_string().parse::<Status>().unwrap(), s);
+        }
+        assert!("exit:x".parse::<Status>().is_err());
     }
 
     #[test]

@@ -16,7 +16,12 @@
 //! expect = "EPERM"                                # "ok" | errno name | "exit:N"
 //! expect_event = { op = "write", decision = "deny", path_suffix = ".ssh/id_rsa" }
 //! unconfined = true      # also run it outside gate and require success
+//! new_run = true         # start a new `gate run` here (default: one run for all steps)
+//! expect_no_event = { path = "${workspace}/x" }   # no decision of this step may match
 //! ```
+//!
+//! Steps run in order inside one `gate run` (see [`crate::driver`]); a step with `new_run`
+//! starts another. `isolate = true` (or `--isolate`) runs each step in its own.
 //!
 //! Variables: `${workspace}`, `${home}`, `${probe}`, `${repo}`, `${scratch}` (a per-scenario
 //! directory, emptied before the setup; the workspace may live in it), `${cgroup}` (where cgroup
@@ -51,6 +56,9 @@ pub struct Scenario {
     pub teardown: Vec<String>,
     #[serde(default)]
     pub listen: Vec<Listener>,
+    /// Run every step in its own `gate run` (slow in guests; for debugging).
+    #[serde(default)]
+    pub isolate: bool,
     #[serde(default, rename = "step")]
     pub steps: Vec<Step>,
 }
@@ -89,6 +97,13 @@ pub struct Step {
     pub expect: Expect,
     #[serde(default)]
     pub expect_event: Option<EventMatcher>,
+    /// No decision of the step may match this.
+    #[serde(default)]
+    pub expect_no_event: Option<EventMatcher>,
+    /// Start a new `gate run` with this step (so that what earlier steps created exists when the
+    /// policy is loaded: rules name inodes, resolved at load).
+    #[serde(default)]
+    pub new_run: bool,
     /// Also run the step outside gate and require that it succeeds.
     #[serde(default)]
     pub unconfined: bool,
@@ -158,7 +173,7 @@ impl Scenario {
             if let Action::Probe(args) = step.action(&vars)? {
                 crate::probe::validate(&args).map_err(|e| format!("step {:?}: {e}", step.name))?;
             }
-            if let Some(m) = &step.expect_event {
+            for m in [&step.expect_event, &step.expect_no_event].into_iter().flatten() {
                 m.expand(&vars).map_err(|e| format!("step {:?}: expect_event: {e}", step.name))?;
             }
         }

@@ -24,7 +24,9 @@ impl Apt {
             return Ok(());
         }
         require_root("apt-get update")?;
-        cmd::run(apt_get().arg("update")).context("refreshing the package lists failed; check the network and /etc/apt/sources.list.d")?;
+        cmd::run(apt_get().arg("update")).context(
+            "refreshing the package lists failed; check the network and /etc/apt/sources.list.d",
+        )?;
         self.updated = true;
         Ok(())
     }
@@ -43,8 +45,12 @@ impl Apt {
         if let Some(release) = release {
             command.args(["-t", release]);
         }
-        cmd::run(command.args(packages))
-            .with_context(|| format!("installing {} failed; read apt's messages above", packages.join(" ")))
+        cmd::run(command.args(packages)).with_context(|| {
+            format!(
+                "installing {} failed; read apt's messages above",
+                packages.join(" ")
+            )
+        })
     }
 }
 
@@ -56,7 +62,8 @@ fn apt_get() -> Command {
 
 /// The installed version of `package`, if dpkg has it fully installed.
 pub fn installed_version(package: &str) -> Option<String> {
-    let out = cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]))?;
+    let out =
+        cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}\t${Version}", package]))?;
     let (status, version) = out.split_once('\t')?;
     (status == "install ok installed").then(|| version.to_owned())
 }
@@ -79,7 +86,10 @@ fn source_files() -> Vec<PathBuf> {
         files.extend(
             entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|ext| ext == "sources" || ext == "list")),
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|ext| ext == "sources" || ext == "list")
+                }),
         );
     }
     files.sort();
@@ -90,23 +100,27 @@ fn source_files() -> Vec<PathBuf> {
 /// `bookworm` suite in debian.sources. Returns the file written.
 pub fn add_backports_source() -> Result<PathBuf> {
     require_root("adding the bookworm-backports apt source")?;
-    let text = std::fs::read_to_string(DEBIAN_SOURCES)
-        .with_context(|| format!("reading {DEBIAN_SOURCES} to copy its mirror for bookworm-backports"))?;
+    let text = std::fs::read_to_string(DEBIAN_SOURCES).with_context(|| {
+        format!("reading {DEBIAN_SOURCES} to copy its mirror for bookworm-backports")
+    })?;
     let stanza = bookworm_stanza(&text).with_context(|| {
         format!("{DEBIAN_SOURCES} has no stanza with `Suites: bookworm`; add bookworm-backports to apt by hand")
     })?;
-    let uris = field(stanza, "URIs").with_context(|| format!("the bookworm stanza in {DEBIAN_SOURCES} has no URIs"))?;
+    let uris = field(stanza, "URIs")
+        .with_context(|| format!("the bookworm stanza in {DEBIAN_SOURCES} has no URIs"))?;
     let mut out = format!("Types: deb\nURIs: {uris}\nSuites: {BACKPORTS}\nComponents: main\n");
     if let Some(keyring) = field(stanza, "Signed-By") {
         out.push_str(&format!("Signed-By: {keyring}\n"));
     }
-    std::fs::write(BACKPORTS_SOURCES, out).with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
+    std::fs::write(BACKPORTS_SOURCES, out)
+        .with_context(|| format!("writing {BACKPORTS_SOURCES}"))?;
     Ok(PathBuf::from(BACKPORTS_SOURCES))
 }
 
 fn bookworm_stanza(text: &str) -> Option<&str> {
     text.split("\n\n").find(|stanza| {
-        field(stanza, "Suites").is_some_and(|suites| suites.split_whitespace().any(|s| s == "bookworm"))
+        field(stanza, "Suites")
+            .is_some_and(|suites| suites.split_whitespace().any(|s| s == "bookworm"))
     })
 }
 
@@ -119,7 +133,9 @@ fn field<'a>(stanza: &'a str, name: &str) -> Option<&'a str> {
 
 pub fn require_root(what: &str) -> Result<()> {
     use std::os::unix::fs::MetadataExt as _;
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
     if uid != 0 {
         bail!("{what} needs root; run `cargo xtask setup` as root (or with sudo) once");
     }
@@ -129,21 +145,35 @@ pub fn require_root(what: &str) -> Result<()> {
 /// `apt-cache search --names-only REGEX`: the package names found.
 pub fn search_names(regex: &str) -> Result<Vec<String>> {
     let out = cmd::output(Command::new("apt-cache").args(["search", "--names-only", regex]))?;
-    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// `apt-get download PACKAGE` into `dir`; returns the .deb written.
 pub fn download(package: &str, dir: &Path) -> Result<PathBuf> {
     // As root apt would fall back from its sandbox user with a warning; say so up front.
-    cmd::run(apt_get().args(["-o", "APT::Sandbox::User=root", "download", package]).current_dir(dir))?;
+    cmd::run(
+        apt_get()
+            .args(["-o", "APT::Sandbox::User=root", "download", package])
+            .current_dir(dir),
+    )?;
     let deb = std::fs::read_dir(dir)
         .with_context(|| format!("listing {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             p.extension().is_some_and(|e| e == "deb")
-                && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_")))
         });
-    deb.with_context(|| format!("`apt-get download {package}` left no .deb in {}", dir.display()))
+    deb.with_context(|| {
+        format!(
+            "`apt-get download {package}` left no .deb in {}",
+            dir.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -156,6 +186,9 @@ mod tests {
     fn finds_the_bookworm_stanza_and_its_fields() {
         let stanza = bookworm_stanza(SOURCES).unwrap();
         assert_eq!(field(stanza, "URIs"), Some("http://deb.debian.org/debian"));
-        assert_eq!(field(stanza, "Signed-By"), Some("/usr/share/keyrings/debian-archive-keyring.gpg"));
+        assert_eq!(
+            field(stanza, "Signed-By"),
+            Some("/usr/share/keyrings/debian-archive-keyring.gpg")
+        );
     }
 }

@@ -6,7 +6,9 @@ use anyhow::{Context as _, Result, bail};
 
 /// Runs `cmd` with inherited stdio; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("could not start `{}`", display(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", display(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", display(cmd));
     }
@@ -27,13 +29,20 @@ pub fn output(cmd: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8 output", display(cmd)))
+    String::from_utf8(out.stdout)
+        .with_context(|| format!("`{}` printed non-UTF-8 output", display(cmd)))
 }
 
 /// Runs `cmd` silently and returns its stdout if it started and exited 0.
 pub fn probe(cmd: &mut Command) -> Option<String> {
-    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The command line, with its environment overrides, as a shell user would write it.
@@ -43,12 +52,18 @@ pub fn display(cmd: &Command) -> String {
         .filter_map(|(k, v)| Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy())));
     let program = std::iter::once(cmd.get_program().to_string_lossy().into_owned());
     let args = cmd.get_args().map(|a| a.to_string_lossy().into_owned());
-    envs.chain(program).chain(args).collect::<Vec<_>>().join(" ")
+    envs.chain(program)
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Quotes `s` for a POSIX shell (single quotes, with embedded quotes escaped).
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
         return s.to_owned();
     }
     format!("'{}'", s.replace('\'', r"'\''"))

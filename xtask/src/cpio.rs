@@ -65,7 +65,8 @@ impl Archive {
         ];
         self.buf.extend_from_slice(MAGIC.as_bytes());
         for field in fields {
-            self.buf.extend_from_slice(format!("{field:08x}").as_bytes());
+            self.buf
+                .extend_from_slice(format!("{field:08x}").as_bytes());
         }
         self.buf.extend_from_slice(name.as_bytes());
         self.buf.push(0);
@@ -96,7 +97,10 @@ mod tests {
         assert!(bytes.starts_with(b"070701"));
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("init\0"));
-        assert!(!text.contains("/init"), "paths are stored without a leading slash");
+        assert!(
+            !text.contains("/init"),
+            "paths are stored without a leading slash"
+        );
         assert!(text.contains("TRAILER!!!\0"));
     }
 

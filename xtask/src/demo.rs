@@ -12,21 +12,38 @@ use crate::{paths, setup, workspace};
 const DEMO_TIMEOUT: Duration = Duration::from_secs(1200);
 
 pub fn run() -> Result<ExitCode> {
-    let env = setup::run(&setup::Options { quiet: true, update_kernels: false })?;
+    let env = setup::run(&setup::Options {
+        quiet: true,
+        update_kernels: false,
+    })?;
     let repo = paths::repo_root();
     let script = repo.join("tests/demo/demo.sh");
     match std::fs::metadata(&script) {
-        Err(_) => bail!("{} does not exist yet: the demo script has not been written", script.display()),
+        Err(_) => bail!(
+            "{} does not exist yet: the demo script has not been written",
+            script.display()
+        ),
         Ok(meta) if meta.permissions().mode() & 0o111 == 0 => {
-            bail!("{} is not executable; run `chmod +x {}`", script.display(), script.display())
+            bail!(
+                "{} is not executable; run `chmod +x {}`",
+                script.display(),
+                script.display()
+            )
         }
         Ok(_) => {}
     }
     workspace::release(&["gate-userspace"])?;
-    let gate = workspace::release_binary("gate", "gate-userspace should provide the `gate` binary")?;
+    let gate =
+        workspace::release_binary("gate", "gate-userspace should provide the `gate` binary")?;
     let guest = env.guest(Series::V6_1).guest();
     let command = [script, gate, repo.clone()].map(|p| p.to_string_lossy().into_owned());
-    let options = RunOptions { icount: false, timeout: DEMO_TIMEOUT, env: Vec::new(), cwd: Some(repo), append: None };
+    let options = RunOptions {
+        icount: false,
+        timeout: DEMO_TIMEOUT,
+        env: Vec::new(),
+        cwd: Some(repo),
+        append: None,
+    };
     let outcome = guest::run(&guest, &options, &command)?;
     Ok(crate::exit_code(outcome.exit_code))
 }

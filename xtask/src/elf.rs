@@ -32,14 +32,20 @@ fn u64_at(data: &[u8], off: usize) -> Result<usize> {
 pub fn section<'a>(data: &'a [u8], name: &str) -> Result<&'a [u8]> {
     check_elf64(data)?;
     let (shoff, shentsize) = (u64_at(data, 0x28)?, usize::from(u16_at(data, 0x3a)?));
-    let (shnum, shstrndx) = (usize::from(u16_at(data, 0x3c)?), usize::from(u16_at(data, 0x3e)?));
+    let (shnum, shstrndx) = (
+        usize::from(u16_at(data, 0x3c)?),
+        usize::from(u16_at(data, 0x3e)?),
+    );
     let header = |i: usize| shoff + i * shentsize;
     let strtab_off = u64_at(data, header(shstrndx) + 0x18)?;
     for i in 0..shnum {
         let name_off = strtab_off + u32_at(data, header(i))? as usize;
         let section_name = data.get(name_off..).context("section name out of range")?;
         if section_name.starts_with(name.as_bytes()) && section_name.get(name.len()) == Some(&0) {
-            let (off, size) = (u64_at(data, header(i) + 0x18)?, u64_at(data, header(i) + 0x20)?);
+            let (off, size) = (
+                u64_at(data, header(i) + 0x18)?,
+                u64_at(data, header(i) + 0x20)?,
+            );
             return data.get(off..off + size).context("section out of range");
         }
     }
@@ -48,17 +54,27 @@ pub fn section<'a>(data: &'a [u8], name: &str) -> Result<&'a [u8]> {
 
 /// True if the executable has no program interpreter (is statically linked).
 pub fn is_static(data: &[u8]) -> Result<bool> {
-    Ok(program_headers(data)?.iter().all(|(p_type, ..)| *p_type != PT_INTERP))
+    Ok(program_headers(data)?
+        .iter()
+        .all(|(p_type, ..)| *p_type != PT_INTERP))
 }
 
 /// Program headers as `(p_type, p_offset, p_filesz)`.
 fn program_headers(data: &[u8]) -> Result<Vec<(u32, usize, usize)>> {
     check_elf64(data)?;
-    let (phoff, phentsize, phnum) = (u64_at(data, 0x20)?, usize::from(u16_at(data, 0x36)?), u16_at(data, 0x38)?);
+    let (phoff, phentsize, phnum) = (
+        u64_at(data, 0x20)?,
+        usize::from(u16_at(data, 0x36)?),
+        u16_at(data, 0x38)?,
+    );
     (0..usize::from(phnum))
         .map(|i| {
             let ph = phoff + i * phentsize;
-            Ok((u32_at(data, ph)?, u64_at(data, ph + 0x08)?, u64_at(data, ph + 0x20)?))
+            Ok((
+                u32_at(data, ph)?,
+                u64_at(data, ph + 0x08)?,
+                u64_at(data, ph + 0x20)?,
+            ))
         })
         .collect()
 }
@@ -67,19 +83,30 @@ fn program_headers(data: &[u8]) -> Result<Vec<(u32, usize, usize)>> {
 /// i.e. it was not cut short.
 pub fn is_complete(data: &[u8]) -> Result<bool> {
     check_elf64(data)?;
-    let (shoff, shentsize, shnum) = (u64_at(data, 0x28)?, usize::from(u16_at(data, 0x3a)?), u16_at(data, 0x3c)?);
+    let (shoff, shentsize, shnum) = (
+        u64_at(data, 0x28)?,
+        usize::from(u16_at(data, 0x3a)?),
+        u16_at(data, 0x3c)?,
+    );
     Ok(data.len() >= shoff + shentsize * usize::from(shnum))
 }
 
 /// True if a `PT_NOTE` segment holds a note with this owner name and type.
 pub fn has_note(data: &[u8], owner: &str, note_type: u32) -> Result<bool> {
-    for (_, offset, size) in program_headers(data)?.into_iter().filter(|(t, ..)| *t == PT_NOTE) {
-        let notes = data.get(offset..offset + size).context("note segment out of range")?;
+    for (_, offset, size) in program_headers(data)?
+        .into_iter()
+        .filter(|(t, ..)| *t == PT_NOTE)
+    {
+        let notes = data
+            .get(offset..offset + size)
+            .context("note segment out of range")?;
         let mut at = 0;
         while at + 12 <= notes.len() {
             let (namesz, descsz) = (u32_at(notes, at)? as usize, u32_at(notes, at + 4)? as usize);
             let name = notes.get(at + 12..at + 12 + namesz).unwrap_or_default();
-            if u32_at(notes, at + 8)? == note_type && name.strip_suffix(&[0]) == Some(owner.as_bytes()) {
+            if u32_at(notes, at + 8)? == note_type
+                && name.strip_suffix(&[0]) == Some(owner.as_bytes())
+            {
                 return Ok(true);
             }
             at += 12 + namesz.next_multiple_of(4) + descsz.next_multiple_of(4);

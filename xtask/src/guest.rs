@@ -62,24 +62,46 @@ pub fn run(guest: &Guest<'_>, options: &RunOptions, command: &[String]) -> Resul
     let nonce = nonce();
     let workdir = TempDir::create(&format!("gate-guest-{nonce}"))?;
     let initrd = workdir.path.join("initrd.cpio");
-    write_initrd(guest.initramfs, &initrd, &run_script(command, &env_for(options)?, options.cwd.as_deref()), &nonce)?;
+    write_initrd(
+        guest.initramfs,
+        &initrd,
+        &run_script(command, &env_for(options)?, options.cwd.as_deref()),
+        &nonce,
+    )?;
 
     let mut qemu = qemu_command(guest.boot_image, &initrd, options);
-    say(label, &format!(
-        "booting {} (TCG{}, timeout {}s): {}",
-        guest.kernel.release,
-        if options.icount { ", icount" } else { "" },
-        options.timeout.as_secs(),
-        command.iter().map(|a| cmd::shell_quote(a)).collect::<Vec<_>>().join(" ")
-    ));
+    say(
+        label,
+        &format!(
+            "booting {} (TCG{}, timeout {}s): {}",
+            guest.kernel.release,
+            if options.icount { ", icount" } else { "" },
+            options.timeout.as_secs(),
+            command
+                .iter()
+                .map(|a| cmd::shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+    );
     let started = Instant::now();
-    let mut child = qemu
-        .spawn()
-        .with_context(|| format!("could not start {QEMU}; run `cargo xtask setup` (installs qemu-system-x86)"))?;
+    let mut child = qemu.spawn().with_context(|| {
+        format!("could not start {QEMU}; run `cargo xtask setup` (installs qemu-system-x86)")
+    })?;
     let (tx, rx) = mpsc::channel();
     let readers = [
-        stream(child.stdout.take().expect("piped"), label.to_owned(), nonce.clone(), Some(tx.clone())),
-        stream(child.stderr.take().expect("piped"), format!("{label} qemu"), nonce, None),
+        stream(
+            child.stdout.take().expect("piped"),
+            label.to_owned(),
+            nonce.clone(),
+            Some(tx.clone()),
+        ),
+        stream(
+            child.stderr.take().expect("piped"),
+            format!("{label} qemu"),
+            nonce,
+            None,
+        ),
     ];
     drop(tx);
     let waited = wait(&mut child, &rx, options.timeout);
@@ -89,7 +111,13 @@ pub fn run(guest: &Guest<'_>, options: &RunOptions, command: &[String]) -> Resul
     let duration = started.elapsed();
     let (status, event) = waited?;
     let exit_code = interpret(label, status, event, options.timeout)?;
-    say(label, &format!("guest command exited with code {exit_code} after {:.1}s", duration.as_secs_f64()));
+    say(
+        label,
+        &format!(
+            "guest command exited with code {exit_code} after {:.1}s",
+            duration.as_secs_f64()
+        ),
+    );
     Ok(Outcome { exit_code })
 }
 
@@ -103,13 +131,18 @@ fn wait(child: &mut Child, events: &Receiver<Event>, timeout: Duration) -> Resul
     loop {
         if let Some(status) = child.try_wait().context("waiting for qemu")? {
             // The reader may still be delivering the last lines: wait for it to hang up.
-            return Ok((Some(status), report.map(|(e, _)| e).or_else(|| drain(events))));
+            return Ok((
+                Some(status),
+                report.map(|(e, _)| e).or_else(|| drain(events)),
+            ));
         }
         let now = Instant::now();
         if let Some((_, poweroff_deadline)) = &report
             && now >= *poweroff_deadline
         {
-            eprintln!("warning: the guest reported its exit code but did not power off; killing qemu");
+            eprintln!(
+                "warning: the guest reported its exit code but did not power off; killing qemu"
+            );
             kill(child);
             return Ok((None, report.map(|(e, _)| e)));
         }
@@ -142,7 +175,12 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn interpret(label: &str, status: Option<ExitStatus>, event: Option<Event>, timeout: Duration) -> Result<i32> {
+fn interpret(
+    label: &str,
+    status: Option<ExitStatus>,
+    event: Option<Event>,
+    timeout: Duration,
+) -> Result<i32> {
     match (event, status) {
         (Some(Event::Exit(code)), _) => Ok(code),
         (Some(Event::InitError(msg)), _) => {
@@ -162,7 +200,12 @@ fn interpret(label: &str, status: Option<ExitStatus>, event: Option<Event>, time
 
 /// Copies each line of `source` to our stdout as `[label] line`; reports exit/init-error lines
 /// carrying `nonce` on `events`.
-fn stream(source: impl Read + Send + 'static, label: String, nonce: String, events: Option<Sender<Event>>) -> JoinHandle<()> {
+fn stream(
+    source: impl Read + Send + 'static,
+    label: String,
+    nonce: String,
+    events: Option<Sender<Event>>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(source);
         let mut raw = Vec::new();
@@ -212,10 +255,16 @@ fn parse_line(line: &str, nonce: &str) -> Option<Event> {
     let nonce_tag = format!("nonce={nonce}");
     if let Some(rest) = line.strip_prefix(EXIT_MARKER) {
         let (code, tag) = rest.split_once(' ')?;
-        return (tag.trim() == nonce_tag).then(|| code.parse().ok()).flatten().map(Event::Exit);
+        return (tag.trim() == nonce_tag)
+            .then(|| code.parse().ok())
+            .flatten()
+            .map(Event::Exit);
     }
     let rest = line.strip_prefix(INIT_ERROR_MARKER)?.trim_start();
-    let msg = rest.strip_prefix(&nonce_tag)?.trim_start_matches(':').trim();
+    let msg = rest
+        .strip_prefix(&nonce_tag)?
+        .trim_start_matches(':')
+        .trim();
     Some(Event::InitError(msg.to_owned()))
 }
 
@@ -241,17 +290,26 @@ fn qemu_command(boot_image: &Path, initrd: &Path, options: &RunOptions) -> Comma
         .arg(cmdline)
         // multidevs=remap: the host root spans several filesystems (/, /proc, /sys…); without
         // it their inode numbers can collide in the guest.
-        .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]);
+        .args([
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]);
     if options.icount {
         qemu.args(["-icount", "shift=0,sleep=off"]);
     }
-    qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    qemu.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     qemu
 }
 
 fn write_initrd(base: &Path, initrd: &Path, run_script: &str, nonce: &str) -> Result<()> {
-    let mut bytes = std::fs::read(base)
-        .with_context(|| format!("reading the cached initramfs {}; run `cargo xtask setup`", base.display()))?;
+    let mut bytes = std::fs::read(base).with_context(|| {
+        format!(
+            "reading the cached initramfs {}; run `cargo xtask setup`",
+            base.display()
+        )
+    })?;
     bytes.extend_from_slice(&initramfs::run_archive(run_script, nonce));
     std::fs::write(initrd, bytes).with_context(|| format!("writing {}", initrd.display()))
 }
@@ -263,7 +321,10 @@ fn env_for(options: &RunOptions) -> Result<Vec<(String, String)>> {
         .collect();
     env.extend(options.env.iter().cloned());
     for (key, _) in &env {
-        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = key
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             bail!("`{key}` is not a valid environment variable name for the guest");
@@ -275,13 +336,17 @@ fn env_for(options: &RunOptions) -> Result<Vec<(String, String)>> {
 /// The script /init runs inside the chroot: environment, working directory, then the command.
 fn run_script(command: &[String], env: &[(String, String)], cwd: Option<&Path>) -> String {
     let mut script = String::from("# generated by xtask/src/guest.rs\n");
-    script.push_str(&format!("export HOME=/root PATH={GUEST_PATH} TERM=dumb LANG=C.UTF-8\n"));
+    script.push_str(&format!(
+        "export HOME=/root PATH={GUEST_PATH} TERM=dumb LANG=C.UTF-8\n"
+    ));
     for (key, value) in env {
         script.push_str(&format!("export {key}={}\n", cmd::shell_quote(value)));
     }
     if let Some(cwd) = cwd {
         let dir = cmd::shell_quote(&cwd.to_string_lossy());
-        script.push_str(&format!("cd {dir} || echo \"gate-guest: cannot cd to {dir}; staying in /\"\n"));
+        script.push_str(&format!(
+            "cd {dir} || echo \"gate-guest: cannot cd to {dir}; staying in /\"\n"
+        ));
     }
     script.push_str("exec </dev/null\n");
     let words: Vec<String> = command.iter().map(|a| cmd::shell_quote(a)).collect();
@@ -290,7 +355,10 @@ fn run_script(command: &[String], env: &[(String, String)], cwd: Option<&Path>) 
 }
 
 fn nonce() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("{:x}{:08x}", std::process::id(), nanos)
 }
 
@@ -319,7 +387,10 @@ mod tests {
 
     #[test]
     fn trusts_only_exit_lines_with_this_runs_nonce() {
-        assert!(matches!(parse_line("GATE-GUEST-EXIT=3 nonce=ab12", "ab12"), Some(Event::Exit(3))));
+        assert!(matches!(
+            parse_line("GATE-GUEST-EXIT=3 nonce=ab12", "ab12"),
+            Some(Event::Exit(3))
+        ));
         assert!(parse_line("GATE-GUEST-EXIT=0 nonce=other", "ab12").is_none());
         assert!(parse_line("GATE-GUEST-EXIT=0", "ab12").is_none());
         assert!(parse_line("echo GATE-GUEST-EXIT=0 nonce=ab12", "ab12").is_none());
@@ -327,7 +398,10 @@ mod tests {
 
     #[test]
     fn strips_terminal_control() {
-        assert_eq!(printable("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1)\r\n"), "SeaBIOS (version 1)");
+        assert_eq!(
+            printable("\u{1b}c\u{1b}[?7l\u{1b}[2J\u{1b}[0mSeaBIOS (version 1)\r\n"),
+            "SeaBIOS (version 1)"
+        );
         assert_eq!(printable("a\tb"), "a\tb");
     }
 

@@ -4,6 +4,7 @@
 # The host root arrives read-only over 9p; only tmpfs mounts are writable. Whatever happens,
 # this script ends the guest with `poweroff -f`, and the host trusts only the exit line that
 # carries this run's nonce.
+echo # ends the firmware's "Booting from ROM.." line
 export PATH=/bin
 /bin/busybox --install -s /bin
 NONCE=$(cat /gate/nonce)
@@ -46,6 +47,8 @@ ifconfig lo 127.0.0.1 netmask 255.0.0.0 up || die "bringing up lo failed"
 hostname gate-guest
 mkdir -p $H/tmp/.gate && cp /gate/run.sh $H/tmp/.gate/run.sh || die "copying the run script failed"
 
+# gate's audit signing key defaults to /var/lib/gate, read-only here.
+export GATE_AUDIT_KEY=/run/gate/audit.key
 chroot $H /bin/sh /tmp/.gate/run.sh
 rc=$?
 echo

@@ -3,6 +3,7 @@
 //! change of its inputs) and cached beside the unpacked kernel as `initramfs-<fingerprint>.cpio`.
 use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -13,6 +14,8 @@ const INIT_TEMPLATE: &str = include_str!("init.sh");
 const FORMAT_VERSION: u32 = 1;
 /// What the guest needs; their dependencies are read from the modules themselves.
 pub const MODULE_ROOTS: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+/// Cached initramfs files of other fingerprints older than this are removed.
+const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 const BUSYBOX_CANDIDATES: &[&str] = &["/usr/bin/busybox", "/bin/busybox"];
 
 /// A built initramfs and the modules it loads, in order.
@@ -30,14 +33,25 @@ pub fn ensure(kernel: &Kernel) -> Result<Initramfs> {
     let path = kernel.dir.join(format!("{stem}.cpio"));
     let list = kernel.dir.join(format!("{stem}.modules"));
     if path.is_file() && list.is_file() {
-        let modules = std::fs::read_to_string(&list)?.split_whitespace().map(str::to_owned).collect();
-        return Ok(Initramfs { path, modules, built: false });
+        let modules = std::fs::read_to_string(&list)?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        return Ok(Initramfs {
+            path,
+            modules,
+            built: false,
+        });
     }
     let (bytes, modules) = build(kernel, &busybox)?;
     remove_stale(&kernel.dir)?;
     write_atomically(&list, modules.join(" ").as_bytes())?;
     write_atomically(&path, &bytes)?;
-    Ok(Initramfs { path, modules, built: true })
+    Ok(Initramfs {
+        path,
+        modules,
+        built: true,
+    })
 }
 
 fn build(kernel: &Kernel, busybox: &Path) -> Result<(Vec<u8>, Vec<String>)> {
@@ -45,17 +59,31 @@ fn build(kernel: &Kernel, busybox: &Path) -> Result<(Vec<u8>, Vec<String>)> {
         .with_context(|| format!("collecting the 9p/virtio modules of {}", kernel.release))?;
     let names: Vec<String> = modules.iter().map(|m| m.name.clone()).collect();
     let mut archive = Archive::new();
-    for dir in ["bin", "dev", "proc", "sys", "host", "gate", "lib", "lib/modules"] {
+    for dir in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "host",
+        "gate",
+        "lib",
+        "lib/modules",
+    ] {
         archive.dir(dir, 0o755);
     }
     archive.char_device("dev/console", 0o600, 5, 1);
     archive.char_device("dev/null", 0o666, 1, 3);
-    let busybox_bytes = std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    let busybox_bytes =
+        std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     archive.file("bin/busybox", 0o755, &busybox_bytes);
     archive.symlink("bin/sh", "busybox");
     archive.file("init", 0o755, init_script(&names).as_bytes());
     for module in &modules {
-        archive.file(&format!("lib/modules/{}.ko", module.name), 0o644, &module.data);
+        archive.file(
+            &format!("lib/modules/{}.ko", module.name),
+            0o644,
+            &module.data,
+        );
     }
     Ok((archive.finish(), names))
 }
@@ -76,27 +104,46 @@ pub fn run_archive(run_script: &str, nonce: &str) -> Vec<u8> {
 /// The static busybox from busybox-static (a dynamic one would not run in the initramfs).
 fn busybox() -> Result<PathBuf> {
     for candidate in BUSYBOX_CANDIDATES {
-        let Ok(bytes) = std::fs::read(candidate) else { continue };
+        let Ok(bytes) = std::fs::read(candidate) else {
+            continue;
+        };
         if elf::is_static(&bytes).unwrap_or(false) {
             return Ok(PathBuf::from(candidate));
         }
     }
-    bail!("no statically linked busybox in {BUSYBOX_CANDIDATES:?}; run `cargo xtask setup` (installs busybox-static)")
+    bail!(
+        "no statically linked busybox in {BUSYBOX_CANDIDATES:?}; run `cargo xtask setup` (installs busybox-static)"
+    )
 }
 
 fn fingerprint(kernel: &Kernel, busybox: &Path) -> Result<String> {
-    let meta = std::fs::metadata(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    let meta =
+        std::fs::metadata(busybox).with_context(|| format!("reading {}", busybox.display()))?;
     let mut hasher = DefaultHasher::new();
     (FORMAT_VERSION, &kernel.release, INIT_TEMPLATE, MODULE_ROOTS).hash(&mut hasher);
     (busybox, meta.len(), meta.modified().ok()).hash(&mut hasher);
     Ok(format!("{:016x}", hasher.finish()))
 }
 
+/// Removes initramfs files of other fingerprints not used for a day. Recent ones stay: another
+/// xtask build (a colleague's, or a concurrent run) may be about to boot one.
 fn remove_stale(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("initramfs-")) {
-            std::fs::remove_file(&path).with_context(|| format!("removing stale {}", path.display()))?;
+        let entry = entry?;
+        let stale = entry
+            .metadata()?
+            .modified()?
+            .elapsed()
+            .is_ok_and(|age| age > STALE_AFTER);
+        if stale
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("initramfs-")
+        {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing stale {}", path.display()))?;
         }
     }
     Ok(())
@@ -105,7 +152,8 @@ fn remove_stale(dir: &Path) -> Result<()> {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 #[cfg(test)]

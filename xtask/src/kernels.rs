@@ -48,7 +48,11 @@ impl Series {
     /// The sequence number of `release` in this series (`6.1.0-56-amd64` → 56).
     fn number(self, release: &str) -> Option<u32> {
         let (prefix, suffix) = self.release_pattern();
-        release.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+        release
+            .strip_prefix(prefix)?
+            .strip_suffix(suffix)?
+            .parse()
+            .ok()
     }
 
     fn package(release: &str) -> String {
@@ -58,7 +62,11 @@ impl Series {
     fn search_regex(self) -> String {
         let (prefix, suffix) = self.release_pattern();
         let escape = |s: &str| s.replace('.', r"\.").replace('+', r"\+");
-        format!("^linux-image-{}[0-9]+{}-unsigned$", escape(prefix), escape(suffix))
+        format!(
+            "^linux-image-{}[0-9]+{}-unsigned$",
+            escape(prefix),
+            escape(suffix)
+        )
     }
 }
 
@@ -95,7 +103,9 @@ impl Kernel {
     }
 
     pub fn vmlinuz(&self) -> PathBuf {
-        self.root().join("boot").join(format!("vmlinuz-{}", self.release))
+        self.root()
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
     }
 
     /// `lib/modules/<release>` (or its usr-merged spelling) inside the unpacked package.
@@ -104,7 +114,12 @@ impl Kernel {
             .iter()
             .map(|base| self.root().join(base).join(&self.release))
             .find(|dir| dir.is_dir())
-            .with_context(|| format!("the unpacked {} kernel has no lib/modules/{}", self.series, self.release))
+            .with_context(|| {
+                format!(
+                    "the unpacked {} kernel has no lib/modules/{}",
+                    self.series, self.release
+                )
+            })
     }
 }
 
@@ -115,7 +130,9 @@ pub fn kernels_dir() -> Result<PathBuf> {
 /// The newest fully unpacked kernel of `series` in the cache.
 pub fn cached(series: Series) -> Result<Option<Kernel>> {
     let dir = kernels_dir()?;
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(None) };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(None);
+    };
     let newest = entries
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join(COMPLETE_STAMP).is_file())
@@ -124,7 +141,11 @@ pub fn cached(series: Series) -> Result<Option<Kernel>> {
             Some((series.number(&release)?, release))
         })
         .max();
-    Ok(newest.map(|(_, release)| Kernel { series, dir: dir.join(&release), release }))
+    Ok(newest.map(|(_, release)| Kernel {
+        series,
+        dir: dir.join(&release),
+        release,
+    }))
 }
 
 /// The release of the newest `series` kernel the package lists offer.
@@ -155,22 +176,32 @@ fn download(series: Series, release: &str) -> Result<Kernel> {
     let final_dir = kernels_dir()?.join(release);
     let partial = kernels_dir()?.join(format!("{release}.partial"));
     if partial.exists() {
-        std::fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
     }
     std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let package = Series::package(release);
-    let deb = crate::apt::download(&package, &partial)
-        .with_context(|| format!("downloading {package} failed; check the network and the apt sources"))?;
+    let deb = crate::apt::download(&package, &partial).with_context(|| {
+        format!("downloading {package} failed; check the network and the apt sources")
+    })?;
     unpack(&deb, &partial.join("root"))?;
     std::fs::write(partial.join(COMPLETE_STAMP), format!("{package}\n"))?;
     if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).with_context(|| format!("removing {}", final_dir.display()))?;
+        std::fs::remove_dir_all(&final_dir)
+            .with_context(|| format!("removing {}", final_dir.display()))?;
     }
     std::fs::rename(&partial, &final_dir)
         .with_context(|| format!("moving {} to {}", partial.display(), final_dir.display()))?;
-    let kernel = Kernel { series, release: release.to_owned(), dir: final_dir };
+    let kernel = Kernel {
+        series,
+        release: release.to_owned(),
+        dir: final_dir,
+    };
     if !kernel.vmlinuz().is_file() {
-        bail!("{package} has no {}; the package layout changed", kernel.vmlinuz().display());
+        bail!(
+            "{package} has no {}; the package layout changed",
+            kernel.vmlinuz().display()
+        );
     }
     kernel.modules_dir()?;
     Ok(kernel)
@@ -196,7 +227,13 @@ mod tests {
 
     #[test]
     fn search_regex_matches_plain_flavour_only() {
-        assert_eq!(Series::V6_1.search_regex(), r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$");
-        assert_eq!(Series::V6_12.search_regex(), r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$");
+        assert_eq!(
+            Series::V6_1.search_regex(),
+            r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$"
+        );
+        assert_eq!(
+            Series::V6_12.search_regex(),
+            r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$"
+        );
     }
 }

@@ -26,7 +26,10 @@ use clap::{Args, Parser, Subcommand};
 use crate::kernels::Series;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Set up, build and test gate (host and qemu guests).")]
+#[command(
+    name = "cargo xtask",
+    about = "Set up, build and test gate (host and qemu guests)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Task,
@@ -99,12 +102,17 @@ fn main() -> ExitCode {
 fn run(task: Task) -> Result<ExitCode> {
     match task {
         Task::Setup { update_kernels } => {
-            setup::run(&setup::Options { quiet: false, update_kernels })?;
+            setup::run(&setup::Options {
+                quiet: false,
+                update_kernels,
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Guest(args) => guest(args),
         Task::Test(args) => test::run(&test::Options {
-            kernels: args.kernel.map_or_else(|| Series::ALL.to_vec(), |k| vec![k]),
+            kernels: args
+                .kernel
+                .map_or_else(|| Series::ALL.to_vec(), |k| vec![k]),
             host: !args.no_host,
             timeout: Duration::from_secs(args.timeout),
         }),
@@ -114,12 +122,19 @@ fn run(task: Task) -> Result<ExitCode> {
 }
 
 fn guest(args: GuestArgs) -> Result<ExitCode> {
-    let env = setup::run(&setup::Options { quiet: true, update_kernels: false })?;
+    let env = setup::run(&setup::Options {
+        quiet: true,
+        update_kernels: false,
+    })?;
     let guest = env.guest(args.kernel).guest();
     let options = guest::RunOptions {
         icount: args.icount,
         timeout: Duration::from_secs(args.timeout),
-        env: args.env.iter().map(|kv| parse_env(kv)).collect::<Result<_>>()?,
+        env: args
+            .env
+            .iter()
+            .map(|kv| parse_env(kv))
+            .collect::<Result<_>>()?,
         cwd: std::env::current_dir().ok(),
         append: args.append,
     };
@@ -128,7 +143,9 @@ fn guest(args: GuestArgs) -> Result<ExitCode> {
 }
 
 fn parse_env(kv: &str) -> Result<(String, String)> {
-    let (key, value) = kv.split_once('=').with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
+    let (key, value) = kv
+        .split_once('=')
+        .with_context(|| format!("--env {kv}: expected KEY=VALUE"))?;
     Ok((key.to_owned(), value.to_owned()))
 }
 

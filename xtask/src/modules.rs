@@ -26,7 +26,11 @@ pub fn resolve(modules_dir: &Path, roots: &[&str]) -> Result<Vec<Module>> {
     let mut visiting = HashSet::new();
     let mut done = HashSet::new();
     for root in roots {
-        let ctx = Resolver { index: &index, builtin: &builtin, modules_dir };
+        let ctx = Resolver {
+            index: &index,
+            builtin: &builtin,
+            modules_dir,
+        };
         ctx.visit(&normalize(root), &mut visiting, &mut done, &mut ordered)?;
     }
     Ok(ordered)
@@ -53,15 +57,23 @@ impl Resolver<'_> {
             bail!("module dependency cycle through {name}");
         }
         let path = self.index.get(name).with_context(|| {
-            format!("module {name} is neither a .ko nor built in under {}", self.modules_dir.display())
+            format!(
+                "module {name} is neither a .ko nor built in under {}",
+                self.modules_dir.display()
+            )
         })?;
         let data = read_module(path)?;
-        for dep in depends(&data).with_context(|| format!("reading the dependencies of {}", path.display()))? {
+        for dep in depends(&data)
+            .with_context(|| format!("reading the dependencies of {}", path.display()))?
+        {
             self.visit(&dep, visiting, done, ordered)?;
         }
         visiting.remove(name);
         done.insert(name.to_owned());
-        ordered.push(Module { name: name.to_owned(), data });
+        ordered.push(Module {
+            name: name.to_owned(),
+            data,
+        });
         Ok(())
     }
 }
@@ -73,7 +85,9 @@ fn normalize(name: &str) -> String {
 
 /// `foo.ko`, `foo.ko.xz`, `foo.ko.zst` → `foo`.
 fn module_name(file_name: &str) -> Option<String> {
-    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|ext| file_name.strip_suffix(ext))?;
+    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .find_map(|ext| file_name.strip_suffix(ext))?;
     Some(normalize(stem))
 }
 
@@ -82,11 +96,16 @@ fn index(modules_dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
     let mut found = BTreeMap::new();
     let mut stack = vec![modules_dir.join("kernel")];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if let Some(name) = path.file_name().and_then(|n| module_name(&n.to_string_lossy())) {
+            } else if let Some(name) = path
+                .file_name()
+                .and_then(|n| module_name(&n.to_string_lossy()))
+            {
                 found.insert(name, path);
             }
         }
@@ -97,10 +116,16 @@ fn index(modules_dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
 /// Names listed in `modules.builtin` (missing file: nothing is built in).
 fn builtin(modules_dir: &Path) -> Result<HashSet<String>> {
     let path = modules_dir.join("modules.builtin");
-    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(HashSet::new()) };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(HashSet::new());
+    };
     Ok(text
         .lines()
-        .filter_map(|line| Path::new(line.trim()).file_name().and_then(|n| module_name(&n.to_string_lossy())))
+        .filter_map(|line| {
+            Path::new(line.trim())
+                .file_name()
+                .and_then(|n| module_name(&n.to_string_lossy()))
+        })
         .collect())
 }
 
@@ -122,9 +147,18 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
                 .arg("-dc")
                 .arg(path)
                 .output()
-                .with_context(|| format!("running `{tool} -dc` on {}; is {tool} installed?", path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "running `{tool} -dc` on {}; is {tool} installed?",
+                        path.display()
+                    )
+                })?;
             if !out.status.success() {
-                bail!("`{tool} -dc {}` failed: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+                bail!(
+                    "`{tool} -dc {}` failed: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
             }
             Ok(out.stdout)
         }
@@ -151,8 +185,14 @@ mod tests {
 
     #[test]
     fn names_modules_like_the_kernel() {
-        assert_eq!(module_name("9pnet_virtio.ko").as_deref(), Some("9pnet_virtio"));
-        assert_eq!(module_name("virtio-rng.ko.xz").as_deref(), Some("virtio_rng"));
+        assert_eq!(
+            module_name("9pnet_virtio.ko").as_deref(),
+            Some("9pnet_virtio")
+        );
+        assert_eq!(
+            module_name("virtio-rng.ko.xz").as_deref(),
+            Some("virtio_rng")
+        );
         assert_eq!(module_name("netfs.ko.zst").as_deref(), Some("netfs"));
         assert_eq!(module_name("README"), None);
     }

@@ -20,7 +20,8 @@ pub fn cache_dir() -> Result<PathBuf> {
     if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(xdg).join("gate"));
     }
-    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set; set HOME")?;
+    let home =
+        std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set; set HOME")?;
     Ok(PathBuf::from(home).join(".cache").join("gate"))
 }
 
@@ -37,7 +38,8 @@ pub fn target_dir() -> Result<PathBuf> {
             .current_dir(repo_root()),
     )
     .context("asking cargo for the target directory")?;
-    let meta: serde_json::Value = serde_json::from_str(&json).context("parsing `cargo metadata` output")?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&json).context("parsing `cargo metadata` output")?;
     let dir = meta["target_directory"]
         .as_str()
         .context("`cargo metadata` output has no target_directory")?;

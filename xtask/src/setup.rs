@@ -13,7 +13,15 @@ use crate::kernels::{self, Kernel, Series};
 use crate::{paths, toolchain, vmlinux};
 
 /// zstd: the 6.12 kernel image is zstd-compressed (see vmlinux.rs).
-const APT_PACKAGES: &[&str] = &["busybox-static", "cpio", "xz-utils", "zstd", "gcc", "git", "make"];
+const APT_PACKAGES: &[&str] = &[
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "zstd",
+    "gcc",
+    "git",
+    "make",
+];
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 
 pub struct Options {
@@ -33,7 +41,11 @@ pub struct GuestImage {
 
 impl GuestImage {
     pub fn guest(&self) -> Guest<'_> {
-        Guest { kernel: &self.kernel, boot_image: &self.boot_image, initramfs: &self.initramfs.path }
+        Guest {
+            kernel: &self.kernel,
+            boot_image: &self.boot_image,
+            initramfs: &self.initramfs.path,
+        }
     }
 }
 
@@ -49,7 +61,11 @@ impl Environment {
 }
 
 pub fn run(options: &Options) -> Result<Environment> {
-    let mut setup = Setup { quiet: options.quiet, apt: Apt::default(), changes: 0 };
+    let mut setup = Setup {
+        quiet: options.quiet,
+        apt: Apt::default(),
+        changes: 0,
+    };
     setup.backports_source()?;
     setup.apt_packages()?;
     setup.qemu()?;
@@ -61,7 +77,14 @@ pub fn run(options: &Options) -> Result<Environment> {
         let kernel = setup.kernel(series, options.update_kernels)?;
         let boot_image = setup.vmlinux(&kernel);
         let initramfs = setup.initramfs(&kernel)?;
-        guests.insert(series, GuestImage { kernel, boot_image, initramfs });
+        guests.insert(
+            series,
+            GuestImage {
+                kernel,
+                boot_image,
+                initramfs,
+            },
+        );
     }
     if setup.changes == 0 && !setup.quiet {
         println!("setup: everything is in place, nothing to do");
@@ -106,8 +129,11 @@ impl Setup {
 
     fn apt_packages(&mut self) -> Result<()> {
         let step = "apt packages";
-        let missing: Vec<&str> =
-            APT_PACKAGES.iter().copied().filter(|p| apt::installed_version(p).is_none()).collect();
+        let missing: Vec<&str> = APT_PACKAGES
+            .iter()
+            .copied()
+            .filter(|p| apt::installed_version(p).is_none())
+            .collect();
         if missing.is_empty() {
             self.present(step, &APT_PACKAGES.join(" "));
             return Ok(());
@@ -160,15 +186,30 @@ impl Setup {
         let llvm = toolchain::nightly_llvm()?;
         let prefix = paths::cache_dir()?.join("llvm-prefix");
         let relinked = toolchain::ensure_llvm_prefix(&prefix, &llvm)?;
-        if let Some(version) = toolchain::bpf_linker_version().filter(|v| toolchain::bpf_linker_ok(v)) {
-            let note = if relinked { format!(" (refreshed {})", prefix.display()) } else { String::new() };
+        if let Some(version) =
+            toolchain::bpf_linker_version().filter(|v| toolchain::bpf_linker_ok(v))
+        {
+            let note = if relinked {
+                format!(" (refreshed {})", prefix.display())
+            } else {
+                String::new()
+            };
             self.present(&step, &format!("{version}{note}"));
             return Ok(());
         }
-        self.acting(&step, &format!("building against nightly's LLVM {} (takes minutes)", llvm.major));
+        self.acting(
+            &step,
+            &format!(
+                "building against nightly's LLVM {} (takes minutes)",
+                llvm.major
+            ),
+        );
         toolchain::install_bpf_linker(&prefix, &llvm)?;
         let version = toolchain::bpf_linker_version().unwrap_or_default();
-        self.done(&step, &format!("{version}, LLVM prefix {}", prefix.display()));
+        self.done(
+            &step,
+            &format!("{version}, LLVM prefix {}", prefix.display()),
+        );
         Ok(())
     }
 
@@ -177,7 +218,10 @@ impl Setup {
         let cached = kernels::cached(series)?;
         if let Some(kernel) = &cached {
             if !update {
-                self.present(&step, &format!("{} (cached in {})", kernel.release, kernel.dir.display()));
+                self.present(
+                    &step,
+                    &format!("{} (cached in {})", kernel.release, kernel.dir.display()),
+                );
                 return Ok(kernel.clone());
             }
             self.apt.update_once()?;
@@ -186,10 +230,16 @@ impl Setup {
                 return Ok(kernel.clone());
             }
         }
-        self.acting(&step, &format!("downloading the newest from {}", series.suite()));
+        self.acting(
+            &step,
+            &format!("downloading the newest from {}", series.suite()),
+        );
         let kernel = kernels::download_newest(series, &mut self.apt)
             .with_context(|| format!("getting the {series} guest kernel"))?;
-        self.done(&step, &format!("{} in {}", kernel.release, kernel.dir.display()));
+        self.done(
+            &step,
+            &format!("{} in {}", kernel.release, kernel.dir.display()),
+        );
         Ok(kernel)
     }
 
@@ -206,7 +256,9 @@ impl Setup {
                 path
             }
             Err(error) => {
-                println!("setup: {step:<34} WARNING: {error:#}; booting the slower bzImage instead");
+                println!(
+                    "setup: {step:<34} WARNING: {error:#}; booting the slower bzImage instead"
+                );
                 kernel.vmlinuz()
             }
         }

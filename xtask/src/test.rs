@@ -42,14 +42,21 @@ struct Binaries {
 }
 
 pub fn run(options: &Options) -> Result<ExitCode> {
-    let env = setup::run(&setup::Options { quiet: true, update_kernels: false })?;
+    let env = setup::run(&setup::Options {
+        quiet: true,
+        update_kernels: false,
+    })?;
     let mut results = Vec::new();
     if options.host {
-        results.push(timed("host tests", || workspace::host_tests().map(|()| Verdict::Passed)));
+        results.push(timed("host tests", || {
+            workspace::host_tests().map(|()| Verdict::Passed)
+        }));
     }
     let skip_guests = skip_guests_requested();
     if skip_guests {
-        banner(&format!("{SKIP_GUESTS_ENV}=1: the kernel tests will NOT be run"));
+        banner(&format!(
+            "{SKIP_GUESTS_ENV}=1: the kernel tests will NOT be run"
+        ));
         for series in &options.kernels {
             results.push(not_run(series, &format!("{SKIP_GUESTS_ENV}=1")));
         }
@@ -68,14 +75,20 @@ fn run_guest_suites(env: &Environment, options: &Options, results: &mut Vec<Suit
             eprintln!("error: {error:#}");
             let duration = started.elapsed();
             for series in &options.kernels {
-                let verdict = Verdict::Failed(format!("not run: {error:#}"));
-                results.push(SuiteResult { name: suite_name(*series), verdict, duration });
+                let verdict = Verdict::Failed(format!("not run: {error}"));
+                results.push(SuiteResult {
+                    name: suite_name(*series),
+                    verdict,
+                    duration,
+                });
             }
             return;
         }
     };
     for series in &options.kernels {
-        results.push(timed(&suite_name(*series), || guest_suite(env, *series, &binaries, options.timeout)));
+        results.push(timed(&suite_name(*series), || {
+            guest_suite(env, *series, &binaries, options.timeout)
+        }));
     }
 }
 
@@ -87,7 +100,12 @@ fn release_binaries() -> Result<Binaries> {
     })
 }
 
-fn guest_suite(env: &Environment, series: Series, binaries: &Binaries, timeout: Duration) -> Result<Verdict> {
+fn guest_suite(
+    env: &Environment,
+    series: Series,
+    binaries: &Binaries,
+    timeout: Duration,
+) -> Result<Verdict> {
     let guest = env.guest(series).guest();
     let repo = paths::repo_root();
     let command = vec![
@@ -99,7 +117,13 @@ fn guest_suite(env: &Environment, series: Series, binaries: &Binaries, timeout: 
         "--repo".into(),
         path_arg(&repo),
     ];
-    let options = RunOptions { icount: false, timeout, env: Vec::new(), cwd: Some(repo), append: None };
+    let options = RunOptions {
+        icount: false,
+        timeout,
+        env: Vec::new(),
+        cwd: Some(repo),
+        append: None,
+    };
     let outcome = guest::run(&guest, &options, &command)?;
     Ok(match outcome.exit_code {
         0 => Verdict::Passed,
@@ -116,16 +140,24 @@ fn suite_name(series: Series) -> String {
 }
 
 fn not_run(series: &Series, why: &str) -> SuiteResult {
-    SuiteResult { name: suite_name(*series), verdict: Verdict::NotRun(why.to_owned()), duration: Duration::ZERO }
+    SuiteResult {
+        name: suite_name(*series),
+        verdict: Verdict::NotRun(why.to_owned()),
+        duration: Duration::ZERO,
+    }
 }
 
 fn timed(name: &str, suite: impl FnOnce() -> Result<Verdict>) -> SuiteResult {
     let started = Instant::now();
     let verdict = suite().unwrap_or_else(|error| {
         eprintln!("error: {name}: {error:#}");
-        Verdict::Failed(format!("{error:#}"))
+        Verdict::Failed(error.to_string())
     });
-    SuiteResult { name: name.to_owned(), verdict, duration: started.elapsed() }
+    SuiteResult {
+        name: name.to_owned(),
+        verdict,
+        duration: started.elapsed(),
+    }
 }
 
 fn banner(message: &str) {
@@ -148,13 +180,30 @@ fn report(results: &[SuiteResult], skipped_guests: bool) -> ExitCode {
             Verdict::NotRun(why) => ("NOT RUN", why.as_str()),
         };
         let detail = detail.lines().next().unwrap_or_default();
-        println!("{:<14} {:<8} {:>8.1}s  {detail}", r.name, result, r.duration.as_secs_f64());
+        println!(
+            "{:<14} {:<8} {:>8.1}s  {detail}",
+            r.name,
+            result,
+            r.duration.as_secs_f64()
+        );
     }
-    let passed = results.iter().filter(|r| matches!(r.verdict, Verdict::Passed)).count();
-    let failed = results.iter().filter(|r| matches!(r.verdict, Verdict::Failed(_))).count();
+    let passed = results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Passed))
+        .count();
+    let failed = results
+        .iter()
+        .filter(|r| matches!(r.verdict, Verdict::Failed(_)))
+        .count();
     if skipped_guests {
-        banner(&format!("KERNEL TESTS WERE NOT RUN ({SKIP_GUESTS_ENV}=1): BPF LSM enforcement is UNTESTED"));
+        banner(&format!(
+            "KERNEL TESTS WERE NOT RUN ({SKIP_GUESTS_ENV}=1): BPF LSM enforcement is UNTESTED"
+        ));
     }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -15,22 +15,39 @@ pub fn nightly_installed() -> bool {
 }
 
 pub fn install_nightly() -> Result<()> {
-    cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly"]))
-        .context("installing the nightly Rust toolchain failed; check the network and `rustup` itself")
+    cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly"])).context(
+        "installing the nightly Rust toolchain failed; check the network and `rustup` itself",
+    )
 }
 
 pub fn nightly_version() -> Result<String> {
-    Ok(cmd::output(Command::new("rustc").arg("+nightly").arg("--version"))?.trim().to_owned())
+    Ok(
+        cmd::output(Command::new("rustc").arg("+nightly").arg("--version"))?
+            .trim()
+            .to_owned(),
+    )
 }
 
 pub fn rust_src_installed() -> bool {
-    cmd::probe(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        .is_some_and(|out| out.lines().any(|l| l.starts_with("rust-src")))
+    cmd::probe(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .is_some_and(|out| out.lines().any(|l| l.starts_with("rust-src")))
 }
 
 pub fn install_rust_src() -> Result<()> {
-    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("adding the rust-src component to nightly failed")
+    cmd::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("adding the rust-src component to nightly failed")
 }
 
 /// What `bpf-linker --version` says, if it runs.
@@ -39,7 +56,9 @@ pub fn bpf_linker_version() -> Option<String> {
 }
 
 pub fn bpf_linker_ok(version: &str) -> bool {
-    version.split_whitespace().any(|word| word == BPF_LINKER_VERSION)
+    version
+        .split_whitespace()
+        .any(|word| word == BPF_LINKER_VERSION)
 }
 
 /// Nightly's libLLVM, e.g. `<sysroot>/lib/libLLVM.so.22.1-rust-1.97.0-nightly`.
@@ -66,7 +85,12 @@ pub fn nightly_llvm() -> Result<NightlyLlvm> {
 
 /// `libLLVM.so.22.1-rust-1.97.0-nightly` → 22.
 fn llvm_major(file_name: &str) -> Option<u32> {
-    file_name.strip_prefix("libLLVM.so.")?.split(['.', '-']).next()?.parse().ok()
+    file_name
+        .strip_prefix("libLLVM.so.")?
+        .split(['.', '-'])
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Makes `prefix/lib` hold `<libLLVM file name>` → nightly's library and `libLLVM.so` → that
@@ -74,7 +98,10 @@ fn llvm_major(file_name: &str) -> Option<u32> {
 pub fn ensure_llvm_prefix(prefix: &Path, llvm: &NightlyLlvm) -> Result<bool> {
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    let name = llvm.library.file_name().context("libLLVM path has no file name")?;
+    let name = llvm
+        .library
+        .file_name()
+        .context("libLLVM path has no file name")?;
     let changed_versioned = ensure_symlink(&lib.join(name), &llvm.library)?;
     let changed_plain = ensure_symlink(&lib.join("libLLVM.so"), Path::new(name))?;
     Ok(changed_versioned || changed_plain)
@@ -109,8 +136,12 @@ pub fn install_bpf_linker(prefix: &Path, llvm: &NightlyLlvm) -> Result<()> {
     })?;
     match bpf_linker_version() {
         Some(v) if bpf_linker_ok(&v) => Ok(()),
-        Some(v) => bail!("bpf-linker installed but reports `{v}`; is an older one earlier in PATH?"),
-        None => bail!("bpf-linker installed but `bpf-linker --version` fails; is ~/.cargo/bin in PATH?"),
+        Some(v) => {
+            bail!("bpf-linker installed but reports `{v}`; is an older one earlier in PATH?")
+        }
+        None => {
+            bail!("bpf-linker installed but `bpf-linker --version` fails; is ~/.cargo/bin in PATH?")
+        }
     }
 }
 

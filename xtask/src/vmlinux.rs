@@ -19,10 +19,15 @@ pub fn ensure(kernel: &Kernel) -> Result<(PathBuf, bool)> {
     if path.is_file() {
         return Ok((path, false));
     }
-    let bzimage = std::fs::read(kernel.vmlinuz()).with_context(|| format!("reading {}", kernel.vmlinuz().display()))?;
-    let vmlinux = extract(&bzimage).with_context(|| format!("extracting vmlinux from {}", kernel.vmlinuz().display()))?;
+    let bzimage = std::fs::read(kernel.vmlinuz())
+        .with_context(|| format!("reading {}", kernel.vmlinuz().display()))?;
+    let vmlinux = extract(&bzimage)
+        .with_context(|| format!("extracting vmlinux from {}", kernel.vmlinuz().display()))?;
     if !elf::has_note(&vmlinux, "Xen", PVH_NOTE_TYPE)? {
-        bail!("the {} kernel has no PVH entry point (CONFIG_PVH is off); qemu cannot boot its vmlinux", kernel.release);
+        bail!(
+            "the {} kernel has no PVH entry point (CONFIG_PVH is off); qemu cannot boot its vmlinux",
+            kernel.release
+        );
     }
     write_atomically(&path, &vmlinux)?;
     Ok((path, true))
@@ -34,7 +39,10 @@ fn extract(bzimage: &[u8]) -> Result<Vec<u8>> {
         [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => &["xz", "-dc", "--single-stream"],
         [0x28, 0xb5, 0x2f, 0xfd, ..] => &["zstd", "-dc"],
         [0x1f, 0x8b, ..] => &["gzip", "-dc"],
-        _ => bail!("unknown compression (magic {:02x?})", &payload[..payload.len().min(6)]),
+        _ => bail!(
+            "unknown compression (magic {:02x?})",
+            &payload[..payload.len().min(6)]
+        ),
     };
     let vmlinux = decompress(tool, payload)?;
     if !elf::is_complete(&vmlinux).unwrap_or(false) {
@@ -46,7 +54,9 @@ fn extract(bzimage: &[u8]) -> Result<Vec<u8>> {
 /// The compressed kernel inside a bzImage (setup header fields `payload_offset`/`_length`).
 fn payload(bzimage: &[u8]) -> Result<&[u8]> {
     let field = |off: usize| -> Result<usize> {
-        let bytes = bzimage.get(off..off + 4).context("bzImage header truncated")?;
+        let bytes = bzimage
+            .get(off..off + 4)
+            .context("bzImage header truncated")?;
         Ok(u32::from_le_bytes(bytes.try_into()?) as usize)
     };
     if bzimage.get(0x202..0x206) != Some(b"HdrS") {
@@ -61,7 +71,9 @@ fn payload(bzimage: &[u8]) -> Result<&[u8]> {
         n => usize::from(n),
     };
     let start = (setup_sects + 1) * 512 + field(0x248)?;
-    bzimage.get(start..start + field(0x24c)?).context("bzImage payload out of range")
+    bzimage
+        .get(start..start + field(0x24c)?)
+        .context("bzImage payload out of range")
 }
 
 /// Pipes `input` through `tool` and returns its output. Trailing bytes after the stream (the
@@ -77,8 +89,9 @@ fn decompress(tool: &[&str], input: &[u8]) -> Result<Vec<u8>> {
     let mut stdin = child.stdin.take().expect("piped");
     let input = input.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().with_context(|| format!("waiting for {}", tool[0]))?;
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {}", tool[0]))?;
     let _ = writer.join();
     Ok(out.stdout)
 }
-

@@ -12,7 +12,9 @@ const HOST_EXCLUDED: &[&str] = &["gate-ebpf"];
 /// `cargo test --workspace` (without the eBPF crate).
 pub fn host_tests() -> Result<()> {
     let mut command = paths::cargo();
-    command.args(["test", "--workspace"]).current_dir(paths::repo_root());
+    command
+        .args(["test", "--workspace"])
+        .current_dir(paths::repo_root());
     for package in HOST_EXCLUDED {
         command.args(["--exclude", package]);
     }
@@ -22,7 +24,9 @@ pub fn host_tests() -> Result<()> {
 /// `cargo build --release` of `packages` (the whole workspace if empty).
 pub fn release(packages: &[&str]) -> Result<()> {
     let mut command = paths::cargo();
-    command.args(["build", "--release"]).current_dir(paths::repo_root());
+    command
+        .args(["build", "--release"])
+        .current_dir(paths::repo_root());
     if packages.is_empty() {
         command.arg("--workspace");
         for package in HOST_EXCLUDED {

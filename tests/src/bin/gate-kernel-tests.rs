@@ -19,11 +19,15 @@ struct Args {
     list: bool,
     allow_host_home: bool,
     keep: bool,
+    isolate: bool,
+    driver: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: gate-kernel-tests --gate PATH --probe PATH --repo DIR [--list] [--keep] \
-                     [--allow-host-home] [FILTER...]\n\
-                     FILTER: run only tests whose name contains one of these strings";
+                     [--isolate] [--allow-host-home] [FILTER...]\n\
+                     FILTER: run only tests whose name contains one of these strings\n\
+                     --keep: leave /tmp/gate-tests (logs, plans) in place\n\
+                     --isolate: one gate run per scenario step (slow in TCG guests)";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -34,6 +38,8 @@ fn parse_args() -> Result<Args, String> {
         list: false,
         allow_host_home: false,
         keep: false,
+        isolate: false,
+        driver: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -44,6 +50,8 @@ fn parse_args() -> Result<Args, String> {
             "--repo" => a.repo = Some(value("--repo")?),
             "--list" => a.list = true,
             "--keep" => a.keep = true,
+            "--isolate" => a.isolate = true,
+            "--driver" => a.driver = Some(value("--driver")?),
             "--allow-host-home" => a.allow_host_home = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
@@ -64,6 +72,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(plan) = &args.driver {
+        // Inside `gate run`: run a batch of scenario steps (see gate_tests::driver).
+        return ExitCode::from(gate_tests::driver::main(plan) as u8);
+    }
     let mut rep = Reporter::new(args.filters.clone(), args.list);
     if args.list {
         // Names only; scenario steps are listed from their files.
@@ -86,7 +98,7 @@ fn main() -> ExitCode {
     for n in &env.notes {
         println!("env: {n}");
     }
-    let ctx = Ctx { gate, probe, repo, env, verbose: false };
+    let ctx = Ctx { gate, probe, repo, env, isolate: args.isolate };
     if let Err(e) = suite::prepare(&ctx) {
         rep.record("environment", Err(Failure::new(format!("cannot prepare test files: {e}"))));
         println!("{} passed, {} failed", rep.passed, rep.failed);

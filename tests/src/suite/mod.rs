@@ -30,7 +30,8 @@ pub struct Ctx {
     pub probe: PathBuf,
     pub repo: PathBuf,
     pub env: Env,
-    pub verbose: bool,
+    /// One `gate run` per scenario step instead of one per batch.
+    pub isolate: bool,
 }
 
 /// Why a test failed: a one-line summary (`expected …, got …`) and details.

@@ -1,5 +1,5 @@
-//! The confined process tree: descendants, nested cgroups, escape attempts, and processes
-//! outside the tree while a run is active.
+//! Processes outside the confined tree while a run is active. (Descendants, nested cgroups and
+//! escape attempts inside the tree are in tests/scenarios/process-tree.toml.)
 
 use std::time::Duration;
 
@@ -9,13 +9,7 @@ use crate::outcome::Expect;
 use crate::run::wait_until;
 
 pub fn tests() -> Vec<(&'static str, TestFn)> {
-    vec![
-        ("tree/grandchildren-stay-confined", grandchildren),
-        ("tree/background-child-stays-confined", background_child),
-        ("tree/nested-cgroup-stays-confined", nested_cgroup),
-        ("tree/move-to-root-cgroup-does-not-escape", escape_to_root),
-        ("tree/unconfined-processes-untouched-during-run", unconfined_untouched),
-    ]
+    vec![("tree/unconfined-processes-untouched-during-run", unconfined_untouched)]
 }
 
 fn sh(script: &str) -> Vec<String> {
@@ -28,87 +22,6 @@ fn key(ctx: &Ctx) -> String {
 
 fn eperm() -> Expect {
     Expect::Errno("EPERM".into())
-}
-
-fn grandchildren(ctx: &Ctx, _: &mut Notes) -> TestResult {
-    let s = setup(ctx, "tree", "grandchildren", "base")?;
-    let script = format!("sh -c 'sh -c \"{} open-write {}\"'", s.probe, key(ctx));
-    ctx.expect_gate(&s.opts, &sh(&script), &eperm(), None)
-}
-
-fn background_child(ctx: &Ctx, _: &mut Notes) -> TestResult {
-    let s = setup(ctx, "tree", "background", "base")?;
-    let script = format!("( sleep 0.2; exec {} open-write {} ) & wait $!", s.probe, key(ctx));
-    ctx.expect_gate(&s.opts, &sh(&script), &eperm(), None)
-}
-
-/// Shell that prints the cgroup v2 directory of the shell itself into `$cg`.
-fn cg_script(ctx: &Ctx) -> String {
-    format!("cg={}$(sed -n 's/^0:://p' /proc/self/cgroup)", ctx.env.cgroup_root.display())
-}
-
-fn nested_cgroup(ctx: &Ctx, _: &mut Notes) -> TestResult {
-    let s = setup(ctx, "tree", "nested-cgroup", "base")?;
-    // Moves itself into a child cgroup of its own, checks that it is there, then probes.
-    let script = format!(
-        "{cg}; mkdir \"$cg/gate-tests-nested\" && echo $$ > \"$cg/gate-tests-nested/cgroup.procs\" && \
-         grep -q '^0::.*/gate-tests-nested$' /proc/self/cgroup && echo moved=\"$cg/gate-tests-nested\" && \
-         exec {probe} open-write {key}",
-        cg = cg_script(ctx),
-        probe = s.probe,
-        key = key(ctx)
-    );
-    let cmd = ctx.gate_cmd(&s.opts, &sh(&script));
-    let out = cmd.run();
-    if !out.stdout.contains("moved=") {
-        return Err(Failure::new(format!("setup: the confined shell could not move into a nested cgroup ({})", out.summary()))
-            .command(&cmd, &out));
-    }
-    if !eperm().matches(&out) {
-        return Err(Failure::new(format!("expected EPERM after moving to a nested cgroup, got {}", out.summary()))
-            .command(&cmd, &out));
-    }
-    // gate removes its cgroup afterwards, nested ones included.
-    let moved = out.stdout.lines().find_map(|l| l.strip_prefix("moved=")).unwrap_or_default();
-    let parent = std::path::Path::new(moved).parent().map(|p| p.to_path_buf());
-    if let Some(p) = parent.filter(|p| p.exists()) {
-        return Err(Failure::new(format!(
-            "expected gate to remove its cgroup {} (with the nested one) after the run, it still exists",
-            p.display()
-        ))
-        .command(&cmd, &out));
-    }
-    Ok(())
-}
-
-fn escape_to_root(ctx: &Ctx, notes: &mut Notes) -> TestResult {
-    let s = setup(ctx, "tree", "escape-root", "base")?;
-    // base.toml allows writes outside ~/.ssh, so the only thing between the shell and the root
-    // cgroup is gate. Either the move fails or the process stays confined afterwards.
-    let root = ctx.env.cgroup_root.display();
-    let script = format!(
-        "if echo $$ > {root}/cgroup.procs; then echo moved; else echo move-failed; fi; cat /proc/self/cgroup; \
-         exec {probe} open-write {key}",
-        probe = s.probe,
-        key = key(ctx)
-    );
-    let cmd = ctx.gate_cmd(&s.opts, &sh(&script));
-    let out = cmd.run();
-    // If the shell did get out, put nothing else at risk: it has exited already.
-    if !eperm().matches(&out) {
-        let how = if out.stdout.contains("moved") && !out.stdout.contains("move-failed") {
-            "the confined shell moved itself into the root cgroup and was no longer confined"
-        } else {
-            "unexpected result"
-        };
-        return Err(Failure::new(format!("expected EPERM, got {} ({how})", out.summary())).command(&cmd, &out));
-    }
-    notes.push(if out.stdout.contains("move-failed") {
-        "moving to the root cgroup was refused".into()
-    } else {
-        "the move to the root cgroup succeeded, yet the process stayed confined".into()
-    });
-    Ok(())
 }
 
 /// Waits for a file the confined side creates.

@@ -1,13 +1,22 @@
-//! Runs `tests/scenarios/*.toml`: each step is one test named `scenario/<file>/<step>`.
+//! Runs `tests/scenarios/*.toml`: each step is one test named `scenario/<file>/<step>`, and each
+//! `gate run` of a scenario is one more, `scenario/<file>/gate run N`, which checks that gate
+//! started, ran the batch and exited cleanly.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Ctx, Failure, GateOpts, Reporter, SCRATCH, TestResult};
-use crate::outcome::Expect;
+use crate::driver::{self, Plan, PlanStep, StepResult};
+use crate::events::Log;
+use crate::outcome::{Expect, Outcome, Status};
 use crate::run::{Background, Cmd};
-use crate::scenario::{self, Scenario};
+use crate::scenario::{self, Scenario, Step};
 use crate::subst::Vars;
+
+/// Default time limit of one step.
+const STEP_TIMEOUT: u64 = 120;
+/// Time a `gate run` may take beyond its steps (loading programs in a TCG guest is slow).
+const GATE_OVERHEAD: u64 = 600;
 
 pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
     let dir = ctx.repo.join("tests/scenarios");
@@ -35,27 +44,54 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
     }
 }
 
+/// Lists the step names of every scenario (invalid ones by file name).
+pub fn list(repo: &Path, rep: &mut Reporter) {
+    let Ok(files) = scenario::list(&repo.join("tests/scenarios")) else { return };
+    for f in files {
+        match Scenario::load(&f) {
+            Ok(s) => {
+                for step in &s.steps {
+                    rep.wants(&step_name(&s, &step.name));
+                }
+            }
+            Err(e) => println!("invalid scenario: {e}"),
+        }
+    }
+}
+
 fn step_name(s: &Scenario, step: &str) -> String {
     format!("scenario/{}/{}", s.name, step)
 }
 
-/// The variables of a scenario run.
-fn vars(ctx: &Ctx, s: &Scenario) -> Result<(Vars, PathBuf, PathBuf, PathBuf), Failure> {
-    let scratch = Path::new(SCRATCH).join("scn").join(&s.name);
-    let mut v = Vars::new();
-    v.set("home", ctx.home())
-        .set("repo", ctx.repo.display().to_string())
-        .set("scratch", scratch.display().to_string())
-        .set("cgroup", ctx.env.cgroup_root.display().to_string());
-    let ws = PathBuf::from(v.expand(&s.workspace, true)?);
-    v.set("workspace", ws.display().to_string());
-    let probe_dir = match &s.probe_dir {
-        Some(d) => PathBuf::from(v.expand(d, true)?),
-        None => ws.clone(),
-    };
-    let probe = probe_dir.join("gate-probe");
-    v.set("probe", probe.display().to_string());
-    Ok((v, scratch, ws, probe_dir))
+/// Paths and variables of one scenario run.
+struct Layout {
+    vars: Vars,
+    scratch: PathBuf,
+    ws: PathBuf,
+    probe_dir: PathBuf,
+}
+
+impl Layout {
+    fn new(ctx: &Ctx, s: &Scenario) -> Result<Self, Failure> {
+        let scratch = Path::new(SCRATCH).join("scn").join(&s.name);
+        let mut v = Vars::new();
+        v.set("home", ctx.home())
+            .set("repo", ctx.repo.display().to_string())
+            .set("scratch", scratch.display().to_string())
+            .set("cgroup", ctx.env.cgroup_root.display().to_string());
+        let ws = PathBuf::from(v.expand(&s.workspace, true)?);
+        v.set("workspace", ws.display().to_string());
+        let probe_dir = match &s.probe_dir {
+            Some(d) => PathBuf::from(v.expand(d, true)?),
+            None => ws.clone(),
+        };
+        v.set("probe", probe_dir.join("gate-probe").display().to_string());
+        Ok(Self { vars: v, scratch, ws, probe_dir })
+    }
+
+    fn driver(&self) -> PathBuf {
+        self.probe_dir.join("gate-tests-driver")
+    }
 }
 
 /// Runs shell commands unconfined, in order; the first failure stops them.
@@ -71,19 +107,49 @@ fn run_shell_list(ctx: &Ctx, what: &str, cmds: &[String], vars: &Vars, cwd: &Pat
     Ok(())
 }
 
-fn start_listeners(ctx: &Ctx, s: &Scenario, probe: &Path, cwd: &Path) -> Result<Vec<Background>, Failure> {
+fn start_listeners(ctx: &Ctx, s: &Scenario, l: &Layout) -> Result<Vec<Background>, Failure> {
     let mut out = Vec::new();
-    for l in &s.listen {
-        let argv = [probe.display().to_string(), "listen".into(), l.addr.clone(), l.port.to_string(), "3600".into()];
-        let cmd = ctx.plain_cmd(&argv, cwd);
+    for li in &s.listen {
+        let probe = l.vars.get("probe").unwrap_or_default().to_string();
+        let argv = [probe, "listen".into(), li.addr.clone(), li.port.to_string(), "3600".into()];
+        let cmd = ctx.plain_cmd(&argv, &l.ws);
         let mut bg = cmd.spawn()?;
         if !bg.wait_for_stdout("listening", Duration::from_secs(30)) {
             let o = bg.wait(Duration::from_secs(1));
-            return Err(Failure::new(format!("listener {}:{} did not start", l.addr, l.port)).command(&cmd, &o));
+            return Err(Failure::new(format!("setup: listener {}:{} did not start", li.addr, li.port)).command(&cmd, &o));
         }
         out.push(bg);
     }
     Ok(out)
+}
+
+fn prepare(ctx: &Ctx, s: &Scenario, l: &Layout) -> Result<Vec<Background>, Failure> {
+    let policy = ctx.repo.join(&s.policy);
+    if !policy.is_file() {
+        return Err(Failure::new(format!("policy {} does not exist", policy.display())));
+    }
+    super::remove_tree(&l.scratch);
+    super::remove_tree(&l.ws);
+    for d in [&l.scratch.join("logs"), &l.ws] {
+        std::fs::create_dir_all(d).map_err(|e| Failure::new(format!("setup: mkdir {}: {e}", d.display())))?;
+    }
+    ctx.install_probe(&l.probe_dir)?;
+    // The driver is this very program; policies that only allow exec from the workspace allow
+    // the copy next to the probe.
+    let me = std::env::current_exe().map_err(|e| Failure::new(format!("setup: current_exe: {e}")))?;
+    std::fs::copy(&me, l.driver()).map_err(|e| Failure::new(format!("setup: copy driver: {e}")))?;
+    run_shell_list(ctx, "setup", &s.setup, &l.vars, &l.ws)?;
+    start_listeners(ctx, s, l)
+}
+
+fn teardown(ctx: &Ctx, s: &Scenario, l: &Layout) {
+    let cwd = if l.ws.is_dir() { l.ws.clone() } else { PathBuf::from("/") };
+    for c in &s.teardown {
+        // Best effort: every command runs; failures are noted, not counted.
+        if let Err(f) = run_shell_list(ctx, "teardown", std::slice::from_ref(c), &l.vars, &cwd) {
+            println!("    note: scenario {} teardown: {}", s.name, f.summary);
+        }
+    }
 }
 
 fn run_scenario(ctx: &Ctx, rep: &mut Reporter, s: &Scenario) {
@@ -92,101 +158,159 @@ fn run_scenario(ctx: &Ctx, rep: &mut Reporter, s: &Scenario) {
     if wanted.is_empty() {
         return;
     }
-    let prepared = prepare(ctx, s);
-    let (vars, scratch, ws, _listeners) = match prepared {
-        Ok(p) => p,
+    let layout = match Layout::new(ctx, s) {
+        Ok(l) => l,
+        Err(f) => {
+            rep.record(&format!("scenario/{}", s.name), Err(f));
+            return;
+        }
+    };
+    let listeners = match prepare(ctx, s, &layout) {
+        Ok(l) => l,
         Err(f) => {
             for &i in &wanted {
                 let f2 = Failure { summary: f.summary.clone(), details: f.details.clone() };
                 rep.record(&step_name(s, &s.steps[i].name), Err(f2));
             }
-            teardown(ctx, s);
+            teardown(ctx, s, &layout);
             return;
         }
     };
-    let policy = ctx.repo.join(&s.policy);
+    // Consecutive wanted steps share a `gate run` unless a step asks for a new one.
+    let isolate = s.isolate || ctx.isolate;
+    let mut groups: Vec<Vec<usize>> = Vec::new();
     for &i in &wanted {
-        let step = &s.steps[i];
-        let log = scratch.join("logs").join(format!("{i:02}.jsonl"));
-        let opts = GateOpts {
-            policy: policy.clone(),
-            workspace: ws.clone(),
-            log,
-            mode: s.mode.map(|m| m.as_str().to_string()),
-            timeout: Duration::from_secs(step.timeout.unwrap_or(120)),
-        };
-        let r = run_step(ctx, step, &vars, &opts);
-        rep.record(&step_name(s, &step.name), r);
-    }
-    drop(_listeners);
-    teardown(ctx, s);
-}
-
-type Prepared = (Vars, PathBuf, PathBuf, Vec<Background>);
-
-fn prepare(ctx: &Ctx, s: &Scenario) -> Result<Prepared, Failure> {
-    let (vars, scratch, ws, probe_dir) = vars(ctx, s)?;
-    let policy = ctx.repo.join(&s.policy);
-    if !policy.is_file() {
-        return Err(Failure::new(format!("policy {} does not exist", policy.display())));
-    }
-    super::remove_tree(&scratch);
-    super::remove_tree(&ws);
-    for d in [&scratch.join("logs"), &ws] {
-        std::fs::create_dir_all(d).map_err(|e| Failure::new(format!("setup: mkdir {}: {e}", d.display())))?;
-    }
-    ctx.install_probe(&probe_dir)?;
-    run_shell_list(ctx, "setup", &s.setup, &vars, &ws)?;
-    let listeners = start_listeners(ctx, s, &probe_dir.join("gate-probe"), &ws)?;
-    Ok((vars, scratch, ws, listeners))
-}
-
-fn teardown(ctx: &Ctx, s: &Scenario) {
-    if let Ok((vars, _, ws, _)) = vars(ctx, s) {
-        let cwd = if ws.is_dir() { ws } else { PathBuf::from("/") };
-        for c in &s.teardown {
-            // Teardown is best effort: every command runs; failures are printed, not counted.
-            if let Err(f) = run_shell_list(ctx, "teardown", std::slice::from_ref(c), &vars, &cwd) {
-                println!("    note: scenario {} teardown: {}", s.name, f.summary);
-            }
+        let fresh = groups.is_empty() || isolate || s.steps[i].new_run;
+        if fresh {
+            groups.push(vec![i]);
+        } else if let Some(g) = groups.last_mut() {
+            g.push(i);
         }
     }
+    for (k, group) in groups.iter().enumerate() {
+        run_group(ctx, rep, s, &layout, k + 1, group);
+    }
+    drop(listeners);
+    teardown(ctx, s, &layout);
 }
 
-fn run_step(ctx: &Ctx, step: &scenario::Step, vars: &Vars, opts: &GateOpts) -> TestResult {
+fn step_argv(step: &Step, vars: &Vars) -> Result<Vec<String>, String> {
     let probe = vars.get("probe").unwrap_or_default().to_string();
-    let action = step.action(vars)?;
-    let argv = action.argv(&probe);
-    let event = match &step.expect_event {
-        Some(m) => Some(m.expand(vars)?),
-        None => None,
+    Ok(step.action(vars)?.argv(&probe))
+}
+
+/// Runs some steps of a scenario in one `gate run`, and records their results.
+fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, group: &[usize]) {
+    let run_name = format!("scenario/{}/gate run {k}", s.name);
+    let mut plan = Plan::default();
+    let mut argvs = Vec::new();
+    for &i in group {
+        let step = &s.steps[i];
+        let argv = step_argv(step, &l.vars).unwrap_or_else(|e| vec!["/bin/sh".into(), "-c".into(), format!("echo {e:?} >&2; exit 99")]);
+        plan.steps.push(PlanStep {
+            argv: argv.clone(),
+            cwd: l.ws.clone(),
+            timeout_secs: step.timeout.unwrap_or(STEP_TIMEOUT),
+        });
+        argvs.push(argv);
+    }
+    let plan_path = l.scratch.join(format!("plan-{k}.json"));
+    let log = l.scratch.join("logs").join(format!("run-{k}.jsonl"));
+    let _ = std::fs::remove_file(&log);
+    if let Err(e) = std::fs::write(&plan_path, serde_json::to_string_pretty(&plan).unwrap_or_default()) {
+        let f = Failure::new(format!("setup: write {}: {e}", plan_path.display()));
+        rep.record(&run_name, Err(f));
+        return;
+    }
+    let step_time: u64 = plan.steps.iter().map(|p| p.timeout_secs).sum();
+    let opts = GateOpts {
+        policy: ctx.repo.join(&s.policy),
+        workspace: l.ws.clone(),
+        log: log.clone(),
+        mode: s.mode.map(|m| m.as_str().to_string()),
+        timeout: Duration::from_secs(step_time + GATE_OVERHEAD),
     };
-    ctx.expect_gate(opts, &argv, &step.expect, event.as_ref())?;
+    let driver_argv = vec![l.driver().display().to_string(), "--driver".into(), plan_path.display().to_string()];
+    let gate_cmd = ctx.gate_cmd(&opts, &driver_argv);
+    let gate_out = gate_cmd.run();
+    let results = driver::parse_results(&gate_out.stdout);
+    let log_all = Log::read(&log);
+
+    // The run itself: gate started the driver, every step reported, gate exited with the
+    // driver's status (0) and said nothing went wrong.
+    let run_result = if results.len() != group.len() || gate_out.status != Status::Exited(0) {
+        Err(Failure::new(format!(
+            "expected gate to run the batch of {} steps and exit 0, got {} with {} step results",
+            group.len(),
+            gate_out.summary(),
+            results.len()
+        ))
+        .command(&gate_cmd, &Outcome { stdout: strip_results(&gate_out.stdout), ..gate_out.clone() }))
+    } else {
+        Ok(())
+    };
+    rep.record(&run_name, run_result);
+
+    for (pos, &i) in group.iter().enumerate() {
+        let step = &s.steps[i];
+        let r = match results.iter().find(|r| r.index == pos) {
+            Some(res) => check_step(ctx, step, &l.vars, &argvs[pos], res, &log_all, &log, &opts.workspace),
+            None => Err(Failure::new(format!("expected {}, got no result: the batch did not reach this step", step.expect))
+                .detail(format!("see {run_name}"))),
+        };
+        rep.record(&step_name(s, &step.name), r);
+    }
+}
+
+fn strip_results(stdout: &str) -> String {
+    stdout.lines().filter(|l| !l.starts_with(driver::RESULT_PREFIX)).collect::<Vec<_>>().join("\n")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_step(
+    ctx: &Ctx,
+    step: &Step,
+    vars: &Vars,
+    argv: &[String],
+    res: &StepResult,
+    log_all: &Log,
+    log_path: &Path,
+    ws: &Path,
+) -> TestResult {
+    let out = res.outcome();
+    let log = log_all.window(res.t0, res.t1);
+    let shown = Cmd::new(argv).cwd(ws);
+    let fail = |msg: String| {
+        Failure::new(msg)
+            .command(&shown, &out)
+            .log(log_path, &log)
+            .detail("(command ran confined, in a batch; log lines are this step's)")
+    };
+    if !step.expect.matches(&out) {
+        return Err(fail(format!("expected {}, got {}", step.expect, out.summary())));
+    }
+    if let Some(m) = &step.expect_event {
+        let m = m.expand(vars)?;
+        if log.find(&m).is_none() {
+            return Err(fail(format!("expected event {m} in the log, found none")));
+        }
+    }
+    if let Some(m) = &step.expect_no_event {
+        let m = m.expand(vars)?;
+        if let Some(e) = log.find(&m) {
+            return Err(fail(format!("expected no event matching {m}, found {e}")));
+        }
+    }
     if step.unconfined {
-        let cmd: Cmd = ctx.plain_cmd(&argv, &opts.workspace).timeout(opts.timeout);
-        let out = cmd.run();
-        if !Expect::Ok.matches(&out) {
+        let cmd = ctx.plain_cmd(argv, ws).timeout(Duration::from_secs(step.timeout.unwrap_or(STEP_TIMEOUT)));
+        let o = cmd.run();
+        if !Expect::Ok.matches(&o) {
             return Err(Failure::new(format!(
                 "confined run was right, but outside gate expected ok, got {}",
-                out.summary()
+                o.summary()
             ))
-            .command(&cmd, &out));
+            .command(&cmd, &o));
         }
     }
     Ok(())
-}
-
-/// Lists the step names of every scenario (invalid ones by file name).
-pub fn list(repo: &Path, rep: &mut Reporter) {
-    let Ok(files) = scenario::list(&repo.join("tests/scenarios")) else { return };
-    for f in files {
-        match Scenario::load(&f) {
-            Ok(s) => {
-                for step in &s.steps {
-                    rep.wants(&step_name(&s, &step.name));
-                }
-            }
-            Err(e) => println!("invalid scenario: {e}"),
-        }
-    }
 }

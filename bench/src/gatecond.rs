@@ -1,0 +1,100 @@
+//! gate loaded through its library exactly as `gate run` does it: compile the policy, create
+//! the cgroup, load the engine with the policy in its maps, configure it for the cgroup, attach
+//! and pin. A worker becomes confined by writing its pid into the cgroup's `cgroup.procs`.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use gate::{
+    cgroup::{self, Cgroup},
+    engine::{DEFAULT_RINGBUF_BYTES, Engine},
+    policy::{self, Vars},
+    state,
+};
+use serde_json::{Value, json};
+
+use crate::util::{bpf_maps, now_ns, rss_kib, say};
+
+pub const PIN_ROOT: &str = "/sys/fs/bpf/gate-bench";
+
+pub struct Gate {
+    pub name: String,
+    engine: Option<Engine>,
+    pub cg: Cgroup,
+    pin_dir: PathBuf,
+    /// Timings and sizes of the set-up (virtual ns, entries, KiB).
+    pub setup: Value,
+}
+
+impl Gate {
+    pub fn start(name: &str, policy_file: &Path, ws: &Path) -> Result<Gate> {
+        let vars = Vars { workspace: Some(ws.to_path_buf()), home: PathBuf::from("/root") };
+        let (rss0, _) = rss_kib("self");
+        let t0 = now_ns();
+        let policy = policy::load(policy_file, &vars)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("compiling {}", policy_file.display()))?;
+        let t1 = now_ns();
+        let h = cgroup::hierarchy()?;
+        state::ensure_bpffs()?;
+        let _ = fs::remove_dir(h.mount.join("gate").join(name));
+        let cg = Cgroup::create(&h, name)?;
+        let t2 = now_ns();
+        let mut engine = Engine::load(&policy, DEFAULT_RINGBUF_BYTES)?;
+        let t3 = now_ns();
+        engine.set_config(policy.config(cg.id, cg.level))?;
+        let pin_dir = Path::new(PIN_ROOT).join(name);
+        fs::create_dir_all(&pin_dir)?;
+        say(&format!("{name}: attaching (the kernel verifies gate's programs now)"));
+        engine.attach(&pin_dir)?;
+        let t4 = now_ns();
+        let (rss1, _) = rss_kib("self");
+        let maps = bpf_maps("self");
+        let map_bytes: u64 = maps.iter().filter_map(|m| m["memlock"].as_u64()).sum();
+        let sizes = policy.map_sizes();
+        let setup = json!({
+            "cgroup": cg.path.display().to_string(),
+            "policy": policy_file.display().to_string(),
+            "rules": sizes.rules,
+            "inode_entries": sizes.inodes,
+            "net_entries": sizes.net4 + sizes.net6,
+            "warnings": policy.warnings.len(),
+            "compile_ns": t1 - t0,
+            "load_ns": t3 - t2,
+            "attach_ns": t4 - t3,
+            "loader_rss_kib_before": rss0,
+            "loader_rss_kib_after": rss1,
+            "bpf_maps": maps,
+            "bpf_map_memlock_bytes": map_bytes,
+        });
+        say(&format!(
+            "{name}: {} rules, {} inode entries; compile {:.3}s, load {:.3}s, attach {:.3}s (virtual)",
+            sizes.rules,
+            sizes.inodes,
+            (t1 - t0) as f64 / 1e9,
+            (t3 - t2) as f64 / 1e9,
+            (t4 - t3) as f64 / 1e9
+        ));
+        Ok(Gate { name: name.to_owned(), engine: Some(engine), cg, pin_dir, setup })
+    }
+
+    pub fn stop(mut self) -> Result<()> {
+        self.cg.kill_all(std::time::Duration::from_secs(10))?;
+        if let Some(e) = self.engine.take() {
+            e.detach().context("detaching")?;
+        }
+        self.cg.remove()?;
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        say(&format!("{}: detached", self.name));
+        Ok(())
+    }
+}
+
+/// Writes the calling process's pid into an open `cgroup.procs`.
+pub fn join(procs: &fs::File) -> Result<()> {
+    use std::io::Write;
+    let mut f = procs;
+    f.write_all(std::process::id().to_string().as_bytes()).context("joining the cgroup")
+}

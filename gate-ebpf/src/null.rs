@@ -1,0 +1,50 @@
+//! Empty BPF LSM programs on gate's hooks, for the benchmarks: each passes the previous
+//! program's verdict on and does nothing else. The difference between these and no program
+//! at all is what the kernel charges any BPF LSM enforcer; the difference between these and
+//! gate's own programs for an unconfined task is gate's cost for everyone else.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{Global, macros::lsm, programs::LsmContext};
+
+#[unsafe(no_mangle)]
+static EPERM_RET: Global<i32> = Global::new(-1);
+#[unsafe(no_mangle)]
+static MIN_ERRNO_RET: Global<i32> = Global::new(-4095);
+
+#[inline(always)]
+fn pass_on(ret: i32) -> i32 {
+    if ret < MIN_ERRNO_RET.load() || ret > 0 { EPERM_RET.load() } else { ret }
+}
+
+macro_rules! null_program {
+    ($name:ident, $hook:literal, $ret:literal) => {
+        #[lsm(hook = $hook)]
+        pub fn $name(ctx: LsmContext) -> i32 {
+            pass_on(ctx.arg($ret))
+        }
+    };
+}
+
+null_program!(bprm_check_security, "bprm_check_security", 1);
+null_program!(file_open, "file_open", 1);
+null_program!(path_mknod, "path_mknod", 4);
+null_program!(path_mkdir, "path_mkdir", 3);
+null_program!(path_rmdir, "path_rmdir", 2);
+null_program!(path_unlink, "path_unlink", 2);
+null_program!(path_symlink, "path_symlink", 3);
+null_program!(path_link, "path_link", 3);
+null_program!(path_rename, "path_rename", 5);
+null_program!(path_truncate, "path_truncate", 1);
+null_program!(path_chmod, "path_chmod", 2);
+null_program!(path_chown, "path_chown", 3);
+null_program!(inode_setattr, "inode_setattr", 2);
+null_program!(inode_setattr_idmap, "inode_setattr", 3);
+null_program!(socket_connect, "socket_connect", 3);
+null_program!(socket_sendmsg, "socket_sendmsg", 3);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
