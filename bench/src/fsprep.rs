@@ -43,7 +43,8 @@ impl Layout {
             fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
         let bb = self.ws.join("bin/busybox");
-        fs::copy("/bin/busybox", &bb).context("copying /bin/busybox (install busybox-static)")?;
+        crate::workload::copy_big(Path::new("/bin/busybox"), &bb)
+            .context("copying /bin/busybox (install busybox-static)")?;
         fs::set_permissions(&bb, fs::Permissions::from_mode(0o755))?;
         let src = self.ws.join("src");
         for name in ["written.txt", "read.txt", "rename-a.txt"] {

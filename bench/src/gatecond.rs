@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use gate::{
     cgroup::{self, Cgroup},
     engine::{DEFAULT_RINGBUF_BYTES, Engine},
-    policy::{self, Vars},
+    events,
+    report::LogSink,
+    policy::{self, CompiledPolicy, Vars},
     state,
 };
 use serde_json::{Value, json};
@@ -22,6 +24,7 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/gate-bench";
 pub struct Gate {
     pub name: String,
     engine: Option<Engine>,
+    policy: CompiledPolicy,
     pub cg: Cgroup,
     pin_dir: PathBuf,
     /// Timings and sizes of the set-up (virtual ns, entries, KiB).
@@ -77,7 +80,56 @@ impl Gate {
             (t3 - t2) as f64 / 1e9,
             (t4 - t3) as f64 / 1e9
         ));
-        Ok(Gate { name: name.to_owned(), engine: Some(engine), cg, pin_dir, setup })
+        Ok(Gate { name: name.to_owned(), engine: Some(engine), policy, cg, pin_dir, setup })
+    }
+
+    /// Drains the kernel's events into a signed audit log at `log` (as `gate run --log` does,
+    /// through [`gate::report::LogSink`]) until `n` decisions are written. Reports "ready"
+    /// first, then the virtual time the n-th record was flushed.
+    pub fn collect_events(&mut self, n: usize, log: &Path, key: &Path, out: &mut fs::File) -> Result<Value> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let engine = self.engine.as_mut().context("engine stopped")?;
+        let mut events = engine.take_events()?;
+        let counters = engine.take_counters()?;
+        let _ = fs::remove_file(log);
+        let command = [std::ffi::OsString::from("gate-bench deny-loop")];
+        let mut sink = LogSink::open(log, key, &self.policy, &self.cg.name, &command)?;
+        crate::util::report_line(out, Ok(json!("ready")));
+        let fd = events.as_fd().as_raw_fd();
+        let (mut written, mut batches) = (0usize, 0usize);
+        let deadline = now_ns() + 300_000_000_000;
+        let mut t_done = 0;
+        while now_ns() < deadline {
+            while let Some(item) = events.next() {
+                let Some(e) = events::parse(&item) else { continue };
+                if e.rule == gate_common::rule::SELFTEST {
+                    continue;
+                }
+                sink.decision(&events::decode(&e, &self.policy))?;
+                written += 1;
+            }
+            sink.tick()?;
+            batches += 1;
+            if written >= n {
+                t_done = now_ns();
+                break;
+            }
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: polling one valid fd.
+            unsafe { libc::poll(&mut pfd, 1, 50) };
+        }
+        let lost = counters.read()?[gate_common::counter::RINGBUF_FULL as usize];
+        sink.finish(Some(0), None)?;
+        let text = fs::read_to_string(log).unwrap_or_default();
+        Ok(json!({
+            "t_done_ns": t_done,
+            "decisions_written": written,
+            "batches": batches,
+            "lost_in_kernel": lost,
+            "decision_records_in_log": text.lines().filter(|l| l.contains("\"kind\":\"decision\"")).count(),
+            "log_records": text.lines().count(),
+            "log_bytes": text.len(),
+        }))
     }
 
     pub fn stop(mut self) -> Result<()> {

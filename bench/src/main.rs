@@ -3,9 +3,8 @@
 //! guests, runs `gate-bench suite` in each and turns the JSON it prints into BENCHMARKS.md.
 //!
 //! Subcommands:
-//! - `suite [--quick]`: everything; prints one JSON document between marker lines.
-//! - `deny-loop N DENIED_PATH LOG`: run confined by `gate run --log LOG`: N denied opens, then
-//!   waits until LOG holds N decision records; prints JSON (events per second, gate's memory).
+//! - `suite [--quick] [--only PARTS] …`: everything; prints one JSON document between marker
+//!   lines (see `suite::Options`).
 mod fsprep;
 mod gatecond;
 mod lockdown;
@@ -38,7 +37,6 @@ fn run(args: &[String]) -> Result<()> {
             println!("{JSON_END}");
             Ok(())
         }
-        Some("deny-loop") => userspace::deny_loop(&args[1..]),
-        _ => bail!("usage: gate-bench suite [--quick] [--repo DIR] | gate-bench deny-loop N PATH LOG"),
+        _ => bail!("usage: gate-bench suite [--quick] [--repo DIR] [--only micro,workload,gate,events]"),
     }
 }

@@ -36,7 +36,10 @@ use crate::{
 pub struct Options {
     pub quick: bool,
     pub repo: PathBuf,
+    /// micro, workload, gate (phase B), events.
     pub parts: BTreeSet<String>,
+    /// Which gate policies get a phase-B block: ca, 1k, 10k.
+    pub policies: BTreeSet<String>,
     pub rounds_a: usize,
     pub rounds_b: usize,
     pub workload_rounds: usize,
@@ -45,14 +48,16 @@ pub struct Options {
 
 impl Options {
     pub fn from_args(args: &[String]) -> Result<Options> {
+        let set = |s: &str| s.split(',').map(String::from).collect::<BTreeSet<_>>();
         let mut o = Options {
             quick: false,
             repo: PathBuf::from("/work/main"),
-            parts: ["micro", "workload", "gate", "userspace"].map(String::from).into(),
+            parts: set("micro,workload,gate,events"),
+            policies: set("ca,1k,10k"),
             rounds_a: 4,
             rounds_b: 3,
-            workload_rounds: 3,
-            events: 3000,
+            workload_rounds: 2,
+            events: 2000,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -66,7 +71,8 @@ impl Options {
                     o.events = 500;
                 }
                 "--repo" => o.repo = PathBuf::from(val()?),
-                "--only" => o.parts = val()?.split(',').map(String::from).collect(),
+                "--only" => o.parts = set(&val()?),
+                "--policies" => o.policies = set(&val()?),
                 "--rounds" => o.rounds_a = val()?.parse()?,
                 "--gate-rounds" => o.rounds_b = val()?.parse()?,
                 "--workload-rounds" => o.workload_rounds = val()?.parse()?,
@@ -105,6 +111,7 @@ enum Task {
     Micro,
     Workload,
     Settle,
+    DenyLoop(usize),
 }
 
 struct Bench<'a> {
@@ -125,14 +132,26 @@ pub fn run(opts: &Options) -> Result<Value> {
         &opts.repo.join("policies/coding-agent.toml"),
         &layout.state.join("coding-agent.toml"),
     )?;
-    let policies = [
-        ("coding-agent", "gate_coding_agent", layout.state.join("coding-agent.toml")),
-        ("coding-agent+1k", "gate_1k", layout.synthetic_policy(&base, 1_000)?),
-        ("coding-agent+10k", "gate_10k", layout.synthetic_policy(&base, 10_000)?),
-    ];
+    let mut policies = Vec::new();
+    for (key, name, cond, n) in [
+        ("ca", "coding-agent", "gate_coding_agent", 0),
+        ("1k", "coding-agent + 1,000 rules", "gate_1k", 1_000),
+        ("10k", "coding-agent + 10,000 rules", "gate_10k", 10_000),
+    ] {
+        if opts.policies.contains(key) {
+            let file = if n == 0 {
+                layout.state.join("coding-agent.toml")
+            } else {
+                layout.synthetic_policy(&base, n)?
+            };
+            policies.push((key, name, cond, file));
+        }
+    }
     let workload = if opts.parts.contains("workload") {
         say("copying the toolchain into the workload's tool root");
-        Some(workload::prepare(&layout.ws)?)
+        let w = workload::prepare(&layout.ws)?;
+        say("tool root ready");
+        Some(w)
     } else {
         None
     };
@@ -144,29 +163,35 @@ pub fn run(opts: &Options) -> Result<Value> {
         workload,
         runs: Vec::new(),
     };
+    let micro = opts.parts.contains("micro");
+    let wl = b.workload.is_some();
     let settle = b.settle()?;
     // One discarded pass of everything, so first-run effects land nowhere.
-    b.measure("none", "warm-up", 0, Confine::Nothing, Task::Micro)?;
-    if b.workload.is_some() {
+    if micro {
+        b.measure("none", "warm-up", 0, Confine::Nothing, Task::Micro)?;
+    }
+    if wl {
         b.measure("none", "warm-up", 0, Confine::Nothing, Task::Workload)?;
     }
 
+    // Phase A.
     let mut null_attach = Vec::new();
-    let micro = opts.parts.contains("micro");
-    let wl = b.workload.is_some();
     for round in 0..opts.rounds_a {
         let mut order = ["none", "null", "landlock"];
         if round % 2 == 1 {
             order.reverse();
         }
+        let mut tasks = Vec::new();
+        if micro {
+            tasks.push(Task::Micro);
+        }
+        if wl && round < opts.workload_rounds {
+            tasks.push(Task::Workload);
+        }
+        if tasks.is_empty() {
+            break;
+        }
         for cond in order {
-            let tasks: Vec<Task> = [(micro, Task::Micro), (wl && round < opts.workload_rounds, Task::Workload)]
-                .into_iter()
-                .filter_map(|(on, t)| on.then_some(t))
-                .collect();
-            if tasks.is_empty() {
-                continue;
-            }
             match cond {
                 "null" => {
                     let null = Holder::spawn(
@@ -176,24 +201,25 @@ pub fn run(opts: &Options) -> Result<Value> {
                                 .context("attaching the empty programs")?;
                             Ok((json!(now_ns() - t0), n))
                         },
+                        |_, _, _| {},
                         |n| {
                             drop(n);
                             Ok(json!(null))
                         },
                     )?;
                     null_attach.push(null.setup.clone());
-                    for t in tasks {
+                    for &t in &tasks {
                         b.measure("null", "A", round, Confine::Nothing, t)?;
                     }
                     null.stop()?;
                 }
                 "landlock" => {
-                    for t in tasks {
+                    for &t in &tasks {
                         b.measure("landlock", "A", round, Confine::Landlock, t)?;
                     }
                 }
                 _ => {
-                    for t in tasks {
+                    for &t in &tasks {
                         b.measure("none", "A", round, Confine::Nothing, t)?;
                     }
                 }
@@ -201,58 +227,40 @@ pub fn run(opts: &Options) -> Result<Value> {
         }
     }
 
+    // Phase B. A policy whose programs the kernel refuses is recorded, not fatal: the rest of
+    // the benchmark still runs, and the later blocks are skipped (same programs, and a refusal
+    // after a million verifier steps costs minutes of wall time each under TCG).
     let mut setups = serde_json::Map::new();
-    if opts.parts.contains("gate") && (micro || wl) {
-        for (i, (name, cond, file)) in policies.iter().enumerate() {
-            let ws = b.layout.ws.clone();
-            let gate = Holder::spawn(
-                || {
-                    let g = Gate::start(&format!("bench-{i}"), file, &ws)?;
-                    Ok((g.setup.clone(), g))
-                },
-                |g| {
-                    g.stop()?;
-                    Ok(json!(null))
-                },
-            )?;
-            let cg = PathBuf::from(gate.setup["cgroup"].as_str().context("no cgroup")?);
-            let procs = fs::OpenOptions::new()
-                .write(true)
-                .open(cg.join("cgroup.procs"))
-                .context("opening cgroup.procs")?;
-            for round in 0..opts.rounds_b {
-                let mut order = [("gate_unconfined", Confine::Nothing), (*cond, Confine::Cgroup(&procs))];
-                if round % 2 == 1 {
-                    order.reverse();
-                }
-                for (c, confine) in order {
-                    if micro {
-                        b.measure(c, name, round, confine, Task::Micro)?;
-                    }
-                    // The workload under gate: every round with the shipped policy, once with
-                    // the others.
-                    if wl && (i == 0 && round < opts.workload_rounds || i > 0 && round == 0) {
-                        b.measure(c, name, round, confine, Task::Workload)?;
-                    }
+    let mut events = None;
+    let mut errors = Vec::new();
+    let gate_on = opts.parts.contains("gate");
+    let want_events = opts.parts.contains("events");
+    for (i, p) in policies.iter().enumerate() {
+        let last = i + 1 == policies.len();
+        let run_events = last && want_events;
+        if !gate_on && !run_events {
+            continue;
+        }
+        let wl_rounds = match p.0 {
+            "ca" => opts.workload_rounds,
+            "10k" => opts.workload_rounds.min(1),
+            _ => 0,
+        };
+        match b.gate_block(i, p, gate_on, wl_rounds, run_events) {
+            Ok((setup, ev)) => {
+                setups.insert(p.2.to_owned(), setup);
+                if ev.is_some() {
+                    events = ev;
                 }
             }
-            drop(procs);
-            let mut setup = gate.setup.clone();
-            gate.stop()?;
-            say(&format!("{name}: detached"));
-            setup["block"] = json!(name);
-            setups.insert(cond.to_string(), setup);
-            if micro {
-                b.measure("none", &format!("after {name}"), 0, Confine::Nothing, Task::Micro)?;
+            Err(e) => {
+                let msg = short_error(&format!("{e:#}"));
+                say(&format!("{}: FAILED: {msg}", p.1));
+                errors.push(json!({ "policy": p.1, "error": msg }));
+                break;
             }
         }
     }
-
-    let gate_run = if opts.parts.contains("userspace") {
-        Some(b.gate_run(&policies[2].2)?)
-    } else {
-        None
-    };
     if let Some(w) = &b.workload {
         workload::cleanup(w);
     }
@@ -278,22 +286,31 @@ pub fn run(opts: &Options) -> Result<Value> {
         "gate_setups": setups,
         "null_attach_ns": null_attach,
         "workload": b.workload.as_ref().map(|w| w.info.clone()),
-        "gate_run": gate_run,
+        "events": events,
+        "errors": errors,
         "total_virtual_ns": now_ns() - t_begin,
     }))
 }
 
 impl Bench<'_> {
-    /// Repeats a no-BPF open+close loop until two consecutive runs agree within 0.5 %.
+    /// Repeats a no-BPF open+close run (the median of 5 batches of 1,000) until two runs in a
+    /// row agree within 0.5 %.
     fn settle(&mut self) -> Result<Value> {
         const TOLERANCE: f64 = 0.005;
         let mut seen: Vec<f64> = Vec::new();
         let mut converged = false;
-        for _ in 0..40 {
+        for _ in 0..30 {
             let v = self.worker(Confine::Nothing, Task::Settle)?;
-            let ns = v["samples"]["open_write"][0].as_f64().context("settle sample")?;
+            let mut s: Vec<f64> = v["samples"]["open_write"]
+                .as_array()
+                .context("settle samples")?
+                .iter()
+                .filter_map(Value::as_f64)
+                .collect();
+            s.sort_by(f64::total_cmp);
+            let ns = s[s.len() / 2];
             seen.push(ns);
-            say(&format!("settling: open+close {ns:.0} ns/op"));
+            say(&format!("settling: open+close median {ns:.0} ns/op"));
             if let [.., a, b] = seen[..] {
                 if (a - b).abs() / a.min(b) <= TOLERANCE {
                     converged = true;
@@ -301,7 +318,7 @@ impl Bench<'_> {
                 }
             }
         }
-        Ok(json!({ "tolerance": TOLERANCE, "open_write_ns": seen, "converged": converged }))
+        Ok(json!({ "tolerance": TOLERANCE, "open_write_median_ns": seen, "converged": converged }))
     }
 
     fn measure(&mut self, cond: &str, block: &str, round: usize, confine: Confine<'_>, task: Task) -> Result<()> {
@@ -313,6 +330,7 @@ impl Bench<'_> {
             Task::Micro => "micro",
             Task::Workload => "workload",
             Task::Settle => "settle",
+            Task::DenyLoop(_) => "deny-loop",
         };
         if let Task::Workload = task {
             say(&format!("{cond} [{block}] workload: {:.3} s", v["samples"]["workload"][0].as_f64().unwrap_or(0.0) / 1e9));
@@ -335,7 +353,7 @@ impl Bench<'_> {
 
     fn worker(&self, confine: Confine<'_>, task: Task) -> Result<Value> {
         let plans = match task {
-            Task::Settle => vec![(Op::OpenWrite, Plan { warmup: 100, n: 1000, samples: 1 })],
+            Task::Settle => vec![(Op::OpenWrite, Plan { warmup: 100, n: 1000, samples: 5 })],
             _ => self.plans.clone(),
         };
         let layout = &self.layout;
@@ -354,6 +372,9 @@ impl Bench<'_> {
                     libc::EACCES
                 }
             };
+            if let Task::DenyLoop(n) = task {
+                return userspace::deny_loop(&layout.denied, n);
+            }
             check_confinement(&layout.denied, expect)?;
             let samples = match task {
                 Task::Workload => {
@@ -366,22 +387,119 @@ impl Bench<'_> {
         })
     }
 
-    fn gate_run(&self, policy: &Path) -> Result<Value> {
-        let exe = std::env::current_exe()?;
-        let gate_bin = exe.with_file_name("gate");
-        // The confined command must be one the policy lets run: a copy in the workspace.
-        let copy = self.layout.ws.join("bin/gate-bench");
-        fs::copy(&exe, &copy)?;
-        userspace::gate_run_events(
-            &gate_bin,
-            &copy,
-            policy,
-            &self.layout.ws,
-            &self.layout.state,
-            &self.layout.denied,
-            self.opts.events,
-        )
+    /// One phase-B block: gate loaded with one policy in a holder, rounds of "not confined" and
+    /// "confined" workers, optionally the events measurement, detach, one no-BPF run.
+    fn gate_block(
+        &mut self,
+        i: usize,
+        (key, name, cond, file): &(&str, &str, &str, PathBuf),
+        gate_on: bool,
+        wl_rounds: usize,
+        run_events: bool,
+    ) -> Result<(Value, Option<Value>)> {
+        let micro = self.opts.parts.contains("micro");
+        let wl = self.workload.is_some();
+        let ws = self.layout.ws.clone();
+        say(&format!("{name}: compiling, loading and attaching gate"));
+        let mut gate = Holder::spawn(
+            || {
+                let g = Gate::start(&format!("bench-{key}"), file, &ws)?;
+                Ok((g.setup.clone(), g))
+            },
+            |g, cmd, out| {
+                let r = match cmd.split(' ').collect::<Vec<_>>()[..] {
+                    ["collect", n, log, key] => match n.parse() {
+                        Ok(n) => g.collect_events(n, Path::new(log), Path::new(key), out),
+                        Err(e) => Err(e.into()),
+                    },
+                    _ => Err(anyhow::anyhow!("unknown command {cmd}")),
+                };
+                util::report_line(out, r);
+            },
+            |g| {
+                g.stop()?;
+                Ok(json!(null))
+            },
+        )?;
+        let cg = PathBuf::from(gate.setup["cgroup"].as_str().context("no cgroup")?);
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(cg.join("cgroup.procs"))
+            .context("opening cgroup.procs")?;
+        let mut result = Ok(None);
+        if gate_on {
+            'rounds: for round in 0..self.opts.rounds_b {
+                let mut order = [("gate_unconfined", Confine::Nothing), (*cond, Confine::Cgroup(&procs))];
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for (c, confine) in order {
+                    let confined = matches!(confine, Confine::Cgroup(_));
+                    let mut r = Ok(());
+                    if micro {
+                        r = self.measure(c, name, round, confine, Task::Micro);
+                    }
+                    if r.is_ok() && wl && confined && round < wl_rounds {
+                        r = self.measure(c, name, round, confine, Task::Workload);
+                    }
+                    if let Err(e) = r {
+                        result = Err(e);
+                        break 'rounds;
+                    }
+                }
+            }
+        }
+        if result.is_ok() && run_events {
+            result = self.events(&mut gate, &procs).context("events per second").map(Some);
+        }
+        drop(procs);
+        let mut setup = gate.setup.clone();
+        let stopped = gate.stop();
+        say(&format!("{name}: detached"));
+        let events = result?;
+        stopped?;
+        setup["block"] = json!(name);
+        setup["index"] = json!(i);
+        if micro && gate_on {
+            self.measure("none", &format!("after {name}"), 0, Confine::Nothing, Task::Micro)?;
+        }
+        Ok((setup, events))
     }
+
+    /// Events per second, kernel → audit file: the holder drains while a confined worker
+    /// makes `n` denied opens. Also the memory of the process holding gate.
+    fn events(&mut self, gate: &mut Holder, procs: &fs::File) -> Result<Value> {
+        let n = self.opts.events;
+        let log = self.layout.state.join("audit.jsonl");
+        let key = self.layout.state.join("audit.key");
+        say(&format!("events: {n} denied opens, drained into {}", log.display()));
+        gate.send(&format!("collect {n} {} {}", log.display(), key.display()))?;
+        let ready = gate.read()?;
+        anyhow::ensure!(ready == json!("ready"), "holder said {ready}");
+        let w = self.worker(Confine::Cgroup(procs), Task::DenyLoop(n))?;
+        let mut done = gate.read()?;
+        let t_start = w["t_start_ns"].as_u64().context("t_start")?;
+        let t_done = done["t_done_ns"].as_u64().unwrap_or(0);
+        anyhow::ensure!(t_done > t_start, "the audit log did not get {n} decisions: {done}");
+        done["n"] = json!(n);
+        done["loop_ns"] = w["loop_ns"].clone();
+        done["kernel_to_log_ns"] = json!(t_done - t_start);
+        done["events_per_second"] = json!(n as f64 * 1e9 / (t_done - t_start) as f64);
+        say(&format!("events: {:.0} per virtual second", done["events_per_second"].as_f64().unwrap_or(0.0)));
+        Ok(done)
+    }
+}
+
+/// An error message short enough for a table: a verifier log is thousands of lines.
+fn short_error(msg: &str) -> String {
+    let lines: Vec<&str> = msg.lines().collect();
+    if lines.len() <= 8 && msg.len() <= 1500 {
+        return msg.to_owned();
+    }
+    let head: String = lines.iter().take(3).copied().collect::<Vec<_>>().join("\n");
+    let tail: String = lines[lines.len().saturating_sub(4)..].join("\n");
+    let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    format!("{}\n[… {} lines …]\n{}", cut(&head, 700), lines.len().saturating_sub(7), cut(&tail, 700))
 }
 
 /// A write outside the allowed places must fail with `expect` (or succeed when 0).

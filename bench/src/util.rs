@@ -149,14 +149,14 @@ pub fn uname_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
 }
 
-/// A forked child that sets something up (loads BPF programs), reports, keeps it in place
-/// until told to stop, then tears it down and reports again. Loading gate parses the kernel's
-/// BTF and grows the loading process by tens of MB; doing it in a child keeps the measuring
-/// process small and the same size for every condition (fork+exec cost grows with the size of
-/// the process that forks).
+/// A forked child that sets something up (loads BPF programs), reports, serves commands
+/// (one line each) until told to stop, then tears it down and reports again. Loading gate parses
+/// the kernel's BTF and grows the loading process by tens of MB; doing it in a child keeps the
+/// measuring process small and the same size for every condition (fork+exec cost grows with
+/// the size of the process that forks).
 pub struct Holder {
     pid: i32,
-    stop: Option<std::fs::File>,
+    commands: Option<std::fs::File>,
     reports: std::io::BufReader<std::fs::File>,
     pub setup: Value,
 }
@@ -171,7 +171,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn report_line(out: &mut std::fs::File, r: Result<Value>) {
+/// Writes one report line (`{"ok": …}` or `{"err": …}`).
+pub fn report_line(out: &mut std::fs::File, r: Result<Value>) {
     let v = match r {
         Ok(v) => serde_json::json!({ "ok": v }),
         Err(e) => serde_json::json!({ "err": format!("{e:#}") }),
@@ -194,11 +195,14 @@ fn read_report(r: &mut std::io::BufReader<std::fs::File>) -> Result<Value> {
 }
 
 impl Holder {
+    /// `serve(held, command, out)` handles one command line, writing its report line(s).
     pub fn spawn<T>(
         setup: impl FnOnce() -> Result<(Value, T)>,
+        mut serve: impl FnMut(&mut T, &str, &mut std::fs::File),
         teardown: impl FnOnce(T) -> Result<Value>,
     ) -> Result<Holder> {
-        let (stop_rd, stop_wr) = pipe()?;
+        use std::io::BufRead;
+        let (cmd_rd, cmd_wr) = pipe()?;
         let (rep_rd, rep_wr) = pipe()?;
         let _ = std::io::stderr().flush();
         // SAFETY: the process is single-threaded.
@@ -207,15 +211,21 @@ impl Holder {
             return Err(std::io::Error::last_os_error()).context("fork");
         }
         if pid == 0 {
-            drop(stop_wr);
+            drop(cmd_wr);
             drop(rep_rd);
+            let _ = unpin();
             let mut out = std::fs::File::from(rep_wr);
             let code = match setup() {
-                Ok((v, held)) => {
+                Ok((v, mut held)) => {
                     report_line(&mut out, Ok(v));
-                    let mut b = [0u8; 1];
-                    // Blocks until told to stop (or the parent is gone: EOF).
-                    let _ = std::fs::File::from(stop_rd).read(&mut b);
+                    // Serve until "stop" or EOF (the parent is gone).
+                    let mut lines = std::io::BufReader::new(std::fs::File::from(cmd_rd)).lines();
+                    while let Some(Ok(cmd)) = lines.next() {
+                        if cmd == "stop" {
+                            break;
+                        }
+                        serve(&mut held, &cmd, &mut out);
+                    }
                     report_line(&mut out, teardown(held));
                     0
                 }
@@ -228,12 +238,12 @@ impl Holder {
             // SAFETY: leave without running the parent's destructors.
             unsafe { libc::_exit(code) };
         }
-        drop(stop_rd);
+        drop(cmd_rd);
         drop(rep_wr);
         let mut reports = std::io::BufReader::new(std::fs::File::from(rep_rd));
-        let stop = Some(std::fs::File::from(stop_wr));
+        let commands = Some(std::fs::File::from(cmd_wr));
         match read_report(&mut reports) {
-            Ok(setup) => Ok(Holder { pid, stop, reports, setup }),
+            Ok(setup) => Ok(Holder { pid, commands, reports, setup }),
             Err(e) => {
                 let mut status = 0;
                 // SAFETY: reaping our own child.
@@ -243,15 +253,36 @@ impl Holder {
         }
     }
 
+    pub fn send(&mut self, cmd: &str) -> Result<()> {
+        let c = self.commands.as_mut().context("holder already stopped")?;
+        writeln!(c, "{cmd}").context("sending a command to the holder")
+    }
+
+    pub fn read(&mut self) -> Result<Value> {
+        read_report(&mut self.reports)
+    }
+
     /// Tells the holder to tear down; returns its final report.
     pub fn stop(mut self) -> Result<Value> {
-        if let Some(mut s) = self.stop.take() {
-            let _ = s.write_all(b"x");
-        }
+        let _ = self.send("stop");
+        self.commands = None;
         let r = read_report(&mut self.reports);
         let mut status = 0;
         // SAFETY: reaping our own child.
         unsafe { libc::waitpid(self.pid, &mut status, 0) };
         r
     }
+}
+
+/// Lets the calling process run on every CPU again.
+fn unpin() -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    Ok(())
 }

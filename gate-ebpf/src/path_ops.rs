@@ -91,8 +91,10 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
     check_write(cfg, &o, hook::PATH_SYMLINK, in_dir(&o, ctx.arg(0), ctx.arg(1)))
 }
 
-/// A new name for an existing inode: a write at the new name, and a write on the source file
-/// itself, so a protected file cannot be given a name outside the rules that cover it.
+/// A new name for an existing inode: a write at the new name (`path_link`), and a write on
+/// the source file itself (`path_link_src`), so a protected file cannot be given a name
+/// outside the rules that cover it. Two programs on one hook, each with one walk: the second
+/// to run gets the first one's verdict and passes a denial on.
 #[lsm(hook = "path_link")]
 pub fn path_link(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(3);
@@ -101,15 +103,21 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    let new_dir: u64 = ctx.arg(1);
-    let src = in_dir(&o, new_dir, ctx.arg(0));
-    let r = check_write(cfg, &o, hook::PATH_LINK_SRC, src);
-    if r != 0 {
-        return r;
-    }
-    check_write(cfg, &o, hook::PATH_LINK_DST, in_dir(&o, new_dir, ctx.arg(2)))
+    check_write(cfg, &o, hook::PATH_LINK_DST, in_dir(&o, ctx.arg(1), ctx.arg(2)))
 }
 
+#[lsm(hook = "path_link")]
+pub fn path_link_src(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(3);
+    if ret != 0 {
+        return crate::decide::pass_on(ret);
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_LINK_SRC, in_dir(&o, ctx.arg(1), ctx.arg(0)))
+}
+
+/// rename: both ends, one program each (see `path_link`).
 #[lsm(hook = "path_rename")]
 pub fn path_rename(ctx: LsmContext) -> i32 {
     let ret: i32 = ctx.arg(5);
@@ -118,11 +126,18 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    let r = check_write(cfg, &o, hook::PATH_RENAME_SRC, in_dir(&o, ctx.arg(0), ctx.arg(1)));
-    if r != 0 {
-        return r;
-    }
     check_write(cfg, &o, hook::PATH_RENAME_DST, in_dir(&o, ctx.arg(2), ctx.arg(3)))
+}
+
+#[lsm(hook = "path_rename")]
+pub fn path_rename_src(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(5);
+    if ret != 0 {
+        return crate::decide::pass_on(ret);
+    }
+    let Some(cfg) = confined() else { return 0 };
+    let o = offsets();
+    check_write(cfg, &o, hook::PATH_RENAME_SRC, in_dir(&o, ctx.arg(0), ctx.arg(1)))
 }
 
 #[lsm(hook = "path_truncate")]

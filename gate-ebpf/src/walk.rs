@@ -70,6 +70,24 @@ fn launder(v: u64) -> u64 {
     unsafe { bpf_probe_read_kernel(&v as *const u64) }.unwrap_or(u64::MAX)
 }
 
+/// Everything one level of a walk hands to the next.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct WalkState {
+    dentry: u64,
+    vfsmnt: u64,
+    packed: u64,
+}
+
+/// Hides the whole walk state from the verifier at the end of each level, so that every way
+/// through a level (no inode, no rule, a rule, a mount crossing, …) starts the next level as
+/// one and the same state: the verifier's work then grows linearly with the depth.
+#[inline(always)]
+fn launder_state(s: &WalkState) -> Option<WalkState> {
+    // SAFETY: reads this program's own stack.
+    unsafe { bpf_probe_read_kernel(s as *const WalkState) }.ok()
+}
+
 /// Evaluates the file rules for `op` on the object at `start`: the most severe of the
 /// object's exact rule and every ancestor's subtree rule. A failed read, or a path deeper than
 /// `MAX_PATH_DEPTH`, gives the fail-closed verdict.
@@ -100,11 +118,10 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
     const TOO_DEEP: u64 = (decision::DENY as u64)
         | (rule::INTERNAL_DEPTH as u64) << 8
         | (flag::INTERNAL_ERROR as u64) << 24;
-    let mut dentry = start.dentry;
-    let mut vfsmnt = start.vfsmnt;
-    let mut packed: u64 = Verdict::none().pack();
+    let mut st = WalkState { dentry: start.dentry, vfsmnt: start.vfsmnt, packed: Verdict::none().pack() };
     for level in 0..MAX_PATH_DEPTH {
-        let mut v = Verdict::unpack(packed);
+        let (dentry, vfsmnt) = (st.dentry, st.vfsmnt);
+        let mut v = Verdict::unpack(st.packed);
         let Ok(key) = identity(o, dentry) else { return FAILED };
         if let Some(key) = key {
             // SAFETY: the value is only read, within this program run.
@@ -119,17 +136,14 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
                 }
             }
         }
-        match step(o, dentry, vfsmnt) {
-            Ok(Step::Up(d, m)) => {
-                dentry = d;
-                vfsmnt = m;
-            }
+        let next = match step(o, dentry, vfsmnt) {
+            Ok(Step::Up(d, m)) => WalkState { dentry: d, vfsmnt: m, packed: v.pack() },
             Ok(Step::Done) => return v.pack(),
             Err(_) => return FAILED,
-        }
-        packed = launder(v.pack());
-        if packed == u64::MAX {
-            return FAILED;
+        };
+        match launder_state(&next) {
+            Some(s) => st = s,
+            None => return FAILED,
         }
     }
     TOO_DEEP
@@ -155,13 +169,13 @@ pub fn collect_names(o: &Offs, start: Start, root_dentry: u64, root_mnt: u64) ->
         }
         n.dentries[level] = dentry;
         n.levels = level as u32 + 1;
-        match step(o, dentry, vfsmnt) {
-            Ok(Step::Up(d, m)) => {
-                dentry = d;
-                vfsmnt = m;
-            }
+        let next = match step(o, dentry, vfsmnt) {
+            Ok(Step::Up(d, m)) => WalkState { dentry: d, vfsmnt: m, packed: 0 },
             _ => return n,
-        }
+        };
+        let Some(s) = launder_state(&next) else { return n };
+        dentry = s.dentry;
+        vfsmnt = s.vfsmnt;
     }
     n.truncated = !(dentry == root_dentry && vfsmnt == root_mnt);
     n

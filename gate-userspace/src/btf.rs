@@ -217,7 +217,9 @@ pub const PROGRAMS: &[(&str, &str, usize)] = &[
     ("path_unlink", "path_unlink", 2),
     ("path_symlink", "path_symlink", 3),
     ("path_link", "path_link", 3),
+    ("path_link_src", "path_link", 3),
     ("path_rename", "path_rename", 5),
+    ("path_rename_src", "path_rename", 5),
     ("path_truncate", "path_truncate", 1),
     ("path_chmod", "path_chmod", 2),
     ("path_chown", "path_chown", 3),
@@ -227,8 +229,8 @@ pub const PROGRAMS: &[(&str, &str, usize)] = &[
     ("socket_sendmsg", "socket_sendmsg", 3),
 ];
 
-/// The programs to load on this kernel: (program, hook). Every hook must have a program whose
-/// signature matches, or the kernel is refused.
+/// The programs to load on this kernel: (program, hook). Every hook must have at least one
+/// program whose signature matches, or the kernel is refused.
 pub fn programs_for(btf: &Btf) -> Result<Vec<(&'static str, &'static str)>, BtfError> {
     let mut out = Vec::new();
     let mut hooks: Vec<&str> = PROGRAMS.iter().map(|p| p.1).collect();
@@ -236,11 +238,12 @@ pub fn programs_for(btf: &Btf) -> Result<Vec<(&'static str, &'static str)>, BtfE
     for hook in hooks {
         let n = btf.func_params(&format!("bpf_lsm_{hook}"))?;
         let candidates: Vec<_> = PROGRAMS.iter().filter(|p| p.1 == hook).collect();
-        let Some(p) = candidates.iter().find(|p| p.2 == n) else {
+        let matching: Vec<_> = candidates.iter().filter(|p| p.2 == n).collect();
+        if matching.is_empty() {
             let expected = candidates.iter().map(|p| p.2.to_string()).collect::<Vec<_>>().join(" or ");
             return Err(BtfError::HookSignature { hook, found: n, expected });
-        };
-        out.push((p.0, p.1));
+        }
+        out.extend(matching.iter().map(|p| (p.0, p.1)));
     }
     Ok(out)
 }

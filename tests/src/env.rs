@@ -21,7 +21,9 @@ fn unescape(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'\\'
             && i + 3 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok())
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
         {
             out.push(v);
             i += 4;
@@ -35,7 +37,9 @@ fn unescape(s: &str) -> String {
 
 /// The cgroup v2 path of a process, from its /proc/PID/cgroup text ("0::/a/b" → "/a/b").
 pub fn cgroup_path(proc_cgroup: &str) -> Option<String> {
-    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string))
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
 }
 
 /// Whether an LSM list ("lockdown,capability,bpf") has `bpf`.
@@ -80,11 +84,17 @@ fn loopback_up() -> Result<bool, String> {
         }
         let mut res = Ok(false);
         if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            res = Err(format!("SIOCGIFFLAGS lo: {}", std::io::Error::last_os_error()));
+            res = Err(format!(
+                "SIOCGIFFLAGS lo: {}",
+                std::io::Error::last_os_error()
+            ));
         } else if ifr.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short == 0 {
             ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
             res = if libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) < 0 {
-                Err(format!("SIOCSIFFLAGS lo up: {}", std::io::Error::last_os_error()))
+                Err(format!(
+                    "SIOCSIFFLAGS lo up: {}",
+                    std::io::Error::last_os_error()
+                ))
             } else {
                 Ok(true)
             };
@@ -128,7 +138,8 @@ pub fn check(gate: &Path, probe: &Path, repo: &Path, allow_host_home: bool) -> R
             p
         }
         None => {
-            problems.push("cgroup v2 is not mounted (no cgroup2 line in /proc/self/mountinfo)".into());
+            problems
+                .push("cgroup v2 is not mounted (no cgroup2 line in /proc/self/mountinfo)".into());
             PathBuf::from("/sys/fs/cgroup")
         }
     };
@@ -162,7 +173,8 @@ pub fn check(gate: &Path, probe: &Path, repo: &Path, allow_host_home: bool) -> R
         ));
     }
     if !is_tmpfs(Path::new("/tmp")) && !allow_host_home {
-        problems.push("/tmp is not a tmpfs (the suite keeps its files under /tmp/gate-tests)".into());
+        problems
+            .push("/tmp is not a tmpfs (the suite keeps its files under /tmp/gate-tests)".into());
     }
 
     match loopback_up() {
@@ -172,7 +184,11 @@ pub fn check(gate: &Path, probe: &Path, repo: &Path, allow_host_home: bool) -> R
     }
 
     if problems.is_empty() {
-        Ok(Env { cgroup_root, home, notes })
+        Ok(Env {
+            cgroup_root,
+            home,
+            notes,
+        })
     } else {
         Err(problems.join("\n"))
     }
@@ -186,15 +202,24 @@ mod tests {
     fn finds_cgroup2() {
         let mi = "25 1 0:23 / /sys rw - sysfs sysfs rw\n\
                   36 25 0:30 / /sys/fs/cgroup/unified rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(cgroup2_mount(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(cgroup2_mount("25 1 0:23 / /sys rw - sysfs sysfs rw\n"), None);
+        assert_eq!(
+            cgroup2_mount(mi),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            cgroup2_mount("25 1 0:23 / /sys rw - sysfs sysfs rw\n"),
+            None
+        );
         let spaced = "36 25 0:30 / /mnt/a\\040b rw - cgroup2 none rw\n";
         assert_eq!(cgroup2_mount(spaced), Some(PathBuf::from("/mnt/a b")));
     }
 
     #[test]
     fn parses_proc_cgroup() {
-        assert_eq!(cgroup_path("0::/gate/run-1\n").as_deref(), Some("/gate/run-1"));
+        assert_eq!(
+            cgroup_path("0::/gate/run-1\n").as_deref(),
+            Some("/gate/run-1")
+        );
         assert_eq!(
             cgroup_path("12:pids:/x\n1:name=systemd:/y\n0::/user.slice\n").as_deref(),
             Some("/user.slice")

@@ -40,13 +40,47 @@ impl Log {
 
     /// Decision lines (`"kind":"decision"`).
     pub fn decisions(&self) -> impl Iterator<Item = &Value> {
-        self.lines.iter().filter(|v| v.get("kind").and_then(Value::as_str) == Some("decision"))
+        self.lines
+            .iter()
+            .filter(|v| v.get("kind").and_then(Value::as_str) == Some("decision"))
     }
 
-    /// The lines stamped (`ktime_ns`) within `[t0, t1]`: one step's events in a batch.
-    pub fn window(&self, t0: u64, t1: u64) -> Log {
-        let inside = |v: &Value| v.get("ktime_ns").and_then(Value::as_u64).is_some_and(|t| t >= t0 && t <= t1);
-        Log { lines: self.lines.iter().filter(|v| inside(v)).cloned().collect(), bad_lines: Vec::new() }
+    /// Splits the decisions among steps that ran one after the other, each starting with an exec
+    /// by the pid given for it: a step's part runs from its first exec decision (after the
+    /// previous step's start) to the next step's start. A step whose start is not found gets an
+    /// empty part (and the previous step's part runs on).
+    pub fn segments(&self, pids: &[Option<u32>]) -> Vec<Log> {
+        let lines: Vec<&Value> = self.decisions().collect();
+        let is_start = |v: &Value, pid: u32| {
+            v.get("op").and_then(Value::as_str) == Some("exec")
+                && v.get("pid").and_then(Value::as_u64) == Some(u64::from(pid))
+        };
+        let mut starts: Vec<Option<usize>> = Vec::with_capacity(pids.len());
+        let mut from = 0;
+        for pid in pids {
+            let s = pid.and_then(|p| (from..lines.len()).find(|&i| is_start(lines[i], p)));
+            if let Some(i) = s {
+                from = i + 1;
+            }
+            starts.push(s);
+        }
+        (0..pids.len())
+            .map(|k| {
+                let Some(s) = starts[k] else {
+                    return Log::default();
+                };
+                let e = starts[k + 1..]
+                    .iter()
+                    .flatten()
+                    .next()
+                    .copied()
+                    .unwrap_or(lines.len());
+                Log {
+                    lines: lines[s..e].iter().map(|v| (*v).clone()).collect(),
+                    bad_lines: Vec::new(),
+                }
+            })
+            .collect()
     }
 
     pub fn find(&self, m: &EventMatcher) -> Option<&Value> {
@@ -61,7 +95,10 @@ impl Log {
             out.push(format!("… {} more decision lines", all.len() - max));
         }
         if all.is_empty() {
-            out.push(format!("(no decision lines; {} other lines)", self.lines.len()));
+            out.push(format!(
+                "(no decision lines; {} other lines)",
+                self.lines.len()
+            ));
         }
         for (n, l) in self.bad_lines.iter().take(3) {
             out.push(format!("(line {n} is not a JSON object: {l})"));
@@ -111,8 +148,12 @@ impl EventMatcher {
             && eq("path", &self.path)
             && eq("addr", &self.addr)
             && eq("comm", &self.comm)
-            && self.enforced.is_none_or(|w| e.get("enforced").and_then(Value::as_bool) == Some(w))
-            && self.port.is_none_or(|w| e.get("port").and_then(Value::as_u64) == Some(u64::from(w)))
+            && self
+                .enforced
+                .is_none_or(|w| e.get("enforced").and_then(Value::as_bool) == Some(w))
+            && self
+                .port
+                .is_none_or(|w| e.get("port").and_then(Value::as_u64) == Some(u64::from(w)))
             && self
                 .path_suffix
                 .as_deref()
@@ -165,7 +206,11 @@ impl fmt::Display for EventMatcher {
 
 /// Builder shorthand for tests written in Rust.
 pub fn ev(op: &str, decision: &str) -> EventMatcher {
-    EventMatcher { op: Some(op.into()), decision: Some(decision.into()), ..Default::default() }
+    EventMatcher {
+        op: Some(op.into()),
+        decision: Some(decision.into()),
+        ..Default::default()
+    }
 }
 
 impl EventMatcher {
@@ -222,14 +267,33 @@ not json
     #[test]
     fn matching() {
         let log = Log::parse(LOG);
-        assert!(log.find(&ev("write", "deny").rule("ssh").path_suffix(".ssh/id_rsa")).is_some());
-        assert!(log.find(&ev("write", "deny").path_suffix("id_rsa").hook("open")).is_some());
-        assert!(log.find(&ev("write", "deny").path_suffix("d_rsa")).is_none(), "suffix at / boundary");
-        assert!(log.find(&ev("write", "deny").path_suffix("/root/.ssh/id_rsa")).is_some());
+        assert!(
+            log.find(&ev("write", "deny").rule("ssh").path_suffix(".ssh/id_rsa"))
+                .is_some()
+        );
+        assert!(
+            log.find(&ev("write", "deny").path_suffix("id_rsa").hook("open"))
+                .is_some()
+        );
+        assert!(
+            log.find(&ev("write", "deny").path_suffix("d_rsa"))
+                .is_none(),
+            "suffix at / boundary"
+        );
+        assert!(
+            log.find(&ev("write", "deny").path_suffix("/root/.ssh/id_rsa"))
+                .is_some()
+        );
         assert!(log.find(&ev("write", "allow")).is_none());
-        assert!(log.find(&ev("connect", "allow").addr("127.0.0.1").port(8080)).is_some());
+        assert!(
+            log.find(&ev("connect", "allow").addr("127.0.0.1").port(8080))
+                .is_some()
+        );
         assert!(log.find(&ev("connect", "allow").port(8081)).is_none());
-        assert!(log.find(&ev("exec", "deny").enforced(false).path("/usr/bin/curl")).is_some());
+        assert!(
+            log.find(&ev("exec", "deny").enforced(false).path("/usr/bin/curl"))
+                .is_some()
+        );
         assert!(log.find(&ev("exec", "deny").enforced(true)).is_none());
         // The start line has no op and is not a decision.
         assert!(log.find(&EventMatcher::default()).is_some());
@@ -238,29 +302,55 @@ not json
 
     #[test]
     fn matcher_from_toml() {
-        let m: EventMatcher =
-            toml::from_str(r#"op = "write"
+        let m: EventMatcher = toml::from_str(
+            r#"op = "write"
 decision = "deny"
-path_suffix = "${home}/x""#)
-                .unwrap();
+path_suffix = "${home}/x""#,
+        )
+        .unwrap();
         let mut vars = crate::subst::Vars::new();
         vars.set("home", "/root");
-        assert_eq!(m.expand(&vars).unwrap().path_suffix.as_deref(), Some("/root/x"));
+        assert_eq!(
+            m.expand(&vars).unwrap().path_suffix.as_deref(),
+            Some("/root/x")
+        );
         assert!(toml::from_str::<EventMatcher>("opp = \"write\"").is_err());
-        assert_eq!(m.to_string(), "{op=write decision=deny path_suffix=${home}/x}");
+        assert_eq!(
+            m.to_string(),
+            "{op=write decision=deny path_suffix=${home}/x}"
+        );
     }
 
     #[test]
-    fn windows() {
-        let text = "{\"kind\":\"decision\",\"op\":\"exec\",\"ktime_ns\":100}\n\
-                    {\"kind\":\"decision\",\"op\":\"write\",\"ktime_ns\":200}\n\
-                    {\"kind\":\"decision\",\"op\":\"read\"}\n";
-        let log = Log::parse(text);
-        assert_eq!(log.window(0, 150).decisions().count(), 1);
-        assert_eq!(log.window(100, 200).decisions().count(), 2);
-        assert_eq!(log.window(201, 300).decisions().count(), 0);
-        assert!(log.window(150, 250).find(&ev("write", "")).is_none());
-        assert!(log.window(150, 250).find(&EventMatcher { op: Some("write".into()), ..Default::default() }).is_some());
+    fn segments_by_first_exec() {
+        let line = |op: &str, pid: u32, path: &str| {
+            format!("{{\"kind\":\"decision\",\"op\":\"{op}\",\"pid\":{pid},\"path\":\"{path}\"}}\n")
+        };
+        let mut text = String::from("{\"kind\":\"start\"}\n");
+        text += &line("exec", 1, "/driver");
+        text += &line("exec", 10, "/probe");
+        text += &line("write", 10, "/a");
+        text += &line("exec", 20, "/bin/sh");
+        text += &line("exec", 21, "/usr/bin/git");
+        text += &line("write", 21, "/b");
+        text += &line("exec", 30, "/probe");
+        let log = Log::parse(&text);
+        let seg = log.segments(&[Some(10), Some(20), None, Some(99), Some(30)]);
+        assert_eq!(seg.len(), 5);
+        let paths = |l: &Log| {
+            l.decisions()
+                .map(|v| v["path"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(&seg[0]), ["/probe", "/a"]);
+        assert_eq!(paths(&seg[1]), ["/bin/sh", "/usr/bin/git", "/b"]);
+        assert!(paths(&seg[2]).is_empty());
+        assert!(paths(&seg[3]).is_empty());
+        assert_eq!(paths(&seg[4]), ["/probe"]);
+        // A pid reused later is found after the previous start only.
+        let seg = log.segments(&[Some(20), Some(10)]);
+        assert_eq!(paths(&seg[0]).len(), 4);
+        assert!(paths(&seg[1]).is_empty());
     }
 
     #[test]

@@ -33,10 +33,16 @@ impl FromStr for Status {
             return Ok(Status::TimedOut);
         }
         if let Some(n) = s.strip_prefix("exit:") {
-            return n.parse().map(Status::Exited).map_err(|_| format!("bad status {s:?}"));
+            return n
+                .parse()
+                .map(Status::Exited)
+                .map_err(|_| format!("bad status {s:?}"));
         }
         if let Some(n) = s.strip_prefix("signal ") {
-            return n.parse().map(Status::Signaled).map_err(|_| format!("bad status {s:?}"));
+            return n
+                .parse()
+                .map(Status::Signaled)
+                .map_err(|_| format!("bad status {s:?}"));
         }
         Err(format!("bad status {s:?}"))
     }
@@ -60,7 +66,10 @@ impl Outcome {
 
     /// The errno a probe reported (`errno=NAME` line on stdout), the last one if several.
     pub fn probe_errno(&self) -> Option<&str> {
-        self.stdout.lines().rev().find_map(|l| l.trim().strip_prefix("errno="))
+        self.stdout
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("errno="))
     }
 
     /// Whether this outcome shows a failure with errno `name`: a probe line `errno=NAME`, or,
@@ -135,15 +144,21 @@ impl FromStr for Expect {
             return Ok(Expect::Ok);
         }
         if let Some(n) = s.strip_prefix("exit:") {
-            return n.parse().map(Expect::Exit).map_err(|_| format!("bad exit status in {s:?}"));
+            return n
+                .parse()
+                .map(Expect::Exit)
+                .map_err(|_| format!("bad exit status in {s:?}"));
         }
         let errno_like = s.len() > 1
             && s.starts_with('E')
-            && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+            && s.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
         if errno_like {
             return Ok(Expect::Errno(s.to_string()));
         }
-        Err(format!("expect must be \"ok\", an errno name like \"EPERM\", or \"exit:N\"; got {s:?}"))
+        Err(format!(
+            "expect must be \"ok\", an errno name like \"EPERM\", or \"exit:N\"; got {s:?}"
+        ))
     }
 }
 
@@ -159,13 +174,20 @@ mod tests {
     use super::*;
 
     fn o(status: Status, stdout: &str, stderr: &str) -> Outcome {
-        Outcome { status, stdout: stdout.into(), stderr: stderr.into() }
+        Outcome {
+            status,
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
     }
 
     #[test]
     fn parse() {
         assert_eq!("ok".parse::<Expect>().unwrap(), Expect::Ok);
-        assert_eq!("EPERM".parse::<Expect>().unwrap(), Expect::Errno("EPERM".into()));
+        assert_eq!(
+            "EPERM".parse::<Expect>().unwrap(),
+            Expect::Errno("EPERM".into())
+        );
         assert_eq!("exit:7".parse::<Expect>().unwrap(), Expect::Exit(7));
         assert!("exit:x".parse::<Expect>().is_err());
         assert!("eperm".parse::<Expect>().is_err());
@@ -189,7 +211,11 @@ mod tests {
 
     #[test]
     fn shell_outcomes() {
-        let dash = o(Status::Exited(2), "", "sh: 1: cannot create /root/.bashrc: Operation not permitted\n");
+        let dash = o(
+            Status::Exited(2),
+            "",
+            "sh: 1: cannot create /root/.bashrc: Operation not permitted\n",
+        );
         assert!(Expect::Errno("EPERM".into()).matches(&dash));
         assert!(!Expect::Errno("EACCES".into()).matches(&dash));
         assert!(dash.summary().contains("Operation not permitted"));
@@ -197,7 +223,11 @@ mod tests {
         let zero = o(Status::Exited(0), "", "Operation not permitted");
         assert!(!Expect::Errno("EPERM".into()).matches(&zero));
         // A probe line wins over stderr text.
-        let mixed = o(Status::Exited(1), "errno=ENOENT\n", "Operation not permitted");
+        let mixed = o(
+            Status::Exited(1),
+            "errno=ENOENT\n",
+            "Operation not permitted",
+        );
         assert!(!Expect::Errno("EPERM".into()).matches(&mixed));
         // An errno line with exit 0 (script went on) is not ok.
         let went_on = o(Status::Exited(0), "errno=EPERM\n", "");
@@ -206,7 +236,12 @@ mod tests {
 
     #[test]
     fn status_round_trips() {
-        for s in [Status::Exited(0), Status::Exited(-1), Status::Signaled(9), Status::TimedOut] {
+        for s in [
+            Status::Exited(0),
+            Status::Exited(-1),
+            Status::Signaled(9),
+            Status::TimedOut,
+        ] {
             assert_eq!(s.to_string().parse::<Status>().unwrap(), s);
         }
         assert!("exit:x".parse::<Status>().is_err());
@@ -214,7 +249,11 @@ mod tests {
 
     #[test]
     fn gate_failure_is_not_an_errno() {
-        let o = o(Status::Exited(125), "errno=EPERM\n", "gate: removing the cgroup: busy\n");
+        let o = o(
+            Status::Exited(125),
+            "errno=EPERM\n",
+            "gate: removing the cgroup: busy\n",
+        );
         assert!(!Expect::Errno("EPERM".into()).matches(&o));
         assert!(Expect::Exit(125).matches(&o));
     }

@@ -10,7 +10,12 @@ pub struct OpSpec {
 }
 
 const fn op(name: &'static str, n: usize, usage: &'static str) -> OpSpec {
-    OpSpec { name, min_args: n, max_args: Some(n), usage }
+    OpSpec {
+        name,
+        min_args: n,
+        max_args: Some(n),
+        usage,
+    }
 }
 
 /// Every operation `gate-probe` knows.
@@ -20,7 +25,12 @@ pub const OPS: &[OpSpec] = &[
     op("open-append", 1, "PATH"),
     op("open-trunc", 1, "PATH"),
     op("create", 1, "PATH"),
-    OpSpec { name: "exec", min_args: 1, max_args: None, usage: "PATH [ARGS...]" },
+    OpSpec {
+        name: "exec",
+        min_args: 1,
+        max_args: None,
+        usage: "PATH [ARGS...]",
+    },
     op("unlink", 1, "PATH"),
     op("mkdir", 1, "PATH"),
     op("rmdir", 1, "PATH"),
@@ -51,7 +61,10 @@ pub fn validate(args: &[String]) -> Result<(), String> {
     let spec = find_op(name).ok_or_else(|| format!("unknown probe operation {name:?}"))?;
     let n = args.len() - 1;
     if n < spec.min_args || spec.max_args.is_some_and(|m| n > m) {
-        return Err(format!("probe {} takes {} (got {n} arguments)", spec.name, spec.usage));
+        return Err(format!(
+            "probe {} takes {} (got {n} arguments)",
+            spec.name, spec.usage
+        ));
     }
     Ok(())
 }

@@ -52,7 +52,11 @@ impl Cmd {
     pub fn display(&self) -> String {
         let words: Vec<String> = self.argv.iter().map(|a| shell_quote(a)).collect();
         match &self.cwd {
-            Some(d) => format!("(cd {} && {})", shell_quote(&d.to_string_lossy()), words.join(" ")),
+            Some(d) => format!(
+                "(cd {} && {})",
+                shell_quote(&d.to_string_lossy()),
+                words.join(" ")
+            ),
             None => words.join(" "),
         }
     }
@@ -66,7 +70,9 @@ impl Cmd {
         for (k, v) in &self.env {
             c.env(k, v);
         }
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         // Own process group, so a time-out can kill the whole tree the runner started.
         c.process_group(0);
         c
@@ -74,17 +80,31 @@ impl Cmd {
 
     /// Starts the command in the background.
     pub fn spawn(&self) -> Result<Background, String> {
-        let mut child = self.command().spawn().map_err(|e| format!("cannot start {}: {e}", self.display()))?;
+        let mut child = self
+            .command()
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.display()))?;
         let out = Capture::start(child.stdout.take());
         let err = Capture::start(child.stderr.take());
-        Ok(Background { child, out, err, status: None, timeout: self.timeout, started: Instant::now() })
+        Ok(Background {
+            child,
+            out,
+            err,
+            status: None,
+            timeout: self.timeout,
+            started: Instant::now(),
+        })
     }
 
     /// Runs the command to completion (or its time limit).
     pub fn run(&self) -> Outcome {
         match self.spawn() {
             Ok(mut bg) => bg.wait(self.timeout),
-            Err(e) => Outcome { status: Status::Exited(127), stdout: String::new(), stderr: e },
+            Err(e) => Outcome {
+                status: Status::Exited(127),
+                stdout: String::new(),
+                stderr: e,
+            },
         }
     }
 }
@@ -92,8 +112,13 @@ impl Cmd {
 /// Quotes a word for display in a shell command line.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
-    if plain { s.to_string() } else { format!("'{}'", s.replace('\'', "'\\''")) }
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Output of a pipe, collected by a thread.
@@ -225,7 +250,11 @@ impl Background {
             thread::sleep(Duration::from_millis(10));
         }
         Outcome {
-            status: if timed_out { Status::TimedOut } else { self.status.unwrap_or(Status::Exited(-1)) },
+            status: if timed_out {
+                Status::TimedOut
+            } else {
+                self.status.unwrap_or(Status::Exited(-1))
+            },
             stdout: self.stdout(),
             stderr: self.stderr(),
         }
@@ -277,7 +306,9 @@ mod tests {
     fn signals_and_timeouts() {
         assert_eq!(Cmd::sh("kill -TERM $$").run().status, Status::Signaled(15));
         let t = Instant::now();
-        let o = Cmd::sh("sleep 30").timeout(Duration::from_millis(300)).run();
+        let o = Cmd::sh("sleep 30")
+            .timeout(Duration::from_millis(300))
+            .run();
         assert_eq!(o.status, Status::TimedOut);
         assert!(t.elapsed() < Duration::from_secs(5));
     }
@@ -310,6 +341,9 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
         assert_eq!(shell_quote(""), "''");
-        assert_eq!(Cmd::new(&["x", "a b"]).cwd("/t").display(), "(cd /t && x 'a b')");
+        assert_eq!(
+            Cmd::new(&["x", "a b"]).cwd("/t").display(),
+            "(cd /t && x 'a b')"
+        );
     }
 }

@@ -125,7 +125,9 @@ impl Action {
     /// The command line, the probe's path first for probes.
     pub fn argv(&self, probe: &str) -> Vec<String> {
         match self {
-            Action::Probe(args) => std::iter::once(probe.to_string()).chain(args.iter().cloned()).collect(),
+            Action::Probe(args) => std::iter::once(probe.to_string())
+                .chain(args.iter().cloned())
+                .collect(),
             Action::Sh(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
         }
     }
@@ -136,11 +138,17 @@ impl Step {
     pub fn action(&self, vars: &Vars) -> Result<Action, String> {
         match (&self.probe, &self.sh) {
             (Some(p), None) => {
-                let args = p.iter().map(|a| vars.expand(a, true)).collect::<Result<Vec<_>, _>>()?;
+                let args = p
+                    .iter()
+                    .map(|a| vars.expand(a, true))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(Action::Probe(args))
             }
             (None, Some(s)) => Ok(Action::Sh(vars.expand(s, false)?)),
-            _ => Err(format!("step {:?}: needs exactly one of probe or sh", self.name)),
+            _ => Err(format!(
+                "step {:?}: needs exactly one of probe or sh",
+                self.name
+            )),
         }
     }
 }
@@ -155,7 +163,10 @@ impl Scenario {
 
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario");
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("scenario");
         Self::parse(name, &text).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -173,19 +184,27 @@ impl Scenario {
             if let Action::Probe(args) = step.action(&vars)? {
                 crate::probe::validate(&args).map_err(|e| format!("step {:?}: {e}", step.name))?;
             }
-            for m in [&step.expect_event, &step.expect_no_event].into_iter().flatten() {
-                m.expand(&vars).map_err(|e| format!("step {:?}: expect_event: {e}", step.name))?;
+            for m in [&step.expect_event, &step.expect_no_event]
+                .into_iter()
+                .flatten()
+            {
+                m.expand(&vars)
+                    .map_err(|e| format!("step {:?}: expect_event: {e}", step.name))?;
             }
         }
         for cmd in self.setup.iter().chain(&self.teardown) {
             vars.expand(cmd, false)?;
         }
-        vars.expand(&self.workspace, true).map_err(|e| format!("workspace: {e}"))?;
+        vars.expand(&self.workspace, true)
+            .map_err(|e| format!("workspace: {e}"))?;
         if let Some(d) = &self.probe_dir {
-            vars.expand(d, true).map_err(|e| format!("probe_dir: {e}"))?;
+            vars.expand(d, true)
+                .map_err(|e| format!("probe_dir: {e}"))?;
         }
         for l in &self.listen {
-            l.addr.parse::<std::net::IpAddr>().map_err(|_| format!("listen: bad address {:?}", l.addr))?;
+            l.addr
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| format!("listen: bad address {:?}", l.addr))?;
         }
         Ok(())
     }
@@ -262,21 +281,35 @@ expect = "exit:0"
         let head = "policy = \"p\"\nworkspace = \"/w\"\n";
         assert!(bad(&format!("{head}polcy = 1\n")).contains("unknown field"));
         assert!(bad(head).contains("no [[step]]"));
-        let e = bad(&format!("{head}[[step]]\nname = \"a\"\nprobe = [\"open-write\"]\nexpect = \"EPERM\"\n"));
+        let e = bad(&format!(
+            "{head}[[step]]\nname = \"a\"\nprobe = [\"open-write\"]\nexpect = \"EPERM\"\n"
+        ));
         assert!(e.contains("takes"), "{e}");
-        let e = bad(&format!("{head}[[step]]\nname = \"a\"\nprobe = [\"nope\", \"x\"]\nexpect = \"ok\"\n"));
+        let e = bad(&format!(
+            "{head}[[step]]\nname = \"a\"\nprobe = [\"nope\", \"x\"]\nexpect = \"ok\"\n"
+        ));
         assert!(e.contains("unknown probe operation"), "{e}");
         let e = bad(&format!("{head}[[step]]\nname = \"a\"\nexpect = \"ok\"\n"));
         assert!(e.contains("exactly one"), "{e}");
-        let e = bad(&format!("{head}[[step]]\nname = \"a\"\nsh = \"true\"\nprobe = [\"open-read\", \"/x\"]\nexpect = \"ok\"\n"));
+        let e = bad(&format!(
+            "{head}[[step]]\nname = \"a\"\nsh = \"true\"\nprobe = [\"open-read\", \"/x\"]\nexpect = \"ok\"\n"
+        ));
         assert!(e.contains("exactly one"), "{e}");
-        let e = bad(&format!("{head}[[step]]\nname = \"a\"\nsh = \"true\"\nexpect = \"maybe\"\n"));
+        let e = bad(&format!(
+            "{head}[[step]]\nname = \"a\"\nsh = \"true\"\nexpect = \"maybe\"\n"
+        ));
         assert!(e.contains("expect must be"), "{e}");
-        let e = bad(&format!("{head}[[step]]\nname = \"a\"\nprobe = [\"open-read\", \"${{hme}}/x\"]\nexpect = \"ok\"\n"));
+        let e = bad(&format!(
+            "{head}[[step]]\nname = \"a\"\nprobe = [\"open-read\", \"${{hme}}/x\"]\nexpect = \"ok\"\n"
+        ));
         assert!(e.contains("unknown variable"), "{e}");
-        let e = bad(&format!("{head}[[step]]\nname = \"a\"\nsh = \"true\"\nexpect = \"ok\"\n[[step]]\nname = \"a\"\nsh = \"true\"\nexpect = \"ok\"\n"));
+        let e = bad(&format!(
+            "{head}[[step]]\nname = \"a\"\nsh = \"true\"\nexpect = \"ok\"\n[[step]]\nname = \"a\"\nsh = \"true\"\nexpect = \"ok\"\n"
+        ));
         assert!(e.contains("two steps"), "{e}");
-        let e = bad(&format!("{head}[[step]]\nname = \"a\"\nsh = \"true\"\nexpect = \"ok\"\nexpect_event = {{ opp = \"x\" }}\n"));
+        let e = bad(&format!(
+            "{head}[[step]]\nname = \"a\"\nsh = \"true\"\nexpect = \"ok\"\nexpect_event = {{ opp = \"x\" }}\n"
+        ));
         assert!(e.contains("unknown field"), "{e}");
     }
 

@@ -66,7 +66,10 @@ mod tests {
 
     #[test]
     fn expands_known() {
-        assert_eq!(vars().expand("${workspace}/..${home}/x", true).unwrap(), "/tmp/ws/../root/x");
+        assert_eq!(
+            vars().expand("${workspace}/..${home}/x", true).unwrap(),
+            "/tmp/ws/../root/x"
+        );
         assert_eq!(vars().expand("plain", true).unwrap(), "plain");
         assert_eq!(vars().expand("", true).unwrap(), "");
     }

@@ -1,7 +1,714 @@
-//! `cargo xtask bench`: not written yet (it will boot guests with `-icount shift=0,sleep=off`,
-//! see `guest::RunOptions::icount`).
-use anyhow::{Result, bail};
+//! `cargo xtask bench`: what gate's enforcement costs, measured in guests booted with
+//! `-icount shift=0,sleep=off` (guest virtual time = guest instructions, repeatable run to run)
+//! on each kernel. Builds `gate-bench` (bench/), runs `gate-bench suite` in one guest per
+//! kernel through `cargo xtask guest` (the kernels in parallel: under icount the host's speed
+//! does not change the figures), takes the JSON document the guest prints between marker lines,
+//! and writes `benchmarks.json` and `BENCHMARKS.md` at the repository root.
+use std::fmt::Write as _;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub fn run() -> Result<()> {
-    bail!("`cargo xtask bench` is not implemented yet")
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::kernels::Series;
+use crate::{paths, setup, workspace};
+
+const JSON_BEGIN: &str = "=====GATE-BENCH-JSON-BEGIN=====";
+const JSON_END: &str = "=====GATE-BENCH-JSON-END=====";
+
+pub struct Options {
+    pub kernels: Vec<Series>,
+    /// Fewer rounds and iterations (a smoke run; the figures are not for publishing).
+    pub quick: bool,
+    /// One guest after the other instead of side by side.
+    pub sequential: bool,
+    pub timeout: Duration,
+    /// Extra arguments for `gate-bench suite` (e.g. `--only micro`).
+    pub suite_args: Vec<String>,
+}
+
+pub fn run(options: &Options) -> Result<()> {
+    let started = Instant::now();
+    // Builds the kernels' guest images if needed (quietly when everything is there).
+    setup::run(&setup::Options {
+        quiet: true,
+        update_kernels: false,
+    })?;
+    workspace::release(&["gate-bench"])?;
+    let bench = workspace::release_binary(
+        "gate-bench",
+        "the benchmark crate in bench/ (package gate-bench) should provide it",
+    )?;
+    let mut suite_cmd = vec![bench.to_string_lossy().into_owned(), "suite".to_owned()];
+    suite_cmd.extend(["--repo".to_owned(), paths::repo_root().to_string_lossy().into_owned()]);
+    if options.quick {
+        suite_cmd.push("--quick".to_owned());
+    }
+    suite_cmd.extend(options.suite_args.iter().cloned());
+
+    let results: Vec<(Series, Result<GuestRun>)> = if options.sequential {
+        options
+            .kernels
+            .iter()
+            .map(|&k| (k, run_guest(k, &suite_cmd, options.timeout)))
+            .collect()
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = options
+                .kernels
+                .iter()
+                .map(|&k| {
+                    let cmd = &suite_cmd;
+                    (k, s.spawn(move || run_guest(k, cmd, options.timeout)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(k, h)| {
+                    let r = h
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the guest thread panicked")));
+                    (k, r)
+                })
+                .collect()
+        })
+    };
+
+    let mut kernels = serde_json::Map::new();
+    let mut failures = Vec::new();
+    for (series, result) in results {
+        match result {
+            Ok(run) => {
+                let summary = summarize(&run.doc);
+                kernels.insert(
+                    series.name().to_owned(),
+                    json!({ "wall_seconds": run.wall.as_secs_f64(), "summary": summary, "guest": run.doc }),
+                );
+            }
+            Err(e) => {
+                eprintln!("error: the {} benchmark failed: {e:#}", series.name());
+                failures.push(format!("{}: {e:#}", series.name()));
+            }
+        }
+    }
+    if kernels.is_empty() {
+        bail!("no benchmark finished: {}", failures.join("; "));
+    }
+    let doc = json!({
+        "generated_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "date": utc_date(),
+        "command": "cargo xtask bench",
+        "quick": options.quick,
+        "suite_args": options.suite_args,
+        "wall_seconds": started.elapsed().as_secs_f64(),
+        "parallel_guests": !options.sequential,
+        "method": METHOD,
+        "failures": failures,
+        "kernels": kernels,
+    });
+    let root = paths::repo_root();
+    std::fs::write(root.join("benchmarks.json"), serde_json::to_string_pretty(&doc)? + "\n")
+        .context("writing benchmarks.json")?;
+    std::fs::write(root.join("BENCHMARKS.md"), render(&doc)).context("writing BENCHMARKS.md")?;
+    println!(
+        "wrote BENCHMARKS.md and benchmarks.json ({:.0} s wall)",
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        bail!("some kernels failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+struct GuestRun {
+    doc: Value,
+    wall: Duration,
+}
+
+/// Boots one guest with icount through `cargo xtask guest` (this binary's own `guest`
+/// command), echoing its console and keeping the JSON document.
+fn run_guest(series: Series, suite_cmd: &[String], timeout: Duration) -> Result<GuestRun> {
+    let started = Instant::now();
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let mut child = Command::new(exe)
+        .args(["guest", "--kernel", series.name(), "--icount", "--timeout"])
+        .arg(timeout.as_secs().to_string())
+        .arg("--")
+        .args(suite_cmd)
+        .current_dir(paths::repo_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting `cargo xtask guest`")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let mut json_text: Option<String> = None;
+    let mut inside = false;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading the guest's output")?;
+        // The guest runner prefixes every console line with `[series] `.
+        let body = line.split_once("] ").map_or(line.as_str(), |(_, b)| b).trim_end();
+        if body == JSON_BEGIN {
+            inside = true;
+            json_text = Some(String::new());
+            continue;
+        }
+        if body == JSON_END {
+            inside = false;
+            continue;
+        }
+        if inside {
+            json_text.get_or_insert_with(String::new).push_str(body);
+            continue;
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+    }
+    let status = child.wait().context("waiting for `cargo xtask guest`")?;
+    if !status.success() {
+        bail!(
+            "the {} guest's benchmark failed ({status}); its output is above",
+            series.name()
+        );
+    }
+    let text = json_text.context("the guest printed no benchmark results")?;
+    let doc: Value = serde_json::from_str(&text).context("parsing the guest's benchmark JSON")?;
+    Ok(GuestRun {
+        doc,
+        wall: started.elapsed(),
+    })
+}
+
+/// Conditions in display order: id, short label.
+const CONDITIONS: &[(&str, &str)] = &[
+    ("none", "no BPF program"),
+    ("null", "empty BPF LSM programs"),
+    ("gate_unconfined", "gate loaded, not confined"),
+    ("gate_coding_agent", "confined: coding-agent"),
+    ("gate_1k", "confined: +1,000 rules"),
+    ("gate_10k", "confined: +10,000 rules"),
+    ("landlock", "Landlock, same job"),
+];
+
+const OPS: &[(&str, &str)] = &[
+    ("exec", "exec"),
+    ("open_write", "open for write + close"),
+    ("open_read", "open for read + close"),
+    ("rename", "rename"),
+    ("tcp_connect", "TCP connect (loopback)"),
+    ("udp_sendto", "UDP sendto (loopback)"),
+];
+
+#[derive(Clone, Copy)]
+struct Stats {
+    median: f64,
+    q1: f64,
+    q3: f64,
+    min: f64,
+    max: f64,
+    count: usize,
+}
+
+fn stats(values: &[f64]) -> Option<Stats> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        let pos = p * (v.len() - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+    };
+    Some(Stats {
+        median: q(0.5),
+        q1: q(0.25),
+        q3: q(0.75),
+        min: v[0],
+        max: v[v.len() - 1],
+        count: v.len(),
+    })
+}
+
+fn stats_json(s: &Stats) -> Value {
+    json!({ "median": s.median, "q1": s.q1, "q3": s.q3, "min": s.min, "max": s.max, "samples": s.count })
+}
+
+/// Samples of `kind` runs for one condition and key, warm-up runs excluded.
+fn samples(doc: &Value, kind: &str, cond: &str, key: &str) -> Vec<f64> {
+    doc["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["kind"] == kind && r["condition"] == cond && r["block"] != "warm-up")
+        .flat_map(|r| r["samples"][key].as_array().cloned().unwrap_or_default())
+        .filter_map(|x| x.as_f64())
+        .collect()
+}
+
+/// Per condition and op: stats, overhead against "none" (ratio of medians − 1), op counts.
+fn summarize(doc: &Value) -> Value {
+    let mut micro = serde_json::Map::new();
+    for (op, _) in OPS {
+        let n_per_sample = doc["plans"][op]["n"].as_u64().unwrap_or(0);
+        let base = stats(&samples(doc, "micro", "none", op));
+        let mut per_cond = serde_json::Map::new();
+        for (cond, _) in CONDITIONS {
+            let Some(s) = stats(&samples(doc, "micro", cond, op)) else { continue };
+            let mut v = stats_json(&s);
+            v["ops_timed"] = json!(s.count as u64 * n_per_sample);
+            if let Some(b) = base {
+                v["overhead"] = json!(s.median / b.median - 1.0);
+            }
+            per_cond.insert((*cond).to_owned(), v);
+        }
+        micro.insert((*op).to_owned(), Value::Object(per_cond));
+    }
+    let mut workload = serde_json::Map::new();
+    let wl_base = stats(&samples(doc, "workload", "none", "workload"));
+    for (cond, _) in CONDITIONS {
+        let Some(s) = stats(&samples(doc, "workload", cond, "workload")) else { continue };
+        let mut v = stats_json(&s);
+        if let Some(b) = wl_base {
+            v["overhead"] = json!(s.median / b.median - 1.0);
+        }
+        workload.insert((*cond).to_owned(), v);
+    }
+    json!({ "micro": micro, "workload": workload })
+}
+
+fn overhead(summary: &Value, op: &str, cond: &str) -> Option<f64> {
+    summary["micro"][op][cond]["overhead"].as_f64()
+}
+
+fn pct(x: Option<f64>) -> String {
+    match x {
+        Some(x) => format!("{:+.1} %", x * 100.0),
+        None => "—".to_owned(),
+    }
+}
+
+fn ns(x: f64) -> String {
+    if x >= 100_000.0 {
+        format!("{:.0}k", x / 1000.0)
+    } else {
+        let s = format!("{x:.0}");
+        // thousands separator
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+}
+
+/// One goal's verdict on one kernel.
+struct Verdict {
+    text: String,
+    met: Option<bool>,
+}
+
+fn verdict_cell(v: &Verdict) -> String {
+    let mark = match v.met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    };
+    format!("{mark}: {}", v.text)
+}
+
+/// Goal 1: unconfined ≤ 1.5 × the empty programs' overhead, and ≤ 2 % on open+close.
+fn goal_unconfined(s: &Value) -> Verdict {
+    let mut worst: Option<(String, f64, f64)> = None;
+    let mut met = true;
+    let mut any = false;
+    for (op, _) in OPS {
+        let (Some(u), Some(n)) = (overhead(s, op, "gate_unconfined"), overhead(s, op, "null")) else {
+            continue;
+        };
+        any = true;
+        // Within 0.3 points of the floor counts as at the floor (below the spread).
+        let ok = u <= 1.5 * n.max(0.0) + 0.003;
+        if !ok {
+            met = false;
+            if worst.as_ref().is_none_or(|w| u - 1.5 * n > w.1 - 1.5 * w.2) {
+                worst = Some(((*op).to_owned(), u, n));
+            }
+        }
+    }
+    let open: Vec<f64> = ["open_write", "open_read"]
+        .iter()
+        .filter_map(|op| overhead(s, op, "gate_unconfined"))
+        .collect();
+    let open_ok = open.iter().all(|&o| o <= 0.02);
+    let open_txt = open.iter().map(|o| pct(Some(*o))).collect::<Vec<_>>().join(" / ");
+    let text = match &worst {
+        Some((op, u, n)) => format!(
+            "open+close {open_txt} (write / read); worst op {op}: {} vs empty programs {}",
+            pct(Some(*u)),
+            pct(Some(*n))
+        ),
+        None => format!("open+close {open_txt} (write / read); every op within 1.5× the empty programs"),
+    };
+    Verdict { text, met: any.then_some(met && open_ok) }
+}
+
+/// Goal 2: confined with 10,000 rules ≤ Landlock and ≤ 5 % per op.
+fn goal_confined(s: &Value) -> Verdict {
+    let mut misses = Vec::new();
+    let mut any = false;
+    for (op, _) in OPS {
+        let Some(g) = overhead(s, op, "gate_10k") else { continue };
+        any = true;
+        let l = overhead(s, op, "landlock");
+        let over_5 = g > 0.05;
+        let over_ll = l.is_some_and(|l| g > l.max(0.0) + 0.003);
+        if over_5 || over_ll {
+            misses.push(format!("{op} {} (Landlock {})", pct(Some(g)), pct(l)));
+        }
+    }
+    let text = if misses.is_empty() {
+        "every op ≤ 5 % and ≤ Landlock".to_owned()
+    } else {
+        misses.join("; ")
+    };
+    Verdict { text, met: any.then_some(misses.is_empty()) }
+}
+
+/// Goal 3: the real workload confined ≤ 2 %.
+fn goal_workload(s: &Value) -> Verdict {
+    let w = &s["workload"];
+    let vals: Vec<(&str, f64)> = ["gate_coding_agent", "gate_10k"]
+        .iter()
+        .filter_map(|c| w[*c]["overhead"].as_f64().map(|o| (*c, o)))
+        .collect();
+    if vals.is_empty() {
+        return Verdict { text: String::new(), met: None };
+    }
+    let text = vals
+        .iter()
+        .map(|(c, o)| format!("{} {}", label(c), pct(Some(*o))))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Verdict { text, met: Some(vals.iter().all(|(_, o)| *o <= 0.02)) }
+}
+
+fn label(cond: &str) -> &str {
+    CONDITIONS.iter().find(|(c, _)| *c == cond).map_or(cond, |(_, l)| l)
+}
+
+fn render(doc: &Value) -> String {
+    let mut md = String::new();
+    let kernels = doc["kernels"].as_object().cloned().unwrap_or_default();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "What gate's enforcement costs, against no enforcement, empty BPF LSM programs and \
+         Landlock, measured in one boot per kernel. Generated by `cargo xtask bench` on {} \
+         ({:.0} s wall for {} kernel(s){}); raw data in `benchmarks.json`.{}\n",
+        doc["date"].as_str().unwrap_or("?"),
+        doc["wall_seconds"].as_f64().unwrap_or(0.0),
+        kernels.len(),
+        if doc["parallel_guests"] == true { ", guests side by side" } else { "" },
+        if doc["quick"] == true {
+            " **This was a `--quick` smoke run: too few iterations to publish.**"
+        } else {
+            ""
+        }
+    );
+    for f in doc["failures"].as_array().into_iter().flatten() {
+        let _ = writeln!(md, "> **Failed:** {}\n", f.as_str().unwrap_or("?"));
+    }
+
+    // Goals.
+    let _ = writeln!(md, "## Goals\n");
+    let _ = writeln!(md, "| goal | {} |", kernels.keys().map(|k| format!("Linux {k}")).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(kernels.len()));
+    type GoalFn = fn(&Value) -> Verdict;
+    let goals: [(&str, GoalFn); 3] = [
+        ("unconfined processes: at most 1.5× the empty programs' overhead, ≤ 2 % on open+close", goal_unconfined),
+        ("confined, 10,000 rules: no worse than Landlock doing the same job, ≤ 5 % per op", goal_confined),
+        ("real workload confined: ≤ 2 %", goal_workload),
+    ];
+    for (name, f) in goals {
+        let cells: Vec<String> = kernels.values().map(|k| verdict_cell(&f(&k["summary"]))).collect();
+        let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
+    }
+    md.push('\n');
+
+    for (kname, k) in &kernels {
+        let g = &k["guest"];
+        let s = &k["summary"];
+        let _ = writeln!(md, "## Linux {kname} (`{}`)\n", g["kernel"].as_str().unwrap_or("?"));
+        let settle = &g["settle"];
+        let _ = writeln!(
+            md,
+            "Settled after {} baseline runs ({}converged within {:.1} %: {}); {} virtual s in the guest, {:.0} s wall.\n",
+            settle["open_write_median_ns"].as_array().map_or(0, Vec::len),
+            if settle["converged"] == true { "" } else { "**not** " },
+            settle["tolerance"].as_f64().unwrap_or(0.0) * 100.0,
+            settle["open_write_median_ns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .map(ns)
+                .collect::<Vec<_>>()
+                .join(" → "),
+            (g["total_virtual_ns"].as_f64().unwrap_or(0.0) / 1e9).round(),
+            k["wall_seconds"].as_f64().unwrap_or(0.0)
+        );
+        let present: Vec<&(&str, &str)> = CONDITIONS
+            .iter()
+            .filter(|(c, _)| OPS.iter().any(|(op, _)| s["micro"][op][c].is_object()))
+            .collect();
+        if !present.is_empty() {
+            let _ = writeln!(md, "### Per operation: overhead against no BPF program\n");
+            let _ = writeln!(
+                md,
+                "Median virtual ns per operation for \"no BPF program\", then each condition's median as \
+                 overhead against it. Below each: [q1 – q3] of the condition's samples.\n"
+            );
+            let _ = writeln!(md, "| op | {} |", present.iter().map(|(_, l)| *l).collect::<Vec<_>>().join(" | "));
+            let _ = writeln!(md, "|---|{}", "---:|".repeat(present.len()));
+            for (op, oplabel) in OPS {
+                let mut cells = Vec::new();
+                for (c, _) in &present {
+                    let v = &s["micro"][op][c];
+                    let (Some(m), Some(q1), Some(q3)) = (v["median"].as_f64(), v["q1"].as_f64(), v["q3"].as_f64()) else {
+                        cells.push("—".to_owned());
+                        continue;
+                    };
+                    let head = if *c == "none" { format!("{} ns", ns(m)) } else { pct(v["overhead"].as_f64()) };
+                    cells.push(format!("{head}<br><sub>[{} – {}]</sub>", ns(q1), ns(q3)));
+                }
+                let _ = writeln!(md, "| {oplabel} | {} |", cells.join(" | "));
+            }
+            let _ = writeln!(md);
+            let _ = writeln!(md, "Samples per figure (each the mean of one batch) and operations timed:\n");
+            let _ = writeln!(md, "| op | batch | {} |", present.iter().map(|(_, l)| *l).collect::<Vec<_>>().join(" | "));
+            let _ = writeln!(md, "|---|---:|{}", "---:|".repeat(present.len()));
+            for (op, oplabel) in OPS {
+                let cells: Vec<String> = present
+                    .iter()
+                    .map(|(c, _)| {
+                        let v = &s["micro"][op][c];
+                        match (v["samples"].as_u64(), v["ops_timed"].as_u64()) {
+                            (Some(n), Some(o)) => format!("{n} × → {o}"),
+                            _ => "—".to_owned(),
+                        }
+                    })
+                    .collect();
+                let _ = writeln!(md, "| {oplabel} | {} | {} |", g["plans"][op]["n"].as_u64().unwrap_or(0), cells.join(" | "));
+            }
+            let _ = writeln!(md);
+        }
+        let wl = s["workload"].as_object().cloned().unwrap_or_default();
+        if !wl.is_empty() {
+            let _ = writeln!(md, "### Real workload\n");
+            let _ = writeln!(md, "{}\n", g["workload"]["description"].as_str().unwrap_or(""));
+            let _ = writeln!(md, "| condition | runs | median (virtual s) | min – max | overhead |");
+            let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+            for (c, l) in CONDITIONS {
+                let Some(v) = wl.get(*c) else { continue };
+                let _ = writeln!(
+                    md,
+                    "| {l} | {} | {:.4} | {:.4} – {:.4} | {} |",
+                    v["samples"],
+                    v["median"].as_f64().unwrap_or(0.0) / 1e9,
+                    v["min"].as_f64().unwrap_or(0.0) / 1e9,
+                    v["max"].as_f64().unwrap_or(0.0) / 1e9,
+                    if *c == "none" { "—".to_owned() } else { pct(v["overhead"].as_f64()) }
+                );
+            }
+            let _ = writeln!(md);
+        }
+        render_userspace(&mut md, g);
+    }
+    let _ = writeln!(md, "## Where we are short, and why\n");
+    md.push_str(&shortfalls(&kernels));
+    let _ = writeln!(md, "\n## Method\n");
+    md.push_str(METHOD);
+    md.push('\n');
+    md
+}
+
+fn render_userspace(md: &mut String, g: &Value) {
+    let setups = g["gate_setups"].as_object().cloned().unwrap_or_default();
+    if setups.is_empty() && g["events"].is_null() {
+        return;
+    }
+    let _ = writeln!(md, "### Userspace\n");
+    if !setups.is_empty() {
+        let _ = writeln!(
+            md,
+            "Setting gate up through its library as `gate run` does (virtual s; under TCG the verifier's \
+             wall time is far longer). RSS is the process that loaded gate, after attaching; map memory \
+             is the `memlock` of every BPF map it holds (`/proc/self/fdinfo`).\n"
+        );
+        let _ = writeln!(md, "| policy | rules | inode entries | compile | load + fill maps | attach (verify) | RSS | BPF map memory |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (_, s) in &setups {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.3} s | {:.3} s | {:.3} s | {:.1} MiB | {:.2} MiB |",
+                s["block"].as_str().unwrap_or("?"),
+                s["rules"],
+                s["inode_entries"],
+                s["compile_ns"].as_f64().unwrap_or(0.0) / 1e9,
+                s["load_ns"].as_f64().unwrap_or(0.0) / 1e9,
+                s["attach_ns"].as_f64().unwrap_or(0.0) / 1e9,
+                s["loader_rss_kib_after"].as_f64().unwrap_or(0.0) / 1024.0,
+                s["bpf_map_memlock_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let e = &g["events"];
+    if e.is_object() {
+        let _ = writeln!(
+            md,
+            "Events, kernel → audit file: {} denied opens by a confined process, drained from the ring \
+             buffer into the signed, hash-chained log through `gate::report::LogSink` (as `gate run --log`): \
+             **{:.0} events per virtual second** ({:.3} virtual s from the first open to the last record \
+             flushed; the opens alone took {:.3} s). {} decision records in the log, {} events lost in the \
+             kernel, {} log bytes.\n",
+            e["n"],
+            e["events_per_second"].as_f64().unwrap_or(0.0),
+            e["kernel_to_log_ns"].as_f64().unwrap_or(0.0) / 1e9,
+            e["loop_ns"].as_f64().unwrap_or(0.0) / 1e9,
+            e["decision_records_in_log"],
+            e["lost_in_kernel"],
+            e["log_bytes"],
+        );
+    }
+    if let Some(n) = g["null_attach_ns"].as_array().filter(|a| !a.is_empty()) {
+        let v: Vec<String> = n.iter().filter_map(Value::as_f64).map(|x| format!("{:.2}", x / 1e9)).collect();
+        let _ = writeln!(md, "Attaching the empty programs took {} virtual s (each phase-A round).\n", v.join(", "));
+    }
+}
+
+/// The goals missed, with the figures and the reasons the design gives.
+fn shortfalls(kernels: &serde_json::Map<String, Value>) -> String {
+    let mut out = String::new();
+    for (kname, k) in kernels {
+        let s = &k["summary"];
+        let mut lines = Vec::new();
+        let u = goal_unconfined(s);
+        if u.met == Some(false) {
+            lines.push(format!(
+                "- Unconfined processes: {}. Every gate program first asks whether the task is in a \
+                 confined cgroup (`bpf_get_current_ancestor_cgroup_id` at the configured level, one array \
+                 lookup for the config); that check is what gate adds to the empty programs' floor.",
+                u.text
+            ));
+        }
+        let c = goal_confined(s);
+        if c.met == Some(false) {
+            lines.push(format!(
+                "- Confined, 10,000 rules: {}. A confined file operation walks the path from the file up \
+                 to the root, one hash lookup per ancestor (deny overrides allow, so the walk cannot stop \
+                 at the first match); Landlock walks too but keeps its rules on the inodes' security \
+                 blobs. The size of the policy does not matter (hash map; compare the coding-agent \
+                 column): the walk does.",
+                c.text
+            ));
+        }
+        let w = goal_workload(s);
+        if w.met == Some(false) {
+            lines.push(format!("- Real workload: {}.", w.text));
+        }
+        let unmeasured: Vec<&str> = [("unconfined", &u), ("10,000 rules", &c), ("workload", &w)]
+            .iter()
+            .filter(|(_, v)| v.met.is_none())
+            .map(|(n, _)| *n)
+            .collect();
+        if !unmeasured.is_empty() {
+            lines.push(format!("- Not measured in this run: {}.", unmeasured.join(", ")));
+        }
+        if lines.is_empty() {
+            let _ = writeln!(out, "Linux {kname}: every goal met.\n");
+        } else {
+            let _ = writeln!(out, "Linux {kname}:\n\n{}\n", lines.join("\n"));
+        }
+    }
+    out
+}
+
+const METHOD: &str = "\
+- **Where.** Each kernel boots in its own qemu TCG guest with `-icount shift=0,sleep=off`: guest \
+virtual time advances one ns per guest instruction (summed over the guest's 2 vCPUs), and an idle \
+guest jumps to its next timer instead of waiting. Figures are instruction counts, repeatable from \
+boot to boot, independent of the host's load; they do not model caches or the real speed of a \
+CPU. The guests run side by side. Every file a timed loop touches is in tmpfs (the 9p host root is \
+only read while preparing: waiting for the host would make the guest clock jump).
+- **Who measures.** `gate-bench suite` (bench/) runs as root in the guest, pinned to CPU 0. Each \
+measurement is a freshly forked worker of that small process, which confines itself as its \
+condition says (joins gate's cgroup by writing its pid to `cgroup.procs`, or applies Landlock) and \
+first proves it: a write outside the allowed places must fail (EPERM for gate, EACCES for \
+Landlock) or succeed (unconfined). Every timed operation is checked too: a denied operation aborts \
+the run. BPF programs are loaded in separate holder processes, so the measuring process stays \
+the same size in every condition (fork cost grows with the forking process's memory). Time is \
+`clock_gettime(CLOCK_MONOTONIC)`.
+- **Conditions.** No BPF program; the empty BPF LSM programs on gate's hooks \
+(`gate::engine::NullEngine`, which only pass the previous verdict on: the floor any BPF LSM \
+enforcer pays); gate loaded and attached, the worker not in its cgroup; the worker confined by \
+`policies/coding-agent.toml` (`${workspace}` = the benchmark's directory); confined by the same \
+policy plus 1,000 or 10,000 rules allowing writes below as many directories created in tmpfs; \
+Landlock doing the same job as far as it can (exec below /usr /bin /sbin /lib /lib64 and the \
+workspace; writes below the workspace, /tmp, /var/tmp, /dev/shm and to /dev/null; reads handled \
+and allowed everywhere, because Landlock cannot deny the secrets below an allowed parent; TCP \
+connect to the benchmark's port only where Landlock has ABI ≥ 4; UDP is outside Landlock's reach).
+- **Operations.** exec = fork + execve of a static busybox `true` (copied into the workspace) + \
+waitpid; open for write = `open(O_WRONLY|O_CREAT)` of an existing file + close; open for read = \
+`open(O_RDONLY)` + close; rename = one `rename(2)` in the workspace; TCP connect = socket + \
+connect to a 127.0.0.1 listener + accept + abortive close of both; UDP sendto = `sendto` of 32 \
+bytes to a bound 127.0.0.1 socket + `recv`. Each op runs untimed warm-up iterations, then batches \
+of N timed operations; a sample is one batch's ns divided by N. The tables give the median and \
+the interquartile range of the samples, and how many samples and operations each figure has.
+- **Settling and order.** After boot the guest repeats a no-BPF open+close run (median of 5 \
+batches of 1,000) until two runs in a row agree within 0.5 %, then makes one discarded pass of \
+everything. Phase A interleaves no BPF / empty programs / Landlock in rounds, reversing the order \
+every other round (A B C, C B A, …); the empty programs are attached and detached every round. \
+Phase B loads gate once per policy (the kernel's verifier takes minutes of wall time under TCG) \
+and interleaves \"loaded, not confined\" and \"confined\" in rounds, then detaches and measures \
+no-BPF again. Overheads are ratios of medians against all no-BPF samples of the same boot.
+- **Real workload.** `make` builds a small generated C project with gcc 12 (chrooted in a tmpfs \
+copy of the toolchain inside the workspace, so nothing waits for the host) and runs the result; \
+timed from the start of make to the program's exit.
+- **Userspace.** Policy compile, engine load (maps filled) and attach (the kernel verifies the \
+programs) timed in the holder for every policy; its RSS and the `memlock` of its BPF maps from \
+`/proc/self/status` and `/proc/self/fdinfo`. Events per second: a confined worker makes N opens \
+the policy denies while the holder drains gate's ring buffer into a signed audit log through \
+`gate::report::LogSink` (what `gate run --log` does), counted from the first open to the \
+flush that wrote the N-th decision record.
+";
+
+fn utc_date() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    let hms = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        hms / 3600,
+        (hms / 60) % 60
+    )
 }

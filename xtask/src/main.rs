@@ -50,8 +50,9 @@ enum Task {
     Test(TestArgs),
     /// Run tests/demo/demo.sh in a 6.1 guest.
     Demo,
-    /// Benchmarks (not implemented yet).
-    Bench,
+    /// Benchmarks in icount guests (6.1 and 6.12 side by side); writes BENCHMARKS.md and
+    /// benchmarks.json.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -74,6 +75,25 @@ struct GuestArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Benchmark this kernel only (6.1 or 6.12).
+    #[arg(long)]
+    kernel: Option<Series>,
+    /// Fewer rounds and iterations: a smoke run, not figures to publish.
+    #[arg(long)]
+    quick: bool,
+    /// Boot the guests one after the other instead of side by side.
+    #[arg(long)]
+    sequential: bool,
+    /// Seconds each guest may run before it is killed (and the benchmark fails).
+    #[arg(long, default_value_t = 2400)]
+    timeout: u64,
+    /// Extra arguments for `gate-bench suite` in the guest, e.g. `--only micro,workload`.
+    #[arg(last = true)]
+    suite_args: Vec<String>,
 }
 
 #[derive(Args)]
@@ -117,7 +137,16 @@ fn run(task: Task) -> Result<ExitCode> {
             timeout: Duration::from_secs(args.timeout),
         }),
         Task::Demo => demo::run(),
-        Task::Bench => bench::run().map(|()| ExitCode::SUCCESS),
+        Task::Bench(args) => bench::run(&bench::Options {
+            kernels: args
+                .kernel
+                .map_or_else(|| Series::ALL.to_vec(), |k| vec![k]),
+            quick: args.quick,
+            sequential: args.sequential,
+            timeout: Duration::from_secs(args.timeout),
+            suite_args: args.suite_args,
+        })
+        .map(|()| ExitCode::SUCCESS),
     }
 }
 

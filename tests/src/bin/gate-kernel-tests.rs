@@ -43,7 +43,11 @@ fn parse_args() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().map(PathBuf::from).ok_or(format!("{name} needs a value"));
+        let mut value = |name: &str| {
+            it.next()
+                .map(PathBuf::from)
+                .ok_or(format!("{name} needs a value"))
+        };
         match arg.as_str() {
             "--gate" => a.gate = Some(value("--gate")?),
             "--probe" => a.probe = Some(value("--probe")?),
@@ -79,7 +83,10 @@ fn main() -> ExitCode {
     let mut rep = Reporter::new(args.filters.clone(), args.list);
     if args.list {
         // Names only; scenario steps are listed from their files.
-        suite::list(&args.repo.clone().unwrap_or_else(|| PathBuf::from(".")), &mut rep);
+        suite::list(
+            &args.repo.clone().unwrap_or_else(|| PathBuf::from(".")),
+            &mut rep,
+        );
         return ExitCode::SUCCESS;
     }
     let (Some(gate), Some(probe), Some(repo)) = (args.gate, args.probe, args.repo) else {
@@ -90,7 +97,10 @@ fn main() -> ExitCode {
     let env = match gate_tests::env::check(&gate, &probe, &repo, args.allow_host_home) {
         Ok(env) => env,
         Err(problems) => {
-            rep.record("environment", Err(Failure::new("this machine cannot run the kernel suite").detail(problems)));
+            rep.record(
+                "environment",
+                Err(Failure::new("this machine cannot run the kernel suite").detail(problems)),
+            );
             println!("{} passed, {} failed", rep.passed, rep.failed);
             return ExitCode::FAILURE;
         }
@@ -98,9 +108,18 @@ fn main() -> ExitCode {
     for n in &env.notes {
         println!("env: {n}");
     }
-    let ctx = Ctx { gate, probe, repo, env, isolate: args.isolate };
+    let ctx = Ctx {
+        gate,
+        probe,
+        repo,
+        env,
+        isolate: args.isolate,
+    };
     if let Err(e) = suite::prepare(&ctx) {
-        rep.record("environment", Err(Failure::new(format!("cannot prepare test files: {e}"))));
+        rep.record(
+            "environment",
+            Err(Failure::new(format!("cannot prepare test files: {e}"))),
+        );
         println!("{} passed, {} failed", rep.passed, rep.failed);
         return ExitCode::FAILURE;
     }
@@ -111,5 +130,9 @@ fn main() -> ExitCode {
         suite::remove_tree(std::path::Path::new(suite::SCRATCH));
     }
     println!("{} passed, {} failed", rep.passed, rep.failed);
-    if rep.failed > 0 || rep.passed == 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if rep.failed > 0 || rep.passed == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -75,7 +75,8 @@ fn cstr(a: &OsString) -> Result<CString, String> {
 }
 
 fn text(a: &OsString) -> Result<&str, String> {
-    a.to_str().ok_or_else(|| format!("argument {a:?} is not UTF-8"))
+    a.to_str()
+        .ok_or_else(|| format!("argument {a:?} is not UTF-8"))
 }
 
 fn last_errno() -> i32 {
@@ -135,17 +136,22 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
         "symlink" => {
             let (target, link) = (cstr(&a[0])?, cstr(&a[1])?);
             // SAFETY: valid C strings.
-            Ok(check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) }))
+            Ok(check(unsafe {
+                libc::symlink(target.as_ptr(), link.as_ptr())
+            }))
         }
         "mknod-fifo" => {
             let p = cstr(&a[0])?;
             // SAFETY: valid C string; a FIFO needs no device number.
-            Ok(check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o644, 0) }))
+            Ok(check(unsafe {
+                libc::mknod(p.as_ptr(), libc::S_IFIFO | 0o644, 0)
+            }))
         }
         "truncate" => {
             let p = cstr(&a[0])?;
-            let len: libc::off_t =
-                text(&a[1])?.parse().map_err(|_| format!("bad length {:?}", a[1]))?;
+            let len: libc::off_t = text(&a[1])?
+                .parse()
+                .map_err(|_| format!("bad length {:?}", a[1]))?;
             // SAFETY: valid C string.
             Ok(check(unsafe { libc::truncate(p.as_ptr(), len) }))
         }
@@ -158,21 +164,29 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
         }
         "chown" => {
             let p = cstr(&a[0])?;
-            let uid: libc::uid_t = text(&a[1])?.parse().map_err(|_| format!("bad uid {:?}", a[1]))?;
-            let gid: libc::gid_t = text(&a[2])?.parse().map_err(|_| format!("bad gid {:?}", a[2]))?;
+            let uid: libc::uid_t = text(&a[1])?
+                .parse()
+                .map_err(|_| format!("bad uid {:?}", a[1]))?;
+            let gid: libc::gid_t = text(&a[2])?
+                .parse()
+                .map_err(|_| format!("bad gid {:?}", a[2]))?;
             // SAFETY: valid C string.
             Ok(check(unsafe { libc::chown(p.as_ptr(), uid, gid) }))
         }
         "utimes" => {
             let p = cstr(&a[0])?;
             // SAFETY: valid C string; a null times pointer sets both times to now.
-            Ok(check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), std::ptr::null(), 0) }))
+            Ok(check(unsafe {
+                libc::utimensat(libc::AT_FDCWD, p.as_ptr(), std::ptr::null(), 0)
+            }))
         }
         "connect" => connect(sockaddr_arg(&a[0], &a[1])?),
         "sendto" => sendto_udp(sockaddr_arg(&a[0], &a[1])?),
         "fastopen" => fastopen(sockaddr_arg(&a[0], &a[1])?),
         "listen" => {
-            let secs: u64 = text(&a[2])?.parse().map_err(|_| format!("bad seconds {:?}", a[2]))?;
+            let secs: u64 = text(&a[2])?
+                .parse()
+                .map_err(|_| format!("bad seconds {:?}", a[2]))?;
             listen(sockaddr_arg(&a[0], &a[1])?, Duration::from_secs(secs))
         }
         other => Err(format!("operation {other:?} not implemented")),
@@ -201,8 +215,12 @@ fn exec(a: &[OsString]) -> ProbeResult {
 }
 
 fn sockaddr_arg(addr: &OsString, port: &OsString) -> Result<SocketAddr, String> {
-    let ip: IpAddr = text(addr)?.parse().map_err(|_| format!("bad address {addr:?}"))?;
-    let port: u16 = text(port)?.parse().map_err(|_| format!("bad port {port:?}"))?;
+    let ip: IpAddr = text(addr)?
+        .parse()
+        .map_err(|_| format!("bad address {addr:?}"))?;
+    let port: u16 = text(port)?
+        .parse()
+        .map_err(|_| format!("bad port {port:?}"))?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -222,7 +240,9 @@ impl RawAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: v4.port().to_be(),
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -234,7 +254,9 @@ impl RawAddr {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: v6.port().to_be(),
                     sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
                     sin6_scope_id: 0,
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -242,7 +264,11 @@ impl RawAddr {
                 (std::mem::size_of::<libc::sockaddr_in6>(), libc::AF_INET6)
             }
         };
-        Self { storage, len: len as libc::socklen_t, family }
+        Self {
+            storage,
+            len: len as libc::socklen_t,
+            family,
+        }
     }
 
     fn ptr(&self) -> *const libc::sockaddr {
@@ -263,17 +289,28 @@ impl Drop for Fd {
 fn socket(family: libc::c_int, ty: libc::c_int) -> Result<Fd, i32> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 { Err(last_errno()) } else { Ok(Fd(fd)) }
+    if fd < 0 {
+        Err(last_errno())
+    } else {
+        Ok(Fd(fd))
+    }
 }
 
 fn probe_timeout() -> Duration {
-    let secs = std::env::var("GATE_PROBE_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs = std::env::var("GATE_PROBE_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     Duration::from_secs(secs)
 }
 
 /// Waits until the socket is writable (connected) or failed; returns its pending error.
 fn wait_connected(fd: &Fd, timeout: Duration) -> Result<(), i32> {
-    let mut pfd = libc::pollfd { fd: fd.0, events: libc::POLLOUT, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd: fd.0,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
     let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -287,7 +324,13 @@ fn wait_connected(fd: &Fd, timeout: Duration) -> Result<(), i32> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: err and len are valid for getsockopt(SO_ERROR).
     let r = unsafe {
-        libc::getsockopt(fd.0, libc::SOL_SOCKET, libc::SO_ERROR, &mut err as *mut _ as *mut _, &mut len)
+        libc::getsockopt(
+            fd.0,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut _ as *mut _,
+            &mut len,
+        )
     };
     if r < 0 {
         return Err(last_errno());
@@ -334,7 +377,14 @@ fn fastopen(addr: SocketAddr) -> ProbeResult {
     let buf = b"gate-probe";
     // SAFETY: buf and raw are valid for the given lengths.
     let r = unsafe {
-        libc::sendto(fd.0, buf.as_ptr().cast(), buf.len(), libc::MSG_FASTOPEN, raw.ptr(), raw.len)
+        libc::sendto(
+            fd.0,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_FASTOPEN,
+            raw.ptr(),
+            raw.len,
+        )
     };
     if r >= 0 {
         return Ok(Ok(()));
@@ -383,13 +433,24 @@ fn listen(addr: SocketAddr, duration: Duration) -> ProbeResult {
         if left.is_zero() {
             return Ok(Ok(()));
         }
-        let mut pfd = libc::pollfd { fd: fd.0, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: fd.0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = left.as_millis().clamp(1, 1000) as libc::c_int;
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, ms) };
         if n > 0 {
             // SAFETY: null address pointers are allowed.
-            let c = unsafe { libc::accept4(fd.0, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+            let c = unsafe {
+                libc::accept4(
+                    fd.0,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
             if c >= 0 {
                 drop(Fd(c));
             }

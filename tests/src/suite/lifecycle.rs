@@ -11,7 +11,10 @@ use crate::run::wait_until;
 pub fn tests() -> Vec<(&'static str, TestFn)> {
     vec![
         ("concurrent/two-runs-keep-their-own-policies", two_policies),
-        ("lifecycle/kill-9-of-gate-never-lets-the-write-through", kill_gate),
+        (
+            "lifecycle/kill-9-of-gate-never-lets-the-write-through",
+            kill_gate,
+        ),
     ]
 }
 
@@ -67,14 +70,18 @@ fn two_policies(ctx: &Ctx, _: &mut Notes) -> TestResult {
     for (side, _, cmd, bg) in runs.iter_mut() {
         if !wait_file(&marks.join(format!("probed-{side}")), 60) {
             let o = bg.wait(Duration::from_secs(1));
-            return Err(Failure::new(format!("run {side} never finished its probes")).command(cmd, &o));
+            return Err(
+                Failure::new(format!("run {side} never finished its probes")).command(cmd, &o),
+            );
         }
     }
     // Both probed while both were alive (each waits for `done`).
     for (side, _, cmd, bg) in runs.iter_mut() {
         if let Some(st) = bg.poll() {
             let o = bg.wait(Duration::from_secs(1));
-            return Err(Failure::new(format!("setup: run {side} ended early ({st})")).command(cmd, &o));
+            return Err(
+                Failure::new(format!("setup: run {side} ended early ({st})")).command(cmd, &o),
+            );
         }
     }
     std::fs::write(&done, "").or_fail("create done")?;
@@ -89,21 +96,28 @@ fn two_policies(ctx: &Ctx, _: &mut Notes) -> TestResult {
         if !(out.stdout.contains(want_a) && out.stdout.contains(want_b)) {
             return Err(Failure::new(format!(
                 "run {side}: expected {want_a} and {want_b}, got {:?}",
-                out.stdout.lines().filter(|l| l.starts_with("A=") || l.starts_with("B=")).collect::<Vec<_>>()
+                out.stdout
+                    .lines()
+                    .filter(|l| l.starts_with("A=") || l.starts_with("B="))
+                    .collect::<Vec<_>>()
             ))
             .command(cmd, &out)
             .log(&log_path, &log));
         }
         if log.find(&ev("write", "deny").rule(rule)).is_none() {
-            return Err(Failure::new(format!("run {side}: expected a deny event of rule {rule} in its own log"))
-                .command(cmd, &out)
-                .log(&log_path, &log));
+            return Err(Failure::new(format!(
+                "run {side}: expected a deny event of rule {rule} in its own log"
+            ))
+            .command(cmd, &out)
+            .log(&log_path, &log));
         }
         let other = if *side == "a" { "deny-a" } else { "deny-b" };
         if log.find(&ev("write", "deny").rule(other)).is_some() {
-            return Err(Failure::new(format!("run {side}: its log has a decision of the other run's rule {other}"))
-                .command(cmd, &out)
-                .log(&log_path, &log));
+            return Err(Failure::new(format!(
+                "run {side}: its log has a decision of the other run's rule {other}"
+            ))
+            .command(cmd, &out)
+            .log(&log_path, &log));
         }
     }
     Ok(())
@@ -119,14 +133,21 @@ fn kill_gate(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         m = m.display(),
         p = s.probe,
     );
-    let opts = GateOpts { timeout: Duration::from_secs(120), ..s.opts.clone() };
+    let opts = GateOpts {
+        timeout: Duration::from_secs(120),
+        ..s.opts.clone()
+    };
     let cmd = ctx.gate_cmd(&opts, &sh(&script));
     let mut bg = cmd.spawn()?;
     if !wait_file(&m.join("pid"), 60) {
         let o = bg.wait(Duration::from_secs(1));
         return Err(Failure::new("setup: the confined shell never started").command(&cmd, &o));
     }
-    let shell: i32 = std::fs::read_to_string(m.join("pid")).or_fail("read pid")?.trim().parse().or_fail("parse pid")?;
+    let shell: i32 = std::fs::read_to_string(m.join("pid"))
+        .or_fail("read pid")?
+        .trim()
+        .parse()
+        .or_fail("parse pid")?;
     bg.signal(libc::SIGKILL);
     let gate_status = bg.wait(Duration::from_secs(10)).status;
 
@@ -142,7 +163,9 @@ fn kill_gate(ctx: &Ctx, notes: &mut Notes) -> TestResult {
             .detail(format!("probe output: {:?}", out.trim()))
     };
     if out.lines().any(|l| l.trim() == "ok") {
-        return Err(detail(Failure::new("expected EPERM or a killed tree, got ok: the write went through after gate died")));
+        return Err(detail(Failure::new(
+            "expected EPERM or a killed tree, got ok: the write went through after gate died",
+        )));
     }
     match std::fs::read_to_string(&result) {
         Ok(r) if r.trim() == "1" && out.contains("errno=EPERM") => {
@@ -167,6 +190,9 @@ fn kill_gate(ctx: &Ctx, notes: &mut Notes) -> TestResult {
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }

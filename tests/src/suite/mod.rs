@@ -45,7 +45,10 @@ pub type TestResult = Result<(), Failure>;
 
 impl Failure {
     pub fn new(summary: impl Into<String>) -> Self {
-        Self { summary: summary.into(), details: Vec::new() }
+        Self {
+            summary: summary.into(),
+            details: Vec::new(),
+        }
     }
 
     pub fn detail(mut self, line: impl Into<String>) -> Self {
@@ -127,7 +130,9 @@ pub struct GateOpts {
 impl Ctx {
     /// A test policy shipped in `tests/scenarios/policies/`.
     pub fn test_policy(&self, name: &str) -> PathBuf {
-        self.repo.join("tests/scenarios/policies").join(format!("{name}.toml"))
+        self.repo
+            .join("tests/scenarios/policies")
+            .join(format!("{name}.toml"))
     }
 
     pub fn home(&self) -> &str {
@@ -136,8 +141,16 @@ impl Ctx {
 
     /// A fresh directory for one test: `SCRATCH/<group>/<slug>`, emptied first.
     pub fn fresh_dir(&self, group: &str, name: &str) -> Result<PathBuf, Failure> {
-        let slug: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let slug: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         let d = Path::new(SCRATCH).join(group).join(slug);
         remove_tree(&d);
         std::fs::create_dir_all(&d).or_fail(&format!("mkdir {}", d.display()))?;
@@ -150,7 +163,8 @@ impl Ctx {
         std::fs::create_dir_all(dir).or_fail(&format!("mkdir {}", dir.display()))?;
         let dst = dir.join("gate-probe");
         std::fs::copy(&self.probe, &dst).or_fail(&format!("copy probe to {}", dst.display()))?;
-        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).or_fail("chmod probe")?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755))
+            .or_fail("chmod probe")?;
         Ok(dst)
     }
 
@@ -177,7 +191,10 @@ impl Ctx {
 
     /// A command run outside gate, with the same environment as confined ones.
     pub fn plain_cmd(&self, argv: &[String], cwd: &Path) -> Cmd {
-        Cmd::new(argv).cwd(cwd).env("HOME", self.home()).env("PATH", PATH)
+        Cmd::new(argv)
+            .cwd(cwd)
+            .env("HOME", self.home())
+            .env("PATH", PATH)
     }
 
     /// Runs `argv` under gate and checks the outcome and, optionally, one event in the log.
@@ -193,16 +210,20 @@ impl Ctx {
         let out = cmd.run();
         let log = Log::read(&o.log);
         if !expect.matches(&out) {
-            return Err(Failure::new(format!("expected {expect}, got {}", out.summary()))
-                .command(&cmd, &out)
-                .log(&o.log, &log));
+            return Err(
+                Failure::new(format!("expected {expect}, got {}", out.summary()))
+                    .command(&cmd, &out)
+                    .log(&o.log, &log),
+            );
         }
         if let Some(m) = event
             && log.find(m).is_none()
         {
-            return Err(Failure::new(format!("expected event {m} in the log, found none"))
-                .command(&cmd, &out)
-                .log(&o.log, &log));
+            return Err(
+                Failure::new(format!("expected event {m} in the log, found none"))
+                    .command(&cmd, &out)
+                    .log(&o.log, &log),
+            );
         }
         Ok(())
     }
@@ -214,8 +235,11 @@ impl Ctx {
         if Expect::Ok.matches(&out) {
             Ok(())
         } else {
-            Err(Failure::new(format!("expected ok when run outside gate, got {}", out.summary()))
-                .command(&cmd, &out))
+            Err(Failure::new(format!(
+                "expected ok when run outside gate, got {}",
+                out.summary()
+            ))
+            .command(&cmd, &out))
         }
     }
 }
@@ -234,8 +258,14 @@ pub fn prepare(ctx: &Ctx) -> Result<(), String> {
         }
         std::fs::write(&p, text).map_err(|e| format!("write {}: {e}", p.display()))
     };
-    w(home.join(".ssh/id_rsa"), "-----BEGIN FAKE KEY (gate tests)-----\n")?;
-    w(home.join(".ssh/authorized_keys"), "ssh-ed25519 AAAAfake gate-tests\n")?;
+    w(
+        home.join(".ssh/id_rsa"),
+        "-----BEGIN FAKE KEY (gate tests)-----\n",
+    )?;
+    w(
+        home.join(".ssh/authorized_keys"),
+        "ssh-ed25519 AAAAfake gate-tests\n",
+    )?;
     w(home.join(".bashrc"), "# gate tests\n")?;
     w(home.join(".profile"), "# gate tests\n")?;
     std::fs::create_dir_all(SCRATCH).map_err(|e| format!("mkdir {SCRATCH}: {e}"))?;
@@ -258,12 +288,18 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn new(filters: Vec<String>, list_only: bool) -> Self {
-        Self { passed: 0, failed: 0, filters, list_only }
+        Self {
+            passed: 0,
+            failed: 0,
+            filters,
+            list_only,
+        }
     }
 
     /// Whether a test with this name should run.
     pub fn wants(&self, name: &str) -> bool {
-        let selected = self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()));
+        let selected =
+            self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()));
         if selected && self.list_only {
             println!("{name}");
             return false;

@@ -9,7 +9,10 @@ use crate::outcome::Expect;
 use crate::run::wait_until;
 
 pub fn tests() -> Vec<(&'static str, TestFn)> {
-    vec![("tree/unconfined-processes-untouched-during-run", unconfined_untouched)]
+    vec![(
+        "tree/unconfined-processes-untouched-during-run",
+        unconfined_untouched,
+    )]
 }
 
 fn sh(script: &str) -> Vec<String> {
@@ -46,15 +49,20 @@ fn unconfined_untouched(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let mut bg = gate_cmd.spawn()?;
     if !wait_file(&ready, 60) {
         let o = bg.wait(Duration::from_secs(1));
-        return Err(Failure::new("setup: the confined command never started").command(&gate_cmd, &o));
+        return Err(
+            Failure::new("setup: the confined command never started").command(&gate_cmd, &o)
+        );
     }
 
     // Outside the tree: the same write works, also from a freshly created cgroup of its own.
     let plain = ctx.plain_cmd(&[s.probe.clone(), "open-write".into(), key(ctx)], &s.ws);
     let o = plain.run();
     if !Expect::Ok.matches(&o) {
-        return Err(Failure::new(format!("expected ok outside gate during a run, got {}", o.summary()))
-            .command(&plain, &o));
+        return Err(Failure::new(format!(
+            "expected ok outside gate during a run, got {}",
+            o.summary()
+        ))
+        .command(&plain, &o));
     }
     let own_cg = ctx.env.cgroup_root.join("gate-tests-unconfined");
     let _ = std::fs::remove_dir(&own_cg);
@@ -81,8 +89,11 @@ fn unconfined_untouched(ctx: &Ctx, _: &mut Notes) -> TestResult {
     std::fs::write(&go, "").or_fail("create go file")?;
     let out = bg.finish();
     if !eperm().matches(&out) {
-        return Err(Failure::new(format!("expected EPERM from the confined side, got {}", out.summary()))
-            .command(&gate_cmd, &out));
+        return Err(Failure::new(format!(
+            "expected EPERM from the confined side, got {}",
+            out.summary()
+        ))
+        .command(&gate_cmd, &out));
     }
     Ok(())
 }

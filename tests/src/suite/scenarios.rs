@@ -23,7 +23,10 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
     let files = match scenario::list(&dir) {
         Ok(f) if !f.is_empty() => f,
         Ok(_) => {
-            rep.record("scenarios", Err(Failure::new(format!("no scenarios in {}", dir.display()))));
+            rep.record(
+                "scenarios",
+                Err(Failure::new(format!("no scenarios in {}", dir.display()))),
+            );
             return;
         }
         Err(e) => {
@@ -35,7 +38,10 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
         match Scenario::load(&f) {
             Ok(s) => run_scenario(ctx, rep, &s),
             Err(e) => {
-                let name = format!("scenario/{}", f.file_stem().unwrap_or_default().to_string_lossy());
+                let name = format!(
+                    "scenario/{}",
+                    f.file_stem().unwrap_or_default().to_string_lossy()
+                );
                 if rep.wants(&name) {
                     rep.record(&name, Err(Failure::new(format!("invalid scenario: {e}"))));
                 }
@@ -46,7 +52,9 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
 
 /// Lists the step names of every scenario (invalid ones by file name).
 pub fn list(repo: &Path, rep: &mut Reporter) {
-    let Ok(files) = scenario::list(&repo.join("tests/scenarios")) else { return };
+    let Ok(files) = scenario::list(&repo.join("tests/scenarios")) else {
+        return;
+    };
     for f in files {
         match Scenario::load(&f) {
             Ok(s) => {
@@ -86,7 +94,12 @@ impl Layout {
             None => ws.clone(),
         };
         v.set("probe", probe_dir.join("gate-probe").display().to_string());
-        Ok(Self { vars: v, scratch, ws, probe_dir })
+        Ok(Self {
+            vars: v,
+            scratch,
+            ws,
+            probe_dir,
+        })
     }
 
     fn driver(&self) -> PathBuf {
@@ -101,7 +114,9 @@ fn run_shell_list(ctx: &Ctx, what: &str, cmds: &[String], vars: &Vars, cwd: &Pat
         let cmd = ctx.plain_cmd(&["/bin/sh".into(), "-c".into(), script], cwd);
         let out = cmd.run();
         if out.code() != Some(0) {
-            return Err(Failure::new(format!("{what} failed: {}", out.summary())).command(&cmd, &out));
+            return Err(
+                Failure::new(format!("{what} failed: {}", out.summary())).command(&cmd, &out)
+            );
         }
     }
     Ok(())
@@ -111,12 +126,22 @@ fn start_listeners(ctx: &Ctx, s: &Scenario, l: &Layout) -> Result<Vec<Background
     let mut out = Vec::new();
     for li in &s.listen {
         let probe = l.vars.get("probe").unwrap_or_default().to_string();
-        let argv = [probe, "listen".into(), li.addr.clone(), li.port.to_string(), "3600".into()];
+        let argv = [
+            probe,
+            "listen".into(),
+            li.addr.clone(),
+            li.port.to_string(),
+            "3600".into(),
+        ];
         let cmd = ctx.plain_cmd(&argv, &l.ws);
         let mut bg = cmd.spawn()?;
         if !bg.wait_for_stdout("listening", Duration::from_secs(30)) {
             let o = bg.wait(Duration::from_secs(1));
-            return Err(Failure::new(format!("setup: listener {}:{} did not start", li.addr, li.port)).command(&cmd, &o));
+            return Err(Failure::new(format!(
+                "setup: listener {}:{} did not start",
+                li.addr, li.port
+            ))
+            .command(&cmd, &o));
         }
         out.push(bg);
     }
@@ -126,24 +151,33 @@ fn start_listeners(ctx: &Ctx, s: &Scenario, l: &Layout) -> Result<Vec<Background
 fn prepare(ctx: &Ctx, s: &Scenario, l: &Layout) -> Result<Vec<Background>, Failure> {
     let policy = ctx.repo.join(&s.policy);
     if !policy.is_file() {
-        return Err(Failure::new(format!("policy {} does not exist", policy.display())));
+        return Err(Failure::new(format!(
+            "policy {} does not exist",
+            policy.display()
+        )));
     }
     super::remove_tree(&l.scratch);
     super::remove_tree(&l.ws);
     for d in [&l.scratch.join("logs"), &l.ws] {
-        std::fs::create_dir_all(d).map_err(|e| Failure::new(format!("setup: mkdir {}: {e}", d.display())))?;
+        std::fs::create_dir_all(d)
+            .map_err(|e| Failure::new(format!("setup: mkdir {}: {e}", d.display())))?;
     }
     ctx.install_probe(&l.probe_dir)?;
     // The driver is this very program; policies that only allow exec from the workspace allow
     // the copy next to the probe.
-    let me = std::env::current_exe().map_err(|e| Failure::new(format!("setup: current_exe: {e}")))?;
+    let me =
+        std::env::current_exe().map_err(|e| Failure::new(format!("setup: current_exe: {e}")))?;
     std::fs::copy(&me, l.driver()).map_err(|e| Failure::new(format!("setup: copy driver: {e}")))?;
     run_shell_list(ctx, "setup", &s.setup, &l.vars, &l.ws)?;
     start_listeners(ctx, s, l)
 }
 
 fn teardown(ctx: &Ctx, s: &Scenario, l: &Layout) {
-    let cwd = if l.ws.is_dir() { l.ws.clone() } else { PathBuf::from("/") };
+    let cwd = if l.ws.is_dir() {
+        l.ws.clone()
+    } else {
+        PathBuf::from("/")
+    };
     for c in &s.teardown {
         // Best effort: every command runs; failures are noted, not counted.
         if let Err(f) = run_shell_list(ctx, "teardown", std::slice::from_ref(c), &l.vars, &cwd) {
@@ -153,8 +187,9 @@ fn teardown(ctx: &Ctx, s: &Scenario, l: &Layout) {
 }
 
 fn run_scenario(ctx: &Ctx, rep: &mut Reporter, s: &Scenario) {
-    let wanted: Vec<usize> =
-        (0..s.steps.len()).filter(|&i| rep.wants(&step_name(s, &s.steps[i].name))).collect();
+    let wanted: Vec<usize> = (0..s.steps.len())
+        .filter(|&i| rep.wants(&step_name(s, &s.steps[i].name)))
+        .collect();
     if wanted.is_empty() {
         return;
     }
@@ -169,7 +204,10 @@ fn run_scenario(ctx: &Ctx, rep: &mut Reporter, s: &Scenario) {
         Ok(l) => l,
         Err(f) => {
             for &i in &wanted {
-                let f2 = Failure { summary: f.summary.clone(), details: f.details.clone() };
+                let f2 = Failure {
+                    summary: f.summary.clone(),
+                    details: f.details.clone(),
+                };
                 rep.record(&step_name(s, &s.steps[i].name), Err(f2));
             }
             teardown(ctx, s, &layout);
@@ -206,7 +244,13 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
     let mut argvs = Vec::new();
     for &i in group {
         let step = &s.steps[i];
-        let argv = step_argv(step, &l.vars).unwrap_or_else(|e| vec!["/bin/sh".into(), "-c".into(), format!("echo {e:?} >&2; exit 99")]);
+        let argv = step_argv(step, &l.vars).unwrap_or_else(|e| {
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo {e:?} >&2; exit 99"),
+            ]
+        });
         plan.steps.push(PlanStep {
             argv: argv.clone(),
             cwd: l.ws.clone(),
@@ -217,7 +261,10 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
     let plan_path = l.scratch.join(format!("plan-{k}.json"));
     let log = l.scratch.join("logs").join(format!("run-{k}.jsonl"));
     let _ = std::fs::remove_file(&log);
-    if let Err(e) = std::fs::write(&plan_path, serde_json::to_string_pretty(&plan).unwrap_or_default()) {
+    if let Err(e) = std::fs::write(
+        &plan_path,
+        serde_json::to_string_pretty(&plan).unwrap_or_default(),
+    ) {
         let f = Failure::new(format!("setup: write {}: {e}", plan_path.display()));
         rep.record(&run_name, Err(f));
         return;
@@ -230,11 +277,19 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
         mode: s.mode.map(|m| m.as_str().to_string()),
         timeout: Duration::from_secs(step_time + GATE_OVERHEAD),
     };
-    let driver_argv = vec![l.driver().display().to_string(), "--driver".into(), plan_path.display().to_string()];
+    let driver_argv = vec![
+        l.driver().display().to_string(),
+        "--driver".into(),
+        plan_path.display().to_string(),
+    ];
     let gate_cmd = ctx.gate_cmd(&opts, &driver_argv);
     let gate_out = gate_cmd.run();
     let results = driver::parse_results(&gate_out.stdout);
     let log_all = Log::read(&log);
+    let pids: Vec<Option<u32>> = (0..group.len())
+        .map(|pos| results.iter().find(|r| r.index == pos).and_then(|r| r.pid))
+        .collect();
+    let segments = log_all.segments(&pids);
 
     // The run itself: gate started the driver, every step reported, gate exited with the
     // driver's status (0) and said nothing went wrong.
@@ -245,7 +300,13 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
             gate_out.summary(),
             results.len()
         ))
-        .command(&gate_cmd, &Outcome { stdout: strip_results(&gate_out.stdout), ..gate_out.clone() }))
+        .command(
+            &gate_cmd,
+            &Outcome {
+                stdout: strip_results(&gate_out.stdout),
+                ..gate_out.clone()
+            },
+        ))
     } else {
         Ok(())
     };
@@ -254,16 +315,32 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
     for (pos, &i) in group.iter().enumerate() {
         let step = &s.steps[i];
         let r = match results.iter().find(|r| r.index == pos) {
-            Some(res) => check_step(ctx, step, &l.vars, &argvs[pos], res, &log_all, &log, &opts.workspace),
-            None => Err(Failure::new(format!("expected {}, got no result: the batch did not reach this step", step.expect))
-                .detail(format!("see {run_name}"))),
+            Some(res) => check_step(
+                ctx,
+                step,
+                &l.vars,
+                &argvs[pos],
+                res,
+                &segments[pos],
+                &log,
+                &opts.workspace,
+            ),
+            None => Err(Failure::new(format!(
+                "expected {}, got no result: the batch did not reach this step",
+                step.expect
+            ))
+            .detail(format!("see {run_name}"))),
         };
         rep.record(&step_name(s, &step.name), r);
     }
 }
 
 fn strip_results(stdout: &str) -> String {
-    stdout.lines().filter(|l| !l.starts_with(driver::RESULT_PREFIX)).collect::<Vec<_>>().join("\n")
+    stdout
+        .lines()
+        .filter(|l| !l.starts_with(driver::RESULT_PREFIX))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -273,21 +350,24 @@ fn check_step(
     vars: &Vars,
     argv: &[String],
     res: &StepResult,
-    log_all: &Log,
+    log: &Log,
     log_path: &Path,
     ws: &Path,
 ) -> TestResult {
     let out = res.outcome();
-    let log = log_all.window(res.t0, res.t1);
     let shown = Cmd::new(argv).cwd(ws);
     let fail = |msg: String| {
         Failure::new(msg)
             .command(&shown, &out)
-            .log(log_path, &log)
+            .log(log_path, log)
             .detail("(command ran confined, in a batch; log lines are this step's)")
     };
     if !step.expect.matches(&out) {
-        return Err(fail(format!("expected {}, got {}", step.expect, out.summary())));
+        return Err(fail(format!(
+            "expected {}, got {}",
+            step.expect,
+            out.summary()
+        )));
     }
     if let Some(m) = &step.expect_event {
         let m = m.expand(vars)?;
@@ -302,7 +382,9 @@ fn check_step(
         }
     }
     if step.unconfined {
-        let cmd = ctx.plain_cmd(argv, ws).timeout(Duration::from_secs(step.timeout.unwrap_or(STEP_TIMEOUT)));
+        let cmd = ctx
+            .plain_cmd(argv, ws)
+            .timeout(Duration::from_secs(step.timeout.unwrap_or(STEP_TIMEOUT)));
         let o = cmd.run();
         if !Expect::Ok.matches(&o) {
             return Err(Failure::new(format!(

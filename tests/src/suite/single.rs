@@ -15,10 +15,16 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
     vec![
         ("exit/command-status-passed-through", exit_status),
         ("exit/killed-by-signal-is-128-plus-signal", exit_signal),
-        ("exit/policy-syntax-error-is-125-with-location", policy_syntax_error),
+        (
+            "exit/policy-syntax-error-is-125-with-location",
+            policy_syntax_error,
+        ),
         ("exit/policy-unknown-op-is-125", policy_semantic_error),
         ("exit/policy-missing-is-125", policy_missing),
-        ("cgroup/fresh-cgroup-removed-afterwards-nested-too", fresh_cgroup),
+        (
+            "cgroup/fresh-cgroup-removed-afterwards-nested-too",
+            fresh_cgroup,
+        ),
         ("events/decision-fields", event_fields),
     ]
 }
@@ -42,7 +48,12 @@ pub fn setup(ctx: &Ctx, group: &str, name: &str, policy: &str) -> Result<Setup, 
         mode: None,
         timeout: Duration::from_secs(120),
     };
-    Ok(Setup { dir, ws, probe, opts })
+    Ok(Setup {
+        dir,
+        ws,
+        probe,
+        opts,
+    })
 }
 
 fn sh(script: &str) -> Vec<String> {
@@ -51,7 +62,9 @@ fn sh(script: &str) -> Vec<String> {
 
 impl Setup {
     pub fn probe(&self, args: &[&str]) -> Vec<String> {
-        std::iter::once(self.probe.clone()).chain(args.iter().map(|s| s.to_string())).collect()
+        std::iter::once(self.probe.clone())
+            .chain(args.iter().map(|s| s.to_string()))
+            .collect()
     }
 }
 
@@ -78,10 +91,15 @@ fn expect_gate_fails(ctx: &Ctx, s: &Setup, policy: &Path, must_mention: &str) ->
     let cmd = ctx.gate_cmd(&opts, &sh(&format!("touch {}", marker.display())));
     let out = cmd.run();
     if out.status != Status::Exited(125) {
-        return Err(Failure::new(format!("expected exit:125, got {}", out.summary())).command(&cmd, &out));
+        return Err(
+            Failure::new(format!("expected exit:125, got {}", out.summary())).command(&cmd, &out),
+        );
     }
     if !out.stderr.contains(must_mention) {
-        return Err(Failure::new(format!("expected stderr to mention {must_mention:?}")).command(&cmd, &out));
+        return Err(
+            Failure::new(format!("expected stderr to mention {must_mention:?}"))
+                .command(&cmd, &out),
+        );
     }
     if marker.exists() {
         return Err(Failure::new("expected the command not to run, but it did").command(&cmd, &out));
@@ -98,7 +116,13 @@ fn policy_syntax_error(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let path = bad.display().to_string();
     expect_gate_fails(ctx, &s, &bad, &format!("{path}:4:"))?;
     // The column follows the line: file:line:column.
-    let cmd = ctx.gate_cmd(&GateOpts { policy: bad.clone(), ..s.opts.clone() }, &sh("true"));
+    let cmd = ctx.gate_cmd(
+        &GateOpts {
+            policy: bad.clone(),
+            ..s.opts.clone()
+        },
+        &sh("true"),
+    );
     let out = cmd.run();
     let after = out.stderr.split(&format!("{path}:4:")).nth(1).unwrap_or("");
     if !after.starts_with(|c: char| c.is_ascii_digit()) {
@@ -140,22 +164,32 @@ fn fresh_cgroup(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let cmd = ctx.gate_cmd(&s.opts, &sh(&script));
     let out = cmd.run();
     if out.status != Status::Exited(0) {
-        return Err(Failure::new(format!("expected exit:0, got {}", out.summary())).command(&cmd, &out));
+        return Err(
+            Failure::new(format!("expected exit:0, got {}", out.summary())).command(&cmd, &out),
+        );
     }
     let Some(theirs) = cgroup_path(&out.stdout) else {
         return Err(Failure::new("expected a 0:: line from /proc/self/cgroup").command(&cmd, &out));
     };
     let Some(gates) = theirs.strip_suffix("/gate-tests-nested") else {
-        return Err(Failure::new(format!("expected the command in gate-tests-nested, got {theirs}")).command(&cmd, &out));
+        return Err(Failure::new(format!(
+            "expected the command in gate-tests-nested, got {theirs}"
+        ))
+        .command(&cmd, &out));
     };
     if gates == mine || mine.starts_with(&format!("{gates}/")) || gates.is_empty() {
-        return Err(Failure::new(format!("expected the command in a new cgroup, got {gates} (the runner is in {mine})"))
-            .command(&cmd, &out));
+        return Err(Failure::new(format!(
+            "expected the command in a new cgroup, got {gates} (the runner is in {mine})"
+        ))
+        .command(&cmd, &out));
     }
     let dir = ctx.env.cgroup_root.join(gates.trim_start_matches('/'));
     if dir.exists() {
-        return Err(Failure::new(format!("expected {} to be removed after gate exited, it still exists", dir.display()))
-            .command(&cmd, &out));
+        return Err(Failure::new(format!(
+            "expected {} to be removed after gate exited, it still exists",
+            dir.display()
+        ))
+        .command(&cmd, &out));
     }
     Ok(())
 }
@@ -172,20 +206,29 @@ fn event_fields(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let Some(e) = log.find(&ev("write", "deny").path(&key)) else {
         return Err(fail("expected a deny event for the write".into()));
     };
-    let shell_pid: Option<u64> =
-        out.stdout.lines().find_map(|l| l.strip_prefix("shell=")).and_then(|p| p.trim().parse().ok());
+    let shell_pid: Option<u64> = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("shell="))
+        .and_then(|p| p.trim().parse().ok());
     let num = |k: &str| e.get(k).and_then(serde_json::Value::as_u64);
     if num("pid").is_none_or(|p| p == 0) {
         return Err(fail(format!("expected a nonzero pid in {e}")));
     }
     if num("ppid") != shell_pid {
-        return Err(fail(format!("expected ppid {shell_pid:?} (the shell), got {:?}", num("ppid"))));
+        return Err(fail(format!(
+            "expected ppid {shell_pid:?} (the shell), got {:?}",
+            num("ppid")
+        )));
     }
     if num("uid") != Some(0) {
         return Err(fail(format!("expected uid 0, got {:?}", e.get("uid"))));
     }
     if e.get("comm").and_then(|c| c.as_str()) != Some("gate-probe") {
-        return Err(fail(format!("expected comm \"gate-probe\", got {:?}", e.get("comm"))));
+        return Err(fail(format!(
+            "expected comm \"gate-probe\", got {:?}",
+            e.get("comm")
+        )));
     }
     Ok(())
 }
