@@ -1,7 +1,10 @@
 //! Verdicts: merging rule decisions, applying the default and the mode, and turning the
 //! result into the hook's return value.
 use crate::kernel::Offs;
-use aya_ebpf::{Global, helpers::bpf_get_current_ancestor_cgroup_id};
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel},
+};
 use gate_common::{Config, MODE_AUDIT, counter, decision, flag, rule};
 
 use crate::{
@@ -115,21 +118,77 @@ pub fn confined() -> Option<&'static Config> {
 }
 
 /// Records the verdict as needed and returns the hook's return value.
+///
+/// Everything the rest needs is packed into one request and laundered (hidden from the
+/// verifier) first, so that however the verdict was reached, the event code is verified as
+/// one state rather than once per way in.
 #[inline(always)]
-pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, mut v: Verdict, obj: &Object) -> i32 {
+pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -> i32 {
     count(counter::DECISIONS);
-    let sev = v.severity();
+    let mut req = Request {
+        op,
+        hook,
+        decision: v.decision,
+        flags: v.flags,
+        rule: v.rule,
+        family: 0,
+        port: 0,
+        mode: cfg.mode,
+        audit_required: cfg.audit_required,
+        is_file: 0,
+        _pad: [0; 5],
+        dentry: 0,
+        vfsmnt: 0,
+        addr: [0; 16],
+    };
+    match obj {
+        Object::File(s) => {
+            req.is_file = 1;
+            req.dentry = s.dentry;
+            req.vfsmnt = s.vfsmnt;
+        }
+        Object::Net { family, port, addr } => {
+            req.family = *family;
+            req.port = *port;
+            req.addr = *addr;
+        }
+    }
+    // SAFETY: reads this program's own stack.
+    let Ok(mut req) = (unsafe { bpf_probe_read_kernel(&req as *const Request) }) else {
+        return eperm();
+    };
+    let sev = req.decision & decision::MASK;
     let denied = sev == decision::DENY || sev == decision::ASK;
-    if denied && cfg.mode == MODE_AUDIT {
-        v.flags |= flag::AUDIT_MODE;
+    if denied && req.mode == MODE_AUDIT {
+        req.flags |= flag::AUDIT_MODE;
     }
     let wanted = denied
-        || v.decision & decision::AUDIT != 0
-        || op == gate_common::op::EXEC
-        || op == gate_common::op::CONNECT;
-    if wanted && !event::emit(o, op, hook, &v, obj) && cfg.audit_required != 0 {
+        || req.decision & decision::AUDIT != 0
+        || req.op == gate_common::op::EXEC
+        || req.op == gate_common::op::CONNECT;
+    if wanted && !event::emit(o, &req) && req.audit_required != 0 {
         // The action cannot be recorded and the policy requires a record: deny it.
         return eperm();
     }
-    if denied && cfg.mode != MODE_AUDIT { eperm() } else { 0 }
+    if denied && req.mode != MODE_AUDIT { eperm() } else { 0 }
+}
+
+/// What an event is made of, flattened for laundering.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Request {
+    pub op: u8,
+    pub hook: u8,
+    pub decision: u8,
+    pub flags: u8,
+    pub rule: u16,
+    pub family: u16,
+    pub port: u16,
+    pub mode: u8,
+    pub audit_required: u8,
+    pub is_file: u8,
+    pub _pad: [u8; 5],
+    pub dentry: u64,
+    pub vfsmnt: u64,
+    pub addr: [u8; 16],
 }

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{
 use gate_common::{EVENT_NAME_LEN, EVENT_NAMES, Event, counter, flag};
 
 use crate::{
-    decide::Verdict,
+    decide::Request,
     kernel::{ptr, read},
     maps::{EVENTS, count},
     walk::{Start, collect_names},
@@ -23,7 +23,7 @@ pub enum Object {
 
 /// Sends one event; false when the ring buffer had no room (counted as lost).
 #[inline(always)]
-pub fn emit(o: &Offs, op: u8, hook: u8, v: &Verdict, obj: &Object) -> bool {
+pub fn emit(o: &Offs, r: &Request) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(counter::RINGBUF_FULL);
         return false;
@@ -32,24 +32,23 @@ pub fn emit(o: &Offs, op: u8, hook: u8, v: &Verdict, obj: &Object) -> bool {
     // SAFETY: `e` points to a reserved, writable Event in the ring buffer.
     unsafe {
         fill_task(e, o);
-        (*e).op = op;
-        (*e).decision = v.decision;
-        (*e).hook = hook;
-        (*e).flags = v.flags;
-        (*e).rule = v.rule;
+        (*e).op = r.op;
+        (*e).decision = r.decision;
+        (*e).hook = r.hook;
+        (*e).flags = r.flags;
+        (*e).rule = r.rule;
         (*e).name_count = 0;
         (*e).ino = 0;
         (*e).dev = 0;
         (*e).port = 0;
         (*e).family = 0;
         (*e).addr = [0; 16];
-        match obj {
-            Object::File(start) => fill_path(e, o, *start),
-            Object::Net { family, port, addr } => {
-                (*e).family = *family;
-                (*e).port = *port;
-                (*e).addr = *addr;
-            }
+        if r.is_file != 0 {
+            fill_path(e, o, Start { dentry: r.dentry, vfsmnt: r.vfsmnt });
+        } else {
+            (*e).family = r.family;
+            (*e).port = r.port;
+            (*e).addr = r.addr;
         }
     }
     entry.submit(0);

@@ -81,12 +81,14 @@ fn push_block(out: &mut Vec<String>, what: &str, text: &str) {
         return;
     }
     out.push(format!("{what}:"));
-    let skip = lines.len().saturating_sub(30);
-    if skip > 0 {
-        out.push(format!("  … {skip} lines"));
-    }
-    for l in &lines[skip..] {
-        out.push(format!("  {l}"));
+    // Long output (a verifier log): its first lines say what failed, its last ones why.
+    let (head, tail) = (8, 25);
+    if lines.len() > head + tail + 1 {
+        out.extend(lines[..head].iter().map(|l| format!("  {l}")));
+        out.push(format!("  … {} lines", lines.len() - head - tail));
+        out.extend(lines[lines.len() - tail..].iter().map(|l| format!("  {l}")));
+    } else {
+        out.extend(lines.iter().map(|l| format!("  {l}")));
     }
 }
 
