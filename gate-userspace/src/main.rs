@@ -57,6 +57,42 @@ enum Cmd {
     },
     /// Check whether this host can enforce, and say how to fix what is missing.
     Doctor,
+    /// Verify and follow the signed audit stream.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check the hash chain and checkpoint signatures of log files (oldest first); exit
+    /// status 0 when they verify, 1 when not, with the exact record that broke.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The signer's public key (`gate.pub`, written next to the signing key).
+        #[arg(long)]
+        pubkey: PathBuf,
+        /// Also fail on warnings (records after the last checkpoint, no clean shutdown).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Show the log's last records and, with -f, follow it (readable columns on a terminal).
+    Tail {
+        #[arg(default_value = gate::audit::DEFAULT_LOG_PATH)]
+        file: PathBuf,
+        #[arg(short, long)]
+        follow: bool,
+        /// Raw JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Check the chain while following and report the first break.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +127,18 @@ fn main() -> ExitCode {
             policy_check(&file, workspace, dump)
         }
         Cmd::Doctor => gate::doctor::report(),
+        Cmd::Audit { cmd: AuditCmd::Verify { files, pubkey, strict } } => {
+            gate::audit::verify_cmd(&files, &pubkey, strict)
+        }
+        Cmd::Audit { cmd: AuditCmd::Tail { file, follow, json, verify, pubkey } } => {
+            match gate::audit::tail_cmd(&file, follow, json, verify, pubkey.as_deref()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("gate audit tail: {e}");
+                    1
+                }
+            }
+        }
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
