@@ -61,7 +61,10 @@ fn two_policies(ctx: &Ctx, _: &mut Notes) -> TestResult {
         runs.push((side, s.opts.clone(), cmd, bg));
     }
     for (side, _, cmd, bg) in runs.iter_mut() {
-        if !wait_file(&marks.join(format!("ready-{side}")), 60) {
+        if !wait_file(
+            &marks.join(format!("ready-{side}")),
+            super::GATE_RUN_TIMEOUT,
+        ) {
             let o = bg.wait(Duration::from_secs(1));
             return Err(Failure::new(format!("setup: run {side} never started")).command(cmd, &o));
         }
@@ -134,12 +137,12 @@ fn kill_gate(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         p = s.probe,
     );
     let opts = GateOpts {
-        timeout: Duration::from_secs(120),
+        timeout: Duration::from_secs(super::GATE_RUN_TIMEOUT),
         ..s.opts.clone()
     };
     let cmd = ctx.gate_cmd(&opts, &sh(&script));
     let mut bg = cmd.spawn()?;
-    if !wait_file(&m.join("pid"), 60) {
+    if !wait_file(&m.join("pid"), super::GATE_RUN_TIMEOUT) {
         let o = bg.wait(Duration::from_secs(1));
         return Err(Failure::new("setup: the confined shell never started").command(&cmd, &o));
     }

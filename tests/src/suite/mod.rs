@@ -21,6 +21,9 @@ use crate::run::Cmd;
 /// Everything the suite creates lives under here (test policies name paths below it).
 pub const SCRATCH: &str = "/tmp/gate-tests";
 
+/// Seconds a `gate run` of a short command may take: loading the programs is slow under TCG.
+pub const GATE_RUN_TIMEOUT: u64 = 600;
+
 /// PATH for commands the suite runs: /usr/bin first, so the distribution's git and tools are used.
 pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -47,7 +47,7 @@ fn unconfined_untouched(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let _ = std::fs::remove_file(&s.opts.log);
     let gate_cmd = ctx.gate_cmd(&s.opts, &sh(&script));
     let mut bg = gate_cmd.spawn()?;
-    if !wait_file(&ready, 60) {
+    if !wait_file(&ready, super::GATE_RUN_TIMEOUT) {
         let o = bg.wait(Duration::from_secs(1));
         return Err(
             Failure::new("setup: the confined command never started").command(&gate_cmd, &o)

@@ -46,7 +46,7 @@ pub fn setup(ctx: &Ctx, group: &str, name: &str, policy: &str) -> Result<Setup, 
         workspace: ws.clone(),
         log: dir.join("log.jsonl"),
         mode: None,
-        timeout: Duration::from_secs(120),
+        timeout: Duration::from_secs(super::GATE_RUN_TIMEOUT),
     };
     Ok(Setup {
         dir,
