@@ -217,6 +217,20 @@ impl Background {
         }
     }
 
+    /// Waits until `path` exists; false if the process exits first or time runs out.
+    pub fn wait_for_file(&mut self, path: &std::path::Path, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if path.exists() {
+                return true;
+            }
+            if self.poll().is_some() || Instant::now() >= deadline {
+                return path.exists();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends a signal to the process itself (not its group).
     pub fn signal(&self, sig: i32) {
         // SAFETY: plain syscall on a pid this value owns (not yet reaped while status is None).

@@ -91,6 +91,9 @@ struct BenchArgs {
     /// Seconds each guest may run before it is killed (and the benchmark fails).
     #[arg(long, default_value_t = 2400)]
     timeout: u64,
+    /// Only re-render BENCHMARKS.md from an earlier benchmarks.json (no guests).
+    #[arg(long, value_name = "BENCHMARKS_JSON")]
+    from_json: Option<std::path::PathBuf>,
     /// Extra arguments for `gate-bench suite` in the guest, e.g. `--only micro,workload`.
     #[arg(last = true)]
     suite_args: Vec<String>,
@@ -145,6 +148,7 @@ fn run(task: Task) -> Result<ExitCode> {
             sequential: args.sequential,
             timeout: Duration::from_secs(args.timeout),
             suite_args: args.suite_args,
+            from_json: args.from_json,
         })
         .map(|()| ExitCode::SUCCESS),
     }

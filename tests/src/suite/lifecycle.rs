@@ -22,10 +22,6 @@ fn sh(script: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), script.into()]
 }
 
-fn wait_file(p: &Path, secs: u64) -> bool {
-    wait_until(Duration::from_secs(secs), || p.exists())
-}
-
 /// Two runs at once: A (concurrent-a.toml) denies writes under SCRATCH/concurrent/b and allows
 /// SCRATCH/concurrent/a; B the opposite. Both probe both files while both are alive.
 fn two_policies(ctx: &Ctx, _: &mut Notes) -> TestResult {
@@ -61,9 +57,9 @@ fn two_policies(ctx: &Ctx, _: &mut Notes) -> TestResult {
         runs.push((side, s.opts.clone(), cmd, bg));
     }
     for (side, _, cmd, bg) in runs.iter_mut() {
-        if !wait_file(
+        if !bg.wait_for_file(
             &marks.join(format!("ready-{side}")),
-            super::GATE_RUN_TIMEOUT,
+            Duration::from_secs(super::GATE_RUN_TIMEOUT),
         ) {
             let o = bg.wait(Duration::from_secs(1));
             return Err(Failure::new(format!("setup: run {side} never started")).command(cmd, &o));
@@ -71,7 +67,10 @@ fn two_policies(ctx: &Ctx, _: &mut Notes) -> TestResult {
     }
     std::fs::write(&go, "").or_fail("create go")?;
     for (side, _, cmd, bg) in runs.iter_mut() {
-        if !wait_file(&marks.join(format!("probed-{side}")), 60) {
+        if !bg.wait_for_file(
+            &marks.join(format!("probed-{side}")),
+            Duration::from_secs(120),
+        ) {
             let o = bg.wait(Duration::from_secs(1));
             return Err(
                 Failure::new(format!("run {side} never finished its probes")).command(cmd, &o),
@@ -142,7 +141,7 @@ fn kill_gate(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     };
     let cmd = ctx.gate_cmd(&opts, &sh(&script));
     let mut bg = cmd.spawn()?;
-    if !wait_file(&m.join("pid"), super::GATE_RUN_TIMEOUT) {
+    if !bg.wait_for_file(&m.join("pid"), Duration::from_secs(super::GATE_RUN_TIMEOUT)) {
         let o = bg.wait(Duration::from_secs(1));
         return Err(Failure::new("setup: the confined shell never started").command(&cmd, &o));
     }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use super::single::setup;
 use super::{Ctx, Failure, Notes, OrFail, TestFn, TestResult};
 use crate::outcome::Expect;
-use crate::run::wait_until;
 
 pub fn tests() -> Vec<(&'static str, TestFn)> {
     vec![(
@@ -27,11 +26,6 @@ fn eperm() -> Expect {
     Expect::Errno("EPERM".into())
 }
 
-/// Waits for a file the confined side creates.
-fn wait_file(p: &std::path::Path, secs: u64) -> bool {
-    wait_until(Duration::from_secs(secs), || p.exists())
-}
-
 fn unconfined_untouched(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let s = setup(ctx, "tree", "unconfined", "base")?;
     let ready = s.dir.join("ready");
@@ -47,7 +41,7 @@ fn unconfined_untouched(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let _ = std::fs::remove_file(&s.opts.log);
     let gate_cmd = ctx.gate_cmd(&s.opts, &sh(&script));
     let mut bg = gate_cmd.spawn()?;
-    if !wait_file(&ready, super::GATE_RUN_TIMEOUT) {
+    if !bg.wait_for_file(&ready, Duration::from_secs(super::GATE_RUN_TIMEOUT)) {
         let o = bg.wait(Duration::from_secs(1));
         return Err(
             Failure::new("setup: the confined command never started").command(&gate_cmd, &o)
