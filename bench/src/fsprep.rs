@@ -9,6 +9,9 @@ use std::{
 
 use anyhow::{Context, Result};
 
+/// `~` of the policies (`${home}`): root's home, tmpfs in the guest.
+pub const HOME: &str = "/root";
+
 /// Where everything lives. `/home` and `/run` are tmpfs in the guest.
 pub struct Layout {
     /// `${workspace}` of the policies.
@@ -51,6 +54,16 @@ impl Layout {
             fs::write(src.join(name), b"gate bench\n")?;
         }
         fs::write(&self.denied, b"not writable by confined processes\n")?;
+        // A developer's home as the shipped policy expects it: credentials it denies reading
+        // and startup files it denies writing. Without them the policy's read rules would name
+        // nothing on this host, and gate would skip the walk for every open for read.
+        for f in [".ssh/id_ed25519", ".aws/credentials", ".config/gh/hosts.yml", ".gitconfig", ".bashrc", ".profile"]
+        {
+            let p = Path::new(HOME).join(f);
+            fs::create_dir_all(p.parent().unwrap())?;
+            fs::write(&p, b"bench placeholder\n")?;
+        }
+        fs::create_dir_all(Path::new(HOME).join(".cache"))?;
         Ok(())
     }
 

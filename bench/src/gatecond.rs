@@ -3,13 +3,21 @@
 //! and pin. A worker becomes confined by writing its pid into the cgroup's `cgroup.procs`.
 use std::{
     fs,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
 };
+
+use aya::maps::{MapData, RingBuf};
 
 use anyhow::{Context, Result};
 use gate::{
     cgroup::{self, Cgroup},
-    engine::{DEFAULT_RINGBUF_BYTES, Engine},
+    engine::{Counters, DEFAULT_RINGBUF_BYTES, Engine},
     events,
     report::LogSink,
     policy::{self, CompiledPolicy, Vars},
@@ -24,7 +32,10 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/gate-bench";
 pub struct Gate {
     pub name: String,
     engine: Option<Engine>,
-    policy: CompiledPolicy,
+    policy: Arc<CompiledPolicy>,
+    counters: Counters,
+    drain: Option<Drain>,
+    drained: u64,
     pub cg: Cgroup,
     pin_dir: PathBuf,
     /// Timings and sizes of the set-up (virtual ns, entries, KiB).
@@ -33,7 +44,7 @@ pub struct Gate {
 
 impl Gate {
     pub fn start(name: &str, policy_file: &Path, ws: &Path) -> Result<Gate> {
-        let vars = Vars { workspace: Some(ws.to_path_buf()), home: PathBuf::from("/root") };
+        let vars = Vars { workspace: Some(ws.to_path_buf()), home: PathBuf::from(crate::fsprep::HOME) };
         let (rss0, _) = rss_kib("self");
         let t0 = now_ns();
         let policy = policy::load(policy_file, &vars)
@@ -53,6 +64,9 @@ impl Gate {
         say(&format!("{name}: attaching (the kernel verifies gate's programs now)"));
         engine.attach(&pin_dir)?;
         let t4 = now_ns();
+        let events = engine.take_events()?;
+        let counters = engine.take_counters()?;
+        let policy = Arc::new(policy);
         let (rss1, _) = rss_kib("self");
         let maps = bpf_maps("self");
         let map_bytes: u64 = maps.iter().filter_map(|m| m["memlock"].as_u64()).sum();
@@ -80,20 +94,28 @@ impl Gate {
             (t3 - t2) as f64 / 1e9,
             (t4 - t3) as f64 / 1e9
         ));
-        Ok(Gate { name: name.to_owned(), engine: Some(engine), policy, cg, pin_dir, setup })
+        let drain = Some(Drain::start(events, policy.clone()));
+        Ok(Gate { name: name.to_owned(), engine: Some(engine), policy, counters, drain, drained: 0, cg, pin_dir, setup })
     }
 
     /// Drains the kernel's events into a signed audit log at `log` (as `gate run --log` does,
     /// through [`gate::report::LogSink`]) until `n` decisions are written. Reports "ready"
     /// first, then the virtual time the n-th record was flushed.
     pub fn collect_events(&mut self, n: usize, log: &Path, key: &Path, out: &mut fs::File) -> Result<Value> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let engine = self.engine.as_mut().context("engine stopped")?;
-        let mut events = engine.take_events()?;
-        let counters = engine.take_counters()?;
+        let mut events = self.stop_drain()?;
         let _ = fs::remove_file(log);
         let command = [std::ffi::OsString::from("gate-bench deny-loop")];
         let mut sink = LogSink::open(log, key, &self.policy, &self.cg.name, &command)?;
+        // What the kernel reported before (every confined exec and connect is reported) goes
+        // to the log first and does not count.
+        let mut backlog = 0usize;
+        while let Some(item) = events.next() {
+            if let Some(e) = events::parse(&item) {
+                sink.decision(&events::decode(&e, &self.policy))?;
+                backlog += 1;
+            }
+        }
+        sink.tick()?;
         crate::util::report_line(out, Ok(json!("ready")));
         let fd = events.as_fd().as_raw_fd();
         let (mut written, mut batches) = (0usize, 0usize);
@@ -118,11 +140,13 @@ impl Gate {
             // SAFETY: polling one valid fd.
             unsafe { libc::poll(&mut pfd, 1, 50) };
         }
-        let lost = counters.read()?[gate_common::counter::RINGBUF_FULL as usize];
+        let lost = self.counters.read()?[gate_common::counter::RINGBUF_FULL as usize];
         sink.finish(Some(0), None)?;
+        self.drain = Some(Drain::start(events, self.policy.clone()));
         let text = fs::read_to_string(log).unwrap_or_default();
         Ok(json!({
             "t_done_ns": t_done,
+            "backlog_written_first": backlog,
             "decisions_written": written,
             "batches": batches,
             "lost_in_kernel": lost,
@@ -132,7 +156,18 @@ impl Gate {
         }))
     }
 
-    pub fn stop(mut self) -> Result<()> {
+    fn stop_drain(&mut self) -> Result<RingBuf<MapData>> {
+        let d = self.drain.take().context("the ring buffer is not being drained")?;
+        d.stop.store(true, Ordering::SeqCst);
+        let (events, n) = d.handle.join().map_err(|_| anyhow::anyhow!("drain thread panicked"))?;
+        self.drained += n;
+        Ok(events)
+    }
+
+    /// Stops enforcing; reports how many events were drained and lost over the block.
+    pub fn stop(mut self) -> Result<Value> {
+        let _ = self.stop_drain();
+        let counters = self.counters.read()?;
         self.cg.kill_all(std::time::Duration::from_secs(10))?;
         if let Some(e) = self.engine.take() {
             e.detach().context("detaching")?;
@@ -140,7 +175,47 @@ impl Gate {
         self.cg.remove()?;
         let _ = fs::remove_dir_all(&self.pin_dir);
         say(&format!("{}: detached", self.name));
-        Ok(())
+        Ok(json!({
+            "events_drained": self.drained,
+            "events_lost_ringbuf_full": counters[gate_common::counter::RINGBUF_FULL as usize],
+            "decisions_counted": counters[gate_common::counter::DECISIONS as usize],
+        }))
+    }
+}
+
+/// What `gate run` does with events when it has no log: a thread drains the ring buffer as
+/// it fills and decodes every event (for the end-of-run summary). Without it the ring buffer
+/// would fill up during the loops and later events would cost less than earlier ones.
+struct Drain {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<(RingBuf<MapData>, u64)>,
+}
+
+impl Drain {
+    fn start(mut events: RingBuf<MapData>, policy: Arc<CompiledPolicy>) -> Drain {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let fd = events.as_fd().as_raw_fd();
+            let mut n = 0u64;
+            let mut summary = gate::report::Summary::default();
+            loop {
+                while let Some(item) = events.next() {
+                    if let Some(e) = events::parse(&item) {
+                        summary.add(&events::decode(&e, &policy));
+                        n += 1;
+                    }
+                }
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: polling one valid fd.
+                unsafe { libc::poll(&mut pfd, 1, 50) };
+            }
+            (events, n)
+        });
+        Drain { stop, handle }
     }
 }
 

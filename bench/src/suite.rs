@@ -416,10 +416,7 @@ impl Bench<'_> {
                 };
                 util::report_line(out, r);
             },
-            |g| {
-                g.stop()?;
-                Ok(json!(null))
-            },
+            |g| g.stop(),
         )?;
         let cg = PathBuf::from(gate.setup["cgroup"].as_str().context("no cgroup")?);
         let procs = fs::OpenOptions::new()
@@ -457,7 +454,7 @@ impl Bench<'_> {
         let stopped = gate.stop();
         say(&format!("{name}: detached"));
         let events = result?;
-        stopped?;
+        setup["after"] = stopped?;
         setup["block"] = json!(name);
         setup["index"] = json!(i);
         if micro && gate_on {
