@@ -46,6 +46,12 @@ pub const OPS: &[OpSpec] = &[
     op("sendto", 2, "ADDR PORT"),
     op("fastopen", 2, "ADDR PORT"),
     op("listen", 3, "ADDR PORT SECONDS"),
+    OpSpec {
+        name: "seq",
+        min_args: 2,
+        max_args: None,
+        usage: "N OP ARGS... [+ N OP ARGS...]...",
+    },
 ];
 
 /// Looks an operation up by name.

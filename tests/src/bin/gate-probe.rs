@@ -6,6 +6,9 @@
 //! - usage error: message on stderr, exits 2.
 //!
 //! `exec` replaces the probe on success, so the exec'd program's status is the result.
+//! `seq N OP ARGS... [+ N OP ARGS...]...` runs each operation N times in this one process (no exec
+//! between them) and prints one line per part, `OP xN: RESULT xCOUNT ...` (e.g.
+//! `open-write x500: errno=EPERM x500`), then exits 0; it floods the kernel with decisions.
 //! `listen` is a helper for loopback tests, not a probe: it prints `listening` once bound,
 //! accepts connections until its time is up, then prints `ok`.
 //!
@@ -32,6 +35,12 @@ fn main() -> ExitCode {
         return usage(&format!("unknown operation {op:?}"));
     };
     let rest = &args[1..];
+    if op == "seq" {
+        return match seq(rest) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => usage(&msg),
+        };
+    }
     if rest.len() < spec.min_args || spec.max_args.is_some_and(|m| rest.len() > m) {
         return usage(&format!("{} takes {}", spec.name, spec.usage));
     }
@@ -191,6 +200,41 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
         }
         other => Err(format!("operation {other:?} not implemented")),
     }
+}
+
+/// `seq`: each part (`N OP ARGS...`, parts separated by `+`) runs N times; one tally line each.
+fn seq(args: &[OsString]) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    for part in args.split(|a| a.as_bytes() == b"+") {
+        let [n, op, rest @ ..] = part else {
+            return Err("seq parts are N OP ARGS...".into());
+        };
+        let n: u32 = text(n)?.parse().map_err(|_| format!("bad count {n:?}"))?;
+        let op = text(op)?;
+        let spec = OPS
+            .iter()
+            .find(|s| s.name == op && s.name != "exec" && s.name != "seq" && s.name != "listen")
+            .ok_or_else(|| format!("seq cannot repeat {op:?}"))?;
+        if rest.len() < spec.min_args || spec.max_args.is_some_and(|m| rest.len() > m) {
+            return Err(format!("{} takes {}", spec.name, spec.usage));
+        }
+        // Results in the order first seen, with counts.
+        let mut tally: Vec<(String, u32)> = Vec::new();
+        for _ in 0..n {
+            let r = match run(op, rest)? {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("errno={}", errno_name(e)),
+            };
+            match tally.iter_mut().find(|(k, _)| *k == r) {
+                Some((_, c)) => *c += 1,
+                None => tally.push((r, 1)),
+            }
+        }
+        let counts: Vec<String> = tally.iter().map(|(k, c)| format!("{k} x{c}")).collect();
+        let _ = writeln!(out, "{op} x{n}: {}", counts.join(" "));
+        let _ = out.flush();
+    }
+    Ok(())
 }
 
 fn exec(a: &[OsString]) -> ProbeResult {

@@ -4,6 +4,7 @@
 //! booted by `cargo xtask test`). Tests run one after the other; each gets its own directory
 //! under [`SCRATCH`] and its own log file.
 
+pub mod audit_overflow;
 pub mod lifecycle;
 pub mod process_tree;
 pub mod scenarios;
@@ -130,6 +131,8 @@ pub struct GateOpts {
     pub log: PathBuf,
     pub mode: Option<String>,
     pub timeout: Duration,
+    /// More `gate run` options (`--ringbuf-bytes 65536`).
+    pub extra: Vec<String>,
 }
 
 impl Ctx {
@@ -189,6 +192,7 @@ impl Ctx {
             a.push("--mode".into());
             a.push(m.clone());
         }
+        a.extend(o.extra.iter().cloned());
         a.push("--".into());
         a.extend(argv.iter().cloned());
         self.plain_cmd(&a, &o.workspace).timeout(o.timeout)
@@ -348,6 +352,7 @@ pub fn rust_tests() -> Vec<(&'static str, TestFn)> {
     v.extend(single::tests());
     v.extend(process_tree::tests());
     v.extend(lifecycle::tests());
+    v.extend(audit_overflow::tests());
     v
 }
 

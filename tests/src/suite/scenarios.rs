@@ -276,6 +276,7 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
         log: log.clone(),
         mode: s.mode.map(|m| m.as_str().to_string()),
         timeout: Duration::from_secs(step_time + GATE_OVERHEAD),
+        extra: Vec::new(),
     };
     let driver_argv = vec![
         l.driver().display().to_string(),
