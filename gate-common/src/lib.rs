@@ -109,6 +109,29 @@ pub struct InodeKey {
     pub ino: u64,
 }
 
+/// The inode filter: a one-hash Bloom filter over every `InodeKey` in the rule map, so that
+/// the walk skips the hash lookup for the ancestors that have no rule (almost all of them).
+/// `FILTER` is an array of `u64` words; bit `filter_bit(key, mask)` of it (word `bit / 64`,
+/// bit `bit % 64`) is set for every key. A clear bit means "no rule"; a set bit means "look".
+pub mod filter {
+    use super::InodeKey;
+
+    /// Bits for `keys` keys: 16 per key (about 6 % false positives), a power of two, at
+    /// least 4,096.
+    pub const fn bits_for(keys: usize) -> u64 {
+        let want = if keys > (1 << 40) { 1u64 << 44 } else { keys as u64 * 16 };
+        let bits = want.next_power_of_two();
+        if bits < 4096 { 4096 } else { bits }
+    }
+
+    /// The key's bit, below `mask + 1` (a power of two).
+    #[inline(always)]
+    pub fn bit(key: &InodeKey, mask: u64) -> u64 {
+        let h = (key.ino ^ ((key.dev as u64) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (h >> 24) & mask
+    }
+}
+
 /// What the rules say about one inode, per operation (indexed by `op::*`).
 /// `exact` applies when the inode itself is the object; `subtree` when it is an ancestor.
 #[repr(C)]
@@ -249,4 +272,46 @@ mod pod {
     unsafe impl aya::Pod for super::NetRule {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::{InodeKey, filter};
+    use std::vec;
+
+    #[test]
+    fn filter_sizes() {
+        assert_eq!(filter::bits_for(0), 4096);
+        assert_eq!(filter::bits_for(16), 4096);
+        assert_eq!(filter::bits_for(1_000), 16_384);
+        assert_eq!(filter::bits_for(10_001), 262_144);
+    }
+
+    /// Keys as a policy has them: one device, inode numbers in runs (a directory tree made at
+    /// once) and scattered. The filter must say "maybe" for every key and rarely for others.
+    #[test]
+    fn filter_false_positives_stay_low() {
+        for n in [20usize, 1_000, 10_000] {
+            let mask = filter::bits_for(n) - 1;
+            let key = |i: u64| InodeKey { dev: 0x0800_0001, _pad: 0, ino: 1_000 + i * 3 };
+            let mut words = vec![0u64; ((mask + 1) / 64) as usize];
+            for i in 0..n as u64 {
+                let b = filter::bit(&key(i), mask);
+                assert!(b <= mask);
+                words[(b / 64) as usize] |= 1 << (b % 64);
+            }
+            let probe = |k: &InodeKey| {
+                let b = filter::bit(k, mask);
+                words[(b / 64) as usize] & (1 << (b % 64)) != 0
+            };
+            assert!((0..n as u64).all(|i| probe(&key(i))));
+            let others = 100_000u64;
+            let hits = (0..others)
+                .filter(|i| probe(&InodeKey { dev: 0x0800_0001, _pad: 0, ino: 5_000_000 + i }))
+                .count() as f64;
+            let rate = hits / others as f64;
+            assert!(rate < 0.10, "{n} keys: {:.1} % false positives", rate * 100.0);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Maps shared with userspace. Sizes here are placeholders: userspace sets the real ones from
 //! the compiled policy at load time (`EbpfLoader::set_max_entries`).
 use aya_ebpf::{
+    Global,
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
@@ -13,6 +14,23 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// File rules keyed by (device, inode).
 #[map]
 pub static INODES: HashMap<InodeKey, InodeRule> = HashMap::with_max_entries(1, 0);
+
+/// Bloom filter over the keys of `INODES` (`gate_common::filter`); sized at load, and
+/// `FILTER_MASK` (read-only data) set to its number of bits minus one.
+#[map]
+pub static FILTER: Array<u64> = Array::with_max_entries(64, 0);
+#[unsafe(no_mangle)]
+pub static FILTER_MASK: Global<u64> = Global::new(64 * 64 - 1);
+
+/// Whether `key` may have a rule: false only when the filter proves it has none.
+#[inline(always)]
+pub fn may_have_rule(key: &InodeKey) -> bool {
+    let bit = gate_common::filter::bit(key, FILTER_MASK.load());
+    match FILTER.get((bit >> 6) as u32) {
+        Some(w) => *w & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
+}
 
 /// Connect rules, longest-prefix match on the destination address.
 #[map]

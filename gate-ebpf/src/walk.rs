@@ -11,7 +11,7 @@ use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, counter, decision, flag
 use crate::{
     decide::Verdict,
     kernel::{Offs, ReadError, ptr, read},
-    maps::{INODES, count},
+    maps::{INODES, count, may_have_rule},
 };
 
 /// Where a walk starts: the object's dentry (may be negative, for a name being created) and
@@ -36,16 +36,26 @@ pub fn step(o: &Offs, dentry: u64, vfsmnt: u64) -> Result<Step, ReadError> {
     if parent != dentry && parent != 0 {
         return Ok(Step::Up(parent, vfsmnt));
     }
+    Ok(match cross_mount(o, vfsmnt)? {
+        Some((d, m)) => Step::Up(d, m),
+        None => Step::Done,
+    })
+}
+
+/// From the root of the filesystem mounted at `vfsmnt`: the mount point and the parent
+/// mount, or None at the root of the mount tree (or when the hook gave no vfsmount).
+#[inline(always)]
+fn cross_mount(o: &Offs, vfsmnt: u64) -> Result<Option<(u64, u64)>, ReadError> {
     if vfsmnt == 0 {
-        return Ok(Step::Done);
+        return Ok(None);
     }
     let mount = vfsmnt - o.mount_mnt() as u64;
     let mparent = ptr(mount, o.mount_mnt_parent())?;
     if mparent == mount || mparent == 0 {
-        return Ok(Step::Done);
+        return Ok(None);
     }
     let mountpoint = ptr(mount, o.mount_mnt_mountpoint())?;
-    Ok(Step::Up(mountpoint, mparent + o.mount_mnt() as u64))
+    Ok(Some((mountpoint, mparent + o.mount_mnt() as u64)))
 }
 
 /// (device, inode) of a dentry, or None for a negative dentry.
@@ -56,9 +66,37 @@ pub fn identity(o: &Offs, dentry: u64) -> Result<Option<InodeKey>, ReadError> {
         return Ok(None);
     }
     let ino: u64 = read(inode, o.inode_i_ino())?;
+    Ok(Some(InodeKey { dev: device(o, dentry)?, _pad: 0, ino }))
+}
+
+/// The device of the filesystem a dentry belongs to.
+#[inline(always)]
+fn device(o: &Offs, dentry: u64) -> Result<u32, ReadError> {
     let sb = ptr(dentry, o.dentry_d_sb())?;
-    let dev: u32 = read(sb, o.sb_s_dev())?;
-    Ok(Some(InodeKey { dev, _pad: 0, ino }))
+    read(sb, o.sb_s_dev())
+}
+
+/// `struct dentry` from `d_parent` to `d_inode`, read in one go: `d_parent`, `d_name`
+/// (two words), `d_inode`. This has been the layout on 64-bit kernels for over a decade; on a
+/// kernel where it differs (checked against the BTF offsets, which the verifier sees as
+/// constants, so only one of the two ways is ever verified) the fields are read one by one.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DentryWindow {
+    d_parent: u64,
+    d_name: [u64; 2],
+    d_inode: u64,
+}
+
+/// (parent, inode) of a dentry, with one kernel read where the layout allows.
+#[inline(always)]
+fn parent_and_inode(o: &Offs, dentry: u64) -> Result<(u64, u64), ReadError> {
+    if o.dentry_d_inode() == o.dentry_d_parent() + 24 {
+        let w: DentryWindow = read(dentry, o.dentry_d_parent())?;
+        Ok((w.d_parent, w.d_inode))
+    } else {
+        Ok((ptr(dentry, o.dentry_d_parent())?, ptr(dentry, o.dentry_d_inode())?))
+    }
 }
 
 /// Hides a value from the verifier: it comes back as an unknown scalar. Verdicts differ by
@@ -110,6 +148,10 @@ pub fn file_verdict(o: &Offs, op: usize, start: Start) -> Verdict {
 }
 
 /// The walk itself; returns a packed verdict (internal errors flagged, not yet counted).
+///
+/// Per level: one read of the dentry (parent and inode), one of the inode number, a test of
+/// the inode filter (the rule lookup only when it says "maybe"), one launder. The device is read once per filesystem (at the start and after each
+/// mount crossing), since every dentry reached through `d_parent` shares its superblock.
 #[inline(always)]
 fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
     const FAILED: u64 = (decision::DENY as u64)
@@ -118,14 +160,24 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
     const TOO_DEEP: u64 = (decision::DENY as u64)
         | (rule::INTERNAL_DEPTH as u64) << 8
         | (flag::INTERNAL_ERROR as u64) << 24;
-    let mut st = WalkState { dentry: start.dentry, vfsmnt: start.vfsmnt, packed: Verdict::none().pack() };
+    let Ok(dev) = device(o, start.dentry) else { return FAILED };
+    let mut st = WalkState {
+        dentry: start.dentry,
+        vfsmnt: start.vfsmnt,
+        packed: Verdict::none().pack() | (dev as u64) << 32,
+    };
     for level in 0..MAX_PATH_DEPTH {
         let (dentry, vfsmnt) = (st.dentry, st.vfsmnt);
         let mut v = Verdict::unpack(st.packed);
-        let Ok(key) = identity(o, dentry) else { return FAILED };
-        if let Some(key) = key {
+        let dev = (st.packed >> 32) as u32;
+        let Ok((parent, inode)) = parent_and_inode(o, dentry) else { return FAILED };
+        if inode != 0 {
+            let Ok(ino) = read::<u64>(inode, o.inode_i_ino()) else { return FAILED };
+            let key = InodeKey { dev, _pad: 0, ino };
             // SAFETY: the value is only read, within this program run.
-            if let Some(r) = unsafe { INODES.get(&key) } {
+            if may_have_rule(&key)
+                && let Some(r) = unsafe { INODES.get(&key) }
+            {
                 if level == 0 {
                     v.merge(r.exact[op], r.exact_rule[op]);
                 } else {
@@ -136,10 +188,17 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
                 }
             }
         }
-        let next = match step(o, dentry, vfsmnt) {
-            Ok(Step::Up(d, m)) => WalkState { dentry: d, vfsmnt: m, packed: v.pack() },
-            Ok(Step::Done) => return v.pack(),
-            Err(_) => return FAILED,
+        let next = if parent != dentry && parent != 0 {
+            WalkState { dentry: parent, vfsmnt, packed: v.pack() | (dev as u64) << 32 }
+        } else {
+            match cross_mount(o, vfsmnt) {
+                Ok(Some((d, m))) => {
+                    let Ok(dev) = device(o, d) else { return FAILED };
+                    WalkState { dentry: d, vfsmnt: m, packed: v.pack() | (dev as u64) << 32 }
+                }
+                Ok(None) => return v.pack(),
+                Err(_) => return FAILED,
+            }
         };
         match launder_state(&next) {
             Some(s) => st = s,

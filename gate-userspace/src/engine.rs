@@ -50,6 +50,8 @@ pub enum EngineError {
 pub struct Engine {
     ebpf: Ebpf,
     links: Vec<PinnedLink>,
+    /// Bits of the inode filter minus one (`gate_common::filter`).
+    filter_mask: u64,
 }
 
 /// The kernel's view of the running kernel's BTF, for attaching.
@@ -69,20 +71,35 @@ impl Engine {
         let inodes = (policy.inodes.len() as u32 + 1).max(1);
         let net4 = (policy.net4.len() as u32).max(1);
         let net6 = (policy.net6.len() as u32).max(1);
+        // Room for the policy's keys and the self-test canary.
+        let filter_bits = gate_common::filter::bits_for(policy.inodes.len() + 1);
+        let filter_mask = filter_bits - 1;
         let ebpf = EbpfLoader::new()
             .override_global("KOFFSETS", &offsets, true)
+            .override_global("FILTER_MASK", &filter_mask, true)
+            .map_max_entries("FILTER", (filter_bits / 64) as u32)
             .map_max_entries("INODES", inodes)
             .map_max_entries("NET4", net4)
             .map_max_entries("NET6", net6)
             .map_max_entries("EVENTS", ringbuf_bytes.next_power_of_two().max(1 << 16))
             .load(OBJECT)
             .map_err(EngineError::Load)?;
-        let mut engine = Engine { ebpf, links: Vec::new() };
+        let mut engine = Engine { ebpf, links: Vec::new(), filter_mask };
         engine.fill(policy)?;
         Ok(engine)
     }
 
     fn fill(&mut self, policy: &CompiledPolicy) -> Result<(), EngineError> {
+        // The filter first: a key must never be in the rule map with its filter bit clear.
+        let mut words = vec![0u64; ((self.filter_mask + 1) / 64) as usize];
+        for k in policy.inodes.keys() {
+            let bit = gate_common::filter::bit(k, self.filter_mask);
+            words[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        let mut filter: Array<_, u64> = self.map("FILTER")?;
+        for (i, w) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
+            filter.set(i as u32, w, 0).map_err(|source| EngineError::Map { map: "FILTER", source })?;
+        }
         let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
         for (k, v) in &policy.inodes {
             inodes.insert(k, v, 0).map_err(|source| EngineError::Map { map: "INODES", source })?;
@@ -110,6 +127,11 @@ impl Engine {
 
     /// Adds one exact-file rule (used for the start-up self-test canary).
     pub fn add_inode(&mut self, key: InodeKey, rule: InodeRule) -> Result<(), EngineError> {
+        let bit = gate_common::filter::bit(&key, self.filter_mask);
+        let mut filter: Array<_, u64> = self.map("FILTER")?;
+        let err = |source| EngineError::Map { map: "FILTER", source };
+        let word = filter.get(&((bit / 64) as u32), 0).map_err(err)?;
+        filter.set((bit / 64) as u32, word | 1 << (bit % 64), 0).map_err(err)?;
         let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
         inodes.insert(key, rule, 0).map_err(|source| EngineError::Map { map: "INODES", source })
     }
