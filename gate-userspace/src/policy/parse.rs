@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use super::error::{Location, PolicyError, Pos};
+use super::error::{LineIndex, Location, PolicyError, Pos};
 use super::net::{Cidr, PortRange};
 use super::{AddrSpec, AuditLevel, Decision, Mode, Op, PathSpec, Policy, Rule, Target, VERSION};
 
@@ -90,18 +90,18 @@ pub fn parse(source: &str, file: &Path) -> Result<Policy, PolicyError> {
             message: e.message().trim_end().to_owned(),
         }
     })?;
-    Checker { source, file }.policy(raw)
+    Checker { lines: LineIndex::new(source), file }.policy(raw)
 }
 
 /// Turns spans into locations while checking values.
 struct Checker<'a> {
-    source: &'a str,
+    lines: LineIndex<'a>,
     file: &'a Path,
 }
 
 impl Checker<'_> {
     fn pos(&self, span: Range<usize>) -> Pos {
-        Pos::from_offset(self.source, span.start)
+        self.lines.pos(span.start)
     }
 
     fn at<T>(&self, value: &Spanned<T>) -> Location {
