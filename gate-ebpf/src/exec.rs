@@ -5,7 +5,7 @@ use gate_common::{hook, op};
 use crate::{
     decide::{Verdict, confined, finish},
     event::Object,
-    kernel::{offsets, ptr},
+    kernel::{load, offsets},
     walk::{Start, file_verdict},
 };
 
@@ -18,7 +18,8 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
     let bprm: u64 = ctx.arg(0);
-    let start = ptr(bprm, o.bprm_file()).and_then(|file| file_start(&o, file));
+    let file: u64 = load(bprm, o.bprm_file());
+    let start = if file == 0 { Err(crate::kernel::ReadError) } else { file_start(&o, file) };
     let v = match start {
         Ok(start) if o.valid() != 0 => file_verdict(&o, op::EXEC as usize, start),
         _ => Verdict::internal(gate_common::rule::INTERNAL, false),
@@ -37,6 +38,11 @@ pub fn file_start(
     o: &crate::kernel::Offs,
     file: u64,
 ) -> Result<Start, crate::kernel::ReadError> {
-    let path = file + o.file_f_path() as u64;
-    Ok(Start { dentry: ptr(path, o.path_dentry())?, vfsmnt: ptr(path, o.path_mnt())? })
+    // BTF-typed loads: the walk goes on from these pointers with plain loads.
+    let dentry: u64 = load(file, o.file_f_path() + o.path_dentry());
+    let vfsmnt: u64 = load(file, o.file_f_path() + o.path_mnt());
+    if dentry == 0 {
+        return Err(crate::kernel::ReadError);
+    }
+    Ok(Start { dentry, vfsmnt })
 }

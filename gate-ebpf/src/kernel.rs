@@ -73,6 +73,16 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, ReadError> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.map_err(|_| ReadError)
 }
 
+/// Loads a `T` at `base + off` with one plain load instruction. `base` must be a pointer the
+/// verifier knows by its BTF type (a hook argument, or a pointer loaded from one this way) and
+/// `off` an offset it sees as a constant (from `KOFFSETS`): it then checks the access against
+/// the kernel's BTF, and the kernel turns a fault into a zero result.
+#[inline(always)]
+pub fn load<T: Copy>(base: u64, off: u32) -> T {
+    // SAFETY: see above; the verifier rejects any other use, and faults are handled.
+    unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
+}
+
 /// Reads a pointer-sized field.
 #[inline(always)]
 pub fn ptr(base: u64, off: u32) -> Result<u64, ReadError> {

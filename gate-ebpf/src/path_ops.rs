@@ -8,20 +8,20 @@ use gate_common::{Config, hook, op, rule};
 use crate::{
     decide::{Verdict, confined, finish},
     event::Object,
-    kernel::{offsets, ptr, read},
+    kernel::{load, offsets, read},
     walk::{Start, file_verdict},
 };
 
 /// The object named `dentry` inside the directory `dir` (a `struct path *`).
 #[inline(always)]
 fn in_dir(o: &Offs, dir: u64, dentry: u64) -> Start {
-    Start { dentry, vfsmnt: ptr(dir, o.path_mnt()).unwrap_or(0) }
+    Start { dentry, vfsmnt: load(dir, o.path_mnt()) }
 }
 
 /// The object a `struct path *` points at.
 #[inline(always)]
 fn at_path(o: &Offs, path: u64) -> Start {
-    Start { dentry: ptr(path, o.path_dentry()).unwrap_or(0), vfsmnt: ptr(path, o.path_mnt()).unwrap_or(0) }
+    Start { dentry: load(path, o.path_dentry()), vfsmnt: load(path, o.path_mnt()) }
 }
 
 /// Checks a write to `start` for a confined task; 0 for everyone else.

@@ -10,7 +10,7 @@ use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, counter, decision, flag
 
 use crate::{
     decide::Verdict,
-    kernel::{Offs, ReadError, ptr, read},
+    kernel::{Offs, ReadError, load, ptr, read},
     maps::{INODES, count, may_have_rule},
 };
 
@@ -147,45 +147,95 @@ pub fn file_verdict(o: &Offs, op: usize, start: Start) -> Verdict {
     v
 }
 
+const FAILED: u64 =
+    (decision::DENY as u64) | (rule::INTERNAL as u64) << 8 | (flag::INTERNAL_ERROR as u64) << 24;
+const TOO_DEEP: u64 =
+    (decision::DENY as u64) | (rule::INTERNAL_DEPTH as u64) << 8 | (flag::INTERNAL_ERROR as u64) << 24;
+
+/// Merges the rule of `key`, if any, into `v`: the object's exact rule at level 0, subtree
+/// rules above. Returns true when the verdict is final (a deny).
+#[inline(always)]
+fn apply(v: &mut Verdict, key: &InodeKey, op: usize, level: u32) -> bool {
+    if !may_have_rule(key) {
+        return false;
+    }
+    // SAFETY: the value is only read, within this program run.
+    let Some(r) = (unsafe { INODES.get(key) }) else { return false };
+    if level == 0 {
+        v.merge(r.exact[op], r.exact_rule[op]);
+    } else {
+        v.merge(r.subtree[op], r.subtree_rule[op]);
+    }
+    v.severity() == decision::DENY
+}
+
 /// The walk itself; returns a packed verdict (internal errors flagged, not yet counted).
 ///
-/// Per level: one read of the dentry (parent and inode), one of the inode number, a test of
-/// the inode filter (the rule lookup only when it says "maybe"), one launder. The device is read once per filesystem (at the start and after each
-/// mount crossing), since every dentry reached through `d_parent` shares its superblock.
+/// First the object's own file system, with BTF-typed loads (`kernel::load`: one instruction
+/// per field, the start pointers come from the hook's arguments): per level the parent, the
+/// inode, its number, a test of the inode filter (the rule lookup only on "maybe") and one
+/// helper call that hides the verdict so far from the verifier (so that verification stays
+/// linear in the depth). Then, past the first mount point, the rest of the way with helper
+/// reads (`walk_above`), since a `struct mount` is only reachable by `container_of`.
 #[inline(always)]
 fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
-    const FAILED: u64 = (decision::DENY as u64)
-        | (rule::INTERNAL as u64) << 8
-        | (flag::INTERNAL_ERROR as u64) << 24;
-    const TOO_DEEP: u64 = (decision::DENY as u64)
-        | (rule::INTERNAL_DEPTH as u64) << 8
-        | (flag::INTERNAL_ERROR as u64) << 24;
-    let Ok(dev) = device(o, start.dentry) else { return FAILED };
-    let mut st = WalkState {
-        dentry: start.dentry,
-        vfsmnt: start.vfsmnt,
-        packed: Verdict::none().pack() | (dev as u64) << 32,
-    };
+    let sb: u64 = load(start.dentry, o.dentry_d_sb());
+    if sb == 0 {
+        return FAILED;
+    }
+    let dev: u32 = load(sb, o.sb_s_dev());
+    let mut dentry = start.dentry;
+    let mut packed = Verdict::none().pack();
     for level in 0..MAX_PATH_DEPTH {
+        let mut v = Verdict::unpack(packed);
+        let parent: u64 = load(dentry, o.dentry_d_parent());
+        let inode: u64 = load(dentry, o.dentry_d_inode());
+        if inode != 0 {
+            let ino: u64 = load(inode, o.inode_i_ino());
+            if apply(&mut v, &InodeKey { dev, _pad: 0, ino }, op, level) {
+                return v.pack();
+            }
+        }
+        if parent == dentry || parent == 0 {
+            // The root of this file system: on to the mount point, if any.
+            return walk_above(o, op, start.vfsmnt, v, level + 1);
+        }
+        dentry = parent;
+        packed = launder(v.pack());
+        if packed == u64::MAX {
+            return FAILED;
+        }
+    }
+    TOO_DEEP
+}
+
+/// From the root of the file system mounted at `vfsmnt` up through the mount points above
+/// it, with helper reads. `levels` have been walked already.
+#[inline(always)]
+fn walk_above(o: &Offs, op: usize, vfsmnt: u64, v: Verdict, levels: u32) -> u64 {
+    // Hidden from the verifier: from here on everything is a plain number.
+    let first = WalkState { dentry: 0, vfsmnt, packed: v.pack() | (levels as u64) << 40 };
+    let Some(first) = launder_state(&first) else { return FAILED };
+    let (d, m) = match cross_mount(o, first.vfsmnt) {
+        Ok(Some(dm)) => dm,
+        Ok(None) => return first.packed & 0xffff_ffff,
+        Err(_) => return FAILED,
+    };
+    let Ok(dev) = device(o, d) else { return FAILED };
+    let mut st = WalkState { dentry: d, vfsmnt: m, packed: (first.packed & 0xffff_ffff) | (dev as u64) << 32 };
+    let done = (first.packed >> 40) & 0xff;
+    for level in 0..MAX_PATH_DEPTH {
+        if level as u64 + done >= MAX_PATH_DEPTH as u64 {
+            return TOO_DEEP;
+        }
         let (dentry, vfsmnt) = (st.dentry, st.vfsmnt);
         let mut v = Verdict::unpack(st.packed);
         let dev = (st.packed >> 32) as u32;
         let Ok((parent, inode)) = parent_and_inode(o, dentry) else { return FAILED };
         if inode != 0 {
             let Ok(ino) = read::<u64>(inode, o.inode_i_ino()) else { return FAILED };
-            let key = InodeKey { dev, _pad: 0, ino };
-            // SAFETY: the value is only read, within this program run.
-            if may_have_rule(&key)
-                && let Some(r) = unsafe { INODES.get(&key) }
-            {
-                if level == 0 {
-                    v.merge(r.exact[op], r.exact_rule[op]);
-                } else {
-                    v.merge(r.subtree[op], r.subtree_rule[op]);
-                }
-                if v.severity() == decision::DENY {
-                    return v.pack();
-                }
+            if apply(&mut v, &InodeKey { dev, _pad: 0, ino }, op, 1) {
+                return v.pack();
             }
         }
         let next = if parent != dentry && parent != 0 {
