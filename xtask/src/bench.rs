@@ -648,13 +648,14 @@ fn shortfalls(kernels: &serde_json::Map<String, Value>) -> String {
                 "- Confined, 10,000 rules: {}. A confined file operation walks the path from the file up \
                  to the root (deny overrides allow, so the walk cannot stop at the first allow). The size \
                  of the policy hardly matters (compare the coding-agent column: a Bloom filter in front \
-                 of a hash map); the walk's depth does. Each level costs two `bpf_probe_read_kernel` \
-                 calls (parent and inode in one, the inode number) and one more that hides the walk's \
-                 state from the verifier so that verification stays linear in the depth: about 470 \
-                 virtual ns per level on 6.12, against a few loads for Landlock, which keeps its \
-                 rules on the inodes' security blobs. The next step is reading the dentries with \
-                 BTF-typed loads (one instruction each, faults handled by the kernel) instead of \
-                 helper calls, which needs the offsets as verifier-visible constants in every load. \
+                 of a hash map); the walk's depth does. In the object's own file system each level is a few BTF-typed loads \
+                 plus one helper call that hides the verdict so far from the verifier (so that \
+                 verification stays linear in the depth): about 220 virtual ns per level on 6.12; \
+                 above the first mount point the walk needs helper reads (a `struct mount` is only \
+                 reachable by `container_of`), about 470 ns per level. Landlock keeps its rules on \
+                 the inodes' security blobs and walks with plain loads. Next steps: \
+                 `bpf_rdonly_cast` (6.2+) to stay on typed loads across mount points, and a \
+                 verifier-transparent way to merge the verdict without a helper call. \
                  Network operations and exec pay for their record instead: every allowed connect, \
                  sendto with a destination and exec is an audit event (a ring-buffer reservation, \
                  the task's identity, the addresses or the path's names), by design; a UDP sender \
