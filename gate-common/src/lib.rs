@@ -111,7 +111,7 @@ pub struct InodeKey {
 
 /// The inode filter: a one-hash Bloom filter over every `InodeKey` in the rule map, so that
 /// the walk skips the hash lookup for the ancestors that have no rule (almost all of them).
-/// `FILTER` is an array of `u64` words; bit `filter_bit(key, mask)` of it (word `bit / 64`,
+/// `FILTER` is an array of `u64` words; bit `bit(key, mask)` of it (`slot`: word `bit / 64`,
 /// bit `bit % 64`) is set for every key. A clear bit means "no rule"; a set bit means "look".
 pub mod filter {
     use super::InodeKey;
@@ -129,6 +129,13 @@ pub mod filter {
     pub fn bit(key: &InodeKey, mask: u64) -> u64 {
         let h = (key.ino ^ ((key.dev as u64) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (h >> 24) & mask
+    }
+
+    /// Where the key's bit lives: the word's index in `FILTER` and the bit within that word.
+    #[inline(always)]
+    pub fn slot(key: &InodeKey, mask: u64) -> (u32, u64) {
+        let b = bit(key, mask);
+        ((b >> 6) as u32, 1u64 << (b & 63))
     }
 }
 
@@ -297,13 +304,13 @@ mod tests {
             let key = |i: u64| InodeKey { dev: 0x0800_0001, _pad: 0, ino: 1_000 + i * 3 };
             let mut words = vec![0u64; ((mask + 1) / 64) as usize];
             for i in 0..n as u64 {
-                let b = filter::bit(&key(i), mask);
-                assert!(b <= mask);
-                words[(b / 64) as usize] |= 1 << (b % 64);
+                assert!(filter::bit(&key(i), mask) <= mask);
+                let (w, b) = filter::slot(&key(i), mask);
+                words[w as usize] |= b;
             }
             let probe = |k: &InodeKey| {
-                let b = filter::bit(k, mask);
-                words[(b / 64) as usize] & (1 << (b % 64)) != 0
+                let (w, b) = filter::slot(k, mask);
+                words[w as usize] & b != 0
             };
             assert!((0..n as u64).all(|i| probe(&key(i))));
             let others = 100_000u64;

@@ -25,9 +25,9 @@ pub static FILTER_MASK: Global<u64> = Global::new(64 * 64 - 1);
 /// Whether `key` may have a rule: false only when the filter proves it has none.
 #[inline(always)]
 pub fn may_have_rule(key: &InodeKey) -> bool {
-    let bit = gate_common::filter::bit(key, FILTER_MASK.load());
-    match FILTER.get((bit >> 6) as u32) {
-        Some(w) => *w & (1u64 << (bit & 63)) != 0,
+    let (word, bit) = gate_common::filter::slot(key, FILTER_MASK.load());
+    match FILTER.get(word) {
+        Some(w) => *w & bit != 0,
         None => true,
     }
 }

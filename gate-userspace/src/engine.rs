@@ -93,8 +93,8 @@ impl Engine {
         // The filter first: a key must never be in the rule map with its filter bit clear.
         let mut words = vec![0u64; ((self.filter_mask + 1) / 64) as usize];
         for k in policy.inodes.keys() {
-            let bit = gate_common::filter::bit(k, self.filter_mask);
-            words[(bit / 64) as usize] |= 1 << (bit % 64);
+            let (word, bit) = gate_common::filter::slot(k, self.filter_mask);
+            words[word as usize] |= bit;
         }
         let mut filter: Array<_, u64> = self.map("FILTER")?;
         for (i, w) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
@@ -127,11 +127,11 @@ impl Engine {
 
     /// Adds one exact-file rule (used for the start-up self-test canary).
     pub fn add_inode(&mut self, key: InodeKey, rule: InodeRule) -> Result<(), EngineError> {
-        let bit = gate_common::filter::bit(&key, self.filter_mask);
+        let (word, bit) = gate_common::filter::slot(&key, self.filter_mask);
         let mut filter: Array<_, u64> = self.map("FILTER")?;
         let err = |source| EngineError::Map { map: "FILTER", source };
-        let word = filter.get(&((bit / 64) as u32), 0).map_err(err)?;
-        filter.set((bit / 64) as u32, word | 1 << (bit % 64), 0).map_err(err)?;
+        let old = filter.get(&word, 0).map_err(err)?;
+        filter.set(word, old | bit, 0).map_err(err)?;
         let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
         inodes.insert(key, rule, 0).map_err(|source| EngineError::Map { map: "INODES", source })
     }

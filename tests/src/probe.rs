@@ -54,6 +54,13 @@ pub const OPS: &[OpSpec] = &[
     },
 ];
 
+impl OpSpec {
+    /// Whether `n` arguments (after the operation's name) are right for it.
+    pub fn takes(&self, n: usize) -> bool {
+        n >= self.min_args && self.max_args.is_none_or(|m| n <= m)
+    }
+}
+
 /// Looks an operation up by name.
 pub fn find_op(name: &str) -> Option<&'static OpSpec> {
     OPS.iter().find(|s| s.name == name)
@@ -66,7 +73,7 @@ pub fn validate(args: &[String]) -> Result<(), String> {
     };
     let spec = find_op(name).ok_or_else(|| format!("unknown probe operation {name:?}"))?;
     let n = args.len() - 1;
-    if n < spec.min_args || spec.max_args.is_some_and(|m| n > m) {
+    if !spec.takes(n) {
         return Err(format!(
             "probe {} takes {} (got {n} arguments)",
             spec.name, spec.usage

@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             Err(msg) => usage(&msg),
         };
     }
-    if rest.len() < spec.min_args || spec.max_args.is_some_and(|m| rest.len() > m) {
+    if !spec.takes(rest.len()) {
         return usage(&format!("{} takes {}", spec.name, spec.usage));
     }
     match run(op, rest) {
@@ -215,7 +215,7 @@ fn seq(args: &[OsString]) -> Result<(), String> {
             .iter()
             .find(|s| s.name == op && s.name != "exec" && s.name != "seq" && s.name != "listen")
             .ok_or_else(|| format!("seq cannot repeat {op:?}"))?;
-        if rest.len() < spec.min_args || spec.max_args.is_some_and(|m| rest.len() > m) {
+        if !spec.takes(rest.len()) {
             return Err(format!("{} takes {}", spec.name, spec.usage));
         }
         // Results in the order first seen, with counts.

@@ -38,7 +38,6 @@ const BURST: u64 = 500;
 const WANTED: u64 = 1 + 2 + BURST + 1 + 1 + 1;
 
 struct Outcome {
-    stdout: String,
     log: Log,
     log_path: PathBuf,
     cmd: Cmd,
@@ -61,7 +60,7 @@ fn best_effort(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         "create x1: ok x1".to_string(),
         "exec-while-full=0".to_string(),
     ] {
-        if !o.stdout.lines().any(|l| l.trim() == want) {
+        if !o.out.stdout.lines().any(|l| l.trim() == want) {
             return Err(fail(Failure::new(format!(
                 "expected the line {want:?} from the confined command (enforcement does not wait \
                  for the log), it is missing"
@@ -100,7 +99,7 @@ fn required(ctx: &Ctx, notes: &mut Notes) -> TestResult {
             "after gate drained the buffer, the audited write is allowed again",
         ),
     ] {
-        if !o.stdout.lines().any(|l| l.trim() == want) {
+        if !o.out.stdout.lines().any(|l| l.trim() == want) {
             return Err(fail(Failure::new(format!(
                 "expected the line {want:?} ({why}), it is missing"
             ))));
@@ -203,7 +202,6 @@ fn flood(ctx: &Ctx, name: &str, required: bool) -> Result<Outcome, Failure> {
     let out = bg.finish();
     let log = Log::read(&opts.log);
     Ok(Outcome {
-        stdout: out.stdout.clone(),
         log,
         log_path: opts.log.clone(),
         cmd,
