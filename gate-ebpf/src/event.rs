@@ -96,7 +96,7 @@ fn task_root(o: &Offs) -> (u64, u64) {
 #[inline(always)]
 unsafe fn fill_path(e: *mut Event, o: &Offs, start: Start) {
     let (root_dentry, root_mnt) = task_root(o);
-    let names = collect_names(o, start, root_dentry, root_mnt);
+    let names = collect_names(start, root_dentry, root_mnt);
     // SAFETY: caller guarantees `e`.
     unsafe {
         if let Ok(Some(key)) = crate::walk::identity(o, start.dentry) {

@@ -5,7 +5,8 @@
 //! of the mount it was reached through), then continues from the mount point. So a file
 //! reached through a bind mount of a protected directory still meets the rules of that
 //! directory, and rules on directories above a mount point still apply below it.
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_loop};
+use core::ffi::c_void;
 use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, counter, decision, flag, rule};
 
 use crate::{
@@ -211,6 +212,9 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
 
 /// From the root of the file system mounted at `vfsmnt` up through the mount points above
 /// it, with helper reads. `levels` have been walked already.
+///
+/// One level per `bpf_loop` iteration: the verifier checks the level once, not once per
+/// possible depth, which keeps loading the programs fast.
 #[inline(always)]
 fn walk_above(o: &Offs, op: usize, vfsmnt: u64, v: Verdict, levels: u32) -> u64 {
     // Hidden from the verifier: from here on everything is a plain number.
@@ -222,40 +226,70 @@ fn walk_above(o: &Offs, op: usize, vfsmnt: u64, v: Verdict, levels: u32) -> u64 
         Err(_) => return FAILED,
     };
     let Ok(dev) = device(o, d) else { return FAILED };
-    let mut st = WalkState { dentry: d, vfsmnt: m, packed: (first.packed & 0xffff_ffff) | (dev as u64) << 32 };
-    let done = (first.packed >> 40) & 0xff;
-    for level in 0..MAX_PATH_DEPTH {
-        if level as u64 + done >= MAX_PATH_DEPTH as u64 {
-            return TOO_DEEP;
-        }
-        let (dentry, vfsmnt) = (st.dentry, st.vfsmnt);
-        let mut v = Verdict::unpack(st.packed);
-        let dev = (st.packed >> 32) as u32;
-        let Ok((parent, inode)) = parent_and_inode(o, dentry) else { return FAILED };
-        if inode != 0 {
-            let Ok(ino) = read::<u64>(inode, o.inode_i_ino()) else { return FAILED };
-            if apply(&mut v, &InodeKey { dev, _pad: 0, ino }, op, 1) {
-                return v.pack();
-            }
-        }
-        let next = if parent != dentry && parent != 0 {
-            WalkState { dentry: parent, vfsmnt, packed: v.pack() | (dev as u64) << 32 }
-        } else {
-            match cross_mount(o, vfsmnt) {
-                Ok(Some((d, m))) => {
-                    let Ok(dev) = device(o, d) else { return FAILED };
-                    WalkState { dentry: d, vfsmnt: m, packed: v.pack() | (dev as u64) << 32 }
-                }
-                Ok(None) => return v.pack(),
-                Err(_) => return FAILED,
-            }
-        };
-        match launder_state(&next) {
-            Some(s) => st = s,
-            None => return FAILED,
+    let mut above = Above {
+        st: WalkState { dentry: d, vfsmnt: m, packed: (first.packed & 0xffff_ffff) | (dev as u64) << 32 },
+        op: op as u64,
+        done: (first.packed >> 40) & 0xff,
+        result: TOO_DEEP,
+    };
+    // SAFETY: the callback only touches `above`, which outlives the call.
+    let r = unsafe {
+        bpf_loop(
+            MAX_PATH_DEPTH,
+            above_level as *const () as *mut c_void,
+            (&mut above as *mut Above).cast(),
+            0,
+        )
+    };
+    if r < 0 { FAILED } else { above.result }
+}
+
+/// What `above_level` works on: the level to look at next, and the result once done.
+#[repr(C)]
+struct Above {
+    st: WalkState,
+    op: u64,
+    /// Levels walked before the first mount point.
+    done: u64,
+    result: u64,
+}
+
+/// One level of `walk_above`: 0 to go on, 1 when `result` is set.
+#[inline(never)]
+extern "C" fn above_level(level: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `walk_above` passes its `Above`.
+    let a = unsafe { &mut *ctx.cast::<Above>() };
+    let o = crate::kernel::offsets();
+    let finish = |a: &mut Above, result: u64| {
+        a.result = result;
+        1
+    };
+    if level + a.done >= MAX_PATH_DEPTH as u64 {
+        return finish(a, TOO_DEEP);
+    }
+    let (dentry, vfsmnt) = (a.st.dentry, a.st.vfsmnt);
+    let mut v = Verdict::unpack(a.st.packed);
+    let dev = (a.st.packed >> 32) as u32;
+    let Ok((parent, inode)) = parent_and_inode(&o, dentry) else { return finish(a, FAILED) };
+    if inode != 0 {
+        let Ok(ino) = read::<u64>(inode, o.inode_i_ino()) else { return finish(a, FAILED) };
+        if apply(&mut v, &InodeKey { dev, _pad: 0, ino }, (a.op & 3) as usize, 1) {
+            return finish(a, v.pack());
         }
     }
-    TOO_DEEP
+    if parent != dentry && parent != 0 {
+        a.st = WalkState { dentry: parent, vfsmnt, packed: v.pack() | (dev as u64) << 32 };
+        return 0;
+    }
+    match cross_mount(&o, vfsmnt) {
+        Ok(Some((d, m))) => {
+            let Ok(dev) = device(&o, d) else { return finish(a, FAILED) };
+            a.st = WalkState { dentry: d, vfsmnt: m, packed: v.pack() | (dev as u64) << 32 };
+            0
+        }
+        Ok(None) => finish(a, v.pack()),
+        Err(_) => finish(a, FAILED),
+    }
 }
 
 /// Dentries whose names make up a path, one slot per level from the object up. A
@@ -266,26 +300,70 @@ pub struct Names {
     pub truncated: bool,
 }
 
-/// Walks from `start` to the task's root directory, keeping the first `EVENT_NAMES` levels.
+/// Walks from `start` to the task's root directory, keeping the first `EVENT_NAMES` levels
+/// (one level per `bpf_loop` iteration, see `walk_above`).
 #[inline(always)]
-pub fn collect_names(o: &Offs, start: Start, root_dentry: u64, root_mnt: u64) -> Names {
-    let mut n = Names { dentries: [0; EVENT_NAMES], levels: 0, truncated: false };
-    let mut dentry = start.dentry;
-    let mut vfsmnt = start.vfsmnt;
-    for level in 0..EVENT_NAMES {
-        if dentry == root_dentry && vfsmnt == root_mnt {
-            return n;
-        }
-        n.dentries[level] = dentry;
-        n.levels = level as u32 + 1;
-        let next = match step(o, dentry, vfsmnt) {
-            Ok(Step::Up(d, m)) => WalkState { dentry: d, vfsmnt: m, packed: 0 },
-            _ => return n,
-        };
-        let Some(s) = launder_state(&next) else { return n };
-        dentry = s.dentry;
-        vfsmnt = s.vfsmnt;
+pub fn collect_names(start: Start, root_dentry: u64, root_mnt: u64) -> Names {
+    let mut w = NameWalk {
+        dentry: start.dentry,
+        vfsmnt: start.vfsmnt,
+        root_dentry,
+        root_mnt,
+        levels: 0,
+        ended: 0,
+        dentries: [0; EVENT_NAMES],
+    };
+    // SAFETY: the callback only touches `w`, which outlives the call.
+    let r = unsafe {
+        bpf_loop(
+            EVENT_NAMES as u32,
+            name_level as *const () as *mut c_void,
+            (&mut w as *mut NameWalk).cast(),
+            0,
+        )
+    };
+    let at_root = w.dentry == w.root_dentry && w.vfsmnt == w.root_mnt;
+    Names {
+        dentries: w.dentries,
+        levels: w.levels as u32,
+        truncated: r >= 0 && w.ended == 0 && !at_root,
     }
-    n.truncated = !(dentry == root_dentry && vfsmnt == root_mnt);
-    n
+}
+
+/// What `name_level` works on.
+#[repr(C)]
+struct NameWalk {
+    dentry: u64,
+    vfsmnt: u64,
+    root_dentry: u64,
+    root_mnt: u64,
+    levels: u64,
+    /// Set when the walk reached the root (of the task or of everything) before running out
+    /// of slots.
+    ended: u64,
+    dentries: [u64; EVENT_NAMES],
+}
+
+/// One level of `collect_names`: 0 to go on, 1 when done.
+#[inline(never)]
+extern "C" fn name_level(level: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `collect_names` passes its `NameWalk`.
+    let w = unsafe { &mut *ctx.cast::<NameWalk>() };
+    if (w.dentry == w.root_dentry && w.vfsmnt == w.root_mnt) || level >= EVENT_NAMES as u64 {
+        w.ended = 1;
+        return 1;
+    }
+    w.dentries[level as usize] = w.dentry;
+    w.levels = level + 1;
+    match step(&crate::kernel::offsets(), w.dentry, w.vfsmnt) {
+        Ok(Step::Up(d, m)) => {
+            w.dentry = d;
+            w.vfsmnt = m;
+            0
+        }
+        _ => {
+            w.ended = 1;
+            1
+        }
+    }
 }

@@ -52,6 +52,10 @@ pub struct Engine {
     links: Vec<PinnedLink>,
     /// Bits of the inode filter minus one (`gate_common::filter`).
     filter_mask: u64,
+    /// The running kernel's BTF (read once: it is megabytes) and the programs that match its
+    /// hooks.
+    kernel: aya::Btf,
+    hooks: Vec<(&'static str, &'static str)>,
 }
 
 /// The kernel's view of the running kernel's BTF, for attaching.
@@ -67,7 +71,13 @@ impl Engine {
         if OBJECT.is_empty() {
             return Err(EngineError::NoObject);
         }
-        let offsets: KernelOffsets = btf::kernel_offsets(&Btf::from_sys_fs()?)?;
+        let t = std::time::Instant::now();
+        let ours = Btf::from_sys_fs()?;
+        let offsets: KernelOffsets = btf::kernel_offsets(&ours)?;
+        let hooks = btf::programs_for(&ours)?;
+        drop(ours);
+        let kernel = kernel_btf()?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "kernel BTF read");
         let inodes = (policy.inodes.len() as u32 + 1).max(1);
         let net4 = (policy.net4.len() as u32).max(1);
         let net6 = (policy.net6.len() as u32).max(1);
@@ -75,6 +85,7 @@ impl Engine {
         let filter_bits = gate_common::filter::bits_for(policy.inodes.len() + 1);
         let filter_mask = filter_bits - 1;
         let ebpf = EbpfLoader::new()
+            .btf(Some(&kernel))
             .override_global("KOFFSETS", &offsets, true)
             .override_global("FILTER_MASK", &filter_mask, true)
             .map_max_entries("FILTER", (filter_bits / 64) as u32)
@@ -84,7 +95,8 @@ impl Engine {
             .map_max_entries("EVENTS", ringbuf_bytes.next_power_of_two().max(1 << 16))
             .load(OBJECT)
             .map_err(EngineError::Load)?;
-        let mut engine = Engine { ebpf, links: Vec::new(), filter_mask };
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "object loaded");
+        let mut engine = Engine { ebpf, links: Vec::new(), filter_mask, kernel, hooks };
         engine.fill(policy)?;
         Ok(engine)
     }
@@ -145,7 +157,7 @@ impl Engine {
     /// Loads and attaches every program, pinning each link under `pin_dir` (a bpffs
     /// directory) so that enforcement stays in place if this process dies.
     pub fn attach(&mut self, pin_dir: &Path) -> Result<(), EngineError> {
-        for (name, link) in attach_all(&mut self.ebpf)? {
+        for (name, link) in attach_all(&mut self.ebpf, &self.kernel, &self.hooks)? {
             let path = pin_dir.join(name);
             let pinned = link
                 .pin(&path)
@@ -178,18 +190,30 @@ impl Engine {
     }
 }
 
-/// Loads and attaches every program of `ebpf` that matches this kernel's hook signatures.
-fn attach_all(ebpf: &mut Ebpf) -> Result<Vec<(&'static str, FdLink)>, EngineError> {
-    let btf = kernel_btf()?;
+/// Loads and attaches the programs of `ebpf` named in `hooks` (those that match this kernel's
+/// hook signatures, `btf::programs_for`).
+fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    hooks: &[(&'static str, &'static str)],
+) -> Result<Vec<(&'static str, FdLink)>, EngineError> {
     let mut links = Vec::new();
-    for (name, hook) in btf::programs_for(&Btf::from_sys_fs()?)? {
+    for &(name, hook) in hooks {
         let err = |source| EngineError::Program { program: name.to_string(), source };
         let prog: &mut Lsm = ebpf
             .program_mut(name)
             .ok_or(EngineError::Missing("an LSM program"))?
             .try_into()
             .map_err(err)?;
-        prog.load(hook, &btf).map_err(err)?;
+        let p = std::time::Instant::now();
+        prog.load(hook, btf).map_err(err)?;
+        tracing::debug!(
+            program = name,
+            ms = p.elapsed().as_millis() as u64,
+            insns = prog.info().ok().and_then(|i| i.verified_instruction_count()),
+            xlated = prog.info().ok().and_then(|i| i.size_translated()),
+            "verified"
+        );
         let id = prog.attach().map_err(err)?;
         links.push((name, prog.take_link(id).map_err(err)?.into()));
     }
@@ -208,8 +232,11 @@ impl NullEngine {
         if NULL_OBJECT.is_empty() {
             return Err(EngineError::NoObject);
         }
-        let mut ebpf = EbpfLoader::new().load(NULL_OBJECT).map_err(EngineError::Load)?;
-        let links = attach_all(&mut ebpf)?.into_iter().map(|(_, l)| l).collect();
+        let hooks = btf::programs_for(&Btf::from_sys_fs()?)?;
+        let kernel = kernel_btf()?;
+        let mut ebpf =
+            EbpfLoader::new().btf(Some(&kernel)).load(NULL_OBJECT).map_err(EngineError::Load)?;
+        let links = attach_all(&mut ebpf, &kernel, &hooks)?.into_iter().map(|(_, l)| l).collect();
         Ok(NullEngine { _links: links, _ebpf: ebpf })
     }
 }

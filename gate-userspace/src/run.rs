@@ -96,7 +96,9 @@ pub fn home_dir() -> PathBuf {
 
 fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
     let vars = Vars { workspace: opts.workspace.clone(), home: home_dir() };
+    let t = Instant::now();
     let mut policy = policy::load(&opts.policy, &vars)?;
+    tracing::debug!(ms = t.elapsed().as_millis() as u64, "policy compiled");
     if let Some(mode) = opts.mode {
         policy.mode = mode;
     }
@@ -136,7 +138,9 @@ fn confine_and_run(
     let mut events = engine.take_events()?;
     let counters = engine.take_counters()?;
     let outcome = attached.map_err(RunError::from).and_then(|()| {
+        let t = Instant::now();
         self_test(&cg, &run.canary_path(), &mut events, policy.mode)?;
+        tracing::debug!(ms = t.elapsed().as_millis() as u64, "self-test passed");
         supervise(opts, policy, &cg, events, counters)
     });
     // Whatever happened, nothing confined may be left running unconfined: kill the tree

@@ -6,7 +6,9 @@
 use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -23,6 +25,9 @@ const PASSTHROUGH_ENV: &[&str] = &["RUST_LOG", "RUST_BACKTRACE"];
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
 const EXIT_MARKER: &str = "GATE-GUEST-EXIT=";
 const INIT_ERROR_MARKER: &str = "GATE-GUEST-INIT-ERROR";
+/// How many of the guest's last console lines a timeout error repeats, so the summary at the end
+/// of a long log still shows where the guest was stuck.
+const TAIL_LINES: usize = 25;
 
 /// A bootable guest: kernel, the image qemu boots (vmlinux or vmlinuz), and the cached base
 /// initramfs.
@@ -89,12 +94,13 @@ pub fn run(guest: &Guest<'_>, options: &RunOptions, command: &[String]) -> Resul
         format!("could not start {QEMU}; run `cargo xtask setup` (installs qemu-system-x86)")
     })?;
     let (tx, rx) = mpsc::channel();
+    let tail = Tail::default();
     let readers = [
         stream(
             child.stdout.take().expect("piped"),
             label.to_owned(),
             nonce.clone(),
-            Some(tx.clone()),
+            Some((tx.clone(), tail.clone())),
         ),
         stream(
             child.stderr.take().expect("piped"),
@@ -110,7 +116,7 @@ pub fn run(guest: &Guest<'_>, options: &RunOptions, command: &[String]) -> Resul
     }
     let duration = started.elapsed();
     let (status, event) = waited?;
-    let exit_code = interpret(label, status, event, options.timeout)?;
+    let exit_code = interpret(label, status, event, options.timeout, &tail)?;
     say(
         label,
         &format!(
@@ -175,11 +181,31 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The guest console's last lines.
+#[derive(Clone, Default)]
+struct Tail(Arc<Mutex<VecDeque<String>>>);
+
+impl Tail {
+    fn push(&self, line: &str) {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == TAIL_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.to_owned());
+    }
+
+    fn render(&self, label: &str) -> String {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().map(|l| format!("\n  [{label}] {l}")).collect()
+    }
+}
+
 fn interpret(
     label: &str,
     status: Option<ExitStatus>,
     event: Option<Event>,
     timeout: Duration,
+    tail: &Tail,
 ) -> Result<i32> {
     match (event, status) {
         (Some(Event::Exit(code)), _) => Ok(code),
@@ -187,9 +213,10 @@ fn interpret(
             bail!("the {label} guest's /init failed: {msg}; see the guest output above")
         }
         (None, None) => bail!(
-            "the {label} guest did not finish within {}s and was killed; the last output is above. \
-             TCG is slow: raise --timeout if the work just needs longer",
-            timeout.as_secs()
+            "the {label} guest did not finish within {}s and was killed. TCG is slow: raise \
+             --timeout if the work just needs longer. Its last output:{}",
+            timeout.as_secs(),
+            tail.render(label)
         ),
         (None, Some(status)) => bail!(
             "the {label} guest stopped without reporting an exit code (qemu {status}); the kernel \
@@ -204,7 +231,7 @@ fn stream(
     source: impl Read + Send + 'static,
     label: String,
     nonce: String,
-    events: Option<Sender<Event>>,
+    events: Option<(Sender<Event>, Tail)>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(source);
@@ -217,8 +244,11 @@ fn stream(
             }
             let line = printable(&String::from_utf8_lossy(&raw));
             say(&label, &line);
-            if let (Some(events), Some(event)) = (&events, parse_line(&line, &nonce)) {
-                let _ = events.send(event);
+            if let Some((events, tail)) = &events {
+                tail.push(&line);
+                if let Some(event) = parse_line(&line, &nonce) {
+                    let _ = events.send(event);
+                }
             }
         }
     })

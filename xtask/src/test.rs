@@ -187,6 +187,15 @@ fn report(results: &[SuiteResult], skipped_guests: bool) -> ExitCode {
             r.duration.as_secs_f64()
         );
     }
+    // The rest of each failure's story (a stuck guest's last lines) under the table, where a
+    // truncated log still shows it.
+    for r in results {
+        if let Verdict::Failed(why) = &r.verdict
+            && why.lines().nth(1).is_some()
+        {
+            println!("\n{}: {why}", r.name);
+        }
+    }
     let passed = results
         .iter()
         .filter(|r| matches!(r.verdict, Verdict::Passed))

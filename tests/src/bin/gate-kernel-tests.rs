@@ -2,7 +2,8 @@
 //!
 //!     gate-kernel-tests --gate /abs/gate --probe /abs/gate-probe --repo /abs/repo [FILTER…]
 //!
-//! Prints `PASS name` or `FAIL name: expected …, got …` (with details) per test, then
+//! Prints `PASS name [secs]` or `FAIL name [secs]: expected …, got …` (with details) per test
+//! (secs: time since the previous result), then
 //! `N passed, N failed`. Exits 1 if anything failed, if nothing ran, or if the machine cannot
 //! run the suite (BPF LSM or cgroup v2 missing): that is a failure, never a skip.
 

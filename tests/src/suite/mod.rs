@@ -293,6 +293,9 @@ pub struct Reporter {
     pub failed: usize,
     filters: Vec<String>,
     list_only: bool,
+    /// When the previous result was printed: each line shows the time since, so a slow test
+    /// stands out in a guest log.
+    last: std::time::Instant,
 }
 
 impl Reporter {
@@ -302,6 +305,7 @@ impl Reporter {
             failed: 0,
             filters,
             list_only,
+            last: std::time::Instant::now(),
         }
     }
 
@@ -323,14 +327,16 @@ impl Reporter {
     /// Records a result, then notes that explain it (indented, not results themselves).
     pub fn record_with_notes(&mut self, name: &str, r: TestResult, notes: &[String]) {
         use std::io::Write;
+        let took = self.last.elapsed().as_secs_f64();
+        self.last = std::time::Instant::now();
         match r {
             Ok(()) => {
                 self.passed += 1;
-                println!("PASS {name}");
+                println!("PASS {name} [{took:.1}s]");
             }
             Err(f) => {
                 self.failed += 1;
-                println!("FAIL {name}: {f}");
+                println!("FAIL {name} [{took:.1}s]: {f}");
             }
         }
         for n in notes {
