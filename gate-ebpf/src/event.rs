@@ -12,7 +12,7 @@ use crate::{
     decide::Request,
     kernel::{ptr, read},
     maps::{EVENTS, count},
-    walk::{Start, collect_names},
+    walk::{Names, Start},
 };
 
 /// What an action was about.
@@ -96,14 +96,15 @@ fn task_root(o: &Offs) -> (u64, u64) {
 #[inline(always)]
 unsafe fn fill_path(e: *mut Event, o: &Offs, start: Start) {
     let (root_dentry, root_mnt) = task_root(o);
-    let names = collect_names(start, root_dentry, root_mnt);
+    let mut names = Names::new(start, root_dentry, root_mnt);
+    names.collect();
     // SAFETY: caller guarantees `e`.
     unsafe {
         if let Ok(Some(key)) = crate::walk::identity(o, start.dentry) {
             (*e).dev = key.dev;
             (*e).ino = key.ino;
         }
-        if names.truncated {
+        if names.truncated() {
             (*e).flags |= flag::PATH_TRUNCATED;
         }
         // No branches in this loop: a branch per slot would double the verifier's work per

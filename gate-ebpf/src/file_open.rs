@@ -7,7 +7,7 @@ use crate::{
     decide::{Verdict, confined, finish},
     event::Object,
     exec::file_start,
-    kernel::{offsets, read},
+    kernel::{load, offsets},
     walk::{Start, file_verdict},
 };
 
@@ -24,10 +24,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
     let file: u64 = ctx.arg(0);
-    let (mode, flags) = match (read::<u32>(file, o.file_f_mode()), read::<u32>(file, o.file_f_flags())) {
-        (Ok(m), Ok(f)) => (m, f),
-        _ => (FMODE_WRITE, 0),
-    };
+    // BTF-typed loads (`file` is the hook's argument).
+    let mode: u32 = load(file, o.file_f_mode());
+    let flags: u32 = load(file, o.file_f_flags());
     // overlayfs opens the real file behind an already checked overlay file ("backing file").
     if o.fmode_backing() != 0 && mode & o.fmode_backing() != 0 {
         return 0;

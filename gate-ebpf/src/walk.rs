@@ -100,16 +100,16 @@ fn parent_and_inode(o: &Offs, dentry: u64) -> Result<(u64, u64), ReadError> {
     }
 }
 
-/// Hides a value from the verifier: it comes back as an unknown scalar. Verdicts differ by
-/// path after each level (no match, a match, a more severe match); without this the verifier
-/// would carry every combination into the next level and give up long before 64 levels.
+/// Hides a value from the verifier: it comes back as an unknown scalar. Verdicts differ by the
+/// way they were reached (no match, a match, a more severe match, a level); without this the
+/// verifier would check what follows once per combination.
 #[inline(always)]
 fn launder(v: u64) -> u64 {
     // SAFETY: reads 8 bytes of this program's own stack.
     unsafe { bpf_probe_read_kernel(&v as *const u64) }.unwrap_or(u64::MAX)
 }
 
-/// Everything one level of a walk hands to the next.
+/// Where the walk above the first mount point stands.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct WalkState {
@@ -118,9 +118,8 @@ struct WalkState {
     packed: u64,
 }
 
-/// Hides the whole walk state from the verifier at the end of each level, so that every way
-/// through a level (no inode, no rule, a rule, a mount crossing, …) starts the next level as
-/// one and the same state: the verifier's work then grows linearly with the depth.
+/// Hides a whole walk state from the verifier (see `launder`), so that every way into the walk
+/// above the first mount point starts it as one and the same state.
 #[inline(always)]
 fn launder_state(s: &WalkState) -> Option<WalkState> {
     // SAFETY: reads this program's own stack.
@@ -174,10 +173,10 @@ fn apply(v: &mut Verdict, key: &InodeKey, op: usize, level: u32) -> bool {
 ///
 /// First the object's own file system, with BTF-typed loads (`kernel::load`: one instruction
 /// per field, the start pointers come from the hook's arguments): per level the parent, the
-/// inode, its number, a test of the inode filter (the rule lookup only on "maybe") and one
-/// helper call that hides the verdict so far from the verifier (so that verification stays
-/// linear in the depth). Then, past the first mount point, the rest of the way with helper
-/// reads (`walk_above`), since a `struct mount` is only reachable by `container_of`.
+/// inode, its number and a test of the inode filter (the rule lookup only on "maybe"). Then,
+/// past the first mount point, the rest of the way with helper reads (`walk_above`), since a
+/// `struct mount` is only reachable by `container_of`. Each level is one `bpf_loop`
+/// iteration, so the verifier checks a level once, whatever the depth.
 #[inline(always)]
 fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
     let sb: u64 = load(start.dentry, o.dentry_d_sb());
@@ -185,29 +184,73 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
         return FAILED;
     }
     let dev: u32 = load(sb, o.sb_s_dev());
-    let mut dentry = start.dentry;
-    let mut packed = Verdict::none().pack();
-    for level in 0..MAX_PATH_DEPTH {
-        let mut v = Verdict::unpack(packed);
-        let parent: u64 = load(dentry, o.dentry_d_parent());
-        let inode: u64 = load(dentry, o.dentry_d_inode());
-        if inode != 0 {
-            let ino: u64 = load(inode, o.inode_i_ino());
-            if apply(&mut v, &InodeKey { dev, _pad: 0, ino }, op, level) {
-                return v.pack();
-            }
-        }
-        if parent == dentry || parent == 0 {
-            // The root of this file system: on to the mount point, if any.
-            return walk_above(o, op, start.vfsmnt, v, level + 1);
-        }
-        dentry = parent;
-        packed = launder(v.pack());
-        if packed == u64::MAX {
-            return FAILED;
+    let mut own = Own {
+        dentry: start.dentry,
+        packed: Verdict::none().pack(),
+        dev: dev as u64,
+        op: op as u64,
+        result: TOO_DEEP,
+        above: 0,
+    };
+    // SAFETY: the callback only touches `own`, which outlives the call.
+    let r = unsafe {
+        bpf_loop(
+            MAX_PATH_DEPTH,
+            own_level as *const () as *mut c_void,
+            (&mut own as *mut Own).cast(),
+            0,
+        )
+    };
+    if r < 0 {
+        return FAILED;
+    }
+    if own.above == 0 {
+        return own.result;
+    }
+    // The root of this file system: on to the mount point, if any.
+    walk_above(o, op, start.vfsmnt, Verdict::unpack(own.packed), own.above as u32)
+}
+
+/// What `own_level` works on. `dentry` holds a BTF-typed pointer: the verifier keeps its type
+/// across the stack, so the loads through it stay plain loads.
+#[repr(C)]
+struct Own {
+    dentry: u64,
+    packed: u64,
+    dev: u64,
+    op: u64,
+    /// The packed verdict once the walk ended here (a deny, or too deep).
+    result: u64,
+    /// When the file system's root was reached: the number of levels walked (the walk goes on
+    /// above the mount point with `packed`).
+    above: u64,
+}
+
+/// One level in the object's own file system: 0 to go on, 1 when done.
+#[inline(never)]
+extern "C" fn own_level(level: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `walk_rules` passes its `Own`.
+    let w = unsafe { &mut *ctx.cast::<Own>() };
+    let o = crate::kernel::offsets();
+    let dentry = w.dentry;
+    let mut v = Verdict::unpack(w.packed);
+    let parent: u64 = load(dentry, o.dentry_d_parent());
+    let inode: u64 = load(dentry, o.dentry_d_inode());
+    if inode != 0 {
+        let ino: u64 = load(inode, o.inode_i_ino());
+        let key = InodeKey { dev: w.dev as u32, _pad: 0, ino };
+        if apply(&mut v, &key, (w.op & 3) as usize, level as u32) {
+            w.result = v.pack();
+            return 1;
         }
     }
-    TOO_DEEP
+    w.packed = v.pack();
+    if parent == dentry || parent == 0 {
+        w.above = level + 1;
+        return 1;
+    }
+    w.dentry = parent;
+    0
 }
 
 /// From the root of the file system mounted at `vfsmnt` up through the mount points above
@@ -292,63 +335,68 @@ extern "C" fn above_level(level: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// Dentries whose names make up a path, one slot per level from the object up. A
-/// filesystem root's name is "/", which userspace leaves out when it joins the names.
-pub struct Names {
-    pub dentries: [u64; EVENT_NAMES],
-    pub levels: u32,
-    pub truncated: bool,
-}
-
-/// Walks from `start` to the task's root directory, keeping the first `EVENT_NAMES` levels
-/// (one level per `bpf_loop` iteration, see `walk_above`).
-#[inline(always)]
-pub fn collect_names(start: Start, root_dentry: u64, root_mnt: u64) -> Names {
-    let mut w = NameWalk {
-        dentry: start.dentry,
-        vfsmnt: start.vfsmnt,
-        root_dentry,
-        root_mnt,
-        levels: 0,
-        ended: 0,
-        dentries: [0; EVENT_NAMES],
-    };
-    // SAFETY: the callback only touches `w`, which outlives the call.
-    let r = unsafe {
-        bpf_loop(
-            EVENT_NAMES as u32,
-            name_level as *const () as *mut c_void,
-            (&mut w as *mut NameWalk).cast(),
-            0,
-        )
-    };
-    let at_root = w.dentry == w.root_dentry && w.vfsmnt == w.root_mnt;
-    Names {
-        dentries: w.dentries,
-        levels: w.levels as u32,
-        truncated: r >= 0 && w.ended == 0 && !at_root,
-    }
-}
-
-/// What `name_level` works on.
+/// Dentries whose names make up a path, one slot per level from the object up (a filesystem
+/// root's name is "/", which userspace leaves out when it joins the names), and where the
+/// name walk stands. Filled one level per `bpf_loop` iteration (`name_level`), in place: the
+/// event code's stack frame has no room for a copy.
 #[repr(C)]
-struct NameWalk {
+pub struct Names {
     dentry: u64,
     vfsmnt: u64,
     root_dentry: u64,
     root_mnt: u64,
-    levels: u64,
+    pub levels: u64,
     /// Set when the walk reached the root (of the task or of everything) before running out
     /// of slots.
     ended: u64,
-    dentries: [u64; EVENT_NAMES],
+    pub dentries: [u64; EVENT_NAMES],
 }
 
-/// One level of `collect_names`: 0 to go on, 1 when done.
+impl Names {
+    /// Nothing collected yet: a walk from `start` up to the task's root directory.
+    #[inline(always)]
+    pub fn new(start: Start, root_dentry: u64, root_mnt: u64) -> Self {
+        Names {
+            dentry: start.dentry,
+            vfsmnt: start.vfsmnt,
+            root_dentry,
+            root_mnt,
+            levels: 0,
+            ended: 0,
+            dentries: [0; EVENT_NAMES],
+        }
+    }
+
+    /// Walks to the task's root directory, keeping the first `EVENT_NAMES` levels. On a
+    /// failure, the levels read so far.
+    #[inline(always)]
+    pub fn collect(&mut self) {
+        // SAFETY: the callback only touches `self`, which outlives the call.
+        let r = unsafe {
+            bpf_loop(
+                EVENT_NAMES as u32,
+                name_level as *const () as *mut c_void,
+                (self as *mut Names).cast(),
+                0,
+            )
+        };
+        if r < 0 {
+            self.ended = 1;
+        }
+    }
+
+    /// Whether the path has more levels than `EVENT_NAMES`.
+    #[inline(always)]
+    pub fn truncated(&self) -> bool {
+        self.ended == 0 && !(self.dentry == self.root_dentry && self.vfsmnt == self.root_mnt)
+    }
+}
+
+/// One level of `Names::collect`: 0 to go on, 1 when done.
 #[inline(never)]
 extern "C" fn name_level(level: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `collect_names` passes its `NameWalk`.
-    let w = unsafe { &mut *ctx.cast::<NameWalk>() };
+    // SAFETY: `Names::collect` passes its `Names`.
+    let w = unsafe { &mut *ctx.cast::<Names>() };
     if (w.dentry == w.root_dentry && w.vfsmnt == w.root_mnt) || level >= EVENT_NAMES as u64 {
         w.ended = 1;
         return 1;
