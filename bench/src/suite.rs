@@ -7,8 +7,8 @@
 //!    per worker); the order is reversed every other round (A B C, C B A, …);
 //! 4. phase B, one block per gate policy (coding-agent, +1,000 rules, +10,000 rules): load and
 //!    attach gate, then interleaved rounds of "gate loaded, worker not confined" and "worker
-//!    confined", detach, and a no-BPF run right after (loading gate takes minutes of wall
-//!    time under TCG, so it is not re-loaded every round);
+//!    confined", detach, and a no-BPF run right after (loading gate takes seconds of virtual
+//!    time, so it is not re-loaded every round);
 //! 5. `gate run --log` over a loop of denied opens: start-up time, events per second, memory.
 //!
 //! Each measurement runs in a freshly forked worker that confines itself as its condition says
