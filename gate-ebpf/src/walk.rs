@@ -5,7 +5,7 @@
 //! of the mount it was reached through), then continues from the mount point. So a file
 //! reached through a bind mount of a protected directory still meets the rules of that
 //! directory, and rules on directories above a mount point still apply below it.
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_loop};
+use aya_ebpf::helpers::generated::bpf_loop;
 use core::ffi::c_void;
 use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, counter, decision, flag, rule};
 
@@ -100,15 +100,6 @@ fn parent_and_inode(o: &Offs, dentry: u64) -> Result<(u64, u64), ReadError> {
     }
 }
 
-/// Hides a value from the verifier: it comes back as an unknown scalar. Verdicts differ by the
-/// way they were reached (no match, a match, a more severe match, a level); without this the
-/// verifier would check what follows once per combination.
-#[inline(always)]
-fn launder(v: u64) -> u64 {
-    // SAFETY: reads 8 bytes of this program's own stack.
-    unsafe { bpf_probe_read_kernel(&v as *const u64) }.unwrap_or(u64::MAX)
-}
-
 /// Where the walk above the first mount point stands.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -118,27 +109,12 @@ struct WalkState {
     packed: u64,
 }
 
-/// Hides a whole walk state from the verifier (see `launder`), so that every way into the walk
-/// above the first mount point starts it as one and the same state.
-#[inline(always)]
-fn launder_state(s: &WalkState) -> Option<WalkState> {
-    // SAFETY: reads this program's own stack.
-    unsafe { bpf_probe_read_kernel(s as *const WalkState) }.ok()
-}
-
 /// Evaluates the file rules for `op` on the object at `start`: the most severe of the
 /// object's exact rule and every ancestor's subtree rule. A failed read, or a path deeper than
 /// `MAX_PATH_DEPTH`, gives the fail-closed verdict.
-///
-/// The result is laundered once more on the way out, so that every way out of the walk (a
-/// deny found at level k, the root reached at level k, …) reaches the caller as one state:
-/// otherwise the verifier checks everything after the walk once per way out.
 #[inline(always)]
 pub fn file_verdict(o: &Offs, op: usize, start: Start) -> Verdict {
-    let packed = launder(walk_rules(o, op & 3, start));
-    if packed == u64::MAX {
-        return Verdict::internal(rule::INTERNAL, false);
-    }
+    let packed = walk_rules(o, op & 3, start);
     let v = Verdict::unpack(packed);
     if v.flags & flag::INTERNAL_ERROR != 0 {
         count(if v.rule == rule::INTERNAL_DEPTH { counter::DEPTH_EXCEEDED } else { counter::INTERNAL_ERROR });
@@ -260,19 +236,16 @@ extern "C" fn own_level(level: u64, ctx: *mut c_void) -> i64 {
 /// possible depth, which keeps loading the programs fast.
 #[inline(always)]
 fn walk_above(o: &Offs, op: usize, vfsmnt: u64, v: Verdict, levels: u32) -> u64 {
-    // Hidden from the verifier: from here on everything is a plain number.
-    let first = WalkState { dentry: 0, vfsmnt, packed: v.pack() | (levels as u64) << 40 };
-    let Some(first) = launder_state(&first) else { return FAILED };
-    let (d, m) = match cross_mount(o, first.vfsmnt) {
+    let (d, m) = match cross_mount(o, vfsmnt) {
         Ok(Some(dm)) => dm,
-        Ok(None) => return first.packed & 0xffff_ffff,
+        Ok(None) => return v.pack(),
         Err(_) => return FAILED,
     };
     let Ok(dev) = device(o, d) else { return FAILED };
     let mut above = Above {
-        st: WalkState { dentry: d, vfsmnt: m, packed: (first.packed & 0xffff_ffff) | (dev as u64) << 32 },
+        st: WalkState { dentry: d, vfsmnt: m, packed: v.pack() | (dev as u64) << 32 },
         op: op as u64,
-        done: (first.packed >> 40) & 0xff,
+        done: levels as u64,
         result: TOO_DEEP,
     };
     // SAFETY: the callback only touches `above`, which outlives the call.
