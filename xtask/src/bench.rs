@@ -654,10 +654,10 @@ fn shortfalls(kernels: &serde_json::Map<String, Value>) -> String {
                  about 125 virtual ns on 6.1 and 6.12; each level above the first mount point, \
                  where a `struct mount` is only reachable by `container_of` and the walk needs \
                  helper reads, about 330 ns. A file three levels down a tmpfs mounted on `/` \
-                 costs about 4,100 ns in all, so most of the cost is per call, not per level: \
+                 costs about 3,900 ns in all, so most of the cost is per call, not per level: \
                  the mount crossing (helper reads of the mount, the mount point and its \
-                 device), the helper calls that hide states from the verifier where paths \
-                 join, and the verdict. Landlock keeps \
+                 device), the helper read that hides the request from the verifier before the \
+                 event code, and the verdict. Landlock keeps \
                  its rules on the inodes' security blobs and walks with plain loads. Next steps: \
                  a per-directory verdict cache in inode storage (invalidated on rename, link and \
                  mount), `bpf_rdonly_cast` (6.2+) to stay on typed loads across mount points, \
