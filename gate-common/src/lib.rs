@@ -220,6 +220,8 @@ pub struct KernelOffsets {
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
+    /// `struct vfsmount.mnt_sb` (a `struct mount` embeds its vfsmount at `mount_mnt`).
+    pub vfsmount_mnt_sb: u32,
     pub bprm_file: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
@@ -268,7 +270,7 @@ const _: () = assert!(core::mem::size_of::<InodeRule>() == 24);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
 const _: () = assert!(core::mem::size_of::<NetRule>() == 8 + 8 * MAX_PORT_RULES);
 const _: () = assert!(core::mem::size_of::<Config>() == 24);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 25 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 88 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]

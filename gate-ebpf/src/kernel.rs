@@ -21,6 +21,7 @@ pub static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     mount_mnt: 0,
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
+    vfsmount_mnt_sb: 0,
     bprm_file: 0,
     task_real_parent: 0,
     task_tgid: 0,
@@ -61,7 +62,7 @@ macro_rules! offset_fields {
     };
 }
 
-offset_fields!(file_f_path, file_f_mode, file_f_flags, path_mnt, path_dentry, dentry_d_parent, dentry_d_name, dentry_d_inode, dentry_d_sb, qstr_name, inode_i_ino, sb_s_dev, mount_mnt, mount_mnt_parent, mount_mnt_mountpoint, bprm_file, task_real_parent, task_tgid, task_fs, fs_struct_root, msghdr_msg_name, msghdr_msg_namelen, fmode_backing, valid);
+offset_fields!(file_f_path, file_f_mode, file_f_flags, path_mnt, path_dentry, dentry_d_parent, dentry_d_name, dentry_d_inode, dentry_d_sb, qstr_name, inode_i_ino, sb_s_dev, mount_mnt, mount_mnt_parent, mount_mnt_mountpoint, vfsmount_mnt_sb, bprm_file, task_real_parent, task_tgid, task_fs, fs_struct_root, msghdr_msg_name, msghdr_msg_namelen, fmode_backing, valid);
 
 /// Reads a `T` at `base + off`. `base == 0` is an error, never a read of address `off`.
 #[inline(always)]
@@ -81,6 +82,24 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, ReadError> {
 pub fn load<T: Copy>(base: u64, off: u32) -> T {
     // SAFETY: see above; the verifier rejects any other use, and faults are handled.
     unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
+}
+
+/// Reads a `T` at `base + off` into `dst` (which may be in a caller's stack frame, e.g. a
+/// `bpf_loop` context, so that no copy lands on the reader's own stack).
+#[inline(always)]
+pub fn read_into<T>(dst: &mut T, base: u64, off: u32) -> Result<(), ReadError> {
+    if base == 0 {
+        return Err(ReadError);
+    }
+    // SAFETY: the helper writes exactly size_of::<T>() bytes to `dst`, or zeroes on a fault.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            (dst as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+            (base + off as u64) as *const core::ffi::c_void,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(ReadError) }
 }
 
 /// Reads a pointer-sized field.

@@ -11,7 +11,7 @@ use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, counter, decision, flag
 
 use crate::{
     decide::Verdict,
-    kernel::{Offs, ReadError, load, ptr, read},
+    kernel::{Offs, ReadError, load, ptr, read, read_into},
     maps::{INODES, count, may_have_rule},
 };
 
@@ -236,18 +236,24 @@ extern "C" fn own_level(level: u64, ctx: *mut c_void) -> i64 {
 /// possible depth, which keeps loading the programs fast.
 #[inline(always)]
 fn walk_above(o: &Offs, op: usize, vfsmnt: u64, v: Verdict, levels: u32) -> u64 {
-    let (d, m) = match cross_mount(o, vfsmnt) {
-        Ok(Some(dm)) => dm,
-        Ok(None) => return v.pack(),
-        Err(_) => return FAILED,
-    };
-    let Ok(dev) = device(o, d) else { return FAILED };
+    if vfsmnt == 0 {
+        return v.pack();
+    }
     let mut above = Above {
-        st: WalkState { dentry: d, vfsmnt: m, packed: v.pack() | (dev as u64) << 32 },
+        st: WalkState { dentry: 0, vfsmnt, packed: v.pack() },
         op: op as u64,
         done: levels as u64,
         result: TOO_DEEP,
+        up: MountWindow { parent: 0, mountpoint: 0, root: 0, sb: 0 },
     };
+    if mount_window(o, &mut above.up, vfsmnt - o.mount_mnt() as u64).is_err() {
+        return FAILED;
+    }
+    match cross(o, &mut above, v) {
+        Ok(true) => {}
+        Ok(false) => return v.pack(),
+        Err(_) => return FAILED,
+    }
     // SAFETY: the callback only touches `above`, which outlives the call.
     let r = unsafe {
         bpf_loop(
@@ -268,6 +274,55 @@ struct Above {
     /// Levels walked before the first mount point.
     done: u64,
     result: u64,
+    /// The window of the mount `st` is in: where the walk goes at its file system's root.
+    up: MountWindow,
+}
+
+/// `struct mount` from `mnt_parent` on: the parent mount, the mount point (a dentry in the
+/// parent's file system), and the embedded `struct vfsmount`'s `mnt_root` and `mnt_sb`. One
+/// kernel read where the layout allows (it has been this one for over a decade; checked
+/// against the BTF offsets, which the verifier sees as constants), else one per field.
+#[repr(C)]
+struct MountWindow {
+    parent: u64,
+    mountpoint: u64,
+    root: u64,
+    sb: u64,
+}
+
+/// Reads the window of `mount` into `w` (in place: `w` lives in the loop context).
+#[inline(always)]
+fn mount_window(o: &Offs, w: &mut MountWindow, mount: u64) -> Result<(), ReadError> {
+    if o.mount_mnt_mountpoint() == o.mount_mnt_parent() + 8
+        && o.mount_mnt() + o.vfsmount_mnt_sb() == o.mount_mnt_parent() + 24
+    {
+        read_into(w, mount, o.mount_mnt_parent())
+    } else {
+        w.parent = ptr(mount, o.mount_mnt_parent())?;
+        w.mountpoint = ptr(mount, o.mount_mnt_mountpoint())?;
+        w.sb = ptr(mount, o.mount_mnt() + o.vfsmount_mnt_sb())?;
+        Ok(())
+    }
+}
+
+/// From the root of the file system of the mount `a.up` describes, to its mount point in the
+/// parent mount, carrying `v`: false at the root of the mount tree. Two reads: the parent's
+/// window (kept for the next crossing) and its device.
+#[inline(always)]
+fn cross(o: &Offs, a: &mut Above, v: Verdict) -> Result<bool, ReadError> {
+    let mount = a.st.vfsmnt - o.mount_mnt() as u64;
+    let (parent, mountpoint) = (a.up.parent, a.up.mountpoint);
+    if parent == mount || parent == 0 {
+        return Ok(false);
+    }
+    mount_window(o, &mut a.up, parent)?;
+    let dev: u32 = read(a.up.sb, o.sb_s_dev())?;
+    a.st = WalkState {
+        dentry: mountpoint,
+        vfsmnt: parent + o.mount_mnt() as u64,
+        packed: v.pack() | (dev as u64) << 32,
+    };
+    Ok(true)
 }
 
 /// One level of `walk_above`: 0 to go on, 1 when `result` is set.
@@ -297,13 +352,9 @@ extern "C" fn above_level(level: u64, ctx: *mut c_void) -> i64 {
         a.st = WalkState { dentry: parent, vfsmnt, packed: v.pack() | (dev as u64) << 32 };
         return 0;
     }
-    match cross_mount(&o, vfsmnt) {
-        Ok(Some((d, m))) => {
-            let Ok(dev) = device(&o, d) else { return finish(a, FAILED) };
-            a.st = WalkState { dentry: d, vfsmnt: m, packed: v.pack() | (dev as u64) << 32 };
-            0
-        }
-        Ok(None) => finish(a, v.pack()),
+    match cross(&o, a, v) {
+        Ok(true) => 0,
+        Ok(false) => finish(a, v.pack()),
         Err(_) => finish(a, FAILED),
     }
 }

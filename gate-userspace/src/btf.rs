@@ -269,6 +269,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mount_mnt: f("mount", "mnt")?,
         mount_mnt_parent: f("mount", "mnt_parent")?,
         mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
+        vfsmount_mnt_sb: f("vfsmount", "mnt_sb")?,
         bprm_file: f("linux_binprm", "file")?,
         task_real_parent: f("task_struct", "real_parent")?,
         task_tgid: f("task_struct", "tgid")?,

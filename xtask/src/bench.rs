@@ -655,8 +655,8 @@ fn shortfalls(kernels: &serde_json::Map<String, Value>) -> String {
                  where a `struct mount` is only reachable by `container_of` and the walk needs \
                  helper reads, about 330 ns. A file three levels down a tmpfs mounted on `/` \
                  costs about 3,900 ns in all, so most of the cost is per call, not per level: \
-                 the mount crossing (helper reads of the mount, the mount point and its \
-                 device), the helper read that hides the request from the verifier before the \
+                 the mount crossings (two helper reads each: the parent mount's fields and \
+                 its device), the helper read that hides the request from the verifier before the \
                  event code, and the verdict. Landlock keeps \
                  its rules on the inodes' security blobs and walks with plain loads. Next steps: \
                  a per-directory verdict cache in inode storage (invalidated on rename, link and \
