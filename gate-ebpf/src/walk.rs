@@ -44,19 +44,20 @@ pub fn step(o: &Offs, dentry: u64, vfsmnt: u64) -> Result<Step, ReadError> {
 }
 
 /// From the root of the filesystem mounted at `vfsmnt`: the mount point and the parent
-/// mount, or None at the root of the mount tree (or when the hook gave no vfsmount).
+/// mount (one read of the mount's window; `cross` is the rule walk's crossing), or None at
+/// the root of the mount tree (or when the hook gave no vfsmount).
 #[inline(always)]
 fn cross_mount(o: &Offs, vfsmnt: u64) -> Result<Option<(u64, u64)>, ReadError> {
     if vfsmnt == 0 {
         return Ok(None);
     }
     let mount = vfsmnt - o.mount_mnt() as u64;
-    let mparent = ptr(mount, o.mount_mnt_parent())?;
-    if mparent == mount || mparent == 0 {
+    let mut w = MountWindow { parent: 0, mountpoint: 0, root: 0, sb: 0 };
+    mount_window(o, &mut w, mount)?;
+    if w.parent == mount || w.parent == 0 {
         return Ok(None);
     }
-    let mountpoint = ptr(mount, o.mount_mnt_mountpoint())?;
-    Ok(Some((mountpoint, mparent + o.mount_mnt() as u64)))
+    Ok(Some((w.mountpoint, w.parent + o.mount_mnt() as u64)))
 }
 
 /// (device, inode) of a dentry, or None for a negative dentry.

@@ -660,8 +660,8 @@ fn shortfalls(kernels: &serde_json::Map<String, Value>) -> String {
                  event code, and the verdict. Landlock keeps \
                  its rules on the inodes' security blobs and walks with plain loads. Next steps: \
                  a per-directory verdict cache in inode storage (invalidated on rename, link and \
-                 mount), `bpf_rdonly_cast` (6.2+) to stay on typed loads across mount points, \
-                 and fewer, wider reads at a mount crossing. \
+                 mount), and `bpf_rdonly_cast` (6.2+) to stay on typed loads across mount \
+                 points. \
                  Network operations and exec pay for their record instead: every allowed connect, \
                  sendto with a destination and exec is an audit event (a ring-buffer reservation, \
                  the task's identity, the addresses or the path's names), by design; a UDP sender \
