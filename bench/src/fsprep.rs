@@ -57,8 +57,14 @@ impl Layout {
         // A developer's home as the shipped policy expects it: credentials it denies reading
         // and startup files it denies writing. Without them the policy's read rules would name
         // nothing on this host, and gate would skip the walk for every open for read.
-        for f in [".ssh/id_ed25519", ".aws/credentials", ".config/gh/hosts.yml", ".gitconfig", ".bashrc", ".profile"]
-        {
+        for f in [
+            ".ssh/id_ed25519",
+            ".aws/credentials",
+            ".config/gh/hosts.yml",
+            ".gitconfig",
+            ".bashrc",
+            ".profile",
+        ] {
             let p = Path::new(HOME).join(f);
             fs::create_dir_all(p.parent().unwrap())?;
             fs::write(&p, b"bench placeholder\n")?;

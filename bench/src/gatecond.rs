@@ -19,8 +19,8 @@ use gate::{
     cgroup::{self, Cgroup},
     engine::{Counters, DEFAULT_RINGBUF_BYTES, Engine},
     events,
-    report::LogSink,
     policy::{self, CompiledPolicy, Vars},
+    report::LogSink,
     state,
 };
 use serde_json::{Value, json};
@@ -44,7 +44,10 @@ pub struct Gate {
 
 impl Gate {
     pub fn start(name: &str, policy_file: &Path, ws: &Path) -> Result<Gate> {
-        let vars = Vars { workspace: Some(ws.to_path_buf()), home: PathBuf::from(crate::fsprep::HOME) };
+        let vars = Vars {
+            workspace: Some(ws.to_path_buf()),
+            home: PathBuf::from(crate::fsprep::HOME),
+        };
         let (rss0, _) = rss_kib("self");
         let t0 = now_ns();
         let policy = policy::load(policy_file, &vars)
@@ -61,7 +64,9 @@ impl Gate {
         engine.set_config(policy.config(cg.id, cg.level))?;
         let pin_dir = Path::new(PIN_ROOT).join(name);
         fs::create_dir_all(&pin_dir)?;
-        say(&format!("{name}: attaching (the kernel verifies gate's programs now)"));
+        say(&format!(
+            "{name}: attaching (the kernel verifies gate's programs now)"
+        ));
         engine.attach(&pin_dir)?;
         let t4 = now_ns();
         let events = engine.take_events()?;
@@ -95,13 +100,29 @@ impl Gate {
             (t4 - t3) as f64 / 1e9
         ));
         let drain = Some(Drain::start(events, policy.clone()));
-        Ok(Gate { name: name.to_owned(), engine: Some(engine), policy, counters, drain, drained: 0, cg, pin_dir, setup })
+        Ok(Gate {
+            name: name.to_owned(),
+            engine: Some(engine),
+            policy,
+            counters,
+            drain,
+            drained: 0,
+            cg,
+            pin_dir,
+            setup,
+        })
     }
 
     /// Drains the kernel's events into a signed audit log at `log` (as `gate run --log` does,
     /// through [`gate::report::LogSink`]) until `n` decisions are written. Reports "ready"
     /// first, then the virtual time the n-th record was flushed.
-    pub fn collect_events(&mut self, n: usize, log: &Path, key: &Path, out: &mut fs::File) -> Result<Value> {
+    pub fn collect_events(
+        &mut self,
+        n: usize,
+        log: &Path,
+        key: &Path,
+        out: &mut fs::File,
+    ) -> Result<Value> {
         let mut events = self.stop_drain()?;
         let _ = fs::remove_file(log);
         let command = [std::ffi::OsString::from("gate-bench deny-loop")];
@@ -123,7 +144,9 @@ impl Gate {
         let mut t_done = 0;
         while now_ns() < deadline {
             while let Some(item) = events.next() {
-                let Some(e) = events::parse(&item) else { continue };
+                let Some(e) = events::parse(&item) else {
+                    continue;
+                };
                 if e.rule == gate_common::rule::SELFTEST {
                     continue;
                 }
@@ -136,7 +159,11 @@ impl Gate {
                 t_done = now_ns();
                 break;
             }
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: polling one valid fd.
             unsafe { libc::poll(&mut pfd, 1, 50) };
         }
@@ -157,9 +184,15 @@ impl Gate {
     }
 
     fn stop_drain(&mut self) -> Result<RingBuf<MapData>> {
-        let d = self.drain.take().context("the ring buffer is not being drained")?;
+        let d = self
+            .drain
+            .take()
+            .context("the ring buffer is not being drained")?;
         d.stop.store(true, Ordering::SeqCst);
-        let (events, n) = d.handle.join().map_err(|_| anyhow::anyhow!("drain thread panicked"))?;
+        let (events, n) = d
+            .handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("drain thread panicked"))?;
         self.drained += n;
         Ok(events)
     }
@@ -209,7 +242,11 @@ impl Drain {
                 if flag.load(Ordering::SeqCst) {
                     break;
                 }
-                let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 // SAFETY: polling one valid fd.
                 unsafe { libc::poll(&mut pfd, 1, 50) };
             }
@@ -223,5 +260,6 @@ impl Drain {
 pub fn join(procs: &fs::File) -> Result<()> {
     use std::io::Write;
     let mut f = procs;
-    f.write_all(std::process::id().to_string().as_bytes()).context("joining the cgroup")
+    f.write_all(std::process::id().to_string().as_bytes())
+        .context("joining the cgroup")
 }

@@ -32,8 +32,14 @@ pub fn restrict(ws: &Path, tcp_port: u16) -> Result<Value> {
         .create()?
         .add_rules(path_beneath_rules(["/"], read))?
         .add_rules(path_beneath_rules(EXEC_DIRS, read | AccessFs::Execute))?
-        .add_rules(path_beneath_rules(SCRATCH_DIRS, fs_all & !AccessFs::Execute))?
-        .add_rules(path_beneath_rules(["/dev/null"], AccessFs::from_file(TARGET_ABI)))?
+        .add_rules(path_beneath_rules(
+            SCRATCH_DIRS,
+            fs_all & !AccessFs::Execute,
+        ))?
+        .add_rules(path_beneath_rules(
+            ["/dev/null"],
+            AccessFs::from_file(TARGET_ABI),
+        ))?
         .add_rules(path_beneath_rules([ws], fs_all))?
         .add_rule(NetPort::new(tcp_port, AccessNet::ConnectTcp))?
         .restrict_self()
@@ -47,6 +53,9 @@ pub fn restrict(ws: &Path, tcp_port: u16) -> Result<Value> {
         RulesetStatus::PartiallyEnforced => "partially enforced",
         RulesetStatus::NotEnforced => "NOT enforced",
     };
-    anyhow::ensure!(status.ruleset != RulesetStatus::NotEnforced, "Landlock is not enforced");
+    anyhow::ensure!(
+        status.ruleset != RulesetStatus::NotEnforced,
+        "Landlock is not enforced"
+    );
     Ok(json!({ "abi": abi, "ruleset": ruleset }))
 }

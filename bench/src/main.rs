@@ -37,6 +37,8 @@ fn run(args: &[String]) -> Result<()> {
             println!("{JSON_END}");
             Ok(())
         }
-        _ => bail!("usage: gate-bench suite [--quick] [--repo DIR] [--only micro,workload,gate,events]"),
+        _ => bail!(
+            "usage: gate-bench suite [--quick] [--repo DIR] [--only micro,workload,gate,events]"
+        ),
     }
 }

@@ -91,7 +91,9 @@ pub fn run_all(fx: &Fixture, plans: &[(Op, Plan)]) -> Result<Value> {
 fn run_op(fx: &Fixture, op: Op, plan: Plan) -> Result<Vec<f64>> {
     match op {
         Op::Exec => timed(plan, || exec_true(fx)),
-        Op::OpenWrite => timed(plan, || open_close(&fx.write_file, libc::O_WRONLY | libc::O_CREAT)),
+        Op::OpenWrite => timed(plan, || {
+            open_close(&fx.write_file, libc::O_WRONLY | libc::O_CREAT)
+        }),
         Op::OpenRead => timed(plan, || open_close(&fx.read_file, libc::O_RDONLY)),
         Op::Rename => {
             // Leave the file as `a` whatever happened before.
@@ -100,8 +102,11 @@ fn run_op(fx: &Fixture, op: Op, plan: Plan) -> Result<Vec<f64>> {
             let mut flip = false;
             timed(plan, || {
                 flip = !flip;
-                let (from, to) =
-                    if flip { (&fx.rename_a, &fx.rename_b) } else { (&fx.rename_b, &fx.rename_a) };
+                let (from, to) = if flip {
+                    (&fx.rename_a, &fx.rename_b)
+                } else {
+                    (&fx.rename_b, &fx.rename_a)
+                };
                 // SAFETY: plain syscall on valid C strings.
                 if unsafe { libc::rename(from.as_ptr(), to.as_ptr()) } != 0 {
                     bail!("rename failed: errno {}", errno());
@@ -174,7 +179,9 @@ fn sockaddr(port: u16) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -252,7 +259,10 @@ impl Tcp {
             }
             let a = Fd(a);
             // Abortive close: no TIME_WAIT, so thousands of connects do not exhaust ports.
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
             libc::setsockopt(
                 c.0,
                 libc::SOL_SOCKET,
@@ -276,7 +286,10 @@ impl Udp {
     fn new() -> Result<Udp> {
         let rx = socket(libc::SOCK_DGRAM)?;
         bind(&rx, UDP_PORT)?;
-        Ok(Udp { tx: socket(libc::SOCK_DGRAM)?, rx })
+        Ok(Udp {
+            tx: socket(libc::SOCK_DGRAM)?,
+            rx,
+        })
     }
 
     fn send_recv(&self) -> Result<()> {

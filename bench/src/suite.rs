@@ -61,7 +61,11 @@ impl Options {
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
-            let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+            let mut val = || {
+                it.next()
+                    .cloned()
+                    .with_context(|| format!("{a} needs a value"))
+            };
             match a.as_str() {
                 "--quick" => {
                     o.quick = true;
@@ -85,7 +89,11 @@ impl Options {
 
     fn plans(&self) -> Vec<(Op, Plan)> {
         let q = if self.quick { 4 } else { 1 };
-        let p = |warmup: usize, n: usize, samples: usize| Plan { warmup, n: n / q, samples };
+        let p = |warmup: usize, n: usize, samples: usize| Plan {
+            warmup,
+            n: n / q,
+            samples,
+        };
         vec![
             (Op::Exec, p(3, 20, 3)),
             (Op::OpenWrite, p(200, 500, 4)),
@@ -311,17 +319,24 @@ impl Bench<'_> {
             let ns = s[s.len() / 2];
             seen.push(ns);
             say(&format!("settling: open+close median {ns:.0} ns/op"));
-            if let [.., a, b] = seen[..] {
-                if (a - b).abs() / a.min(b) <= TOLERANCE {
-                    converged = true;
-                    break;
-                }
+            if let [.., a, b] = seen[..]
+                && (a - b).abs() / a.min(b) <= TOLERANCE
+            {
+                converged = true;
+                break;
             }
         }
         Ok(json!({ "tolerance": TOLERANCE, "open_write_median_ns": seen, "converged": converged }))
     }
 
-    fn measure(&mut self, cond: &str, block: &str, round: usize, confine: Confine<'_>, task: Task) -> Result<()> {
+    fn measure(
+        &mut self,
+        cond: &str,
+        block: &str,
+        round: usize,
+        confine: Confine<'_>,
+        task: Task,
+    ) -> Result<()> {
         let t = now_ns();
         let mut v = self
             .worker(confine, task)
@@ -333,7 +348,10 @@ impl Bench<'_> {
             Task::DenyLoop(_) => "deny-loop",
         };
         if let Task::Workload = task {
-            say(&format!("{cond} [{block}] workload: {:.3} s", v["samples"]["workload"][0].as_f64().unwrap_or(0.0) / 1e9));
+            say(&format!(
+                "{cond} [{block}] workload: {:.3} s",
+                v["samples"]["workload"][0].as_f64().unwrap_or(0.0) / 1e9
+            ));
         } else {
             let s = &v["samples"];
             say(&format!(
@@ -353,7 +371,14 @@ impl Bench<'_> {
 
     fn worker(&self, confine: Confine<'_>, task: Task) -> Result<Value> {
         let plans = match task {
-            Task::Settle => vec![(Op::OpenWrite, Plan { warmup: 100, n: 1000, samples: 5 })],
+            Task::Settle => vec![(
+                Op::OpenWrite,
+                Plan {
+                    warmup: 100,
+                    n: 1000,
+                    samples: 5,
+                },
+            )],
             _ => self.plans.clone(),
         };
         let layout = &self.layout;
@@ -426,7 +451,10 @@ impl Bench<'_> {
         let mut result = Ok(None);
         if gate_on {
             'rounds: for round in 0..self.opts.rounds_b {
-                let mut order = [("gate_unconfined", Confine::Nothing), (*cond, Confine::Cgroup(&procs))];
+                let mut order = [
+                    ("gate_unconfined", Confine::Nothing),
+                    (*cond, Confine::Cgroup(&procs)),
+                ];
                 if round % 2 == 1 {
                     order.reverse();
                 }
@@ -447,7 +475,10 @@ impl Bench<'_> {
             }
         }
         if result.is_ok() && run_events {
-            result = self.events(&mut gate, &procs).context("events per second").map(Some);
+            result = self
+                .events(&mut gate, &procs)
+                .context("events per second")
+                .map(Some);
         }
         drop(procs);
         let mut setup = gate.setup.clone();
@@ -458,7 +489,13 @@ impl Bench<'_> {
         setup["block"] = json!(name);
         setup["index"] = json!(i);
         if micro && gate_on {
-            self.measure("none", &format!("after {name}"), 0, Confine::Nothing, Task::Micro)?;
+            self.measure(
+                "none",
+                &format!("after {name}"),
+                0,
+                Confine::Nothing,
+                Task::Micro,
+            )?;
         }
         Ok((setup, events))
     }
@@ -469,7 +506,10 @@ impl Bench<'_> {
         let n = self.opts.events;
         let log = self.layout.state.join("audit.jsonl");
         let key = self.layout.state.join("audit.key");
-        say(&format!("events: {n} denied opens, drained into {}", log.display()));
+        say(&format!(
+            "events: {n} denied opens, drained into {}",
+            log.display()
+        ));
         gate.send(&format!("collect {n} {} {}", log.display(), key.display()))?;
         let ready = gate.read()?;
         anyhow::ensure!(ready == json!("ready"), "holder said {ready}");
@@ -477,12 +517,18 @@ impl Bench<'_> {
         let mut done = gate.read()?;
         let t_start = w["t_start_ns"].as_u64().context("t_start")?;
         let t_done = done["t_done_ns"].as_u64().unwrap_or(0);
-        anyhow::ensure!(t_done > t_start, "the audit log did not get {n} decisions: {done}");
+        anyhow::ensure!(
+            t_done > t_start,
+            "the audit log did not get {n} decisions: {done}"
+        );
         done["n"] = json!(n);
         done["loop_ns"] = w["loop_ns"].clone();
         done["kernel_to_log_ns"] = json!(t_done - t_start);
         done["events_per_second"] = json!(n as f64 * 1e9 / (t_done - t_start) as f64);
-        say(&format!("events: {:.0} per virtual second", done["events_per_second"].as_f64().unwrap_or(0.0)));
+        say(&format!(
+            "events: {:.0} per virtual second",
+            done["events_per_second"].as_f64().unwrap_or(0.0)
+        ));
         Ok(done)
     }
 }
@@ -496,7 +542,12 @@ fn short_error(msg: &str) -> String {
     let head: String = lines.iter().take(3).copied().collect::<Vec<_>>().join("\n");
     let tail: String = lines[lines.len().saturating_sub(4)..].join("\n");
     let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
-    format!("{}\n[… {} lines …]\n{}", cut(&head, 700), lines.len().saturating_sub(7), cut(&tail, 700))
+    format!(
+        "{}\n[… {} lines …]\n{}",
+        cut(&head, 700),
+        lines.len().saturating_sub(7),
+        cut(&tail, 700)
+    )
 }
 
 /// A write outside the allowed places must fail with `expect` (or succeed when 0).

@@ -12,7 +12,10 @@ use serde_json::Value;
 /// `CLOCK_MONOTONIC` in ns. Under `-icount shift=0,sleep=off` this is virtual time: one ns per
 /// guest instruction (summed over the vCPUs that run), independent of how busy the host is.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: writing into a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -77,14 +80,17 @@ pub fn in_worker<F: FnOnce() -> Result<Value>>(f: F) -> Result<Value> {
     }
     drop(wr);
     let mut text = String::new();
-    std::fs::File::from(rd).read_to_string(&mut text).context("reading the worker's result")?;
+    std::fs::File::from(rd)
+        .read_to_string(&mut text)
+        .context("reading the worker's result")?;
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         bail!("worker ended with status {status:#x}");
     }
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("worker output {text:?}"))?;
+    let v: Value =
+        serde_json::from_str(&text).with_context(|| format!("worker output {text:?}"))?;
     match v {
         Value::Object(mut m) => {
             if let Some(e) = m.remove("err") {
@@ -114,9 +120,13 @@ pub fn rss_kib(pid: &str) -> (u64, u64) {
 pub fn bpf_maps(pid: &str) -> Vec<Value> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return out };
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return out;
+    };
     for e in rd.flatten() {
-        let Ok(target) = std::fs::read_link(e.path()) else { continue };
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
         if target.to_string_lossy() != "anon_inode:bpf-map" {
             continue;
         }
@@ -146,7 +156,10 @@ pub fn bpf_maps(pid: &str) -> Vec<Value> {
 }
 
 pub fn uname_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// A forked child that sets something up (loads BPF programs), reports, serves commands
@@ -183,7 +196,8 @@ pub fn report_line(out: &mut std::fs::File, r: Result<Value>) {
 fn read_report(r: &mut std::io::BufReader<std::fs::File>) -> Result<Value> {
     use std::io::BufRead;
     let mut line = String::new();
-    r.read_line(&mut line).context("reading the holder's report")?;
+    r.read_line(&mut line)
+        .context("reading the holder's report")?;
     if line.is_empty() {
         bail!("the holder process ended without reporting");
     }
@@ -243,7 +257,12 @@ impl Holder {
         let mut reports = std::io::BufReader::new(std::fs::File::from(rep_rd));
         let commands = Some(std::fs::File::from(cmd_wr));
         match read_report(&mut reports) {
-            Ok(setup) => Ok(Holder { pid, commands, reports, setup }),
+            Ok(setup) => Ok(Holder {
+                pid,
+                commands,
+                reports,
+                setup,
+            }),
             Err(e) => {
                 let mut status = 0;
                 // SAFETY: reaping our own child.

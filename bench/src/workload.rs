@@ -60,7 +60,12 @@ pub fn prepare(ws: &Path) -> Result<Workload> {
     let root = ws.join("toolroot");
     let build = root.join("build");
     fs::create_dir_all(&build)?;
-    for (link, target) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")] {
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("sbin", "usr/sbin"),
+    ] {
         fs::create_dir_all(root.join(target))?;
         let _ = symlink(target, root.join(link));
     }
@@ -109,7 +114,9 @@ pub fn prepare(ws: &Path) -> Result<Workload> {
 
 fn write_project(build: &Path) -> Result<()> {
     let mut header = String::from("#ifndef PROJ_H\n#define PROJ_H\n#include <stddef.h>\n");
-    let mut main = String::from("#include <stdio.h>\n#include \"proj.h\"\nint main(void) {\n  unsigned long s = 0;\n");
+    let mut main = String::from(
+        "#include <stdio.h>\n#include \"proj.h\"\nint main(void) {\n  unsigned long s = 0;\n",
+    );
     for i in 0..FILES {
         let _ = writeln!(header, "unsigned long f{i:02}(const char *s, size_t n);");
         let _ = writeln!(main, "  s += f{i:02}(\"gate benchmark\", {});", 5 + i);
@@ -130,7 +137,10 @@ fn write_project(build: &Path) -> Result<()> {
     main.push_str("  printf(\"%lu\\n\", s);\n  return 0;\n}\n");
     fs::write(build.join("proj.h"), header)?;
     fs::write(build.join("main.c"), main)?;
-    let objs: Vec<String> = (0..FILES).map(|i| format!("f{i:02}.o")).chain(["main.o".into()]).collect();
+    let objs: Vec<String> = (0..FILES)
+        .map(|i| format!("f{i:02}.o"))
+        .chain(["main.o".into()])
+        .collect();
     let makefile = format!(
         "CC = gcc\nCFLAGS = -O1 -Wall\nOBJS = {}\n\napp: $(OBJS)\n\t$(CC) -o $@ $(OBJS)\n\n\
          %.o: %.c proj.h\n\t$(CC) $(CFLAGS) -c $<\n\nclean:\n\trm -f $(OBJS) app\n",
@@ -142,7 +152,10 @@ fn write_project(build: &Path) -> Result<()> {
 
 /// Absolute paths of the shared libraries `ldd` lists for `program`.
 fn shared_libs(program: &str) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(program).output().context("running ldd")?;
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()
@@ -232,7 +245,12 @@ fn spawn_wait(argv: &[&str]) -> Result<()> {
     let args: Vec<CString> = argv.iter().map(|a| CString::new(*a).unwrap()).collect();
     let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
-    let env = [c"PATH=/usr/bin:/bin".as_ptr(), c"LANG=C".as_ptr(), c"TMPDIR=/tmp".as_ptr(), std::ptr::null()];
+    let env = [
+        c"PATH=/usr/bin:/bin".as_ptr(),
+        c"LANG=C".as_ptr(),
+        c"TMPDIR=/tmp".as_ptr(),
+        std::ptr::null(),
+    ];
     // Output goes to /dev/null (the console would cost time and bytes).
     // SAFETY: the child only makes async-signal-safe calls before execve.
     let pid = unsafe { libc::fork() };
@@ -254,7 +272,10 @@ fn spawn_wait(argv: &[&str]) -> Result<()> {
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("{} failed in the workload: status {status:#x}", argv.join(" "));
+        bail!(
+            "{} failed in the workload: status {status:#x}",
+            argv.join(" ")
+        );
     }
     Ok(())
 }

@@ -62,8 +62,23 @@ pub mod hook {
     pub const SOCKET_CONNECT: u8 = 15;
     pub const SOCKET_SENDMSG: u8 = 16;
     pub const NAMES: [&str; 17] = [
-        "exec", "open", "mknod", "mkdir", "rmdir", "unlink", "symlink", "link-source", "link",
-        "rename-source", "rename", "truncate", "chmod", "chown", "setattr", "connect", "sendmsg",
+        "exec",
+        "open",
+        "mknod",
+        "mkdir",
+        "rmdir",
+        "unlink",
+        "symlink",
+        "link-source",
+        "link",
+        "rename-source",
+        "rename",
+        "truncate",
+        "chmod",
+        "chown",
+        "setattr",
+        "connect",
+        "sendmsg",
     ];
 }
 
@@ -119,7 +134,11 @@ pub mod filter {
     /// Bits for `keys` keys: 16 per key (about 6 % false positives), a power of two, at
     /// least 4,096.
     pub const fn bits_for(keys: usize) -> u64 {
-        let want = if keys > (1 << 40) { 1u64 << 44 } else { keys as u64 * 16 };
+        let want = if keys > (1 << 40) {
+            1u64 << 44
+        } else {
+            keys as u64 * 16
+        };
         let bits = want.next_power_of_two();
         if bits < 4096 { 4096 } else { bits }
     }
@@ -173,7 +192,11 @@ pub struct NetRule {
 
 impl Default for NetRule {
     fn default() -> Self {
-        Self { count: 0, _pad: 0, ports: [PortRule::default(); MAX_PORT_RULES] }
+        Self {
+            count: 0,
+            _pad: 0,
+            ports: [PortRule::default(); MAX_PORT_RULES],
+        }
     }
 }
 
@@ -303,7 +326,11 @@ mod tests {
     fn filter_false_positives_stay_low() {
         for n in [20usize, 1_000, 10_000] {
             let mask = filter::bits_for(n) - 1;
-            let key = |i: u64| InodeKey { dev: 0x0800_0001, _pad: 0, ino: 1_000 + i * 3 };
+            let key = |i: u64| InodeKey {
+                dev: 0x0800_0001,
+                _pad: 0,
+                ino: 1_000 + i * 3,
+            };
             let mut words = vec![0u64; ((mask + 1) / 64) as usize];
             for i in 0..n as u64 {
                 assert!(filter::bit(&key(i), mask) <= mask);
@@ -317,10 +344,20 @@ mod tests {
             assert!((0..n as u64).all(|i| probe(&key(i))));
             let others = 100_000u64;
             let hits = (0..others)
-                .filter(|i| probe(&InodeKey { dev: 0x0800_0001, _pad: 0, ino: 5_000_000 + i }))
+                .filter(|i| {
+                    probe(&InodeKey {
+                        dev: 0x0800_0001,
+                        _pad: 0,
+                        ino: 5_000_000 + i,
+                    })
+                })
                 .count() as f64;
             let rate = hits / others as f64;
-            assert!(rate < 0.10, "{n} keys: {:.1} % false positives", rate * 100.0);
+            assert!(
+                rate < 0.10,
+                "{n} keys: {:.1} % false positives",
+                rate * 100.0
+            );
         }
     }
 }

@@ -30,7 +30,11 @@ pub fn eperm() -> i32 {
 /// other non-zero value is not a valid verdict and becomes a denial.
 #[inline(always)]
 pub fn pass_on(ret: i32) -> i32 {
-    if ret < MIN_ERRNO_RET.load() || ret > 0 { eperm() } else { ret }
+    if ret < MIN_ERRNO_RET.load() || ret > 0 {
+        eperm()
+    } else {
+        ret
+    }
 }
 
 /// The evaluated decision for one action.
@@ -45,14 +49,26 @@ pub struct Verdict {
 impl Verdict {
     #[inline(always)]
     pub fn none() -> Self {
-        Self { decision: decision::NONE, rule: rule::DEFAULT, flags: 0 }
+        Self {
+            decision: decision::NONE,
+            rule: rule::DEFAULT,
+            flags: 0,
+        }
     }
 
     /// The fail-closed verdict for an internal error.
     #[inline(always)]
     pub fn internal(rule: u16, depth: bool) -> Self {
-        count(if depth { counter::DEPTH_EXCEEDED } else { counter::INTERNAL_ERROR });
-        Self { decision: decision::DENY, rule, flags: flag::INTERNAL_ERROR }
+        count(if depth {
+            counter::DEPTH_EXCEEDED
+        } else {
+            counter::INTERNAL_ERROR
+        });
+        Self {
+            decision: decision::DENY,
+            rule,
+            flags: flag::INTERNAL_ERROR,
+        }
     }
 
     /// Packs decision and rule into one word (and back), to carry across walk levels.
@@ -63,7 +79,11 @@ impl Verdict {
 
     #[inline(always)]
     pub fn unpack(p: u64) -> Self {
-        Self { decision: p as u8, rule: (p >> 8) as u16, flags: (p >> 24) as u8 }
+        Self {
+            decision: p as u8,
+            rule: (p >> 8) as u16,
+            flags: (p >> 24) as u8,
+        }
     }
 
     #[inline(always)]
@@ -170,7 +190,11 @@ pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object
         // The action cannot be recorded and the policy requires a record: deny it.
         return eperm();
     }
-    if denied && req.mode != MODE_AUDIT { eperm() } else { 0 }
+    if denied && req.mode != MODE_AUDIT {
+        eperm()
+    } else {
+        0
+    }
 }
 
 /// What an event is made of, flattened for laundering.

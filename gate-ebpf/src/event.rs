@@ -2,8 +2,8 @@
 //! event is actually sent, so allowed actions that nobody asked to audit cost no name reads.
 use crate::kernel::Offs;
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-    bpf_get_current_uid_gid, bpf_ktime_get_ns,
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid,
+    bpf_ktime_get_ns,
     generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str},
 };
 use gate_common::{EVENT_NAME_LEN, EVENT_NAMES, Event, counter, flag};
@@ -18,7 +18,11 @@ use crate::{
 /// What an action was about.
 pub enum Object {
     File(Start),
-    Net { family: u16, port: u16, addr: [u8; 16] },
+    Net {
+        family: u16,
+        port: u16,
+        addr: [u8; 16],
+    },
 }
 
 /// Sends one event; false when the ring buffer had no room (counted as lost).
@@ -44,7 +48,14 @@ pub fn emit(o: &Offs, r: &Request) -> bool {
         (*e).family = 0;
         (*e).addr = [0; 16];
         if r.is_file != 0 {
-            fill_path(e, o, Start { dentry: r.dentry, vfsmnt: r.vfsmnt });
+            fill_path(
+                e,
+                o,
+                Start {
+                    dentry: r.dentry,
+                    vfsmnt: r.vfsmnt,
+                },
+            );
         } else {
             (*e).family = r.family;
             (*e).port = r.port;
@@ -81,7 +92,9 @@ unsafe fn fill_task(e: *mut Event, o: &Offs) {
 fn task_root(o: &Offs) -> (u64, u64) {
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task() };
-    let Ok(fs) = ptr(task, o.task_fs()) else { return (0, 0) };
+    let Ok(fs) = ptr(task, o.task_fs()) else {
+        return (0, 0);
+    };
     let root = fs + o.fs_struct_root() as u64;
     let mnt = ptr(root, o.path_mnt()).unwrap_or(0);
     let dentry = ptr(root, o.path_dentry()).unwrap_or(0);

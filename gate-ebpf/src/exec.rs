@@ -19,7 +19,11 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let o = offsets();
     let bprm: u64 = ctx.arg(0);
     let file: u64 = load(bprm, o.bprm_file());
-    let start = if file == 0 { Err(crate::kernel::ReadError) } else { file_start(&o, file) };
+    let start = if file == 0 {
+        Err(crate::kernel::ReadError)
+    } else {
+        file_start(&o, file)
+    };
     let v = match start {
         Ok(start) if o.valid() != 0 => file_verdict(&o, op::EXEC as usize, start),
         _ => Verdict::internal(gate_common::rule::INTERNAL, false),
@@ -27,17 +31,17 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let v = v.or_default(cfg, op::EXEC as usize);
     let obj = match start {
         Ok(s) => Object::File(s),
-        Err(_) => Object::File(Start { dentry: 0, vfsmnt: 0 }),
+        Err(_) => Object::File(Start {
+            dentry: 0,
+            vfsmnt: 0,
+        }),
     };
     finish(cfg, &o, op::EXEC, hook::BPRM_CHECK, v, &obj)
 }
 
 /// Where the walk starts for an open `struct file`.
 #[inline(always)]
-pub fn file_start(
-    o: &crate::kernel::Offs,
-    file: u64,
-) -> Result<Start, crate::kernel::ReadError> {
+pub fn file_start(o: &crate::kernel::Offs, file: u64) -> Result<Start, crate::kernel::ReadError> {
     // BTF-typed loads: the walk goes on from these pointers with plain loads.
     let dentry: u64 = load(file, o.file_f_path() + o.path_dentry());
     let vfsmnt: u64 = load(file, o.file_f_path() + o.path_mnt());

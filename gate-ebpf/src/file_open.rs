@@ -34,8 +34,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let fop = if mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0 {
         op::WRITE
     } else if mode & FMODE_READ != 0 {
-        if cfg.has_read_rules == 0 && cfg.defaults[op::READ as usize] & gate_common::decision::MASK
-            == gate_common::decision::ALLOW
+        if cfg.has_read_rules == 0
+            && cfg.defaults[op::READ as usize] & gate_common::decision::MASK
+                == gate_common::decision::ALLOW
             && cfg.defaults[op::READ as usize] & gate_common::decision::AUDIT == 0
         {
             return 0;
@@ -51,6 +52,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         _ => Verdict::internal(rule::INTERNAL, false),
     };
     let v = v.or_default(cfg, fop as usize);
-    let obj = Object::File(start.unwrap_or(Start { dentry: 0, vfsmnt: 0 }));
+    let obj = Object::File(start.unwrap_or(Start {
+        dentry: 0,
+        vfsmnt: 0,
+    }));
     finish(cfg, &o, fop, hook::FILE_OPEN, v, &obj)
 }

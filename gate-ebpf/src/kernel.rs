@@ -62,7 +62,33 @@ macro_rules! offset_fields {
     };
 }
 
-offset_fields!(file_f_path, file_f_mode, file_f_flags, path_mnt, path_dentry, dentry_d_parent, dentry_d_name, dentry_d_inode, dentry_d_sb, qstr_name, inode_i_ino, sb_s_dev, mount_mnt, mount_mnt_parent, mount_mnt_mountpoint, vfsmount_mnt_sb, bprm_file, task_real_parent, task_tgid, task_fs, fs_struct_root, msghdr_msg_name, msghdr_msg_namelen, fmode_backing, valid);
+offset_fields!(
+    file_f_path,
+    file_f_mode,
+    file_f_flags,
+    path_mnt,
+    path_dentry,
+    dentry_d_parent,
+    dentry_d_name,
+    dentry_d_inode,
+    dentry_d_sb,
+    qstr_name,
+    inode_i_ino,
+    sb_s_dev,
+    mount_mnt,
+    mount_mnt_parent,
+    mount_mnt_mountpoint,
+    vfsmount_mnt_sb,
+    bprm_file,
+    task_real_parent,
+    task_tgid,
+    task_fs,
+    fs_struct_root,
+    msghdr_msg_name,
+    msghdr_msg_namelen,
+    fmode_backing,
+    valid
+);
 
 /// Reads a `T` at `base + off`. `base == 0` is an error, never a read of address `off`.
 #[inline(always)]

@@ -49,7 +49,11 @@ fn check_addr(cfg: &Config, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
         Ok(f) => f,
         Err(_) => {
             let v = Verdict::internal(rule::INTERNAL, false);
-            let obj = Object::Net { family: 0, port: 0, addr: [0; 16] };
+            let obj = Object::Net {
+                family: 0,
+                port: 0,
+                addr: [0; 16],
+            };
             return finish(cfg, o, op::CONNECT, hook, v, &obj);
         }
     };
@@ -85,7 +89,14 @@ fn check_addr(cfg: &Config, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
         net_verdict(family, port, &addr)
     };
     let v = v.or_default(cfg, op::CONNECT as usize);
-    finish(cfg, o, op::CONNECT, hook, v, &Object::Net { family, port, addr })
+    finish(
+        cfg,
+        o,
+        op::CONNECT,
+        hook,
+        v,
+        &Object::Net { family, port, addr },
+    )
 }
 
 #[inline(always)]

@@ -14,7 +14,11 @@ static MIN_ERRNO_RET: Global<i32> = Global::new(-4095);
 
 #[inline(always)]
 fn pass_on(ret: i32) -> i32 {
-    if ret < MIN_ERRNO_RET.load() || ret > 0 { EPERM_RET.load() } else { ret }
+    if ret < MIN_ERRNO_RET.load() || ret > 0 {
+        EPERM_RET.load()
+    } else {
+        ret
+    }
 }
 
 macro_rules! null_program {

@@ -15,13 +15,19 @@ use crate::{
 /// The object named `dentry` inside the directory `dir` (a `struct path *`).
 #[inline(always)]
 fn in_dir(o: &Offs, dir: u64, dentry: u64) -> Start {
-    Start { dentry, vfsmnt: load(dir, o.path_mnt()) }
+    Start {
+        dentry,
+        vfsmnt: load(dir, o.path_mnt()),
+    }
 }
 
 /// The object a `struct path *` points at.
 #[inline(always)]
 fn at_path(o: &Offs, path: u64) -> Start {
-    Start { dentry: load(path, o.path_dentry()), vfsmnt: load(path, o.path_mnt()) }
+    Start {
+        dentry: load(path, o.path_dentry()),
+        vfsmnt: load(path, o.path_mnt()),
+    }
 }
 
 /// Checks a write to `start` for a confined task; 0 for everyone else.
@@ -44,7 +50,12 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_MKNOD, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_MKNOD,
+        in_dir(&o, ctx.arg(0), ctx.arg(1)),
+    )
 }
 
 #[lsm(hook = "path_mkdir")]
@@ -55,7 +66,12 @@ pub fn path_mkdir(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_MKDIR, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_MKDIR,
+        in_dir(&o, ctx.arg(0), ctx.arg(1)),
+    )
 }
 
 #[lsm(hook = "path_rmdir")]
@@ -66,7 +82,12 @@ pub fn path_rmdir(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_RMDIR, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_RMDIR,
+        in_dir(&o, ctx.arg(0), ctx.arg(1)),
+    )
 }
 
 #[lsm(hook = "path_unlink")]
@@ -77,7 +98,12 @@ pub fn path_unlink(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_UNLINK, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_UNLINK,
+        in_dir(&o, ctx.arg(0), ctx.arg(1)),
+    )
 }
 
 #[lsm(hook = "path_symlink")]
@@ -88,7 +114,12 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_SYMLINK, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_SYMLINK,
+        in_dir(&o, ctx.arg(0), ctx.arg(1)),
+    )
 }
 
 /// A new name for an existing inode: a write at the new name (`path_link`), and a write on
@@ -103,7 +134,12 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_LINK_DST, in_dir(&o, ctx.arg(1), ctx.arg(2)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_LINK_DST,
+        in_dir(&o, ctx.arg(1), ctx.arg(2)),
+    )
 }
 
 #[lsm(hook = "path_link")]
@@ -114,7 +150,12 @@ pub fn path_link_src(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_LINK_SRC, in_dir(&o, ctx.arg(1), ctx.arg(0)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_LINK_SRC,
+        in_dir(&o, ctx.arg(1), ctx.arg(0)),
+    )
 }
 
 /// rename: both ends, one program each (see `path_link`).
@@ -126,7 +167,12 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_RENAME_DST, in_dir(&o, ctx.arg(2), ctx.arg(3)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_RENAME_DST,
+        in_dir(&o, ctx.arg(2), ctx.arg(3)),
+    )
 }
 
 #[lsm(hook = "path_rename")]
@@ -137,7 +183,12 @@ pub fn path_rename_src(ctx: LsmContext) -> i32 {
     }
     let Some(cfg) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_RENAME_SRC, in_dir(&o, ctx.arg(0), ctx.arg(1)))
+    check_write(
+        cfg,
+        &o,
+        hook::PATH_RENAME_SRC,
+        in_dir(&o, ctx.arg(0), ctx.arg(1)),
+    )
 }
 
 #[lsm(hook = "path_truncate")]

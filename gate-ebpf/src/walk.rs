@@ -52,7 +52,12 @@ fn cross_mount(o: &Offs, vfsmnt: u64) -> Result<Option<(u64, u64)>, ReadError> {
         return Ok(None);
     }
     let mount = vfsmnt - o.mount_mnt() as u64;
-    let mut w = MountWindow { parent: 0, mountpoint: 0, root: 0, sb: 0 };
+    let mut w = MountWindow {
+        parent: 0,
+        mountpoint: 0,
+        root: 0,
+        sb: 0,
+    };
     mount_window(o, &mut w, mount)?;
     if w.parent == mount || w.parent == 0 {
         return Ok(None);
@@ -68,7 +73,11 @@ pub fn identity(o: &Offs, dentry: u64) -> Result<Option<InodeKey>, ReadError> {
         return Ok(None);
     }
     let ino: u64 = read(inode, o.inode_i_ino())?;
-    Ok(Some(InodeKey { dev: device(o, dentry)?, _pad: 0, ino }))
+    Ok(Some(InodeKey {
+        dev: device(o, dentry)?,
+        _pad: 0,
+        ino,
+    }))
 }
 
 /// The device of the filesystem a dentry belongs to.
@@ -97,7 +106,10 @@ fn parent_and_inode(o: &Offs, dentry: u64) -> Result<(u64, u64), ReadError> {
         let w: DentryWindow = read(dentry, o.dentry_d_parent())?;
         Ok((w.d_parent, w.d_inode))
     } else {
-        Ok((ptr(dentry, o.dentry_d_parent())?, ptr(dentry, o.dentry_d_inode())?))
+        Ok((
+            ptr(dentry, o.dentry_d_parent())?,
+            ptr(dentry, o.dentry_d_inode())?,
+        ))
     }
 }
 
@@ -118,16 +130,25 @@ pub fn file_verdict(o: &Offs, op: usize, start: Start) -> Verdict {
     let packed = walk_rules(o, op & 3, start);
     let v = Verdict::unpack(packed);
     if v.flags & flag::INTERNAL_ERROR != 0 {
-        count(if v.rule == rule::INTERNAL_DEPTH { counter::DEPTH_EXCEEDED } else { counter::INTERNAL_ERROR });
-        return Verdict { decision: decision::DENY, rule: rule::INTERNAL, flags: flag::INTERNAL_ERROR };
+        count(if v.rule == rule::INTERNAL_DEPTH {
+            counter::DEPTH_EXCEEDED
+        } else {
+            counter::INTERNAL_ERROR
+        });
+        return Verdict {
+            decision: decision::DENY,
+            rule: rule::INTERNAL,
+            flags: flag::INTERNAL_ERROR,
+        };
     }
     v
 }
 
 const FAILED: u64 =
     (decision::DENY as u64) | (rule::INTERNAL as u64) << 8 | (flag::INTERNAL_ERROR as u64) << 24;
-const TOO_DEEP: u64 =
-    (decision::DENY as u64) | (rule::INTERNAL_DEPTH as u64) << 8 | (flag::INTERNAL_ERROR as u64) << 24;
+const TOO_DEEP: u64 = (decision::DENY as u64)
+    | (rule::INTERNAL_DEPTH as u64) << 8
+    | (flag::INTERNAL_ERROR as u64) << 24;
 
 /// Merges the rule of `key`, if any, into `v`: the object's exact rule at level 0, subtree
 /// rules above. Returns true when the verdict is final (a deny).
@@ -137,7 +158,9 @@ fn apply(v: &mut Verdict, key: &InodeKey, op: usize, level: u32) -> bool {
         return false;
     }
     // SAFETY: the value is only read, within this program run.
-    let Some(r) = (unsafe { INODES.get(key) }) else { return false };
+    let Some(r) = (unsafe { INODES.get(key) }) else {
+        return false;
+    };
     if level == 0 {
         v.merge(r.exact[op], r.exact_rule[op]);
     } else {
@@ -185,7 +208,13 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
         return own.result;
     }
     // The root of this file system: on to the mount point, if any.
-    walk_above(o, op, start.vfsmnt, Verdict::unpack(own.packed), own.above as u32)
+    walk_above(
+        o,
+        op,
+        start.vfsmnt,
+        Verdict::unpack(own.packed),
+        own.above as u32,
+    )
 }
 
 /// What `own_level` works on. `dentry` holds a BTF-typed pointer: the verifier keeps its type
@@ -215,7 +244,11 @@ extern "C" fn own_level(level: u64, ctx: *mut c_void) -> i64 {
     let inode: u64 = load(dentry, o.dentry_d_inode());
     if inode != 0 {
         let ino: u64 = load(inode, o.inode_i_ino());
-        let key = InodeKey { dev: w.dev as u32, _pad: 0, ino };
+        let key = InodeKey {
+            dev: w.dev as u32,
+            _pad: 0,
+            ino,
+        };
         if apply(&mut v, &key, (w.op & 3) as usize, level as u32) {
             w.result = v.pack();
             return 1;
@@ -241,11 +274,20 @@ fn walk_above(o: &Offs, op: usize, vfsmnt: u64, v: Verdict, levels: u32) -> u64 
         return v.pack();
     }
     let mut above = Above {
-        st: WalkState { dentry: 0, vfsmnt, packed: v.pack() },
+        st: WalkState {
+            dentry: 0,
+            vfsmnt,
+            packed: v.pack(),
+        },
         op: op as u64,
         done: levels as u64,
         result: TOO_DEEP,
-        up: MountWindow { parent: 0, mountpoint: 0, root: 0, sb: 0 },
+        up: MountWindow {
+            parent: 0,
+            mountpoint: 0,
+            root: 0,
+            sb: 0,
+        },
     };
     if mount_window(o, &mut above.up, vfsmnt - o.mount_mnt() as u64).is_err() {
         return FAILED;
@@ -342,15 +384,28 @@ extern "C" fn above_level(level: u64, ctx: *mut c_void) -> i64 {
     let (dentry, vfsmnt) = (a.st.dentry, a.st.vfsmnt);
     let mut v = Verdict::unpack(a.st.packed);
     let dev = (a.st.packed >> 32) as u32;
-    let Ok((parent, inode)) = parent_and_inode(&o, dentry) else { return finish(a, FAILED) };
+    let Ok((parent, inode)) = parent_and_inode(&o, dentry) else {
+        return finish(a, FAILED);
+    };
     if inode != 0 {
-        let Ok(ino) = read::<u64>(inode, o.inode_i_ino()) else { return finish(a, FAILED) };
-        if apply(&mut v, &InodeKey { dev, _pad: 0, ino }, (a.op & 3) as usize, 1) {
+        let Ok(ino) = read::<u64>(inode, o.inode_i_ino()) else {
+            return finish(a, FAILED);
+        };
+        if apply(
+            &mut v,
+            &InodeKey { dev, _pad: 0, ino },
+            (a.op & 3) as usize,
+            1,
+        ) {
             return finish(a, v.pack());
         }
     }
     if parent != dentry && parent != 0 {
-        a.st = WalkState { dentry: parent, vfsmnt, packed: v.pack() | (dev as u64) << 32 };
+        a.st = WalkState {
+            dentry: parent,
+            vfsmnt,
+            packed: v.pack() | (dev as u64) << 32,
+        };
         return 0;
     }
     match cross(&o, a, v) {

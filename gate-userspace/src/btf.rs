@@ -12,7 +12,10 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("cannot read kernel BTF at {path}: {source}; the kernel needs CONFIG_DEBUG_INFO_BTF=y")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("kernel BTF is malformed: {0}")]
     Malformed(&'static str),
     #[error("kernel BTF has no {0}; this kernel is not supported")]
@@ -21,7 +24,11 @@ pub enum BtfError {
         "LSM hook {hook} takes {found} arguments on this kernel, gate expects {expected}; \
          this kernel is not supported"
     )]
-    HookSignature { hook: &'static str, found: usize, expected: String },
+    HookSignature {
+        hook: &'static str,
+        found: usize,
+        expected: String,
+    },
 }
 
 const KIND_STRUCT: u32 = 4;
@@ -68,14 +75,18 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path)
-            .map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&data)
     }
 
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != 0xeb9f {
-            return Err(BtfError::Malformed("bad magic (only little-endian BTF is supported)"));
+            return Err(BtfError::Malformed(
+                "bad magic (only little-endian BTF is supported)",
+            ));
         }
         let hdr_len = u32_at(data, 4)? as usize;
         let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
@@ -88,7 +99,11 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section out of bounds"))?
             .to_vec();
         let types = parse_types(types_raw)?;
-        let mut btf = Btf { types, strings, by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            by_name: HashMap::new(),
+        };
         for id in 1..btf.types.len() {
             let t = &btf.types[id];
             if matches!(t.kind, KIND_STRUCT | KIND_UNION | KIND_FUNC) && t.name != 0 {
@@ -168,7 +183,13 @@ impl Btf {
 
 fn parse_types(raw: &[u8]) -> Result<Vec<Type>, BtfError> {
     // Type ids start at 1; 0 is void.
-    let mut types = vec![Type { name: 0, kind: 0, ty: 0, members: Vec::new(), params: 0 }];
+    let mut types = vec![Type {
+        name: 0,
+        kind: 0,
+        ty: 0,
+        members: Vec::new(),
+        params: 0,
+    }];
     let mut off = 0;
     while off < raw.len() {
         let name = u32_at(raw, off)?;
@@ -176,27 +197,41 @@ fn parse_types(raw: &[u8]) -> Result<Vec<Type>, BtfError> {
         let ty = u32_at(raw, off + 8)?;
         let (kind, vlen, kflag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31);
         off += 12;
-        let mut t = Type { name, kind, ty, members: Vec::new(), params: 0 };
+        let mut t = Type {
+            name,
+            kind,
+            ty,
+            members: Vec::new(),
+            params: 0,
+        };
         let extra = match kind {
-            1 | 14 | 17 => 4,                   // int, var, decl_tag
-            3 => 12,                            // array
+            1 | 14 | 17 => 4, // int, var, decl_tag
+            3 => 12,          // array
             KIND_STRUCT | KIND_UNION => {
                 for i in 0..vlen {
                     let m = off + i * 12;
                     let raw_off = u32_at(raw, m + 8)?;
-                    let bit_offset = if kflag == 1 { raw_off & 0xff_ffff } else { raw_off };
-                    t.members.push(Member { name: u32_at(raw, m)?, ty: u32_at(raw, m + 4)?, bit_offset });
+                    let bit_offset = if kflag == 1 {
+                        raw_off & 0xff_ffff
+                    } else {
+                        raw_off
+                    };
+                    t.members.push(Member {
+                        name: u32_at(raw, m)?,
+                        ty: u32_at(raw, m + 4)?,
+                        bit_offset,
+                    });
                 }
                 vlen * 12
             }
-            6 => vlen * 8,                      // enum
+            6 => vlen * 8, // enum
             KIND_FUNC_PROTO => {
                 t.params = vlen;
                 vlen * 8
             }
-            15 | 19 => vlen * 12,               // datasec, enum64
-            2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC
-            | 16 | KIND_TYPE_TAG => 0,
+            15 | 19 => vlen * 12, // datasec, enum64
+            2 | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_FUNC | 16
+            | KIND_TYPE_TAG => 0,
             _ => return Err(BtfError::Malformed("unknown BTF kind")),
         };
         off += extra;
@@ -240,8 +275,16 @@ pub fn programs_for(btf: &Btf) -> Result<Vec<(&'static str, &'static str)>, BtfE
         let candidates: Vec<_> = PROGRAMS.iter().filter(|p| p.1 == hook).collect();
         let matching: Vec<_> = candidates.iter().filter(|p| p.2 == n).collect();
         if matching.is_empty() {
-            let expected = candidates.iter().map(|p| p.2.to_string()).collect::<Vec<_>>().join(" or ");
-            return Err(BtfError::HookSignature { hook, found: n, expected });
+            let expected = candidates
+                .iter()
+                .map(|p| p.2.to_string())
+                .collect::<Vec<_>>()
+                .join(" or ");
+            return Err(BtfError::HookSignature {
+                hook,
+                found: n,
+                expected,
+            });
         }
         out.extend(matching.iter().map(|p| (p.0, p.1)));
     }
@@ -312,6 +355,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert!(matches!(Btf::parse(b"not btf at all, clearly"), Err(BtfError::Malformed(_))));
+        assert!(matches!(
+            Btf::parse(b"not btf at all, clearly"),
+            Err(BtfError::Malformed(_))
+        ));
     }
 }

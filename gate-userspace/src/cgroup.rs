@@ -1,7 +1,6 @@
 //! cgroup v2: where it is mounted, gate's run cgroups, moving a process in, emptying one.
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     thread,
@@ -16,13 +15,21 @@ pub enum CgroupError {
     )]
     NotMounted,
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("cgroup {0} still has processes after they were killed")]
     Busy(PathBuf),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io { what, path: path.to_path_buf(), source }
+    move |source| CgroupError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The cgroup v2 mount point and the hierarchy path it shows (not "/" inside a cgroup
@@ -47,7 +54,10 @@ fn parse_mountinfo(info: &str) -> Option<Hierarchy> {
             return None;
         }
         let f: Vec<&str> = pre.split_whitespace().collect();
-        Some(Hierarchy { mount: unescape(f.get(4)?).into(), root: unescape(f.get(3)?).into() })
+        Some(Hierarchy {
+            mount: unescape(f.get(4)?).into(),
+            root: unescape(f.get(3)?).into(),
+        })
     })
 }
 
@@ -99,23 +109,41 @@ impl Cgroup {
 
     /// An existing cgroup directory under the mount `h`.
     pub fn open(h: &Hierarchy, path: &Path) -> Result<Self, CgroupError> {
-        let id = fs::metadata(path).map_err(io_err("reading cgroup", path))?.ino();
+        let id = fs::metadata(path)
+            .map_err(io_err("reading cgroup", path))?
+            .ino();
         let rel = path.strip_prefix(&h.mount).unwrap_or(path);
-        let depth = |p: &Path| p.components().filter(|c| matches!(c, std::path::Component::Normal(_))).count();
+        let depth = |p: &Path| {
+            p.components()
+                .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                .count()
+        };
         let level = (depth(&h.root) + depth(rel)) as u32;
-        let name = Path::new("/").join(h.root.strip_prefix("/").unwrap_or(&h.root)).join(rel);
-        Ok(Cgroup { path: path.to_path_buf(), id, level, name: name.display().to_string() })
+        let name = Path::new("/")
+            .join(h.root.strip_prefix("/").unwrap_or(&h.root))
+            .join(rel);
+        Ok(Cgroup {
+            path: path.to_path_buf(),
+            id,
+            level,
+            name: name.display().to_string(),
+        })
     }
 
     /// `cgroup.procs`, opened for writing a pid into (done in the child before exec).
     pub fn procs_file(&self) -> Result<fs::File, CgroupError> {
         let p = self.path.join("cgroup.procs");
-        fs::OpenOptions::new().write(true).open(&p).map_err(io_err("opening", &p))
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(io_err("opening", &p))
     }
 
     pub fn populated(&self) -> bool {
         let p = self.path.join("cgroup.events");
-        fs::read_to_string(p).map(|s| s.lines().any(|l| l == "populated 1")).unwrap_or(false)
+        fs::read_to_string(p)
+            .map(|s| s.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false)
     }
 
     /// Kills every process in the subtree and waits until it is empty.

@@ -20,8 +20,18 @@ pub struct Check {
 
 fn check(name: &'static str, fix: &'static str, r: Result<String, String>) -> Check {
     match r {
-        Ok(detail) => Check { name, ok: true, detail, fix },
-        Err(detail) => Check { name, ok: false, detail, fix },
+        Ok(detail) => Check {
+            name,
+            ok: true,
+            detail,
+            fix,
+        },
+        Err(detail) => Check {
+            name,
+            ok: false,
+            detail,
+            fix,
+        },
     }
 }
 
@@ -40,7 +50,10 @@ fn lsm_list() -> Result<String, String> {
     if list.split(',').any(|l| l.trim() == "bpf") {
         Ok(format!("active LSMs: {}", list.trim()))
     } else {
-        Err(format!("`bpf` is not among the active LSMs ({})", list.trim()))
+        Err(format!(
+            "`bpf` is not among the active LSMs ({})",
+            list.trim()
+        ))
     }
 }
 
@@ -80,7 +93,11 @@ pub fn checks() -> Vec<Check> {
     out.push(check(
         "enforcement self-test",
         "run as root on a kernel where the checks above pass; the message says what failed",
-        if prior_ok { self_test() } else { Err("skipped: an earlier check failed".into()) },
+        if prior_ok {
+            self_test()
+        } else {
+            Err("skipped: an earlier check failed".into())
+        },
     ));
     out
 }
@@ -109,7 +126,9 @@ fn self_test() -> Result<String, String> {
     if code == 0 {
         Ok("programs loaded and attached; a confined test process was denied".into())
     } else {
-        Err(format!("gate could not confine a test command (status {code}, reason above)"))
+        Err(format!(
+            "gate could not confine a test command (status {code}, reason above)"
+        ))
     }
 }
 
@@ -127,7 +146,9 @@ pub fn report() -> i32 {
         println!("This host can enforce gate policies.");
         0
     } else {
-        println!("This host cannot enforce gate policies; `gate run` will refuse to start commands.");
+        println!(
+            "This host cannot enforce gate policies; `gate run` will refuse to start commands."
+        );
         1
     }
 }

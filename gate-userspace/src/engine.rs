@@ -8,8 +8,14 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
-    programs::{Lsm, links::{FdLink, PinnedLink}},
+    maps::{
+        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        Lsm,
+        links::{FdLink, PinnedLink},
+    },
 };
 use gate_common::{Config, InodeKey, InodeRule, KernelOffsets, NetRule, counter};
 
@@ -39,9 +45,15 @@ pub enum EngineError {
     #[error("the eBPF object has no {0}; the binary and its programs do not match")]
     Missing(&'static str),
     #[error("the kernel refused program {program}: {source}")]
-    Program { program: String, source: aya::programs::ProgramError },
+    Program {
+        program: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("writing map {map} failed: {source}")]
-    Map { map: &'static str, source: aya::maps::MapError },
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("pinning {path} failed: {reason}")]
     Pin { path: PathBuf, reason: String },
 }
@@ -60,9 +72,8 @@ pub struct Engine {
 
 /// The kernel's view of the running kernel's BTF, for attaching.
 fn kernel_btf() -> Result<aya::Btf, EngineError> {
-    aya::Btf::from_sys_fs().map_err(|e| {
-        EngineError::Btf(BtfError::Missing(format!("loadable BTF ({e})")))
-    })
+    aya::Btf::from_sys_fs()
+        .map_err(|e| EngineError::Btf(BtfError::Missing(format!("loadable BTF ({e})"))))
 }
 
 impl Engine {
@@ -96,7 +107,13 @@ impl Engine {
             .load(OBJECT)
             .map_err(EngineError::Load)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "object loaded");
-        let mut engine = Engine { ebpf, links: Vec::new(), filter_mask, kernel, hooks };
+        let mut engine = Engine {
+            ebpf,
+            links: Vec::new(),
+            filter_mask,
+            kernel,
+            hooks,
+        };
         engine.fill(policy)?;
         Ok(engine)
     }
@@ -110,21 +127,35 @@ impl Engine {
         }
         let mut filter: Array<_, u64> = self.map("FILTER")?;
         for (i, w) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
-            filter.set(i as u32, w, 0).map_err(|source| EngineError::Map { map: "FILTER", source })?;
+            filter
+                .set(i as u32, w, 0)
+                .map_err(|source| EngineError::Map {
+                    map: "FILTER",
+                    source,
+                })?;
         }
         let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
         for (k, v) in &policy.inodes {
-            inodes.insert(k, v, 0).map_err(|source| EngineError::Map { map: "INODES", source })?;
+            inodes.insert(k, v, 0).map_err(|source| EngineError::Map {
+                map: "INODES",
+                source,
+            })?;
         }
         let mut net4: LpmTrie<_, [u8; 4], NetRule> = self.map("NET4")?;
         for ((prefix, addr), v) in &policy.net4 {
             net4.insert(&Key::new(*prefix, *addr), v, 0)
-                .map_err(|source| EngineError::Map { map: "NET4", source })?;
+                .map_err(|source| EngineError::Map {
+                    map: "NET4",
+                    source,
+                })?;
         }
         let mut net6: LpmTrie<_, [u8; 16], NetRule> = self.map("NET6")?;
         for ((prefix, addr), v) in &policy.net6 {
             net6.insert(&Key::new(*prefix, *addr), v, 0)
-                .map_err(|source| EngineError::Map { map: "NET6", source })?;
+                .map_err(|source| EngineError::Map {
+                    map: "NET6",
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -141,17 +172,28 @@ impl Engine {
     pub fn add_inode(&mut self, key: InodeKey, rule: InodeRule) -> Result<(), EngineError> {
         let (word, bit) = gate_common::filter::slot(&key, self.filter_mask);
         let mut filter: Array<_, u64> = self.map("FILTER")?;
-        let err = |source| EngineError::Map { map: "FILTER", source };
+        let err = |source| EngineError::Map {
+            map: "FILTER",
+            source,
+        };
         let old = filter.get(&word, 0).map_err(err)?;
         filter.set(word, old | bit, 0).map_err(err)?;
         let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
-        inodes.insert(key, rule, 0).map_err(|source| EngineError::Map { map: "INODES", source })
+        inodes
+            .insert(key, rule, 0)
+            .map_err(|source| EngineError::Map {
+                map: "INODES",
+                source,
+            })
     }
 
     /// Starts confining the cgroup `(id, level)` and everything below it.
     pub fn set_config(&mut self, cfg: Config) -> Result<(), EngineError> {
         let mut config: Array<_, Config> = self.map("CONFIG")?;
-        config.set(0, cfg, 0).map_err(|source| EngineError::Map { map: "CONFIG", source })
+        config.set(0, cfg, 0).map_err(|source| EngineError::Map {
+            map: "CONFIG",
+            source,
+        })
     }
 
     /// Loads and attaches every program, pinning each link under `pin_dir` (a bpffs
@@ -159,9 +201,10 @@ impl Engine {
     pub fn attach(&mut self, pin_dir: &Path) -> Result<(), EngineError> {
         for (name, link) in attach_all(&mut self.ebpf, &self.kernel, &self.hooks)? {
             let path = pin_dir.join(name);
-            let pinned = link
-                .pin(&path)
-                .map_err(|e| EngineError::Pin { path: path.clone(), reason: e.to_string() })?;
+            let pinned = link.pin(&path).map_err(|e| EngineError::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
             self.links.push(pinned);
         }
         Ok(())
@@ -169,16 +212,28 @@ impl Engine {
 
     /// The event ring buffer (can be taken once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EngineError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(EngineError::Missing("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| EngineError::Map { map: "EVENTS", source })
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(EngineError::Missing("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|source| EngineError::Map {
+            map: "EVENTS",
+            source,
+        })
     }
 
     /// The per-CPU counters (can be taken once).
     pub fn take_counters(&mut self) -> Result<Counters, EngineError> {
-        let map = self.ebpf.take_map("COUNTERS").ok_or(EngineError::Missing("COUNTERS"))?;
+        let map = self
+            .ebpf
+            .take_map("COUNTERS")
+            .ok_or(EngineError::Missing("COUNTERS"))?;
         PerCpuArray::try_from(map)
             .map(Counters)
-            .map_err(|source| EngineError::Map { map: "COUNTERS", source })
+            .map_err(|source| EngineError::Map {
+                map: "COUNTERS",
+                source,
+            })
     }
 
     /// Stops enforcing: unpins and detaches every link.
@@ -199,7 +254,10 @@ fn attach_all(
 ) -> Result<Vec<(&'static str, FdLink)>, EngineError> {
     let mut links = Vec::new();
     for &(name, hook) in hooks {
-        let err = |source| EngineError::Program { program: name.to_string(), source };
+        let err = |source| EngineError::Program {
+            program: name.to_string(),
+            source,
+        };
         let prog: &mut Lsm = ebpf
             .program_mut(name)
             .ok_or(EngineError::Missing("an LSM program"))?
@@ -210,7 +268,10 @@ fn attach_all(
         tracing::debug!(
             program = name,
             ms = p.elapsed().as_millis() as u64,
-            insns = prog.info().ok().and_then(|i| i.verified_instruction_count()),
+            insns = prog
+                .info()
+                .ok()
+                .and_then(|i| i.verified_instruction_count()),
             xlated = prog.info().ok().and_then(|i| i.size_translated()),
             "verified"
         );
@@ -234,10 +295,18 @@ impl NullEngine {
         }
         let hooks = btf::programs_for(&Btf::from_sys_fs()?)?;
         let kernel = kernel_btf()?;
-        let mut ebpf =
-            EbpfLoader::new().btf(Some(&kernel)).load(NULL_OBJECT).map_err(EngineError::Load)?;
-        let links = attach_all(&mut ebpf, &kernel, &hooks)?.into_iter().map(|(_, l)| l).collect();
-        Ok(NullEngine { _links: links, _ebpf: ebpf })
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&kernel))
+            .load(NULL_OBJECT)
+            .map_err(EngineError::Load)?;
+        let links = attach_all(&mut ebpf, &kernel, &hooks)?
+            .into_iter()
+            .map(|(_, l)| l)
+            .collect();
+        Ok(NullEngine {
+            _links: links,
+            _ebpf: ebpf,
+        })
     }
 }
 
@@ -252,7 +321,10 @@ impl Counters {
             let values = self
                 .0
                 .get(&(i as u32), 0)
-                .map_err(|source| EngineError::Map { map: "COUNTERS", source })?;
+                .map_err(|source| EngineError::Map {
+                    map: "COUNTERS",
+                    source,
+                })?;
             *slot = values.iter().sum();
         }
         Ok(out)

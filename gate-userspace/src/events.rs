@@ -66,11 +66,18 @@ pub fn path_of(e: &Event) -> String {
     let n = (e.name_count as usize).min(e.names.len());
     // One slot per level; a filesystem root is named "/" (or empty if unreadable) and is not
     // part of the path.
-    let mut parts: Vec<String> =
-        e.names[..n].iter().map(|c| cstr(c)).filter(|c| !c.is_empty() && c != "/").collect();
+    let mut parts: Vec<String> = e.names[..n]
+        .iter()
+        .map(|c| cstr(c))
+        .filter(|c| !c.is_empty() && c != "/")
+        .collect();
     parts.reverse();
     let joined = parts.join("/");
-    if e.flags & flag::PATH_TRUNCATED != 0 { format!("…/{joined}") } else { format!("/{joined}") }
+    if e.flags & flag::PATH_TRUNCATED != 0 {
+        format!("…/{joined}")
+    } else {
+        format!("/{joined}")
+    }
 }
 
 fn op_name(o: u8) -> &'static str {
@@ -98,7 +105,11 @@ pub fn rule_name(policy: &CompiledPolicy, r: u16) -> String {
         rule::INTERNAL => "internal".into(),
         rule::SELFTEST => "gate-selftest".into(),
         rule::AUDIT_REQUIRED => "audit-required".into(),
-        i => policy.rules.get(i as usize).map(|m| m.id.clone()).unwrap_or_else(|| format!("#{i}")),
+        i => policy
+            .rules
+            .get(i as usize)
+            .map(|m| m.id.clone())
+            .unwrap_or_else(|| format!("#{i}")),
     }
 }
 
@@ -111,7 +122,10 @@ pub fn decode(e: &Event, policy: &CompiledPolicy) -> Decision {
     let sev = e.decision & decision::MASK;
     Decision {
         op: op_name(e.op),
-        hook: hook::NAMES.get(e.hook as usize).copied().unwrap_or("unknown"),
+        hook: hook::NAMES
+            .get(e.hook as usize)
+            .copied()
+            .unwrap_or("unknown"),
         decision: decision_name(e.decision),
         enforced: sev == decision::ALLOW || e.flags & flag::AUDIT_MODE == 0,
         rule: rule_name(policy, e.rule),

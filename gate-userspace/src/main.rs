@@ -8,7 +8,11 @@ use gate::{
 };
 
 #[derive(Parser)]
-#[command(name = "gate", version, about = "Confine AI agents in the kernel with BPF LSM")]
+#[command(
+    name = "gate",
+    version,
+    about = "Confine AI agents in the kernel with BPF LSM"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -116,36 +120,74 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let code = match cli.cmd {
-        Cmd::Run { policy, workspace, mode, log, audit_key, ringbuf_bytes, quiet, command } => {
+        Cmd::Run {
+            policy,
+            workspace,
+            mode,
+            log,
+            audit_key,
+            ringbuf_bytes,
+            quiet,
+            command,
+        } => {
             let mode = mode.map(|m| match m {
                 ModeArg::Enforce => Mode::Enforce,
                 ModeArg::Audit => Mode::Audit,
             });
-            run::run(&RunOptions { policy, workspace, mode, log, audit_key, command, ringbuf_bytes, quiet })
+            run::run(&RunOptions {
+                policy,
+                workspace,
+                mode,
+                log,
+                audit_key,
+                command,
+                ringbuf_bytes,
+                quiet,
+            })
         }
-        Cmd::Policy { cmd: PolicyCmd::Check { file, workspace, dump } } => {
-            policy_check(&file, workspace, dump)
-        }
+        Cmd::Policy {
+            cmd:
+                PolicyCmd::Check {
+                    file,
+                    workspace,
+                    dump,
+                },
+        } => policy_check(&file, workspace, dump),
         Cmd::Doctor => gate::doctor::report(),
-        Cmd::Audit { cmd: AuditCmd::Verify { files, pubkey, strict } } => {
-            gate::audit::verify_cmd(&files, &pubkey, strict)
-        }
-        Cmd::Audit { cmd: AuditCmd::Tail { file, follow, json, verify, pubkey } } => {
-            match gate::audit::tail_cmd(&file, follow, json, verify, pubkey.as_deref()) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("gate audit tail: {e}");
-                    1
-                }
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    files,
+                    pubkey,
+                    strict,
+                },
+        } => gate::audit::verify_cmd(&files, &pubkey, strict),
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Tail {
+                    file,
+                    follow,
+                    json,
+                    verify,
+                    pubkey,
+                },
+        } => match gate::audit::tail_cmd(&file, follow, json, verify, pubkey.as_deref()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("gate audit tail: {e}");
+                1
             }
-        }
+        },
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
 fn policy_check(file: &std::path::Path, workspace: Option<PathBuf>, dump: bool) -> i32 {
     let workspace = workspace.or_else(|| std::env::current_dir().ok());
-    let vars = Vars { workspace, home: run::home_dir() };
+    let vars = Vars {
+        workspace,
+        home: run::home_dir(),
+    };
     match policy::load(file, &vars) {
         Ok(p) => {
             for w in &p.warnings {

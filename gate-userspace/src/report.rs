@@ -38,27 +38,43 @@ impl LogSink {
         log.append(&RecordBody::PolicyLoad(PolicyLoad {
             policy_digest: digest.clone(),
             source: policy.name.clone(),
-            mode: if policy.mode == Mode::Audit { PolicyMode::Audit } else { PolicyMode::Enforce },
+            mode: if policy.mode == Mode::Audit {
+                PolicyMode::Audit
+            } else {
+                PolicyMode::Enforce
+            },
             rules: policy.rules.len() as u32,
         }))?;
-        let command: Vec<String> = command.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+        let command: Vec<String> = command
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect();
         let mut start = Lifecycle::new(Scope::Run);
         start.agent = Some(agent.to_owned());
         start.pid = Some(std::process::id());
         start.version = Some(env!("CARGO_PKG_VERSION").to_owned());
         start.command = Some(command.clone());
         log.append(&RecordBody::Start(start))?;
-        Ok(LogSink { log, agent: agent.to_owned(), digest, command })
+        Ok(LogSink {
+            log,
+            agent: agent.to_owned(),
+            digest,
+            command,
+        })
     }
 
     pub fn decision(&mut self, d: &Decision) -> Result<(), AuditError> {
         let object = match (&d.path, &d.addr, d.port) {
             (_, Some(a), Some(port)) => match a.parse() {
                 Ok(addr) => Object::Socket { addr, port },
-                Err(_) => Object::Path { path: format!("{a}:{port}") },
+                Err(_) => Object::Path {
+                    path: format!("{a}:{port}"),
+                },
             },
             (Some(p), _, _) => Object::Path { path: p.clone() },
-            _ => Object::Path { path: String::from("?") },
+            _ => Object::Path {
+                path: String::from("?"),
+            },
         };
         let op = match d.op {
             "exec" => AuditOp::Exec,
@@ -94,7 +110,11 @@ impl LogSink {
     /// Records `lost` events the kernel could not queue (a signed gap in the stream).
     pub fn gap(&mut self, lost: u64, cpu: Option<u32>) -> Result<(), AuditError> {
         self.log
-            .append_gap(lost, cpu, "kernel ring buffer full: events were dropped, decisions were still enforced")
+            .append_gap(
+                lost,
+                cpu,
+                "kernel ring buffer full: events were dropped, decisions were still enforced",
+            )
             .map(|_| ())
     }
 
@@ -104,7 +124,11 @@ impl LogSink {
         self.log.tick().map(|_| ())
     }
 
-    pub fn finish(mut self, exit_code: Option<i32>, reason: Option<String>) -> Result<(), AuditError> {
+    pub fn finish(
+        mut self,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+    ) -> Result<(), AuditError> {
         let mut stop = Lifecycle::new(Scope::Run);
         stop.agent = Some(self.agent.clone());
         stop.pid = Some(std::process::id());
@@ -131,12 +155,18 @@ impl Summary {
     pub fn add(&mut self, d: &Decision) {
         *self.counts.entry((d.op, d.decision)).or_default() += 1;
         if d.denied() {
-            *self.denials.entry((d.op, d.object(), d.rule.clone())).or_default() += 1;
+            *self
+                .denials
+                .entry((d.op, d.object(), d.rule.clone()))
+                .or_default() += 1;
         }
     }
 
     pub fn render(&self, command: &[OsString]) -> String {
-        let cmd = command.first().map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+        let cmd = command
+            .first()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut s = format!("gate: {cmd} exited with status {}\n", self.exit_code);
         let mut ops: Vec<String> = Vec::new();
         for op in ["exec", "write", "read", "connect"] {
@@ -156,7 +186,10 @@ impl Summary {
                 s.push_str(&format!("gate:   … and {} more\n", self.denials.len() - 10));
                 break;
             }
-            s.push_str(&format!("gate:   denied {op:<7} {obj} (rule {rule}){}\n", times(*n)));
+            s.push_str(&format!(
+                "gate:   denied {op:<7} {obj} (rule {rule}){}\n",
+                times(*n)
+            ));
         }
         let lost = self.counters[counter::RINGBUF_FULL as usize];
         if lost > 0 {
@@ -168,12 +201,18 @@ impl Summary {
         let internal = self.counters[counter::INTERNAL_ERROR as usize]
             + self.counters[counter::DEPTH_EXCEEDED as usize];
         if internal > 0 {
-            s.push_str(&format!("gate: {internal} actions were denied by internal errors (fail-closed)\n"));
+            s.push_str(&format!(
+                "gate: {internal} actions were denied by internal errors (fail-closed)\n"
+            ));
         }
         s
     }
 }
 
 fn times(n: u64) -> String {
-    if n > 1 { format!(" ×{n}") } else { String::new() }
+    if n > 1 {
+        format!(" ×{n}")
+    } else {
+        String::new()
+    }
 }

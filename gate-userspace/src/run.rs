@@ -57,7 +57,11 @@ pub enum RunError {
     #[error("enforcement is not in effect, refusing to start the command: {0}")]
     SelfTest(String),
     #[error("could not start {cmd}: {source}{hint}")]
-    Spawn { cmd: String, source: io::Error, hint: &'static str },
+    Spawn {
+        cmd: String,
+        source: io::Error,
+        hint: &'static str,
+    },
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> RunError {
@@ -91,11 +95,16 @@ pub fn run(opts: &RunOptions) -> i32 {
 }
 
 pub fn home_dir() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
-    let vars = Vars { workspace: opts.workspace.clone(), home: home_dir() };
+    let vars = Vars {
+        workspace: opts.workspace.clone(),
+        home: home_dir(),
+    };
     let t = Instant::now();
     let mut policy = policy::load(&opts.policy, &vars)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "policy compiled");
@@ -148,7 +157,9 @@ fn confine_and_run(
     let killed = cg.kill_all(Duration::from_secs(10));
     let summary = outcome?;
     killed?;
-    engine.detach().map_err(io_err("detaching the BPF programs"))?;
+    engine
+        .detach()
+        .map_err(io_err("detaching the BPF programs"))?;
     cg.remove()?;
     if !opts.quiet {
         eprint!("{}", summary.render(&opts.command));
@@ -167,7 +178,11 @@ fn config_for(policy: &CompiledPolicy, cg: &Cgroup) -> Config {
     Config {
         cgroup_id: cg.id,
         cgroup_level: cg.level,
-        mode: if policy.mode == Mode::Audit { MODE_AUDIT } else { MODE_ENFORCE },
+        mode: if policy.mode == Mode::Audit {
+            MODE_AUDIT
+        } else {
+            MODE_ENFORCE
+        },
         audit_required: policy.audit_required as u8,
         has_read_rules: policy.has_read_rules as u8,
         _pad0: 0,
@@ -197,7 +212,13 @@ fn self_test(
         unsafe {
             let code = if write_pid(procs.as_raw_fd(), libc::getpid()) {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 { 10 } else if *libc::__errno_location() == libc::EPERM { 11 } else { 12 }
+                if fd >= 0 {
+                    10
+                } else if *libc::__errno_location() == libc::EPERM {
+                    11
+                } else {
+                    12
+                }
             } else {
                 13
             };
@@ -207,7 +228,11 @@ fn self_test(
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
     let expected = if mode == Mode::Audit { 10 } else { 11 };
     if code != expected {
         return Err(RunError::SelfTest(match code {
@@ -226,15 +251,17 @@ fn wait_selftest_event(events: &mut RingBuf<MapData>) -> Result<(), RunError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         while let Some(item) = events.next() {
-            if let Some(e) = events::parse(&item) {
-                if e.rule == rule::SELFTEST {
-                    return Ok(());
-                }
+            if let Some(e) = events::parse(&item)
+                && e.rule == rule::SELFTEST
+            {
+                return Ok(());
             }
         }
         thread::sleep(Duration::from_millis(5));
     }
-    Err(RunError::SelfTest("the kernel denied the test but reported no event".into()))
+    Err(RunError::SelfTest(
+        "the kernel denied the test but reported no event".into(),
+    ))
 }
 
 /// Writes `pid` in decimal to `fd` without allocating (safe between fork and exec).
@@ -269,8 +296,14 @@ extern "C" fn forward_signal(sig: i32) {
 fn install_signal_handlers() {
     // SAFETY: installing handlers that only call kill(2).
     unsafe {
-        libc::signal(libc::SIGTERM, forward_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGHUP, forward_signal as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGTERM,
+            forward_signal as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGHUP,
+            forward_signal as *const () as libc::sighandler_t,
+        );
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
@@ -285,7 +318,13 @@ fn supervise(
     counters: Counters,
 ) -> Result<Summary, RunError> {
     let sink = match &opts.log {
-        Some(p) => Some(LogSink::open(p, &opts.audit_key, policy, &cg.name, &opts.command)?),
+        Some(p) => Some(LogSink::open(
+            p,
+            &opts.audit_key,
+            policy,
+            &cg.name,
+            &opts.command,
+        )?),
         None => None,
     };
     let stop = Arc::new(AtomicBool::new(false));
@@ -297,8 +336,9 @@ fn supervise(
     // The command's own exit does not end what it left running: end the tree.
     let _ = cg.kill_all(Duration::from_secs(10));
     stop.store(true, Ordering::SeqCst);
-    let (mut summary, sink) =
-        collector.join().map_err(|_| RunError::SelfTest("event thread panicked".into()))??;
+    let (mut summary, sink) = collector
+        .join()
+        .map_err(|_| RunError::SelfTest("event thread panicked".into()))??;
     let (code, reason) = match &status {
         Ok(c) => (Some(*c), None),
         Err(e) => (None, Some(e.to_string())),
@@ -323,7 +363,11 @@ fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup) -> Result<i32, RunError> {
     // SAFETY: the closure only calls getpid and write(2).
     unsafe {
         cmd.pre_exec(move || {
-            if write_pid(fd, libc::getpid()) { Ok(()) } else { Err(io::Error::last_os_error()) }
+            if write_pid(fd, libc::getpid()) {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
         });
     }
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
@@ -340,7 +384,9 @@ fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup) -> Result<i32, RunError> {
     drop(procs);
     let status = child.wait().map_err(io_err("waiting for the command"))?;
     CHILD.store(0, Ordering::SeqCst);
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// Drains the ring buffer into the log and the summary until told to stop, then once more.
@@ -358,7 +404,9 @@ fn collect(
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         while let Some(item) = events.next() {
-            let Some(e) = events::parse(&item) else { continue };
+            let Some(e) = events::parse(&item) else {
+                continue;
+            };
             if e.rule == rule::SELFTEST {
                 continue;
             }
@@ -380,7 +428,11 @@ fn collect(
         if stopping {
             break;
         }
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: polling one valid fd.
         unsafe { libc::poll(&mut pfd, 1, 50) };
     }

@@ -22,7 +22,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(
         "{BPFFS} is not a bpf filesystem and mounting one failed ({0}); \
          mount it with: mount -t bpf bpf {BPFFS}"
@@ -31,11 +35,17 @@ pub enum StateError {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StateError + 'a {
-    move |source| StateError::Io { what, path: path.to_path_buf(), source }
+    move |source| StateError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+        .unwrap_or(false)
 }
 
 /// Mounts bpffs at /sys/fs/bpf if it is not there yet.
@@ -43,8 +53,14 @@ pub fn ensure_bpffs() -> Result<(), StateError> {
     if is_bpffs(Path::new(BPFFS)) {
         return Ok(());
     }
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| StateError::NoBpffs(io::Error::from(e)))
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| StateError::NoBpffs(io::Error::from(e)))
 }
 
 /// One run's state directories.
@@ -56,7 +72,10 @@ pub struct RunState {
 
 impl RunState {
     pub fn create() -> Result<Self, StateError> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let id = format!("run-{}-{:08x}", std::process::id(), nanos);
         let pin_dir = Path::new(PIN_ROOT).join(&id);
         let state_dir = Path::new(STATE_ROOT).join(&id);
@@ -64,7 +83,11 @@ impl RunState {
         fs::create_dir_all(&state_dir).map_err(io_err("creating", &state_dir))?;
         let owner = state_dir.join("owner");
         fs::write(&owner, std::process::id().to_string()).map_err(io_err("writing", &owner))?;
-        Ok(RunState { id, pin_dir, state_dir })
+        Ok(RunState {
+            id,
+            pin_dir,
+            state_dir,
+        })
     }
 
     pub fn record_cgroup(&self, cgroup: &Path) -> Result<(), StateError> {
@@ -81,7 +104,11 @@ impl RunState {
         let p = self.canary_path();
         fs::write(&p, b"gate self-test canary\n").map_err(io_err("writing", &p))?;
         let m = fs::metadata(&p).map_err(io_err("reading", &p))?;
-        Ok(InodeKey { dev: kernel_dev(m.dev()), _pad: 0, ino: m.ino() })
+        Ok(InodeKey {
+            dev: kernel_dev(m.dev()),
+            _pad: 0,
+            ino: m.ino(),
+        })
     }
 
     /// Removes the state after a clean end (the links are already unpinned).
@@ -92,15 +119,23 @@ impl RunState {
 }
 
 fn owner_alive(state_dir: &Path) -> bool {
-    let Ok(pid) = fs::read_to_string(state_dir.join("owner")) else { return false };
-    let Ok(pid) = pid.trim().parse::<u32>() else { return false };
-    fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "gate").unwrap_or(false)
+    let Ok(pid) = fs::read_to_string(state_dir.join("owner")) else {
+        return false;
+    };
+    let Ok(pid) = pid.trim().parse::<u32>() else {
+        return false;
+    };
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim() == "gate")
+        .unwrap_or(false)
 }
 
 /// Cleans up after runs whose gate died: once their cgroup is empty their pins, cgroup and
 /// state go. A dead run whose cgroup still has processes keeps enforcing and is reported.
 pub fn collect_stale(h: &Hierarchy) {
-    let Ok(rd) = fs::read_dir(STATE_ROOT) else { return };
+    let Ok(rd) = fs::read_dir(STATE_ROOT) else {
+        return;
+    };
     for entry in rd.flatten() {
         let dir = entry.path();
         if owner_alive(&dir) {
@@ -110,19 +145,19 @@ pub fn collect_stale(h: &Hierarchy) {
         let cgroup = fs::read(dir.join("cgroup"))
             .ok()
             .map(|b| PathBuf::from(String::from_utf8_lossy(&b).into_owned()));
-        if let Some(cg) = &cgroup {
-            if let Ok(c) = crate::cgroup::Cgroup::open(h, cg) {
-                if c.populated() {
-                    eprintln!(
-                        "gate: warning: the gate that confined {} died; its processes stay \
+        if let Some(cg) = &cgroup
+            && let Ok(c) = crate::cgroup::Cgroup::open(h, cg)
+        {
+            if c.populated() {
+                eprintln!(
+                    "gate: warning: the gate that confined {} died; its processes stay \
                          confined by the pinned programs. Stop them with: echo 1 > {}/cgroup.kill",
-                        cg.display(),
-                        cg.display()
-                    );
-                    continue;
-                }
-                let _ = c.remove();
+                    cg.display(),
+                    cg.display()
+                );
+                continue;
             }
+            let _ = c.remove();
         }
         let _ = fs::remove_dir_all(Path::new(PIN_ROOT).join(&id));
         let _ = fs::remove_dir_all(&dir);

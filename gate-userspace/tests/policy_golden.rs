@@ -23,19 +23,28 @@ fn check(input: &Path, name: &str) {
     let compiled =
         compile(&policy, &machine::vars(), &machine::machine()).unwrap_or_else(|e| panic!("{e}"));
     let actual = compiled.dump();
-    let golden = manifest_dir().join("tests/golden").join(format!("{name}.dump"));
+    let golden = manifest_dir()
+        .join("tests/golden")
+        .join(format!("{name}.dump"));
     if std::env::var_os("GATE_UPDATE_GOLDEN").is_some_and(|v| v == "1") {
         std::fs::write(&golden, &actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(&golden)
-        .unwrap_or_else(|e| panic!("{}: {e} (GATE_UPDATE_GOLDEN=1 creates it)", golden.display()));
+    let expected = std::fs::read_to_string(&golden).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (GATE_UPDATE_GOLDEN=1 creates it)",
+            golden.display()
+        )
+    });
     if actual != expected {
         let line = actual
             .lines()
             .zip(expected.lines())
             .position(|(a, e)| a != e)
-            .map_or_else(|| actual.lines().count().min(expected.lines().count()) + 1, |i| i + 1);
+            .map_or_else(
+                || actual.lines().count().min(expected.lines().count()) + 1,
+                |i| i + 1,
+            );
         panic!(
             "{name}: dump differs from {} at line {line}\n--- actual ---\n{actual}\n\
              (GATE_UPDATE_GOLDEN=1 regenerates the golden files; review the diff)",
@@ -46,7 +55,10 @@ fn check(input: &Path, name: &str) {
 
 #[test]
 fn golden_semantics() {
-    check(&manifest_dir().join("tests/golden/semantics.toml"), "semantics");
+    check(
+        &manifest_dir().join("tests/golden/semantics.toml"),
+        "semantics",
+    );
 }
 
 #[test]
@@ -57,6 +69,9 @@ fn golden_network() {
 #[test]
 fn golden_shipped_policies() {
     for name in ["coding-agent", "ci-runner", "audit-only"] {
-        check(&manifest_dir().join(format!("../policies/{name}.toml")), name);
+        check(
+            &manifest_dir().join(format!("../policies/{name}.toml")),
+            name,
+        );
     }
 }

@@ -19,7 +19,11 @@ fn shipped() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 3, "expected the shipped policies in {}", dir.display());
+    assert!(
+        files.len() >= 3,
+        "expected the shipped policies in {}",
+        dir.display()
+    );
     files
 }
 
@@ -37,8 +41,10 @@ fn every_shipped_policy_compiles_on_this_machine() {
     std::fs::create_dir_all(workspace.path().join(".git/hooks")).unwrap();
     std::fs::write(workspace.path().join(".git/config"), "").unwrap();
     std::fs::create_dir_all(home.path().join(".ssh")).unwrap();
-    let vars =
-        Vars { workspace: Some(workspace.path().to_path_buf()), home: home.path().to_path_buf() };
+    let vars = Vars {
+        workspace: Some(workspace.path().to_path_buf()),
+        home: home.path().to_path_buf(),
+    };
     for file in shipped() {
         let source = std::fs::read_to_string(&file).unwrap();
         let policy = parse(&source, &file).unwrap_or_else(|e| panic!("{e}"));
@@ -63,16 +69,26 @@ fn every_shipped_policy_compiles_on_the_model_machine() {
 /// its ancestors, most severe wins, none → default.
 fn decide(c: &CompiledPolicy, r: &MemResolver, path: &str, op: Op) -> &'static str {
     use gate::policy::Resolver;
-    let leaf = r.resolve(Path::new(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let leaf = r
+        .resolve(Path::new(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
     let i = op.index();
-    let mut best = c.inodes.get(&leaf.key).map_or(decision::NONE, |v| v.exact[i]) & decision::MASK;
+    let mut best = c
+        .inodes
+        .get(&leaf.key)
+        .map_or(decision::NONE, |v| v.exact[i])
+        & decision::MASK;
     for ancestor in leaf.canonical.ancestors().skip(1) {
         let key = r.resolve(ancestor).unwrap().key;
         if let Some(v) = c.inodes.get(&key) {
             best = best.max(v.subtree[i] & decision::MASK);
         }
     }
-    machine::name(if best == decision::NONE { c.defaults[i] } else { best })
+    machine::name(if best == decision::NONE {
+        c.defaults[i]
+    } else {
+        best
+    })
 }
 
 /// What the kernel decides for a connection: longest matching prefix, most severe range
@@ -137,7 +153,10 @@ fn coding_agent_means_what_it_says() {
         assert_eq!(decide(&c, &r, path, op), expected, "{op} {path}");
     }
     // `dir/**` covers what is below the directory, not the directory itself.
-    assert_eq!(decide(&c, &r, &format!("{ws}/.git/hooks"), Op::Write), "allow");
+    assert_eq!(
+        decide(&c, &r, &format!("{ws}/.git/hooks"), Op::Write),
+        "allow"
+    );
     for (addr, port, expected) in [
         ("127.0.0.1", 8080, "allow"),
         ("127.0.0.53", 53, "allow"),
@@ -147,7 +166,11 @@ fn coding_agent_means_what_it_says() {
         ("1.1.1.1", 53, "deny"),
         ("2606:4700::1111", 443, "deny"),
     ] {
-        assert_eq!(decide_connect(&c, addr, port), expected, "connect {addr}:{port}");
+        assert_eq!(
+            decide_connect(&c, addr, port),
+            expected,
+            "connect {addr}:{port}"
+        );
     }
 }
 
@@ -157,9 +180,15 @@ fn audit_only_blocks_nothing_but_names_its_rules() {
     assert_eq!(c.mode, gate::policy::Mode::Audit);
     assert!(c.defaults.iter().all(|&d| d == decision::ALLOW));
     let everything = c.net4[&(0, [0; 4])];
-    assert_eq!(everything.ports[0].decision, decision::ALLOW | decision::AUDIT);
+    assert_eq!(
+        everything.ports[0].decision,
+        decision::ALLOW | decision::AUDIT
+    );
     let r = machine::machine();
-    assert_eq!(decide(&c, &r, "/home/dev/.ssh/id_ed25519", Op::Read), "deny");
+    assert_eq!(
+        decide(&c, &r, "/home/dev/.ssh/id_ed25519", Op::Read),
+        "deny"
+    );
     assert_eq!(decide(&c, &r, "/usr/bin/make", Op::Exec), "allow");
 }
 
@@ -172,5 +201,10 @@ fn ci_runner_reaches_loopback_and_the_mirror_only() {
     assert_eq!(decide_connect(&c, "2001:db8::1", 443), "allow");
     assert_eq!(decide_connect(&c, "127.0.0.1", 5432), "allow");
     assert_eq!(decide_connect(&c, "198.51.100.1", 443), "deny");
-    assert!(c.net4.values().chain(c.net6.values()).all(|v| v.count as usize <= MAX_PORT_RULES));
+    assert!(
+        c.net4
+            .values()
+            .chain(c.net6.values())
+            .all(|v| v.count as usize <= MAX_PORT_RULES)
+    );
 }

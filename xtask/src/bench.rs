@@ -34,7 +34,8 @@ pub struct Options {
 
 /// Recomputes every kernel's summary from its raw guest data and rewrites both files.
 fn rerender(path: &std::path::Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut doc: Value = serde_json::from_str(&text).context("parsing benchmarks.json")?;
     if let Some(kernels) = doc["kernels"].as_object_mut() {
         for k in kernels.values_mut() {
@@ -42,9 +43,15 @@ fn rerender(path: &std::path::Path) -> Result<()> {
         }
     }
     let root = paths::repo_root();
-    std::fs::write(root.join("benchmarks.json"), serde_json::to_string_pretty(&doc)? + "\n")?;
+    std::fs::write(
+        root.join("benchmarks.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
     std::fs::write(root.join("BENCHMARKS.md"), render(&doc))?;
-    println!("re-rendered BENCHMARKS.md and benchmarks.json from {}", path.display());
+    println!(
+        "re-rendered BENCHMARKS.md and benchmarks.json from {}",
+        path.display()
+    );
     Ok(())
 }
 
@@ -65,7 +72,10 @@ pub fn run(options: &Options) -> Result<()> {
         "the benchmark crate in bench/ (package gate-bench) should provide it",
     )?;
     let mut suite_cmd = vec![bench.to_string_lossy().into_owned(), "suite".to_owned()];
-    suite_cmd.extend(["--repo".to_owned(), paths::repo_root().to_string_lossy().into_owned()]);
+    suite_cmd.extend([
+        "--repo".to_owned(),
+        paths::repo_root().to_string_lossy().into_owned(),
+    ]);
     if options.quick {
         suite_cmd.push("--quick".to_owned());
     }
@@ -137,8 +147,11 @@ pub fn run(options: &Options) -> Result<()> {
         "kernels": kernels,
     });
     let root = paths::repo_root();
-    std::fs::write(root.join("benchmarks.json"), serde_json::to_string_pretty(&doc)? + "\n")
-        .context("writing benchmarks.json")?;
+    std::fs::write(
+        root.join("benchmarks.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )
+    .context("writing benchmarks.json")?;
     std::fs::write(root.join("BENCHMARKS.md"), render(&doc)).context("writing BENCHMARKS.md")?;
     println!(
         "wrote BENCHMARKS.md and benchmarks.json ({:.0} s wall)",
@@ -176,7 +189,10 @@ fn run_guest(series: Series, suite_cmd: &[String], timeout: Duration) -> Result<
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading the guest's output")?;
         // The guest runner prefixes every console line with `[series] `.
-        let body = line.split_once("] ").map_or(line.as_str(), |(_, b)| b).trim_end();
+        let body = line
+            .split_once("] ")
+            .map_or(line.as_str(), |(_, b)| b)
+            .trim_end();
         if body == JSON_BEGIN {
             inside = true;
             json_text = Some(String::new());
@@ -283,7 +299,9 @@ fn summarize(doc: &Value) -> Value {
         let base = stats(&samples(doc, "micro", "none", op));
         let mut per_cond = serde_json::Map::new();
         for (cond, _) in CONDITIONS {
-            let Some(s) = stats(&samples(doc, "micro", cond, op)) else { continue };
+            let Some(s) = stats(&samples(doc, "micro", cond, op)) else {
+                continue;
+            };
             let mut v = stats_json(&s);
             v["ops_timed"] = json!(s.count as u64 * n_per_sample);
             if let Some(b) = base {
@@ -296,7 +314,9 @@ fn summarize(doc: &Value) -> Value {
     let mut workload = serde_json::Map::new();
     let wl_base = stats(&samples(doc, "workload", "none", "workload"));
     for (cond, _) in CONDITIONS {
-        let Some(s) = stats(&samples(doc, "workload", cond, "workload")) else { continue };
+        let Some(s) = stats(&samples(doc, "workload", cond, "workload")) else {
+            continue;
+        };
         let mut v = stats_json(&s);
         if let Some(b) = wl_base {
             v["overhead"] = json!(s.median / b.median - 1.0);
@@ -354,7 +374,8 @@ fn goal_unconfined(s: &Value) -> Verdict {
     let mut met = true;
     let mut any = false;
     for (op, _) in OPS {
-        let (Some(u), Some(n)) = (overhead(s, op, "gate_unconfined"), overhead(s, op, "null")) else {
+        let (Some(u), Some(n)) = (overhead(s, op, "gate_unconfined"), overhead(s, op, "null"))
+        else {
             continue;
         };
         any = true;
@@ -372,16 +393,25 @@ fn goal_unconfined(s: &Value) -> Verdict {
         .filter_map(|op| overhead(s, op, "gate_unconfined"))
         .collect();
     let open_ok = open.iter().all(|&o| o <= 0.02);
-    let open_txt = open.iter().map(|o| pct(Some(*o))).collect::<Vec<_>>().join(" / ");
+    let open_txt = open
+        .iter()
+        .map(|o| pct(Some(*o)))
+        .collect::<Vec<_>>()
+        .join(" / ");
     let text = match &worst {
         Some((op, u, n)) => format!(
             "open+close {open_txt} (write / read); worst op {op}: {} vs empty programs {}",
             pct(Some(*u)),
             pct(Some(*n))
         ),
-        None => format!("open+close {open_txt} (write / read); every op within 1.5× the empty programs"),
+        None => {
+            format!("open+close {open_txt} (write / read); every op within 1.5× the empty programs")
+        }
     };
-    Verdict { text, met: any.then_some(met && open_ok) }
+    Verdict {
+        text,
+        met: any.then_some(met && open_ok),
+    }
 }
 
 /// Goal 2: confined with 10,000 rules ≤ Landlock and ≤ 5 % per op.
@@ -389,7 +419,9 @@ fn goal_confined(s: &Value) -> Verdict {
     let mut misses = Vec::new();
     let mut any = false;
     for (op, _) in OPS {
-        let Some(g) = overhead(s, op, "gate_10k") else { continue };
+        let Some(g) = overhead(s, op, "gate_10k") else {
+            continue;
+        };
         any = true;
         let l = overhead(s, op, "landlock");
         let over_5 = g > 0.05;
@@ -403,7 +435,10 @@ fn goal_confined(s: &Value) -> Verdict {
     } else {
         misses.join("; ")
     };
-    Verdict { text, met: any.then_some(misses.is_empty()) }
+    Verdict {
+        text,
+        met: any.then_some(misses.is_empty()),
+    }
 }
 
 /// Goal 3: the real workload confined ≤ 2 %.
@@ -414,18 +449,27 @@ fn goal_workload(s: &Value) -> Verdict {
         .filter_map(|c| w[*c]["overhead"].as_f64().map(|o| (*c, o)))
         .collect();
     if vals.is_empty() {
-        return Verdict { text: String::new(), met: None };
+        return Verdict {
+            text: String::new(),
+            met: None,
+        };
     }
     let text = vals
         .iter()
         .map(|(c, o)| format!("{} {}", label(c), pct(Some(*o))))
         .collect::<Vec<_>>()
         .join("; ");
-    Verdict { text, met: Some(vals.iter().all(|(_, o)| *o <= 0.02)) }
+    Verdict {
+        text,
+        met: Some(vals.iter().all(|(_, o)| *o <= 0.02)),
+    }
 }
 
 fn label(cond: &str) -> &str {
-    CONDITIONS.iter().find(|(c, _)| *c == cond).map_or(cond, |(_, l)| l)
+    CONDITIONS
+        .iter()
+        .find(|(c, _)| *c == cond)
+        .map_or(cond, |(_, l)| l)
 }
 
 fn render(doc: &Value) -> String {
@@ -441,7 +485,11 @@ fn render(doc: &Value) -> String {
         doc["date"].as_str().unwrap_or("?"),
         doc["wall_seconds"].as_f64().unwrap_or(0.0),
         kernels.len(),
-        if doc["parallel_guests"] == true { ", guests side by side" } else { "" },
+        if doc["parallel_guests"] == true {
+            ", guests side by side"
+        } else {
+            ""
+        },
         doc["host"]["loadavg_before"],
         doc["host"]["loadavg_after"],
         doc["host"]["cpus"],
@@ -457,16 +505,33 @@ fn render(doc: &Value) -> String {
 
     // Goals.
     let _ = writeln!(md, "## Goals\n");
-    let _ = writeln!(md, "| goal | {} |", kernels.keys().map(|k| format!("Linux {k}")).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        md,
+        "| goal | {} |",
+        kernels
+            .keys()
+            .map(|k| format!("Linux {k}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let _ = writeln!(md, "|---|{}", "---|".repeat(kernels.len()));
     type GoalFn = fn(&Value) -> Verdict;
     let goals: [(&str, GoalFn); 3] = [
-        ("unconfined processes: at most 1.5× the empty programs' overhead, ≤ 2 % on open+close", goal_unconfined),
-        ("confined, 10,000 rules: no worse than Landlock doing the same job, ≤ 5 % per op", goal_confined),
+        (
+            "unconfined processes: at most 1.5× the empty programs' overhead, ≤ 2 % on open+close",
+            goal_unconfined,
+        ),
+        (
+            "confined, 10,000 rules: no worse than Landlock doing the same job, ≤ 5 % per op",
+            goal_confined,
+        ),
         ("real workload confined: ≤ 2 %", goal_workload),
     ];
     for (name, f) in goals {
-        let cells: Vec<String> = kernels.values().map(|k| verdict_cell(&f(&k["summary"]))).collect();
+        let cells: Vec<String> = kernels
+            .values()
+            .map(|k| verdict_cell(&f(&k["summary"])))
+            .collect();
         let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
     }
     md.push('\n');
@@ -474,13 +539,23 @@ fn render(doc: &Value) -> String {
     for (kname, k) in &kernels {
         let g = &k["guest"];
         let s = &k["summary"];
-        let _ = writeln!(md, "## Linux {kname} (`{}`)\n", g["kernel"].as_str().unwrap_or("?"));
+        let _ = writeln!(
+            md,
+            "## Linux {kname} (`{}`)\n",
+            g["kernel"].as_str().unwrap_or("?")
+        );
         let settle = &g["settle"];
         let _ = writeln!(
             md,
             "Settled after {} baseline runs ({}converged within {:.1} %: {}); {} virtual s in the guest, {:.0} s wall.\n",
-            settle["open_write_median_ns"].as_array().map_or(0, Vec::len),
-            if settle["converged"] == true { "" } else { "**not** " },
+            settle["open_write_median_ns"]
+                .as_array()
+                .map_or(0, Vec::len),
+            if settle["converged"] == true {
+                ""
+            } else {
+                "**not** "
+            },
             settle["tolerance"].as_f64().unwrap_or(0.0) * 100.0,
             settle["open_write_median_ns"]
                 .as_array()
@@ -504,17 +579,31 @@ fn render(doc: &Value) -> String {
                 "Median virtual ns per operation for \"no BPF program\", then each condition's median as \
                  overhead against it. Below each: [q1 – q3] of the condition's samples.\n"
             );
-            let _ = writeln!(md, "| op | {} |", present.iter().map(|(_, l)| *l).collect::<Vec<_>>().join(" | "));
+            let _ = writeln!(
+                md,
+                "| op | {} |",
+                present
+                    .iter()
+                    .map(|(_, l)| *l)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
             let _ = writeln!(md, "|---|{}", "---:|".repeat(present.len()));
             for (op, oplabel) in OPS {
                 let mut cells = Vec::new();
                 for (c, _) in &present {
                     let v = &s["micro"][op][c];
-                    let (Some(m), Some(q1), Some(q3)) = (v["median"].as_f64(), v["q1"].as_f64(), v["q3"].as_f64()) else {
+                    let (Some(m), Some(q1), Some(q3)) =
+                        (v["median"].as_f64(), v["q1"].as_f64(), v["q3"].as_f64())
+                    else {
                         cells.push("—".to_owned());
                         continue;
                     };
-                    let head = if *c == "none" { format!("{} ns", ns(m)) } else { pct(v["overhead"].as_f64()) };
+                    let head = if *c == "none" {
+                        format!("{} ns", ns(m))
+                    } else {
+                        pct(v["overhead"].as_f64())
+                    };
                     cells.push(format!("{head}<br><sub>[{} – {}]</sub>", ns(q1), ns(q3)));
                 }
                 let _ = writeln!(md, "| {oplabel} | {} |", cells.join(" | "));
@@ -525,7 +614,15 @@ fn render(doc: &Value) -> String {
                 "Samples per figure (a sample is the mean of one batch of `batch` operations) / \
                  operations timed in all:\n"
             );
-            let _ = writeln!(md, "| op | batch | {} |", present.iter().map(|(_, l)| *l).collect::<Vec<_>>().join(" | "));
+            let _ = writeln!(
+                md,
+                "| op | batch | {} |",
+                present
+                    .iter()
+                    .map(|(_, l)| *l)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
             let _ = writeln!(md, "|---|---:|{}", "---:|".repeat(present.len()));
             for (op, oplabel) in OPS {
                 let cells: Vec<String> = present
@@ -538,15 +635,27 @@ fn render(doc: &Value) -> String {
                         }
                     })
                     .collect();
-                let _ = writeln!(md, "| {oplabel} | {} | {} |", g["plans"][op]["n"].as_u64().unwrap_or(0), cells.join(" | "));
+                let _ = writeln!(
+                    md,
+                    "| {oplabel} | {} | {} |",
+                    g["plans"][op]["n"].as_u64().unwrap_or(0),
+                    cells.join(" | ")
+                );
             }
             let _ = writeln!(md);
         }
         let wl = s["workload"].as_object().cloned().unwrap_or_default();
         if !wl.is_empty() {
             let _ = writeln!(md, "### Real workload\n");
-            let _ = writeln!(md, "{}\n", g["workload"]["description"].as_str().unwrap_or(""));
-            let _ = writeln!(md, "| condition | runs | median (virtual s) | min – max | overhead |");
+            let _ = writeln!(
+                md,
+                "{}\n",
+                g["workload"]["description"].as_str().unwrap_or("")
+            );
+            let _ = writeln!(
+                md,
+                "| condition | runs | median (virtual s) | min – max | overhead |"
+            );
             let _ = writeln!(md, "|---|---:|---:|---:|---:|");
             for (c, l) in CONDITIONS {
                 let Some(v) = wl.get(*c) else { continue };
@@ -557,7 +666,11 @@ fn render(doc: &Value) -> String {
                     v["median"].as_f64().unwrap_or(0.0) / 1e9,
                     v["min"].as_f64().unwrap_or(0.0) / 1e9,
                     v["max"].as_f64().unwrap_or(0.0) / 1e9,
-                    if *c == "none" { "—".to_owned() } else { pct(v["overhead"].as_f64()) }
+                    if *c == "none" {
+                        "—".to_owned()
+                    } else {
+                        pct(v["overhead"].as_f64())
+                    }
                 );
             }
             let _ = writeln!(md);
@@ -585,7 +698,10 @@ fn render_userspace(md: &mut String, g: &Value) {
              wall time is far longer). RSS is the process that loaded gate, after attaching; map memory \
              is the `memlock` of every BPF map it holds (`/proc/self/fdinfo`).\n"
         );
-        let _ = writeln!(md, "| policy | rules | inode entries | compile | load + fill maps | attach (verify) | RSS | BPF map memory |");
+        let _ = writeln!(
+            md,
+            "| policy | rules | inode entries | compile | load + fill maps | attach (verify) | RSS | BPF map memory |"
+        );
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for (_, s) in &setups {
             let _ = writeln!(
@@ -622,8 +738,16 @@ fn render_userspace(md: &mut String, g: &Value) {
         );
     }
     if let Some(n) = g["null_attach_ns"].as_array().filter(|a| !a.is_empty()) {
-        let v: Vec<String> = n.iter().filter_map(Value::as_f64).map(|x| format!("{:.2}", x / 1e9)).collect();
-        let _ = writeln!(md, "Attaching the empty programs took {} virtual s (each phase-A round).\n", v.join(", "));
+        let v: Vec<String> = n
+            .iter()
+            .filter_map(Value::as_f64)
+            .map(|x| format!("{:.2}", x / 1e9))
+            .collect();
+        let _ = writeln!(
+            md,
+            "Attaching the empty programs took {} virtual s (each phase-A round).\n",
+            v.join(", ")
+        );
     }
 }
 
@@ -680,7 +804,10 @@ fn shortfalls(kernels: &serde_json::Map<String, Value>) -> String {
             .map(|(n, _)| *n)
             .collect();
         if !unmeasured.is_empty() {
-            lines.push(format!("- Not measured in this run: {}.", unmeasured.join(", ")));
+            lines.push(format!(
+                "- Not measured in this run: {}.",
+                unmeasured.join(", ")
+            ));
         }
         if lines.is_empty() {
             let _ = writeln!(out, "Linux {kname}: every goal met.\n");

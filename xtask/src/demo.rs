@@ -42,6 +42,7 @@ pub fn run() -> Result<ExitCode> {
         timeout: DEMO_TIMEOUT,
         env: Vec::new(),
         cwd: Some(repo),
+        shares: guest::project_shares()?,
         append: None,
     };
     let outcome = guest::run(&guest, &options, &command)?;

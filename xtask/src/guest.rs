@@ -3,10 +3,10 @@
 //! guest's serial console is streamed to our stdout, prefixed with the kernel series; the result
 //! is the command's exit code, taken only from the exit line carrying this run's nonce. A guest
 //! that times out, dies, or never reports is an error — never a pass.
+use std::collections::VecDeque;
 use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cmd, initramfs, kernels::Kernel};
+use crate::{cmd, initramfs, kernels::Kernel, paths};
 
 const QEMU: &str = "qemu-system-x86_64";
 const KERNEL_CMDLINE: &str = "console=ttyS0 lsm=lockdown,capability,landlock,bpf panic=-1 quiet";
@@ -28,6 +28,9 @@ const INIT_ERROR_MARKER: &str = "GATE-GUEST-INIT-ERROR";
 /// How many of the guest's last console lines a timeout error repeats, so the summary at the end
 /// of a long log still shows where the guest was stuck.
 const TAIL_LINES: usize = 25;
+/// Directories of the shared host root that the guest replaces with its own empty, writable
+/// tmpfs (init.sh). A host directory below one of them is invisible in the guest unless shared.
+pub const SCRATCH_DIRS: &[&str] = &["/tmp", "/var/tmp", "/home", "/root", "/run"];
 
 /// A bootable guest: kernel, the image qemu boots (vmlinux or vmlinuz), and the cached base
 /// initramfs.
@@ -43,8 +46,12 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Extra environment for the command, on top of the passed-through host variables.
     pub env: Vec<(String, String)>,
-    /// Working directory in the guest (a host path; tmpfs-covered ones are empty there).
+    /// Working directory in the guest (a host path). It is shared into the guest like `shares`.
     pub cwd: Option<PathBuf>,
+    /// Host directories the command needs (the repository, cargo's target directory). The
+    /// guest covers its scratch directories (`SCRATCH_DIRS`) with tmpfs; each of these that lies
+    /// under one is bind-mounted back, read-only, at the same path.
+    pub shares: Vec<PathBuf>,
     /// Appended to the kernel command line (e.g. `loglevel=7` to see the whole boot).
     pub append: Option<String>,
 }
@@ -65,13 +72,30 @@ pub fn run(guest: &Guest<'_>, options: &RunOptions, command: &[String]) -> Resul
     }
     let label = guest.kernel.series.name();
     let nonce = nonce();
+    let cwd = options
+        .cwd
+        .as_deref()
+        .map(|dir| {
+            std::fs::canonicalize(dir).with_context(|| {
+                format!(
+                    "the guest's working directory {} is not a directory on this host",
+                    dir.display()
+                )
+            })
+        })
+        .transpose()?;
+    let shares = shares_to_mount(options.shares.iter().chain(cwd.as_ref()))?;
     let workdir = TempDir::create(&format!("gate-guest-{nonce}"))?;
     let initrd = workdir.path.join("initrd.cpio");
     write_initrd(
         guest.initramfs,
         &initrd,
-        &run_script(command, &env_for(options)?, options.cwd.as_deref()),
-        &nonce,
+        &initramfs::RunFiles {
+            script: &run_script(command, &env_for(options)?, cwd.as_deref()),
+            nonce: &nonce,
+            shares: &shares,
+            cwd: cwd.as_deref(),
+        },
     )?;
 
     let mut qemu = qemu_command(guest.boot_image, &initrd, options);
@@ -333,14 +357,70 @@ fn qemu_command(boot_image: &Path, initrd: &Path, options: &RunOptions) -> Comma
     qemu
 }
 
-fn write_initrd(base: &Path, initrd: &Path, run_script: &str, nonce: &str) -> Result<()> {
+/// What every guest command of this project needs from the host beyond its root: the
+/// repository and cargo's target directory (which `CARGO_TARGET_DIR` may put elsewhere).
+pub fn project_shares() -> Result<Vec<PathBuf>> {
+    Ok(vec![paths::repo_root(), paths::target_dir()?])
+}
+
+/// The directories among `dirs` that lie under a scratch directory and so must be mounted back
+/// in the guest: canonical (the guest sees the host's real layout), without duplicates and
+/// without directories inside another one of the list (its mount brings them along). A scratch
+/// directory itself (`/tmp`) is never shared: the guest keeps its own writable one.
+fn shares_to_mount<'p>(dirs: impl Iterator<Item = &'p PathBuf>) -> Result<Vec<PathBuf>> {
+    let mut canonical = Vec::new();
+    for dir in dirs {
+        let real = std::fs::canonicalize(dir).with_context(|| {
+            format!(
+                "{} is to be shared into the guest but is not a directory on this host",
+                dir.display()
+            )
+        })?;
+        if !real.is_dir() {
+            bail!(
+                "{} is to be shared into the guest but is not a directory",
+                real.display()
+            );
+        }
+        let text = real.to_string_lossy();
+        if text.contains('\n') || real.to_str().is_none() {
+            bail!(
+                "{} cannot be shared into the guest: its path is not UTF-8 or contains a newline",
+                real.display()
+            );
+        }
+        canonical.push(real);
+    }
+    canonical.sort();
+    canonical.dedup();
+    let mut shares: Vec<PathBuf> = Vec::new();
+    for dir in canonical {
+        // A scratch directory itself stays the guest's own (writable) one.
+        let below_scratch = under_scratch(&dir).is_some_and(|scratch| dir != Path::new(scratch));
+        if !below_scratch || shares.iter().any(|s| dir.starts_with(s)) {
+            continue;
+        }
+        shares.push(dir);
+    }
+    Ok(shares)
+}
+
+/// The scratch directory that covers `dir` in the guest, if any.
+pub fn under_scratch(dir: &Path) -> Option<&'static str> {
+    SCRATCH_DIRS
+        .iter()
+        .copied()
+        .find(|scratch| dir.starts_with(scratch))
+}
+
+fn write_initrd(base: &Path, initrd: &Path, files: &initramfs::RunFiles<'_>) -> Result<()> {
     let mut bytes = std::fs::read(base).with_context(|| {
         format!(
             "reading the cached initramfs {}; run `cargo xtask setup`",
             base.display()
         )
     })?;
-    bytes.extend_from_slice(&initramfs::run_archive(run_script, nonce));
+    bytes.extend_from_slice(&initramfs::run_archive(files));
     std::fs::write(initrd, bytes).with_context(|| format!("writing {}", initrd.display()))
 }
 
@@ -372,10 +452,11 @@ fn run_script(command: &[String], env: &[(String, String)], cwd: Option<&Path>) 
     for (key, value) in env {
         script.push_str(&format!("export {key}={}\n", cmd::shell_quote(value)));
     }
+    // /init has already checked that the directory is visible; failing here is still fatal.
     if let Some(cwd) = cwd {
         let dir = cmd::shell_quote(&cwd.to_string_lossy());
         script.push_str(&format!(
-            "cd {dir} || echo \"gate-guest: cannot cd to {dir}; staying in /\"\n"
+            "cd {dir} || {{ echo \"gate-guest: cannot cd to {dir}\" >&2; exit 125; }}\n"
         ));
     }
     script.push_str("exec </dev/null\n");
@@ -449,7 +530,48 @@ mod tests {
             Some(Path::new("/work/main")),
         );
         assert!(script.contains("export RUST_LOG=debug\n"));
-        assert!(script.contains("cd /work/main ||"));
+        assert!(script.contains("cd /work/main || { echo"));
+        assert!(script.contains("exit 125; }"));
         assert!(script.ends_with("exec /bin/sh -c 'exit 3'\n"));
+    }
+
+    #[test]
+    fn shares_only_what_a_scratch_tmpfs_would_hide() {
+        let dir = tempfile_dir();
+        let inner = dir.join("target");
+        std::fs::create_dir_all(&inner).unwrap();
+        let outside = PathBuf::from("/usr");
+        let scratch = PathBuf::from("/tmp");
+        let shares =
+            shares_to_mount([dir.clone(), inner, outside, scratch, dir.clone()].iter()).unwrap();
+        assert_eq!(shares, vec![std::fs::canonicalize(&dir).unwrap()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_to_share_what_does_not_exist() {
+        let error = shares_to_mount([PathBuf::from("/tmp/gate-no-such-dir-x")].iter())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/tmp/gate-no-such-dir-x"), "{error}");
+    }
+
+    #[test]
+    fn knows_which_directories_the_guest_covers() {
+        assert_eq!(under_scratch(Path::new("/root/nc")), Some("/root"));
+        assert_eq!(
+            under_scratch(Path::new("/home/dev/src/gate")),
+            Some("/home")
+        );
+        assert_eq!(under_scratch(Path::new("/tmp")), Some("/tmp"));
+        assert_eq!(under_scratch(Path::new("/work/main")), None);
+        assert_eq!(under_scratch(Path::new("/rooted")), None);
+    }
+
+    /// A fresh directory under /tmp (a scratch directory of the guest).
+    fn tempfile_dir() -> PathBuf {
+        let dir = PathBuf::from(format!("/tmp/gate-xtask-test-{}", nonce()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

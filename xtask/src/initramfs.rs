@@ -11,7 +11,7 @@ use crate::{cpio::Archive, elf, kernels::Kernel, modules};
 
 const INIT_TEMPLATE: &str = include_str!("init.sh");
 /// Bump when the layout produced by `build` changes without the inputs below changing.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// What the guest needs; their dependencies are read from the modules themselves.
 pub const MODULE_ROOTS: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
 /// Cached initramfs files of other fingerprints older than this are removed.
@@ -89,15 +89,40 @@ fn build(kernel: &Kernel, busybox: &Path) -> Result<(Vec<u8>, Vec<String>)> {
 }
 
 fn init_script(modules: &[String]) -> String {
-    INIT_TEMPLATE.replace("@MODULES@", &modules.join(" "))
+    INIT_TEMPLATE
+        .replace("@MODULES@", &modules.join(" "))
+        .replace("@SCRATCH_DIRS@", &crate::guest::SCRATCH_DIRS.join(" "))
 }
 
-/// The per-run archive appended to the cached one: the command script and the run's nonce.
-pub fn run_archive(run_script: &str, nonce: &str) -> Vec<u8> {
+/// What one guest run adds to the cached initramfs.
+pub struct RunFiles<'a> {
+    /// The command script, run in the chroot of the host root.
+    pub script: &'a str,
+    pub nonce: &'a str,
+    /// Host directories to mount back over the guest's scratch tmpfs, at the same paths.
+    pub shares: &'a [PathBuf],
+    /// The directory the command must start in; /init refuses to run it if it is not visible.
+    pub cwd: Option<&'a Path>,
+}
+
+/// The per-run archive appended to the cached one: the command script, the run's nonce, the
+/// shared directories (one per line) and the working directory.
+pub fn run_archive(files: &RunFiles<'_>) -> Vec<u8> {
     let mut archive = Archive::new();
     archive.dir("gate", 0o755);
-    archive.file("gate/run.sh", 0o755, run_script.as_bytes());
-    archive.file("gate/nonce", 0o644, format!("{nonce}\n").as_bytes());
+    archive.file("gate/run.sh", 0o755, files.script.as_bytes());
+    archive.file("gate/nonce", 0o644, format!("{}\n", files.nonce).as_bytes());
+    let shares: String = files
+        .shares
+        .iter()
+        .map(|s| format!("{}\n", s.display()))
+        .collect();
+    archive.file("gate/shares", 0o644, shares.as_bytes());
+    let cwd = files
+        .cwd
+        .map(|c| format!("{}\n", c.display()))
+        .unwrap_or_default();
+    archive.file("gate/cwd", 0o644, cwd.as_bytes());
     archive.finish()
 }
 
@@ -167,5 +192,19 @@ mod tests {
         assert!(!script.contains('@'));
         assert!(script.contains("GATE-GUEST-EXIT=$rc nonce=$NONCE"));
         assert!(script.trim_end().ends_with("poweroff -f"));
+    }
+
+    #[test]
+    fn init_covers_exactly_the_scratch_directories_with_tmpfs() {
+        let script = init_script(&["9p".to_owned()]);
+        let covered: Vec<&str> = script
+            .lines()
+            .filter_map(|l| l.strip_prefix("mnt tmpfs "))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter_map(|target| target.strip_prefix("$H"))
+            .filter(|target| *target != "/dev/shm")
+            .collect();
+        assert_eq!(covered, crate::guest::SCRATCH_DIRS);
+        assert!(script.contains("for scratch in /tmp /var/tmp /home /root /run; do"));
     }
 }

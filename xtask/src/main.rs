@@ -50,6 +50,8 @@ enum Task {
     Test(TestArgs),
     /// Run tests/demo/demo.sh in a 6.1 guest.
     Demo,
+    /// `cargo fmt --check` and `cargo clippy` with warnings as errors (as CI runs them).
+    Lint,
     /// Benchmarks in icount guests (6.1 and 6.12 side by side); writes BENCHMARKS.md and
     /// benchmarks.json.
     Bench(BenchArgs),
@@ -140,6 +142,15 @@ fn run(task: Task) -> Result<ExitCode> {
             timeout: Duration::from_secs(args.timeout),
         }),
         Task::Demo => demo::run(),
+        Task::Lint => {
+            // clippy builds gate-userspace, whose build script compiles the eBPF crate.
+            setup::run(&setup::Options {
+                quiet: true,
+                update_kernels: false,
+            })?;
+            workspace::lint()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Task::Bench(args) => bench::run(&bench::Options {
             kernels: args
                 .kernel
@@ -169,6 +180,7 @@ fn guest(args: GuestArgs) -> Result<ExitCode> {
             .map(|kv| parse_env(kv))
             .collect::<Result<_>>()?,
         cwd: std::env::current_dir().ok(),
+        shares: guest::project_shares()?,
         append: args.append,
     };
     let outcome = guest::run(&guest, &options, &args.command)?;

@@ -122,6 +122,7 @@ fn guest_suite(
         timeout,
         env: Vec::new(),
         cwd: Some(repo),
+        shares: guest::project_shares()?,
         append: None,
     };
     let outcome = guest::run(&guest, &options, &command)?;

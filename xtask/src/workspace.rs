@@ -47,3 +47,23 @@ pub fn release_binary(name: &str, hint: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// `cargo fmt --all --check`, then `cargo clippy` on every host crate and target with warnings
+/// as errors (the lints are the workspace's, in Cargo.toml).
+pub fn lint() -> Result<()> {
+    cmd::run(
+        paths::cargo()
+            .args(["fmt", "--all", "--check"])
+            .current_dir(paths::repo_root()),
+    )
+    .context("the code is not formatted as rustfmt.toml says; run `cargo fmt --all`")?;
+    let mut command = paths::cargo();
+    command
+        .args(["clippy", "--workspace", "--all-targets"])
+        .current_dir(paths::repo_root());
+    for package in HOST_EXCLUDED {
+        command.args(["--exclude", package]);
+    }
+    command.args(["--", "-D", "warnings"]);
+    cmd::run(&mut command).context("clippy found problems (warnings are errors); see above")
+}

@@ -79,7 +79,10 @@ impl CompiledPolicy {
             rule_idx::INTERNAL => "internal-error",
             rule_idx::SELFTEST => "selftest",
             rule_idx::AUDIT_REQUIRED => "audit-required",
-            i => self.rules.get(usize::from(i)).map_or("unknown", |r| r.id.as_str()),
+            i => self
+                .rules
+                .get(usize::from(i))
+                .map_or("unknown", |r| r.id.as_str()),
         }
     }
 
@@ -110,7 +113,11 @@ pub fn compile(
 ) -> Result<CompiledPolicy, PolicyError> {
     if policy.rules.len() > MAX_RULES {
         let at = Location::new(&policy.file, policy.rules[MAX_RULES].pos);
-        return Err(PolicyError::TooManyRules { at, count: policy.rules.len(), max: MAX_RULES });
+        return Err(PolicyError::TooManyRules {
+            at,
+            count: policy.rules.len(),
+            max: MAX_RULES,
+        });
     }
     let mut order: Vec<&Rule> = policy.rules.iter().collect();
     order.sort_by(|a, b| a.id.cmp(&b.id));
@@ -132,7 +139,12 @@ pub fn compile(
         defaults: Op::ALL.map(|op| policy.defaults[op.index()].code()),
         rules: order
             .iter()
-            .map(|r| RuleMeta { id: r.id.clone(), op: r.op, decision: r.decision, audit: r.audit })
+            .map(|r| RuleMeta {
+                id: r.id.clone(),
+                op: r.op,
+                decision: r.decision,
+                audit: r.audit,
+            })
             .collect(),
         inodes: c.inodes,
         inode_paths: c.paths,
@@ -146,7 +158,11 @@ pub fn compile(
 
 /// The decision byte a rule puts into the maps.
 fn decision_byte(rule: &Rule) -> u8 {
-    let audit = if rule.decision == Decision::Allow && rule.audit { decision::AUDIT } else { 0 };
+    let audit = if rule.decision == Decision::Allow && rule.audit {
+        decision::AUDIT
+    } else {
+        0
+    };
     rule.decision.code() | audit
 }
 
@@ -172,7 +188,10 @@ fn empty_inode_rule() -> InodeRule {
 }
 
 fn is_missing(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
 }
 
 /// A deny/ask subtree whose hard-linked files get exact entries of their own.
@@ -214,7 +233,8 @@ impl<'a> Compiler<'a> {
     }
 
     fn warn(&mut self, at: &Location, message: String) {
-        self.warnings.push((at.clone(), format!("{at}: warning: {message}")));
+        self.warnings
+            .push((at.clone(), format!("{at}: warning: {message}")));
     }
 
     /// The warnings in file order.
@@ -227,9 +247,9 @@ impl<'a> Compiler<'a> {
     fn rule(&mut self, index: u16, rule: &Rule) -> Result<(), PolicyError> {
         let byte = decision_byte(rule);
         match &rule.target {
-            Target::Paths(specs) => {
-                specs.iter().try_for_each(|spec| self.path(index, rule, byte, spec))
-            }
+            Target::Paths(specs) => specs
+                .iter()
+                .try_for_each(|spec| self.path(index, rule, byte, spec)),
             Target::Net { addrs, ports } => {
                 for addr in addrs {
                     for ports in ports {
@@ -265,12 +285,23 @@ impl<'a> Compiler<'a> {
             Ok(resolved) => resolved,
             Err(e) if is_missing(&e) => {
                 let (id, raw) = (&rule.id, &spec.raw);
-                let from = if *raw == text { String::new() } else { format!(" (from `{raw}`)") };
-                self.warn(&at, format!("rule `{id}`: `{text}`{from} does not exist, skipped"));
+                let from = if *raw == text {
+                    String::new()
+                } else {
+                    format!(" (from `{raw}`)")
+                };
+                self.warn(
+                    &at,
+                    format!("rule `{id}`: `{text}`{from} does not exist, skipped"),
+                );
                 return Ok(());
             }
             Err(source) => {
-                return Err(PolicyError::Resolve { at, path: text.into(), source });
+                return Err(PolicyError::Resolve {
+                    at,
+                    path: text.into(),
+                    source,
+                });
             }
         };
         if spec.subtree && !resolved.is_dir {
@@ -283,7 +314,14 @@ impl<'a> Compiler<'a> {
         self.set(&resolved, spec.subtree, rule.op, byte, index);
         if spec.subtree && rule.decision != Decision::Allow {
             let (dir, op, rule_id) = (resolved.canonical, rule.op, rule.id.clone());
-            self.jobs.push(HardlinkJob { dir, op, byte, index, rule_id, at });
+            self.jobs.push(HardlinkJob {
+                dir,
+                op,
+                byte,
+                index,
+                rule_id,
+                at,
+            });
         }
         Ok(())
     }
@@ -309,24 +347,42 @@ impl<'a> Compiler<'a> {
         let Some(workspace) = &self.vars.workspace else {
             let message =
                 "`${workspace}` is used but no workspace was given (--workspace)".to_owned();
-            return Err(PolicyError::Variable { at: at.clone(), message });
+            return Err(PolicyError::Variable {
+                at: at.clone(),
+                message,
+            });
         };
         if !self.workspace_checked {
-            self.resolver.resolve(workspace).map_err(|e| PolicyError::Variable {
-                at: at.clone(),
-                message: format!("the workspace `{}` cannot be resolved: {e}", workspace.display()),
-            })?;
+            self.resolver
+                .resolve(workspace)
+                .map_err(|e| PolicyError::Variable {
+                    at: at.clone(),
+                    message: format!(
+                        "the workspace `{}` cannot be resolved: {e}",
+                        workspace.display()
+                    ),
+                })?;
             self.workspace_checked = true;
         }
         var_text(workspace, "workspace", at)
     }
 
     fn set(&mut self, resolved: &Resolved, subtree: bool, op: Op, byte: u8, index: u16) {
-        let entry = self.inodes.entry(resolved.key).or_insert_with(empty_inode_rule);
-        self.paths.entry(resolved.key).or_insert_with(|| resolved.canonical.clone());
+        let entry = self
+            .inodes
+            .entry(resolved.key)
+            .or_insert_with(empty_inode_rule);
+        self.paths
+            .entry(resolved.key)
+            .or_insert_with(|| resolved.canonical.clone());
         let i = op.index();
         if subtree {
-            merge(&mut entry.subtree[i], &mut entry.subtree_rule[i], byte, index);
+            merge(
+                &mut entry.subtree[i],
+                &mut entry.subtree_rule[i],
+                byte,
+                index,
+            );
         } else {
             merge(&mut entry.exact[i], &mut entry.exact_rule[i], byte, index);
         }
@@ -338,7 +394,8 @@ impl<'a> Compiler<'a> {
         let mut scans: BTreeMap<PathBuf, io::Result<HardlinkScan>> = BTreeMap::new();
         for job in std::mem::take(&mut self.jobs) {
             let scan = scans.entry(job.dir.clone()).or_insert_with(|| {
-                self.resolver.hardlinked_files_under(&job.dir, HARDLINK_WALK_LIMIT)
+                self.resolver
+                    .hardlinked_files_under(&job.dir, HARDLINK_WALK_LIMIT)
             });
             let scan = match scan {
                 Ok(scan) => scan.clone(),
@@ -381,8 +438,15 @@ impl<'a> Compiler<'a> {
 fn var_text(value: &Path, name: &str, at: &Location) -> Result<String, PolicyError> {
     let Some(text) = value.to_str() else {
         let message = format!("`${{{name}}}` (`{}`) is not valid UTF-8", value.display());
-        return Err(PolicyError::Variable { at: at.clone(), message });
+        return Err(PolicyError::Variable {
+            at: at.clone(),
+            message,
+        });
     };
     let trimmed = text.trim_end_matches('/');
-    Ok(if trimmed.is_empty() { text.to_owned() } else { trimmed.to_owned() })
+    Ok(if trimmed.is_empty() {
+        text.to_owned()
+    } else {
+        trimmed.to_owned()
+    })
 }

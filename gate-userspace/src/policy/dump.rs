@@ -14,7 +14,11 @@ pub(super) fn decision_text(byte: u8) -> String {
         decision::DENY => "deny",
         _ => "none",
     };
-    if byte & decision::AUDIT != 0 { format!("{base}+audit") } else { base.to_owned() }
+    if byte & decision::AUDIT != 0 {
+        format!("{base}+audit")
+    } else {
+        base.to_owned()
+    }
 }
 
 impl CompiledPolicy {
@@ -51,10 +55,21 @@ impl CompiledPolicy {
     }
 
     fn dump_header(&self, out: &mut String) {
-        let _ = writeln!(out, "policy {}", serde_json::to_string(&self.name).unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "policy {}",
+            serde_json::to_string(&self.name).unwrap_or_default()
+        );
         let _ = writeln!(out, "mode {}", self.mode.name());
-        let _ =
-            writeln!(out, "audit {}", if self.audit_required { "required" } else { "best-effort" });
+        let _ = writeln!(
+            out,
+            "audit {}",
+            if self.audit_required {
+                "required"
+            } else {
+                "best-effort"
+            }
+        );
         let _ = writeln!(out, "digest {}", self.digest_hex());
         let defaults: Vec<String> = Op::ALL
             .iter()
@@ -65,7 +80,10 @@ impl CompiledPolicy {
     }
 
     fn dump_inode(&self, out: &mut String, key: &InodeKey, value: &InodeRule) {
-        let path = self.inode_paths.get(key).map_or("?".into(), |p| p.display().to_string());
+        let path = self
+            .inode_paths
+            .get(key)
+            .map_or("?".into(), |p| p.display().to_string());
         let (major, minor) = (key.dev >> 20, key.dev & 0xf_ffff);
         let _ = writeln!(out, "  {major}:{minor}/{} {path}", key.ino);
         for (label, decisions, rules) in [
@@ -94,8 +112,11 @@ impl CompiledPolicy {
         let ranges: Vec<String> = value.ports[..count]
             .iter()
             .map(|p| {
-                let range =
-                    if p.lo == p.hi { p.lo.to_string() } else { format!("{}-{}", p.lo, p.hi) };
+                let range = if p.lo == p.hi {
+                    p.lo.to_string()
+                } else {
+                    format!("{}-{}", p.lo, p.hi)
+                };
                 format!("{range}={}", self.slot_text(p.decision, p.rule))
             })
             .collect();

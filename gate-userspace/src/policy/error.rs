@@ -27,7 +27,9 @@ pub struct LineIndex<'a> {
 
 impl<'a> LineIndex<'a> {
     pub fn new(source: &'a str) -> Self {
-        let starts = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let starts = std::iter::once(0)
+            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         LineIndex { source, starts }
     }
 
@@ -41,7 +43,10 @@ impl<'a> LineIndex<'a> {
         let line = self.starts.partition_point(|&s| s <= offset);
         let line_start = self.starts[line - 1];
         let col = self.source[line_start..offset].chars().count() + 1;
-        Pos { line: saturate(line), col: saturate(col) }
+        Pos {
+            line: saturate(line),
+            col: saturate(col),
+        }
     }
 }
 
@@ -65,7 +70,10 @@ pub struct Location {
 impl Location {
     /// `pos` in `file`.
     pub fn new(file: &Path, pos: Pos) -> Location {
-        Location { file: file.to_path_buf(), pos }
+        Location {
+            file: file.to_path_buf(),
+            pos,
+        }
     }
 }
 
@@ -96,7 +104,11 @@ pub enum PolicyError {
     Invalid { at: Location, message: String },
     /// Two rules share an id.
     #[error("{at}: duplicate rule id `{id}` (first defined at {first})")]
-    DuplicateId { at: Location, id: String, first: Pos },
+    DuplicateId {
+        at: Location,
+        id: String,
+        first: Pos,
+    },
     /// A key that does not fit the rule's op (`path` on a connect rule, `addr`/`port` on a file
     /// rule), or a key the op needs is missing.
     #[error("{at}: {message}")]
@@ -112,25 +124,51 @@ pub enum PolicyError {
     NotAbsolute { at: Location, path: String },
     /// A malformed address or CIDR.
     #[error("{at}: bad address `{value}`: {reason}")]
-    BadAddress { at: Location, value: String, reason: String },
+    BadAddress {
+        at: Location,
+        value: String,
+        reason: String,
+    },
     /// A malformed port or port range.
     #[error("{at}: bad port range `{value}`: {reason}")]
-    BadPort { at: Location, value: String, reason: String },
+    BadPort {
+        at: Location,
+        value: String,
+        reason: String,
+    },
     /// A `dir/**` pattern whose `dir` is not a directory.
     #[error("{at}: `{path}` is not a directory, so `{pattern}` cannot match anything below it")]
-    NotDirectory { at: Location, path: PathBuf, pattern: String },
+    NotDirectory {
+        at: Location,
+        path: PathBuf,
+        pattern: String,
+    },
     /// A path that exists but could not be resolved (other than "does not exist"), or a
     /// `${workspace}` that does not exist.
     #[error("{at}: cannot resolve `{}`: {source}", path.display())]
-    Resolve { at: Location, path: PathBuf, source: io::Error },
+    Resolve {
+        at: Location,
+        path: PathBuf,
+        source: io::Error,
+    },
     /// One address prefix would carry more port ranges than the kernel map value holds.
     #[error(
         "{at}: prefix {prefix} collects {count} port ranges (at most {max}) from rules {rules}"
     )]
-    TooManyPortRules { at: Location, prefix: String, count: usize, max: usize, rules: String },
+    TooManyPortRules {
+        at: Location,
+        prefix: String,
+        count: usize,
+        max: usize,
+        rules: String,
+    },
     /// More rules than a rule index (u16, with reserved values at the top) can number.
     #[error("{at}: {count} rules, at most {max} are supported")]
-    TooManyRules { at: Location, count: usize, max: usize },
+    TooManyRules {
+        at: Location,
+        count: usize,
+        max: usize,
+    },
 }
 
 impl PolicyError {

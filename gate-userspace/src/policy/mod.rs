@@ -184,8 +184,12 @@ pub struct Policy {
 
 impl Policy {
     /// The default decisions when the `[default]` table leaves an operation out.
-    pub const DEFAULTS: [Decision; 4] =
-        [Decision::Deny, Decision::Deny, Decision::Allow, Decision::Deny];
+    pub const DEFAULTS: [Decision; 4] = [
+        Decision::Deny,
+        Decision::Deny,
+        Decision::Allow,
+        Decision::Deny,
+    ];
 }
 
 /// One `[[rule]]`.
@@ -208,7 +212,10 @@ pub enum Target {
     /// File operations: exact paths and `dir/**` subtrees.
     Paths(Vec<PathSpec>),
     /// `connect`: every combination of these prefixes and port ranges.
-    Net { addrs: Vec<AddrSpec>, ports: Vec<PortRange> },
+    Net {
+        addrs: Vec<AddrSpec>,
+        ports: Vec<PortRange>,
+    },
 }
 
 /// A path pattern as written, variables not yet substituted.
@@ -254,18 +261,24 @@ impl Vars {
     /// Variables for the user who invoked gate: under `sudo` (root with `SUDO_UID` set) the home
     /// of that user, otherwise `$HOME`, otherwise the password database entry of the real uid.
     pub fn for_invoking_user(workspace: Option<PathBuf>) -> io::Result<Vars> {
-        Ok(Vars { workspace, home: invoking_home()? })
+        Ok(Vars {
+            workspace,
+            home: invoking_home()?,
+        })
     }
 }
 
 fn invoking_home() -> io::Result<PathBuf> {
     use nix::unistd::{Uid, User};
-    let sudo_uid = std::env::var("SUDO_UID").ok().and_then(|u| u.parse::<u32>().ok());
+    let sudo_uid = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|u| u.parse::<u32>().ok());
     let uid = match sudo_uid {
         Some(uid) if Uid::effective().is_root() => Uid::from_raw(uid),
         _ => {
-            if let Some(home) =
-                std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_absolute())
+            if let Some(home) = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|h| h.is_absolute())
             {
                 return Ok(home);
             }
@@ -274,17 +287,20 @@ fn invoking_home() -> io::Result<PathBuf> {
     };
     match User::from_uid(uid) {
         Ok(Some(user)) => Ok(user.dir),
-        Ok(None) => {
-            Err(io::Error::new(io::ErrorKind::NotFound, format!("no passwd entry for uid {uid}")))
-        }
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no passwd entry for uid {uid}"),
+        )),
         Err(e) => Err(io::Error::from(e)),
     }
 }
 
 /// Reads, parses and compiles the policy in `file` against the real filesystem.
 pub fn load(file: &Path, vars: &Vars) -> Result<CompiledPolicy, PolicyError> {
-    let source = std::fs::read_to_string(file)
-        .map_err(|source| PolicyError::Read { file: file.to_path_buf(), source })?;
+    let source = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
     let policy = parse(&source, file)?;
     compile(&policy, vars, &FsResolver)
 }

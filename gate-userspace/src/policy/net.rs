@@ -18,9 +18,15 @@ pub enum Cidr {
 
 impl Cidr {
     /// Every IPv4 address.
-    pub const ANY_V4: Cidr = Cidr::V4 { addr: [0; 4], len: 0 };
+    pub const ANY_V4: Cidr = Cidr::V4 {
+        addr: [0; 4],
+        len: 0,
+    };
     /// Every IPv6 address.
-    pub const ANY_V6: Cidr = Cidr::V6 { addr: [0; 16], len: 0 };
+    pub const ANY_V6: Cidr = Cidr::V6 {
+        addr: [0; 16],
+        len: 0,
+    };
 
     /// Parses `a.b.c.d/n`, `x::y/n` or a bare address (a host prefix). Host bits must be zero.
     pub fn parse(text: &str) -> Result<Cidr, String> {
@@ -28,7 +34,9 @@ impl Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
-        let ip: IpAddr = addr.parse().map_err(|_| format!("`{addr}` is not an IP address"))?;
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IP address"))?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
@@ -38,14 +46,26 @@ impl Cidr {
             },
         };
         let cidr = match ip {
-            IpAddr::V4(a) => Cidr::V4 { addr: a.octets(), len },
+            IpAddr::V4(a) => Cidr::V4 {
+                addr: a.octets(),
+                len,
+            },
             IpAddr::V6(a) => match a.to_ipv4_mapped() {
-                Some(v4) if len >= 96 => Cidr::V4 { addr: v4.octets(), len: len - 96 },
-                _ => Cidr::V6 { addr: a.octets(), len },
+                Some(v4) if len >= 96 => Cidr::V4 {
+                    addr: v4.octets(),
+                    len: len - 96,
+                },
+                _ => Cidr::V6 {
+                    addr: a.octets(),
+                    len,
+                },
             },
         };
         if cidr.masked() != cidr {
-            return Err(format!("host bits are set (did you mean {}?)", cidr.masked()));
+            return Err(format!(
+                "host bits are set (did you mean {}?)",
+                cidr.masked()
+            ));
         }
         Ok(cidr)
     }
@@ -133,7 +153,8 @@ fn parse_port(s: &str) -> Result<u16, String> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("`{s}` is not a port number"));
     }
-    s.parse().map_err(|_| format!("{s} is not a port in 0..=65535"))
+    s.parse()
+        .map_err(|_| format!("{s} is not a port in 0..=65535"))
 }
 
 impl fmt::Display for PortRange {
@@ -201,7 +222,11 @@ fn net_rule_for(
             prefix: prefix.to_string(),
             count: covering.len(),
             max: MAX_PORT_RULES,
-            rules: ids.iter().map(|id| format!("`{id}`")).collect::<Vec<_>>().join(", "),
+            rules: ids
+                .iter()
+                .map(|id| format!("`{id}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     let mut value = NetRule::default();
@@ -223,7 +248,9 @@ fn net_rule_for(
 /// when none does (then the default applies).
 pub fn evaluate_ports(value: &NetRule, port: u16) -> Option<PortRule> {
     let count = (value.count as usize).min(MAX_PORT_RULES);
-    let matching = value.ports[..count].iter().filter(|p| p.lo <= port && port <= p.hi);
+    let matching = value.ports[..count]
+        .iter()
+        .filter(|p| p.lo <= port && port <= p.hi);
     matching.fold(None, |best: Option<PortRule>, p| match best {
         Some(mut b) if b.decision & decision::MASK >= p.decision & decision::MASK => {
             if b.decision & decision::MASK == p.decision & decision::MASK {
@@ -241,11 +268,29 @@ mod tests {
 
     #[test]
     fn parses_cidrs_and_bare_addresses() {
-        assert_eq!(Cidr::parse("127.0.0.0/8"), Ok(Cidr::V4 { addr: [127, 0, 0, 0], len: 8 }));
-        assert_eq!(Cidr::parse("10.1.2.3"), Ok(Cidr::V4 { addr: [10, 1, 2, 3], len: 32 }));
+        assert_eq!(
+            Cidr::parse("127.0.0.0/8"),
+            Ok(Cidr::V4 {
+                addr: [127, 0, 0, 0],
+                len: 8
+            })
+        );
+        assert_eq!(
+            Cidr::parse("10.1.2.3"),
+            Ok(Cidr::V4 {
+                addr: [10, 1, 2, 3],
+                len: 32
+            })
+        );
         let mut one = [0u8; 16];
         one[15] = 1;
-        assert_eq!(Cidr::parse("::1"), Ok(Cidr::V6 { addr: one, len: 128 }));
+        assert_eq!(
+            Cidr::parse("::1"),
+            Ok(Cidr::V6 {
+                addr: one,
+                len: 128
+            })
+        );
         assert_eq!(Cidr::parse("::/0"), Ok(Cidr::ANY_V6));
     }
 
@@ -253,9 +298,18 @@ mod tests {
     fn v4_mapped_prefixes_become_v4() {
         assert_eq!(
             Cidr::parse("::ffff:10.0.0.0/104"),
-            Ok(Cidr::V4 { addr: [10, 0, 0, 0], len: 8 })
+            Ok(Cidr::V4 {
+                addr: [10, 0, 0, 0],
+                len: 8
+            })
         );
-        assert_eq!(Cidr::parse("::ffff:1.2.3.4"), Ok(Cidr::V4 { addr: [1, 2, 3, 4], len: 32 }));
+        assert_eq!(
+            Cidr::parse("::ffff:1.2.3.4"),
+            Ok(Cidr::V4 {
+                addr: [1, 2, 3, 4],
+                len: 32
+            })
+        );
         assert_eq!(Cidr::parse("::ffff:0.0.0.0/96"), Ok(Cidr::ANY_V4));
         // Shorter than /96 it is an IPv6 prefix that merely contains the mapped range.
         assert!(matches!(Cidr::parse("::/80"), Ok(Cidr::V6 { len: 80, .. })));
@@ -297,10 +351,22 @@ mod tests {
     fn port_ranges() {
         assert_eq!(PortRange::parse("443"), Ok(PortRange { lo: 443, hi: 443 }));
         assert_eq!(PortRange::parse("0-65535"), Ok(PortRange::ALL));
-        assert_eq!(PortRange::parse("1024 - 2048"), Ok(PortRange { lo: 1024, hi: 2048 }));
-        for bad in
-            ["", "-", "1-", "-5", "65536", "10-5", "a", "+1", "1-2-3", "99999999999999999999"]
-        {
+        assert_eq!(
+            PortRange::parse("1024 - 2048"),
+            Ok(PortRange { lo: 1024, hi: 2048 })
+        );
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-5",
+            "65536",
+            "10-5",
+            "a",
+            "+1",
+            "1-2-3",
+            "99999999999999999999",
+        ] {
             assert!(PortRange::parse(bad).is_err(), "{bad} should be rejected");
         }
         assert_eq!(PortRange::from_int(22), Ok(PortRange { lo: 22, hi: 22 }));

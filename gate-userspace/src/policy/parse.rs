@@ -90,7 +90,11 @@ pub fn parse(source: &str, file: &Path) -> Result<Policy, PolicyError> {
             message: e.message().trim_end().to_owned(),
         }
     })?;
-    Checker { lines: LineIndex::new(source), file }.policy(raw)
+    Checker {
+        lines: LineIndex::new(source),
+        file,
+    }
+    .policy(raw)
 }
 
 /// Turns spans into locations while checking values.
@@ -118,7 +122,10 @@ impl Checker<'_> {
         let name = raw.name.get_ref();
         if name.trim().is_empty() || name.chars().any(char::is_control) {
             let message = "policy name must be non-empty, without control characters".to_owned();
-            return Err(PolicyError::Invalid { at: self.at(&raw.name), message });
+            return Err(PolicyError::Invalid {
+                at: self.at(&raw.name),
+                message,
+            });
         }
         let d = &raw.default;
         let fallback = Policy::DEFAULTS;
@@ -134,13 +141,24 @@ impl Checker<'_> {
             let rule = self.rule(r)?;
             if let Some(&first) = first_seen.get(&rule.id) {
                 let at = self.at(&r.id);
-                return Err(PolicyError::DuplicateId { at, id: rule.id, first });
+                return Err(PolicyError::DuplicateId {
+                    at,
+                    id: rule.id,
+                    first,
+                });
             }
             first_seen.insert(rule.id.clone(), rule.pos);
             rules.push(rule);
         }
         let file = self.file.to_path_buf();
-        Ok(Policy { file, name: name.clone(), mode: raw.mode, audit: raw.audit, defaults, rules })
+        Ok(Policy {
+            file,
+            name: name.clone(),
+            mode: raw.mode,
+            audit: raw.audit,
+            defaults,
+            rules,
+        })
     }
 
     fn rule(&self, r: &RawRule) -> Result<Rule, PolicyError> {
@@ -149,11 +167,17 @@ impl Checker<'_> {
         if id.is_empty() || !id.chars().all(id_ok) {
             let message =
                 format!("rule id `{id}` must be non-empty and use only A-Z a-z 0-9 _ . -");
-            return Err(PolicyError::Invalid { at: self.at(&r.id), message });
+            return Err(PolicyError::Invalid {
+                at: self.at(&r.id),
+                message,
+            });
         }
         let pos = self.pos(r.id.span());
-        let target =
-            if r.op.get_ref().is_file() { self.file_target(r)? } else { self.net_target(r, pos)? };
+        let target = if r.op.get_ref().is_file() {
+            self.file_target(r)?
+        } else {
+            self.net_target(r, pos)?
+        };
         Ok(Rule {
             id: id.clone(),
             op: *r.op.get_ref(),
@@ -182,10 +206,17 @@ impl Checker<'_> {
         }
         let Some(paths) = &r.path else {
             let message = format!("a `{op}` rule needs `path`");
-            return Err(PolicyError::WrongField { at: self.at(&r.op), message });
+            return Err(PolicyError::WrongField {
+                at: self.at(&r.op),
+                message,
+            });
         };
         self.non_empty(paths, "path")?;
-        let specs = paths.get_ref().iter().map(|p| self.path_spec(p)).collect::<Result<_, _>>()?;
+        let specs = paths
+            .get_ref()
+            .iter()
+            .map(|p| self.path_spec(p))
+            .collect::<Result<_, _>>()?;
         Ok(Target::Paths(specs))
     }
 
@@ -193,22 +224,34 @@ impl Checker<'_> {
         if let Some(path) = &r.path {
             let message =
                 "`path` does not apply to connect rules (they take `addr` and `port`)".to_owned();
-            return Err(PolicyError::WrongField { at: self.at(path), message });
+            return Err(PolicyError::WrongField {
+                at: self.at(path),
+                message,
+            });
         }
         let addrs = match &r.addr {
-            None => {
-                [Cidr::ANY_V4, Cidr::ANY_V6].map(|cidr| AddrSpec { cidr, pos: rule_pos }).to_vec()
-            }
+            None => [Cidr::ANY_V4, Cidr::ANY_V6]
+                .map(|cidr| AddrSpec {
+                    cidr,
+                    pos: rule_pos,
+                })
+                .to_vec(),
             Some(list) => {
                 self.non_empty(list, "addr")?;
-                list.get_ref().iter().map(|a| self.addr(a)).collect::<Result<_, _>>()?
+                list.get_ref()
+                    .iter()
+                    .map(|a| self.addr(a))
+                    .collect::<Result<_, _>>()?
             }
         };
         let ports = match &r.port {
             None => vec![PortRange::ALL],
             Some(list) => {
                 self.non_empty(list, "port")?;
-                list.get_ref().iter().map(|p| self.port(p)).collect::<Result<_, _>>()?
+                list.get_ref()
+                    .iter()
+                    .map(|p| self.port(p))
+                    .collect::<Result<_, _>>()?
             }
         };
         Ok(Target::Net { addrs, ports })
@@ -217,7 +260,10 @@ impl Checker<'_> {
     fn non_empty<T>(&self, list: &SpannedList<T>, key: &str) -> Result<(), PolicyError> {
         if list.get_ref().is_empty() {
             let message = format!("`{key}` is empty: leave it out or list at least one value");
-            return Err(PolicyError::Invalid { at: self.at(list), message });
+            return Err(PolicyError::Invalid {
+                at: self.at(list),
+                message,
+            });
         }
         Ok(())
     }
@@ -229,7 +275,10 @@ impl Checker<'_> {
             value: value.clone(),
             reason,
         })?;
-        Ok(AddrSpec { cidr, pos: self.pos(a.span()) })
+        Ok(AddrSpec {
+            cidr,
+            pos: self.pos(a.span()),
+        })
     }
 
     fn port(&self, p: &Spanned<RawPort>) -> Result<PortRange, PolicyError> {
@@ -237,26 +286,48 @@ impl Checker<'_> {
             RawPort::Int(n) => (PortRange::from_int(*n), n.to_string()),
             RawPort::Text(s) => (PortRange::parse(s), s.clone()),
         };
-        parsed.map_err(|reason| PolicyError::BadPort { at: self.at(p), value, reason })
+        parsed.map_err(|reason| PolicyError::BadPort {
+            at: self.at(p),
+            value,
+            reason,
+        })
     }
 
     fn path_spec(&self, p: &Spanned<String>) -> Result<PathSpec, PolicyError> {
         let raw = p.get_ref();
         let at = self.at(p);
-        let literal = strip_variables(raw)
-            .map_err(|message| PolicyError::Variable { at: at.clone(), message })?;
+        let literal = strip_variables(raw).map_err(|message| PolicyError::Variable {
+            at: at.clone(),
+            message,
+        })?;
         let is_glob = |s: &str| s.contains(['*', '?', '[', '{']);
         let subtree = literal.ends_with("/**");
-        let body = if subtree { &literal[..literal.len() - 3] } else { literal.as_str() };
+        let body = if subtree {
+            &literal[..literal.len() - 3]
+        } else {
+            literal.as_str()
+        };
         if is_glob(body) {
-            return Err(PolicyError::UnsupportedGlob { at, pattern: raw.clone() });
+            return Err(PolicyError::UnsupportedGlob {
+                at,
+                pattern: raw.clone(),
+            });
         }
-        let absolute =
-            ["/", "~/", "${home}", "${workspace}"].iter().any(|s| raw.starts_with(s)) || raw == "~";
+        let absolute = ["/", "~/", "${home}", "${workspace}"]
+            .iter()
+            .any(|s| raw.starts_with(s))
+            || raw == "~";
         if !absolute {
-            return Err(PolicyError::NotAbsolute { at, path: raw.clone() });
+            return Err(PolicyError::NotAbsolute {
+                at,
+                path: raw.clone(),
+            });
         }
-        Ok(PathSpec { raw: raw.clone(), subtree, pos: at.pos })
+        Ok(PathSpec {
+            raw: raw.clone(),
+            subtree,
+            pos: at.pos,
+        })
     }
 }
 
@@ -295,7 +366,11 @@ impl Policy {
             self.audit.name()
         );
         for op in Op::ALL {
-            out += &format!("default {} {}\n", op.name(), self.defaults[op.index()].name());
+            out += &format!(
+                "default {} {}\n",
+                op.name(),
+                self.defaults[op.index()].name()
+            );
         }
         let mut rules: Vec<String> = self.rules.iter().map(|r| canonical_rule(r, &q)).collect();
         rules.sort();
@@ -317,7 +392,10 @@ impl Policy {
 
 fn canonical_rule(r: &Rule, q: &dyn Fn(&str) -> String) -> String {
     let mut items: Vec<String> = match &r.target {
-        Target::Paths(paths) => paths.iter().map(|p| format!("path {}", q(&p.raw))).collect(),
+        Target::Paths(paths) => paths
+            .iter()
+            .map(|p| format!("path {}", q(&p.raw)))
+            .collect(),
         Target::Net { addrs, ports } => {
             let a = addrs.iter().map(|a| format!("addr {}", a.cidr));
             a.chain(ports.iter().map(|p| format!("port {p}"))).collect()

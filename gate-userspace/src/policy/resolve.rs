@@ -47,7 +47,11 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 }
 
 fn key_of(meta: &fs::Metadata) -> InodeKey {
-    InodeKey { dev: kernel_dev(meta.dev()), _pad: 0, ino: meta.ino() }
+    InodeKey {
+        dev: kernel_dev(meta.dev()),
+        _pad: 0,
+        ino: meta.ino(),
+    }
 }
 
 /// The real filesystem: `canonicalize`, then `metadata`.
@@ -58,7 +62,11 @@ impl Resolver for FsResolver {
     fn resolve(&self, path: &Path) -> io::Result<Resolved> {
         let canonical = fs::canonicalize(path)?;
         let meta = fs::metadata(&canonical)?;
-        Ok(Resolved { key: key_of(&meta), is_dir: meta.is_dir(), canonical })
+        Ok(Resolved {
+            key: key_of(&meta),
+            is_dir: meta.is_dir(),
+            canonical,
+        })
     }
 
     fn hardlinked_files_under(&self, dir: &Path, limit: usize) -> io::Result<HardlinkScan> {
@@ -130,7 +138,11 @@ impl MemResolver {
     pub fn new() -> Self {
         let mut nodes = BTreeMap::new();
         nodes.insert(PathBuf::from("/"), Node::Dir(2));
-        MemResolver { dev: Self::DEV, next_ino: 3, nodes }
+        MemResolver {
+            dev: Self::DEV,
+            next_ino: 3,
+            nodes,
+        }
     }
 
     /// Adds the directory `path` (and its missing parents).
@@ -159,18 +171,24 @@ impl MemResolver {
     /// If `existing` is not a file of this tree.
     pub fn hardlink(mut self, existing: impl AsRef<Path>, new: impl AsRef<Path>) -> Self {
         let Some(Node::File(ino)) = self.nodes.get(existing.as_ref()).cloned() else {
-            panic!("MemResolver::hardlink: {} is not a file", existing.as_ref().display());
+            panic!(
+                "MemResolver::hardlink: {} is not a file",
+                existing.as_ref().display()
+            );
         };
         self.parents(new.as_ref());
-        self.nodes.insert(new.as_ref().to_path_buf(), Node::File(ino));
+        self.nodes
+            .insert(new.as_ref().to_path_buf(), Node::File(ino));
         self
     }
 
     /// Adds the symlink `link` pointing at `target` (absolute, or relative to `link`'s parent).
     pub fn symlink(mut self, link: impl AsRef<Path>, target: impl AsRef<Path>) -> Self {
         self.parents(link.as_ref());
-        self.nodes
-            .insert(link.as_ref().to_path_buf(), Node::Symlink(target.as_ref().to_path_buf()));
+        self.nodes.insert(
+            link.as_ref().to_path_buf(),
+            Node::Symlink(target.as_ref().to_path_buf()),
+        );
         self
     }
 
@@ -180,7 +198,11 @@ impl MemResolver {
     }
 
     fn parents(&mut self, path: &Path) {
-        assert!(path.is_absolute(), "MemResolver paths must be absolute: {}", path.display());
+        assert!(
+            path.is_absolute(),
+            "MemResolver paths must be absolute: {}",
+            path.display()
+        );
         let missing: Vec<PathBuf> = path
             .ancestors()
             .skip(1)
@@ -194,7 +216,11 @@ impl MemResolver {
     }
 
     fn key(&self, ino: u64) -> InodeKey {
-        InodeKey { dev: self.dev, _pad: 0, ino }
+        InodeKey {
+            dev: self.dev,
+            _pad: 0,
+            ino,
+        }
     }
 
     /// Walks `path` component by component, following symlinks, like `realpath`.
@@ -249,8 +275,16 @@ impl Resolver for MemResolver {
     fn resolve(&self, path: &Path) -> io::Result<Resolved> {
         let canonical = self.canonical(path)?;
         match self.nodes.get(&canonical) {
-            Some(Node::Dir(ino)) => Ok(Resolved { key: self.key(*ino), is_dir: true, canonical }),
-            Some(Node::File(ino)) => Ok(Resolved { key: self.key(*ino), is_dir: false, canonical }),
+            Some(Node::Dir(ino)) => Ok(Resolved {
+                key: self.key(*ino),
+                is_dir: true,
+                canonical,
+            }),
+            Some(Node::File(ino)) => Ok(Resolved {
+                key: self.key(*ino),
+                is_dir: false,
+                canonical,
+            }),
             _ => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
     }
@@ -337,7 +371,10 @@ mod tests {
         assert!(r.resolve(Path::new("/bin")).unwrap().is_dir);
         let not_dir = r.resolve(Path::new("/usr/bin/nc.openbsd/x")).unwrap_err();
         assert_eq!(not_dir.kind(), io::ErrorKind::NotADirectory);
-        assert_eq!(r.resolve(Path::new("/nope")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            r.resolve(Path::new("/nope")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
         assert!(r.resolve(Path::new("/loop")).is_err());
     }
 }

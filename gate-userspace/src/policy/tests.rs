@@ -14,7 +14,9 @@ fn parse_str(src: &str) -> Result<Policy, PolicyError> {
 
 /// The error message of a policy that must not parse.
 fn parse_err(src: &str) -> String {
-    parse_str(src).expect_err("policy should be rejected").to_string()
+    parse_str(src)
+        .expect_err("policy should be rejected")
+        .to_string()
 }
 
 /// The error message of a policy (after `HEAD`) that must not parse.
@@ -23,7 +25,10 @@ fn rule_err(body: &str) -> String {
 }
 
 fn vars() -> Vars {
-    Vars { workspace: Some(PathBuf::from("/work/ws")), home: PathBuf::from("/home/u") }
+    Vars {
+        workspace: Some(PathBuf::from("/work/ws")),
+        home: PathBuf::from("/home/u"),
+    }
 }
 
 fn fs() -> MemResolver {
@@ -48,12 +53,16 @@ fn compile_ok(body: &str) -> CompiledPolicy {
 }
 
 fn compile_err(body: &str) -> String {
-    compile_with(body, &fs()).expect_err("policy should not compile").to_string()
+    compile_with(body, &fs())
+        .expect_err("policy should not compile")
+        .to_string()
 }
 
 fn inode(c: &CompiledPolicy, r: &MemResolver, path: &str) -> InodeRule {
     let key = r.resolve(Path::new(path)).unwrap().key;
-    *c.inodes.get(&key).unwrap_or_else(|| panic!("no inode entry for {path}"))
+    *c.inodes
+        .get(&key)
+        .unwrap_or_else(|| panic!("no inode entry for {path}"))
 }
 
 fn rule_index(c: &CompiledPolicy, id: &str) -> u16 {
@@ -73,28 +82,49 @@ fn toml_syntax_error_is_located() {
 #[test]
 fn unknown_keys_are_rejected_everywhere() {
     let top = parse_err(&format!("{HEAD}colour = \"red\"\n"));
-    assert!(top.starts_with("p.toml:4:1: unknown field `colour`"), "{top}");
+    assert!(
+        top.starts_with("p.toml:4:1: unknown field `colour`"),
+        "{top}"
+    );
     let default = rule_err("[default]\nexec = \"deny\"\nexecute = \"deny\"\n");
-    assert!(default.starts_with("p.toml:6:1: unknown field `execute`"), "{default}");
+    assert!(
+        default.starts_with("p.toml:6:1: unknown field `execute`"),
+        "{default}"
+    );
     let rule =
         rule_err("[[rule]]\nid = \"a\"\nop = \"exec\"\npaths = [\"/x\"]\ndecision = \"allow\"\n");
-    assert!(rule.starts_with("p.toml:7:1: unknown field `paths`"), "{rule}");
+    assert!(
+        rule.starts_with("p.toml:7:1: unknown field `paths`"),
+        "{rule}"
+    );
 }
 
 #[test]
 fn wrong_version_points_at_the_value() {
     let e = parse_err("name = \"t\"\nversion = 2\nmode = \"enforce\"\n");
-    assert_eq!(e, "p.toml:2:11: unsupported policy version 2, this gate supports version 1");
+    assert_eq!(
+        e,
+        "p.toml:2:11: unsupported policy version 2, this gate supports version 1"
+    );
     let e = parse_err("version = \"1\"\nname = \"t\"\nmode = \"enforce\"\n");
-    assert!(e.starts_with("p.toml:1:11: invalid type: string \"1\", expected i64"), "{e}");
+    assert!(
+        e.starts_with("p.toml:1:11: invalid type: string \"1\", expected i64"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_names_of_modes_ops_and_decisions() {
     let e = parse_err("version = 1\nname = \"t\"\nmode = \"permissive\"\n");
-    assert_eq!(e, "p.toml:3:8: unknown variant `permissive`, expected `enforce` or `audit`");
+    assert_eq!(
+        e,
+        "p.toml:3:8: unknown variant `permissive`, expected `enforce` or `audit`"
+    );
     let e = parse_err(&format!("{HEAD}audit = \"always\"\n"));
-    assert_eq!(e, "p.toml:4:9: unknown variant `always`, expected `best-effort` or `required`");
+    assert_eq!(
+        e,
+        "p.toml:4:9: unknown variant `always`, expected `best-effort` or `required`"
+    );
     let e = rule_err("[[rule]]\nid = \"a\"\nop = \"run\"\npath = [\"/x\"]\ndecision = \"allow\"\n");
     assert_eq!(
         e,
@@ -102,9 +132,15 @@ fn bad_names_of_modes_ops_and_decisions() {
     );
     let e =
         rule_err("[[rule]]\nid = \"a\"\nop = \"exec\"\npath = [\"/x\"]\ndecision = \"maybe\"\n");
-    assert_eq!(e, "p.toml:8:12: unknown variant `maybe`, expected one of `allow`, `ask`, `deny`");
+    assert_eq!(
+        e,
+        "p.toml:8:12: unknown variant `maybe`, expected one of `allow`, `ask`, `deny`"
+    );
     let e = rule_err("[default]\nread = \"block\"\n");
-    assert_eq!(e, "p.toml:5:8: unknown variant `block`, expected one of `allow`, `ask`, `deny`");
+    assert_eq!(
+        e,
+        "p.toml:5:8: unknown variant `block`, expected one of `allow`, `ask`, `deny`"
+    );
 }
 
 #[test]
@@ -120,7 +156,10 @@ fn missing_required_keys() {
 #[test]
 fn empty_policy_name() {
     let e = parse_err("version = 1\nname = \" \"\nmode = \"audit\"\n");
-    assert_eq!(e, "p.toml:2:8: policy name must be non-empty, without control characters");
+    assert_eq!(
+        e,
+        "p.toml:2:8: policy name must be non-empty, without control characters"
+    );
 }
 
 #[test]
@@ -140,7 +179,10 @@ fn bad_rule_ids() {
 fn duplicate_rule_ids() {
     let rule = "[[rule]]\nid = \"same\"\nop = \"exec\"\npath = [\"/x\"]\ndecision = \"allow\"\n";
     let e = rule_err(&format!("{rule}{rule}"));
-    assert_eq!(e, "p.toml:10:6: duplicate rule id `same` (first defined at 5:6)");
+    assert_eq!(
+        e,
+        "p.toml:10:6: duplicate rule id `same` (first defined at 5:6)"
+    );
 }
 
 #[test]
@@ -154,11 +196,17 @@ fn keys_that_do_not_fit_the_op() {
     let e = rule_err(
         "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/x\"]\naddr = [\"::1\"]\ndecision = \"allow\"\n",
     );
-    assert_eq!(e, "p.toml:8:8: `addr` only applies to connect rules, not to a `write` rule");
+    assert_eq!(
+        e,
+        "p.toml:8:8: `addr` only applies to connect rules, not to a `write` rule"
+    );
     let e = rule_err(
         "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/x\"]\nport = [22]\ndecision = \"allow\"\n",
     );
-    assert_eq!(e, "p.toml:8:8: `port` only applies to connect rules, not to a `read` rule");
+    assert_eq!(
+        e,
+        "p.toml:8:8: `port` only applies to connect rules, not to a `read` rule"
+    );
     let e = rule_err("[[rule]]\nid = \"a\"\nop = \"exec\"\ndecision = \"allow\"\n");
     assert_eq!(e, "p.toml:6:6: a `exec` rule needs `path`");
 }
@@ -166,11 +214,20 @@ fn keys_that_do_not_fit_the_op() {
 #[test]
 fn empty_lists() {
     let e = rule_err("[[rule]]\nid = \"a\"\nop = \"exec\"\npath = []\ndecision = \"allow\"\n");
-    assert_eq!(e, "p.toml:7:8: `path` is empty: leave it out or list at least one value");
+    assert_eq!(
+        e,
+        "p.toml:7:8: `path` is empty: leave it out or list at least one value"
+    );
     let e = rule_err("[[rule]]\nid = \"a\"\nop = \"connect\"\naddr = []\ndecision = \"allow\"\n");
-    assert_eq!(e, "p.toml:7:8: `addr` is empty: leave it out or list at least one value");
+    assert_eq!(
+        e,
+        "p.toml:7:8: `addr` is empty: leave it out or list at least one value"
+    );
     let e = rule_err("[[rule]]\nid = \"a\"\nop = \"connect\"\nport = []\ndecision = \"allow\"\n");
-    assert_eq!(e, "p.toml:7:8: `port` is empty: leave it out or list at least one value");
+    assert_eq!(
+        e,
+        "p.toml:7:8: `port` is empty: leave it out or list at least one value"
+    );
 }
 
 fn path_err(path: &str) -> String {
@@ -206,7 +263,10 @@ fn bad_variables() {
         path_err("${HOME}/x"),
         "p.toml:7:16: unknown variable `${HOME}` in `${HOME}/x` (known: ${workspace}, ${home})"
     );
-    assert_eq!(path_err("${workspace/x"), "p.toml:7:16: unterminated `${` in `${workspace/x`");
+    assert_eq!(
+        path_err("${workspace/x"),
+        "p.toml:7:16: unterminated `${` in `${workspace/x`"
+    );
 }
 
 #[test]
@@ -220,7 +280,9 @@ fn relative_paths() {
 }
 
 fn connect_err(field: &str) -> String {
-    rule_err(&format!("[[rule]]\nid = \"a\"\nop = \"connect\"\n{field}\ndecision = \"allow\"\n"))
+    rule_err(&format!(
+        "[[rule]]\nid = \"a\"\nop = \"connect\"\n{field}\ndecision = \"allow\"\n"
+    ))
 }
 
 #[test]
@@ -238,7 +300,10 @@ fn bad_addresses() {
         "p.toml:7:9: bad address `192.168.1.1/24`: host bits are set (did you mean 192.168.1.0/24?)"
     );
     let e = connect_err("addr = [10]");
-    assert!(e.starts_with("p.toml:7:9: invalid type: integer `10`, expected a string"), "{e}");
+    assert!(
+        e.starts_with("p.toml:7:9: invalid type: integer `10`, expected a string"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -274,16 +339,34 @@ fn workspace_variable_without_workspace() {
         "{HEAD}[[rule]]\nid = \"ws\"\nop = \"write\"\npath = [\"${{workspace}}/**\"]\ndecision = \"allow\"\n"
     ))
     .unwrap();
-    let no_ws = Vars { workspace: None, home: "/home/u".into() };
+    let no_ws = Vars {
+        workspace: None,
+        home: "/home/u".into(),
+    };
     let e = compile(&policy, &no_ws, &fs()).unwrap_err().to_string();
-    assert_eq!(e, "p.toml:7:9: `${workspace}` is used but no workspace was given (--workspace)");
-    let gone = Vars { workspace: Some("/nowhere".into()), home: "/home/u".into() };
+    assert_eq!(
+        e,
+        "p.toml:7:9: `${workspace}` is used but no workspace was given (--workspace)"
+    );
+    let gone = Vars {
+        workspace: Some("/nowhere".into()),
+        home: "/home/u".into(),
+    };
     let e = compile(&policy, &gone, &fs()).unwrap_err().to_string();
-    assert!(e.starts_with("p.toml:7:9: the workspace `/nowhere` cannot be resolved: "), "{e}");
-    let relative = Vars { workspace: Some("ws".into()), home: "/home/u".into() };
+    assert!(
+        e.starts_with("p.toml:7:9: the workspace `/nowhere` cannot be resolved: "),
+        "{e}"
+    );
+    let relative = Vars {
+        workspace: Some("ws".into()),
+        home: "/home/u".into(),
+    };
     let r = MemResolver::new().dir("/ws");
     let e = compile(&policy, &relative, &r).unwrap_err().to_string();
-    assert_eq!(e, "p.toml:7:9: path `ws` is not absolute (after substitution)");
+    assert_eq!(
+        e,
+        "p.toml:7:9: path `ws` is not absolute (after substitution)"
+    );
 }
 
 #[test]
@@ -311,11 +394,16 @@ impl Resolver for FailingResolver {
 #[test]
 fn unresolvable_path_is_an_error_but_a_missing_one_is_not() {
     let body = "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/secret\"]\ndecision = \"deny\"\n";
-    let e = compile_with(body, &FailingResolver).unwrap_err().to_string();
+    let e = compile_with(body, &FailingResolver)
+        .unwrap_err()
+        .to_string();
     assert_eq!(e, "p.toml:7:9: cannot resolve `/secret`: permission denied");
     let c = compile_ok(body);
     assert!(c.inodes.is_empty());
-    assert_eq!(c.warnings, ["p.toml:7:9: warning: rule `a`: `/secret` does not exist, skipped"]);
+    assert_eq!(
+        c.warnings,
+        ["p.toml:7:9: warning: rule `a`: `/secret` does not exist, skipped"]
+    );
     let through_file = compile_ok(
         "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/usr/bin/curl/x\"]\ndecision = \"deny\"\n",
     );
@@ -352,8 +440,12 @@ fn too_many_rules() {
     ))
     .unwrap();
     let mut many = one.clone();
-    many.rules =
-        (0..=MAX_RULES).map(|i| Rule { id: format!("r{i}"), ..one.rules[0].clone() }).collect();
+    many.rules = (0..=MAX_RULES)
+        .map(|i| Rule {
+            id: format!("r{i}"),
+            ..one.rules[0].clone()
+        })
+        .collect();
     let e = compile(&many, &vars(), &fs()).unwrap_err().to_string();
     assert_eq!(e, "p.toml:5:6: 65520 rules, at most 65519 are supported");
     many.rules.pop();
@@ -365,7 +457,11 @@ fn unreadable_file() {
     let e = load(Path::new("/nonexistent/p.toml"), &vars()).unwrap_err();
     assert!(matches!(e, PolicyError::Read { .. }));
     assert!(e.location().is_none());
-    assert!(e.to_string().starts_with("/nonexistent/p.toml: cannot read policy: "), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/p.toml: cannot read policy: "),
+        "{e}"
+    );
 }
 
 // ---- semantics ----
@@ -373,7 +469,15 @@ fn unreadable_file() {
 #[test]
 fn defaults_when_left_out_and_when_given() {
     let c = compile_ok("");
-    assert_eq!(c.defaults, [decision::DENY, decision::DENY, decision::ALLOW, decision::DENY]);
+    assert_eq!(
+        c.defaults,
+        [
+            decision::DENY,
+            decision::DENY,
+            decision::ALLOW,
+            decision::DENY
+        ]
+    );
     let c = compile_ok("[default]\nexec = \"allow\"\nread = \"ask\"\n");
     assert_eq!(c.defaults[usize::from(op::EXEC)], decision::ALLOW);
     assert_eq!(c.defaults[usize::from(op::WRITE)], decision::DENY);
@@ -392,7 +496,12 @@ fn mode_and_audit_level() {
     assert_eq!((c.mode, c.audit_required), (Mode::Audit, true));
     let cfg = c.config(42, 3);
     assert_eq!(
-        (cfg.cgroup_id, cfg.cgroup_level, cfg.mode, cfg.audit_required),
+        (
+            cfg.cgroup_id,
+            cfg.cgroup_level,
+            cfg.mode,
+            cfg.audit_required
+        ),
         (42, 3, gate_common::MODE_AUDIT, 1)
     );
     assert_eq!(cfg.defaults, c.defaults);
@@ -413,17 +522,34 @@ fn deny_overrides_ask_overrides_allow_in_any_order() {
     let c = compile_ok(&three_rules(&[0, 1, 2]));
     let curl = inode(&c, &r, "/usr/bin/curl");
     let e = usize::from(op::EXEC);
-    assert_eq!((curl.exact[e], curl.exact_rule[e]), (decision::DENY, rule_index(&c, "a-deny")));
+    assert_eq!(
+        (curl.exact[e], curl.exact_rule[e]),
+        (decision::DENY, rule_index(&c, "a-deny"))
+    );
     let bin = inode(&c, &r, "/usr/bin");
-    assert_eq!((bin.subtree[e], bin.subtree_rule[e]), (decision::ALLOW, rule_index(&c, "c-allow")));
-    assert_eq!(bin.exact, [decision::NONE; 4], "a subtree rule leaves the exact slots alone");
+    assert_eq!(
+        (bin.subtree[e], bin.subtree_rule[e]),
+        (decision::ALLOW, rule_index(&c, "c-allow"))
+    );
+    assert_eq!(
+        bin.exact,
+        [decision::NONE; 4],
+        "a subtree rule leaves the exact slots alone"
+    );
     assert_eq!(bin.exact_rule, [rule_idx::DEFAULT; 4]);
     for order in [[2, 1, 0], [1, 2, 0], [1, 0, 2]] {
-        assert_eq!(compile_ok(&three_rules(&order)).dump(), c.dump(), "order {order:?}");
+        assert_eq!(
+            compile_ok(&three_rules(&order)).dump(),
+            c.dump(),
+            "order {order:?}"
+        );
     }
     let ask = compile_ok(&three_rules(&[0, 1]));
     let curl = inode(&ask, &r, "/usr/bin/curl");
-    assert_eq!((curl.exact[e], curl.exact_rule[e]), (decision::ASK, rule_index(&ask, "b-ask")));
+    assert_eq!(
+        (curl.exact[e], curl.exact_rule[e]),
+        (decision::ASK, rule_index(&ask, "b-ask"))
+    );
 }
 
 #[test]
@@ -447,7 +573,11 @@ fn audit_bit_comes_from_allow_rules_only() {
     assert_eq!(git.exact[e], decision::ALLOW | decision::AUDIT);
     assert_eq!(git.exact_rule[e], rule_index(&c, "log-git"));
     let curl = inode(&c, &r, "/usr/bin/curl");
-    assert_eq!(curl.exact[e], decision::DENY, "audit on a deny rule sets nothing");
+    assert_eq!(
+        curl.exact[e],
+        decision::DENY,
+        "audit on a deny rule sets nothing"
+    );
     let loses = "[[rule]]\nid = \"a\"\nop = \"exec\"\npath = [\"/usr/bin/git\"]\ndecision = \"allow\"\naudit = true\n\
                  [[rule]]\nid = \"b\"\nop = \"exec\"\npath = [\"/usr/bin/git\"]\ndecision = \"ask\"\n";
     let ask_wins = compile_ok(loses);
@@ -463,10 +593,20 @@ fn variables_and_tilde_are_substituted() {
     let rd = usize::from(op::READ);
     assert_eq!(inode(&c, &r, "/home/u/.ssh").subtree[rd], decision::DENY);
     assert_eq!(inode(&c, &r, "/home/u/.bashrc").exact[rd], decision::DENY);
-    assert_eq!(inode(&c, &r, "/work/ws/.git/config").exact[rd], decision::DENY);
+    assert_eq!(
+        inode(&c, &r, "/work/ws/.git/config").exact[rd],
+        decision::DENY
+    );
     assert_eq!(inode(&c, &r, "/home/u").exact[rd], decision::DENY);
-    assert!(c.has_read_rules && c.warnings.is_empty(), "{:?}", c.warnings);
-    let slash = Vars { home: "/home/u/".into(), ..vars() };
+    assert!(
+        c.has_read_rules && c.warnings.is_empty(),
+        "{:?}",
+        c.warnings
+    );
+    let slash = Vars {
+        home: "/home/u/".into(),
+        ..vars()
+    };
     let p = parse_str(&format!("{HEAD}{body}")).unwrap();
     assert_eq!(compile(&p, &slash, &fs()).unwrap(), c);
 }
@@ -497,8 +637,15 @@ fn hard_links_below_denied_subtrees_get_exact_entries() {
     assert_eq!(c.inodes[&key].exact[rd], decision::DENY);
     assert_eq!(c.inodes[&key].exact_rule[rd], rule_index(&c, "ssh"));
     let git = r.resolve(Path::new("/usr/bin/git")).unwrap().key;
-    assert!(!c.inodes.contains_key(&git), "allow subtrees are not hardened");
-    assert_eq!(c.inodes.len(), 3, "~/.ssh, /usr/bin, and the hard-linked key");
+    assert!(
+        !c.inodes.contains_key(&git),
+        "allow subtrees are not hardened"
+    );
+    assert_eq!(
+        c.inodes.len(),
+        3,
+        "~/.ssh, /usr/bin, and the hard-linked key"
+    );
 }
 
 #[test]
@@ -548,9 +695,18 @@ fn net_prefixes_inherit_less_specific_rules() {
     let host = &c.net4[&net_key4("10.1.2.3/32")];
     assert_eq!(host.count, 4);
     let hit = evaluate_ports(host, 443).unwrap();
-    assert_eq!((hit.decision, hit.rule), (decision::DENY, rule_index(&c, "lab")));
-    assert_eq!(evaluate_ports(wide, 8080).unwrap().rule, rule_index(&c, "https"));
-    assert!(evaluate_ports(wide, 22).is_none(), "no range: the default decides");
+    assert_eq!(
+        (hit.decision, hit.rule),
+        (decision::DENY, rule_index(&c, "lab"))
+    );
+    assert_eq!(
+        evaluate_ports(wide, 8080).unwrap().rule,
+        rule_index(&c, "https")
+    );
+    assert!(
+        evaluate_ports(wide, 22).is_none(),
+        "no range: the default decides"
+    );
 }
 
 #[test]
@@ -595,9 +751,10 @@ fn digest_ignores_formatting_order_and_spelled_out_defaults() {
     assert_eq!(pa.digest(), pb.digest());
     let c = parse_str(&a.replace("\"ask\"", "\"deny\"")).unwrap();
     assert_ne!(pa.digest(), c.digest());
-    let paths_swapped = parse_str(
-        &a.replace("[\"/usr/bin/**\", \"/usr/bin/curl\"]", "[\"/usr/bin/curl\", \"/usr/bin/**\"]"),
-    )
+    let paths_swapped = parse_str(&a.replace(
+        "[\"/usr/bin/**\", \"/usr/bin/curl\"]",
+        "[\"/usr/bin/curl\", \"/usr/bin/**\"]",
+    ))
     .unwrap();
     assert_eq!(pa.digest(), paths_swapped.digest());
     assert_eq!(compile(&pa, &vars(), &fs()).unwrap().digest, pa.digest());
@@ -610,7 +767,10 @@ fn errors_know_their_location() {
     ))
     .unwrap_err();
     let at = e.location().unwrap();
-    assert_eq!((at.file.as_path(), at.pos), (Path::new("p.toml"), Pos { line: 7, col: 9 }));
+    assert_eq!(
+        (at.file.as_path(), at.pos),
+        (Path::new("p.toml"), Pos { line: 7, col: 9 })
+    );
     assert!(matches!(e, PolicyError::UnsupportedGlob { .. }));
 }
 
@@ -631,12 +791,23 @@ fn has_read_rules_follows_compiled_read_entries() {
     let missing = compile_ok(
         "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/gone\"]\ndecision = \"deny\"\n",
     );
-    assert!(!missing.has_read_rules, "a read rule whose paths are all missing needs no walk");
+    assert!(
+        !missing.has_read_rules,
+        "a read rule whose paths are all missing needs no walk"
+    );
 }
 
 #[test]
 fn map_sizes_count_entries() {
     let c = compile_ok(&three_rules(&[0, 1, 2]));
-    assert_eq!(c.map_sizes(), MapSizes { rules: 3, inodes: 2, net4: 0, net6: 0 });
+    assert_eq!(
+        c.map_sizes(),
+        MapSizes {
+            rules: 3,
+            inodes: 2,
+            net4: 0,
+            net6: 0
+        }
+    );
     let _: &InodeKey = c.inodes.keys().next().unwrap();
 }

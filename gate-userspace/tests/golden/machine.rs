@@ -11,7 +11,10 @@ pub const HOME: &str = "/home/dev";
 pub const WORKSPACE: &str = "/home/dev/project";
 
 pub fn vars() -> Vars {
-    Vars { workspace: Some(PathBuf::from(WORKSPACE)), home: PathBuf::from(HOME) }
+    Vars {
+        workspace: Some(PathBuf::from(WORKSPACE)),
+        home: PathBuf::from(HOME),
+    }
 }
 
 pub fn machine() -> MemResolver {
