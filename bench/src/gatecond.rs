@@ -17,7 +17,7 @@ use aya::maps::{MapData, RingBuf};
 use anyhow::{Context, Result};
 use gate::{
     cgroup::{self, Cgroup},
-    engine::{Counters, DEFAULT_RINGBUF_BYTES, Engine},
+    engine::{Capacity, Counters, DEFAULT_RINGBUF_BYTES, Engine},
     events,
     policy::{self, CompiledPolicy, Vars},
     report::LogSink,
@@ -59,9 +59,9 @@ impl Gate {
         let _ = fs::remove_dir(h.mount.join("gate").join(name));
         let cg = Cgroup::create(&h, name)?;
         let t2 = now_ns();
-        let mut engine = Engine::load(&policy, DEFAULT_RINGBUF_BYTES)?;
+        let mut engine = Engine::load(Capacity::for_policy(&policy, 0), DEFAULT_RINGBUF_BYTES)?;
         let t3 = now_ns();
-        engine.set_config(policy.config(cg.id, cg.level))?;
+        engine.add_agent(cg.id, cg.level, 1, &policy, &[])?;
         let pin_dir = Path::new(PIN_ROOT).join(name);
         fs::create_dir_all(&pin_dir)?;
         say(&format!(

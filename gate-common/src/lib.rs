@@ -40,6 +40,8 @@ pub mod rule {
     pub const AUDIT_REQUIRED: u16 = 0xfffc;
     /// Kernel-internal: the path was deeper than the walk (reported as `INTERNAL`).
     pub const INTERNAL_DEPTH: u16 = 0xfffb;
+    /// The engine's owner missed its heartbeat: the agent's lockdown decisions applied.
+    pub const LOCKDOWN: u16 = 0xfffa;
 }
 
 /// Which kernel hook produced an event.
@@ -90,6 +92,8 @@ pub mod flag {
     pub const PATH_TRUNCATED: u8 = 0x02;
     /// The decision came from the fail-closed rule for internal errors.
     pub const INTERNAL_ERROR: u8 = 0x04;
+    /// Decided in lockdown (stale heartbeat); enforced even in audit mode.
+    pub const LOCKDOWN: u8 = 0x08;
 }
 
 /// Per-CPU counter slots (`COUNTERS` map).
@@ -102,7 +106,9 @@ pub mod counter {
     pub const DEPTH_EXCEEDED: u32 = 2;
     /// Decisions taken for confined tasks.
     pub const DECISIONS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Decisions taken in lockdown (stale heartbeat).
+    pub const LOCKDOWN: u32 = 4;
+    pub const COUNT: u32 = 8;
 }
 
 /// Maximum dentries the kernel walks from an object to the root, mount crossings included.
@@ -114,13 +120,16 @@ pub const EVENT_NAME_LEN: usize = 64;
 /// Port ranges one address prefix can carry.
 pub const MAX_PORT_RULES: usize = 16;
 
-/// Key of the inode rule map: a file or directory identified by device and inode number.
+/// Key of the inode rule map: a file or directory identified by device and inode number, in
+/// one policy slot.
 /// `dev` is the kernel's internal encoding (`MKDEV`: major << 20 | minor), as in `super_block.s_dev`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct InodeKey {
     pub dev: u32,
-    pub _pad: u32,
+    /// The policy slot the rule belongs to (`AgentConfig::slot`); 0 in a compiled policy,
+    /// set when the engine writes it.
+    pub slot: u32,
     pub ino: u64,
 }
 
@@ -146,7 +155,8 @@ pub mod filter {
     /// The key's bit, below `mask + 1` (a power of two).
     #[inline(always)]
     pub fn bit(key: &InodeKey, mask: u64) -> u64 {
-        let h = (key.ino ^ ((key.dev as u64) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let h = (key.ino ^ ((key.dev as u64) << 40) ^ ((key.slot as u64) << 20))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (h >> 24) & mask
     }
 
@@ -181,12 +191,19 @@ pub struct PortRule {
 }
 
 /// Value of the LPM tries for IPv4 and IPv6: every port range that applies to addresses under
-/// the prefix, the rules of less specific prefixes already merged in by the compiler.
+/// the prefix, the rules of less specific prefixes already merged in by the compiler. The
+/// tries' keys are the policy slot (4 bytes, big-endian) then the address, with a prefix
+/// length of 32 plus the address prefix's: a lookup never leaves its slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetRule {
     pub count: u32,
-    pub _pad: u32,
+    /// For an address learned from a DNS answer (hostname rules): the name it was learned
+    /// for, as an index the daemon keeps; 0 for a policy's own prefixes.
+    pub host: u32,
+    /// `bpf_ktime_get_boot_ns` after which the entry no longer applies; 0: never. Reserved
+    /// for learned addresses; the programs do not read it yet.
+    pub expires_ns: u64,
     pub ports: [PortRule; MAX_PORT_RULES],
 }
 
@@ -194,30 +211,107 @@ impl Default for NetRule {
     fn default() -> Self {
         Self {
             count: 0,
-            _pad: 0,
+            host: 0,
+            expires_ns: 0,
             ports: [PortRule::default(); MAX_PORT_RULES],
         }
     }
 }
 
-/// Runtime configuration (`CONFIG` array map, one entry).
+/// Version of the kernel ABI: the maps, their key and value layouts, their pin names and what
+/// the programs read from them. Pinned state is adopted only by a gate of the same version.
+/// Bump it with any change to a type or map in this file.
+pub const ABI_VERSION: u32 = 2;
+
+/// Cgroup levels at which agents' root cgroups may sit at once (`HostConfig::levels`).
+pub const MAX_LEVELS: usize = 4;
+
+/// Host-wide configuration (`HOST` array map, one entry), written by the engine's owner.
+///
+/// A task is confined when, at one of `levels`, its ancestor cgroup is an agent's root cgroup
+/// (a key of `AGENTS`). Almost always there is one level, so an unconfined task pays one
+/// helper call and one hash lookup, whatever the number of agents.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Config {
-    /// Cgroup v2 id of the confined cgroup; tasks in it or below are confined. 0: nothing is.
-    pub cgroup_id: u64,
-    /// Level of that cgroup in the hierarchy (root is 0).
-    pub cgroup_level: u32,
+pub struct HostConfig {
+    /// Distinct levels of the agents' root cgroups (the root cgroup is level 0), sorted; the
+    /// first `level_count` are used.
+    pub levels: [u32; MAX_LEVELS],
+    pub level_count: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_boot_ns` of the owner's last heartbeat.
+    pub heartbeat_ns: u64,
+    /// When the heartbeat is older than this, every agent falls to its lockdown decisions
+    /// (`AgentConfig::lockdown_keep`). 0: no heartbeat is kept (a `gate run` without daemon).
+    pub lockdown_after_ns: u64,
+}
+
+/// One agent: its policy's slot and settings (`AGENTS` hash map, keyed by the cgroup id of the
+/// agent's root cgroup).
+///
+/// An agent's rules are the entries of `INODES`, `NET4` and `NET6` whose key carries its
+/// `slot`. A policy is replaced atomically: the new rules are written under a fresh slot, then
+/// this one entry is updated (each program run reads it once), then the old slot's entries
+/// are removed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AgentConfig {
+    /// Key prefix of the rules of the agent's current policy (never 0: 0 is no policy).
+    pub slot: u32,
+    /// The agent, in events (stays the same when its policy is replaced).
+    pub agent_id: u32,
     /// 0 enforce, 1 audit.
     pub mode: u8,
     /// 1: a confined action that cannot be recorded is denied.
     pub audit_required: u8,
     /// 1: the policy has read rules (otherwise reads skip the walk).
     pub has_read_rules: u8,
-    pub _pad0: u8,
+    /// In lockdown (stale heartbeat), operations whose bit (`1 << op::*`) is set here are
+    /// still decided by the policy; every other operation is denied.
+    pub lockdown_keep: u8,
     /// Default decision per operation (`op::*`), with `decision::AUDIT` possibly set.
     pub defaults: [u8; 4],
-    pub _pad1: u32,
+}
+
+/// Key of the `VERDICTS` map: a decision the daemon wrote for one agent (an approval, a
+/// rejection, a used-up quota), for one object or for a whole rule. Laid out now so that
+/// approvals and quotas come without an ABI change; the programs do not read it yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VerdictKey {
+    pub agent_id: u32,
+    pub rule: u16,
+    pub op: u8,
+    /// `verdict_kind::*`.
+    pub kind: u8,
+    /// File objects: device (kernel encoding) and inode number in `obj[..8]`. Network
+    /// objects: `family`, `port` and the address in `obj`.
+    pub dev: u32,
+    pub port: u16,
+    pub family: u16,
+    pub obj: [u8; 16],
+}
+
+/// What a `VerdictKey` names.
+pub mod verdict_kind {
+    /// One object (file or address and port), for one rule.
+    pub const OBJECT: u8 = 1;
+    /// Everything the rule matches.
+    pub const RULE: u8 = 2;
+}
+
+/// Value of the `VERDICTS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VerdictValue {
+    /// `bpf_ktime_get_boot_ns` after which the verdict no longer applies (checked by the
+    /// kernel itself, so it ends on time even if the daemon is dead).
+    pub expires_ns: u64,
+    /// `decision::*`.
+    pub decision: u8,
+    pub _pad: [u8; 3],
+    /// The approval or quota record that wrote it (for the audit record of its use).
+    pub source: u32,
 }
 
 pub const MODE_ENFORCE: u8 = 0;
@@ -285,16 +379,22 @@ pub struct Event {
     /// AF_INET or AF_INET6 for network events (v4-mapped addresses are reported as AF_INET).
     pub family: u16,
     pub addr: [u8; 16],
+    /// `AgentConfig::agent_id` of the confined task's agent, and the policy slot that decided.
+    pub agent_id: u32,
+    pub slot: u32,
     pub names: [[u8; EVENT_NAME_LEN]; EVENT_NAMES],
 }
 
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<InodeRule>() == 24);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
-const _: () = assert!(core::mem::size_of::<NetRule>() == 8 + 8 * MAX_PORT_RULES);
-const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<NetRule>() == 16 + 8 * MAX_PORT_RULES);
+const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<AgentConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
+const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
-const _: () = assert!(core::mem::size_of::<Event>() == 88 + EVENT_NAMES * EVENT_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -302,7 +402,10 @@ mod pod {
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::InodeRule {}
     unsafe impl aya::Pod for super::NetRule {}
-    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::HostConfig {}
+    unsafe impl aya::Pod for super::AgentConfig {}
+    unsafe impl aya::Pod for super::VerdictKey {}
+    unsafe impl aya::Pod for super::VerdictValue {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }
 
@@ -328,7 +431,7 @@ mod tests {
             let mask = filter::bits_for(n) - 1;
             let key = |i: u64| InodeKey {
                 dev: 0x0800_0001,
-                _pad: 0,
+                slot: 1,
                 ino: 1_000 + i * 3,
             };
             let mut words = vec![0u64; ((mask + 1) / 64) as usize];
@@ -347,7 +450,7 @@ mod tests {
                 .filter(|i| {
                     probe(&InodeKey {
                         dev: 0x0800_0001,
-                        _pad: 0,
+                        slot: 1,
                         ino: 5_000_000 + i,
                     })
                 })

@@ -3,13 +3,15 @@
 use crate::kernel::Offs;
 use aya_ebpf::{
     Global,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, generated::bpf_ktime_get_boot_ns,
+    },
 };
-use gate_common::{Config, MODE_AUDIT, counter, decision, flag, rule};
+use gate_common::{AgentConfig, MAX_LEVELS, MODE_AUDIT, counter, decision, flag, rule};
 
 use crate::{
     event::{self, Object},
-    maps::{CONFIG, count},
+    maps::{AGENTS, HOST, count},
 };
 
 /// `-EPERM` and the lowest errno, as read-only data: the compiler cannot fold them into
@@ -107,9 +109,11 @@ impl Verdict {
         }
     }
 
-    /// Falls back to the policy default when no rule matched.
+    /// Falls back to the policy default when no rule matched; in lockdown, denies every
+    /// operation the agent's policy does not keep.
     #[inline(always)]
-    pub fn or_default(mut self, cfg: &Config, op: usize) -> Self {
+    pub fn or_default(mut self, a: &Agent, op: usize) -> Self {
+        let cfg = &a.cfg;
         if self.severity() == decision::NONE && op < cfg.defaults.len() {
             self.decision = cfg.defaults[op];
             self.rule = rule::DEFAULT;
@@ -117,24 +121,61 @@ impl Verdict {
                 self.decision = decision::DENY;
             }
         }
+        if a.locked != 0 && !a.keeps(op) {
+            count(counter::LOCKDOWN);
+            self.decision = decision::DENY;
+            self.rule = rule::LOCKDOWN;
+            self.flags |= flag::LOCKDOWN;
+        }
         self
     }
 }
 
-/// The configuration, if the current task is confined: it runs in the configured cgroup or
-/// one below it. This is the whole cost for everyone else.
+/// The agent a confined task belongs to. `cfg` points into `AGENTS`: userspace replaces an
+/// entry (never writes into it) and the old one is freed only after the program run (RCU,
+/// `BPF_F_NO_PREALLOC`), so one run sees one consistent entry.
+#[derive(Clone, Copy)]
+pub struct Agent {
+    pub cfg: &'static AgentConfig,
+    /// 1: the engine's owner missed its heartbeat (lockdown decisions apply).
+    pub locked: u32,
+}
+
+impl Agent {
+    /// Whether `op` is still decided by the policy in lockdown.
+    #[inline(always)]
+    pub fn keeps(&self, op: usize) -> bool {
+        op < 8 && self.cfg.lockdown_keep & (1u8 << op) != 0
+    }
+}
+
+/// The agent, if the current task is confined: it runs in an agent's root cgroup or below
+/// one. For everyone else this is the whole cost: per level agents sit at (almost always
+/// one), one helper call and one hash lookup.
 #[inline(always)]
-pub fn confined() -> Option<&'static Config> {
-    let cfg = CONFIG.get(0)?;
-    if cfg.cgroup_id == 0 {
-        return None;
+pub fn confined() -> Option<Agent> {
+    let host = HOST.get(0)?;
+    let n = host.level_count;
+    for i in 0..MAX_LEVELS {
+        if i as u32 >= n {
+            return None;
+        }
+        // SAFETY: plain helper call; a level below the task's own gives 0, never a key.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(host.levels[i] as i32) };
+        // SAFETY: entries are replaced, not written into, and freed after a grace period.
+        if let Some(cfg) = unsafe { AGENTS.get(&id) } {
+            let mut locked = 0;
+            if host.lockdown_after_ns != 0 {
+                // SAFETY: plain helper call.
+                let now = unsafe { bpf_ktime_get_boot_ns() };
+                if now > host.heartbeat_ns && now - host.heartbeat_ns > host.lockdown_after_ns {
+                    locked = 1;
+                }
+            }
+            return Some(Agent { cfg, locked });
+        }
     }
-    // SAFETY: plain helper call.
-    let id = unsafe { bpf_get_current_ancestor_cgroup_id(cfg.cgroup_level as i32) };
-    if id != cfg.cgroup_id {
-        return None;
-    }
-    Some(cfg)
+    None
 }
 
 /// Records the verdict as needed and returns the hook's return value.
@@ -143,8 +184,9 @@ pub fn confined() -> Option<&'static Config> {
 /// verifier) first, so that however the verdict was reached, the event code is verified as
 /// one state rather than once per way in.
 #[inline(always)]
-pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -> i32 {
+pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -> i32 {
     count(counter::DECISIONS);
+    let cfg = &a.cfg;
     let mut req = Request {
         op,
         hook,
@@ -157,6 +199,8 @@ pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object
         audit_required: cfg.audit_required,
         is_file: 0,
         _pad: [0; 5],
+        agent_id: cfg.agent_id,
+        slot: cfg.slot,
         dentry: 0,
         vfsmnt: 0,
         addr: [0; 16],
@@ -179,7 +223,8 @@ pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object
     };
     let sev = req.decision & decision::MASK;
     let denied = sev == decision::DENY || sev == decision::ASK;
-    if denied && req.mode == MODE_AUDIT {
+    let lockdown = req.flags & flag::LOCKDOWN != 0;
+    if denied && req.mode == MODE_AUDIT && !lockdown {
         req.flags |= flag::AUDIT_MODE;
     }
     let wanted = denied
@@ -190,7 +235,7 @@ pub fn finish(cfg: &Config, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object
         // The action cannot be recorded and the policy requires a record: deny it.
         return eperm();
     }
-    if denied && req.mode != MODE_AUDIT {
+    if denied && (req.mode != MODE_AUDIT || lockdown) {
         eperm()
     } else {
         0
@@ -212,6 +257,8 @@ pub struct Request {
     pub audit_required: u8,
     pub is_file: u8,
     pub _pad: [u8; 5],
+    pub agent_id: u32,
+    pub slot: u32,
     pub dentry: u64,
     pub vfsmnt: u64,
     pub addr: [u8; 16],

@@ -41,6 +41,8 @@ pub fn emit(o: &Offs, r: &Request) -> bool {
         (*e).hook = r.hook;
         (*e).flags = r.flags;
         (*e).rule = r.rule;
+        (*e).agent_id = r.agent_id;
+        (*e).slot = r.slot;
         (*e).name_count = 0;
         (*e).ino = 0;
         (*e).dev = 0;

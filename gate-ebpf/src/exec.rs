@@ -15,7 +15,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     let bprm: u64 = ctx.arg(0);
     let file: u64 = load(bprm, o.bprm_file());
@@ -25,10 +25,10 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         file_start(&o, file)
     };
     let v = match start {
-        Ok(start) if o.valid() != 0 => file_verdict(&o, op::EXEC as usize, start),
+        Ok(start) if o.valid() != 0 => file_verdict(&o, op::EXEC as usize, start, a.cfg.slot),
         _ => Verdict::internal(gate_common::rule::INTERNAL, false),
     };
-    let v = v.or_default(cfg, op::EXEC as usize);
+    let v = v.or_default(&a, op::EXEC as usize);
     let obj = match start {
         Ok(s) => Object::File(s),
         Err(_) => Object::File(Start {
@@ -36,7 +36,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             vfsmnt: 0,
         }),
     };
-    finish(cfg, &o, op::EXEC, hook::BPRM_CHECK, v, &obj)
+    finish(&a, &o, op::EXEC, hook::BPRM_CHECK, v, &obj)
 }
 
 /// Where the walk starts for an open `struct file`.

@@ -21,7 +21,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     let file: u64 = ctx.arg(0);
     // BTF-typed loads (`file` is the hook's argument).
@@ -34,10 +34,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let fop = if mode & FMODE_WRITE != 0 || flags & O_TRUNC != 0 {
         op::WRITE
     } else if mode & FMODE_READ != 0 {
+        let cfg = &a.cfg;
         if cfg.has_read_rules == 0
             && cfg.defaults[op::READ as usize] & gate_common::decision::MASK
                 == gate_common::decision::ALLOW
             && cfg.defaults[op::READ as usize] & gate_common::decision::AUDIT == 0
+            && (a.locked == 0 || a.keeps(op::READ as usize))
         {
             return 0;
         }
@@ -48,13 +50,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     };
     let start = file_start(&o, file);
     let v = match start {
-        Ok(s) if o.valid() != 0 => file_verdict(&o, fop as usize, s),
+        Ok(s) if o.valid() != 0 => file_verdict(&o, fop as usize, s, a.cfg.slot),
         _ => Verdict::internal(rule::INTERNAL, false),
     };
-    let v = v.or_default(cfg, fop as usize);
+    let v = v.or_default(&a, fop as usize);
     let obj = Object::File(start.unwrap_or(Start {
         dentry: 0,
         vfsmnt: 0,
     }));
-    finish(cfg, &o, fop, hook::FILE_OPEN, v, &obj)
+    finish(&a, &o, fop, hook::FILE_OPEN, v, &obj)
 }

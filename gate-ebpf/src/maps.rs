@@ -5,15 +5,29 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
-use gate_common::{Config, InodeKey, InodeRule, NetRule, counter};
+use gate_common::{
+    AgentConfig, HostConfig, InodeKey, InodeRule, NetRule, VerdictKey, VerdictValue, counter,
+};
 
-/// Runtime configuration, one entry.
-#[map]
-pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// Entries of hash maps that userspace updates while programs read them are freed only after
+/// an RCU grace period (`BPF_F_NO_PREALLOC`): a program never sees an entry reused under it.
+const NO_PREALLOC: u32 = 1;
 
-/// File rules keyed by (device, inode).
+/// Host-wide configuration, one entry: the cgroup levels agents sit at, the heartbeat.
 #[map]
-pub static INODES: HashMap<InodeKey, InodeRule> = HashMap::with_max_entries(1, 0);
+pub static HOST: Array<HostConfig> = Array::with_max_entries(1, 0);
+
+/// Agents keyed by the cgroup id of their root cgroup.
+#[map]
+pub static AGENTS: HashMap<u64, AgentConfig> = HashMap::with_max_entries(1, NO_PREALLOC);
+
+/// File rules keyed by (device, policy slot, inode).
+#[map]
+pub static INODES: HashMap<InodeKey, InodeRule> = HashMap::with_max_entries(1, NO_PREALLOC);
+
+/// Verdicts the daemon writes for one agent (approvals, rejections, quotas); not read yet.
+#[map]
+pub static VERDICTS: HashMap<VerdictKey, VerdictValue> = HashMap::with_max_entries(1, NO_PREALLOC);
 
 /// Bloom filter over the keys of `INODES` (`gate_common::filter`); sized at load, and
 /// `FILTER_MASK` (read-only data) set to its number of bits minus one.
@@ -32,11 +46,12 @@ pub fn may_have_rule(key: &InodeKey) -> bool {
     }
 }
 
-/// Connect rules, longest-prefix match on the destination address.
+/// Connect rules, longest-prefix match on the policy slot (big-endian) and the destination
+/// address. LPM tries are always allocated on demand and freed after a grace period.
 #[map]
-pub static NET4: LpmTrie<[u8; 4], NetRule> = LpmTrie::with_max_entries(1, 0);
+pub static NET4: LpmTrie<[u8; 8], NetRule> = LpmTrie::with_max_entries(1, NO_PREALLOC);
 #[map]
-pub static NET6: LpmTrie<[u8; 16], NetRule> = LpmTrie::with_max_entries(1, 0);
+pub static NET6: LpmTrie<[u8; 20], NetRule> = LpmTrie::with_max_entries(1, NO_PREALLOC);
 
 /// Decision events for userspace (size set at load time).
 #[map]

@@ -2,10 +2,10 @@
 //! (unconnected UDP `sendto`, TCP fast open). IPv4, IPv6, and v4-mapped IPv6 treated as IPv4.
 use crate::kernel::Offs;
 use aya_ebpf::{macros::lsm, maps::lpm_trie::Key, programs::LsmContext};
-use gate_common::{Config, MAX_PORT_RULES, hook, op, rule};
+use gate_common::{MAX_PORT_RULES, hook, op, rule};
 
 use crate::{
-    decide::{Verdict, confined, finish},
+    decide::{Agent, Verdict, confined, finish},
     event::Object,
     kernel::{offsets, ptr, read},
     maps::{NET4, NET6},
@@ -20,9 +20,9 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_addr(cfg, &o, hook::SOCKET_CONNECT, ctx.arg(1), ctx.arg(2))
+    check_addr(&a, &o, hook::SOCKET_CONNECT, ctx.arg(1), ctx.arg(2))
 }
 
 #[lsm(hook = "socket_sendmsg")]
@@ -31,7 +31,7 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     let msg: u64 = ctx.arg(1);
     let name = ptr(msg, o.msghdr_msg_name()).unwrap_or(0);
@@ -39,12 +39,12 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     if name == 0 || namelen <= 0 {
         return 0;
     }
-    check_addr(cfg, &o, hook::SOCKET_SENDMSG, name, namelen)
+    check_addr(&a, &o, hook::SOCKET_SENDMSG, name, namelen)
 }
 
 /// Checks a destination given as a kernel copy of a `struct sockaddr`.
 #[inline(always)]
-fn check_addr(cfg: &Config, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
+fn check_addr(a: &Agent, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
     let family: u16 = match read(sa, 0) {
         Ok(f) => f,
         Err(_) => {
@@ -54,7 +54,7 @@ fn check_addr(cfg: &Config, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
                 port: 0,
                 addr: [0; 16],
             };
-            return finish(cfg, o, op::CONNECT, hook, v, &obj);
+            return finish(a, o, op::CONNECT, hook, v, &obj);
         }
     };
     let parsed = match family {
@@ -86,11 +86,11 @@ fn check_addr(cfg: &Config, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
     let v = if parsed.is_err() {
         Verdict::internal(rule::INTERNAL, false)
     } else {
-        net_verdict(family, port, &addr)
+        net_verdict(a.cfg.slot, family, port, &addr)
     };
-    let v = v.or_default(cfg, op::CONNECT as usize);
+    let v = v.or_default(a, op::CONNECT as usize);
     finish(
-        cfg,
+        a,
         o,
         op::CONNECT,
         hook,
@@ -100,13 +100,20 @@ fn check_addr(cfg: &Config, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
 }
 
 #[inline(always)]
-fn net_verdict(family: u16, port: u16, addr: &[u8; 16]) -> Verdict {
+fn net_verdict(slot: u32, family: u16, port: u16, addr: &[u8; 16]) -> Verdict {
     let mut v = Verdict::none();
+    let s = slot.to_be_bytes();
     let rule = if family == AF_INET {
-        let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        let key = Key::new(
+            64,
+            [s[0], s[1], s[2], s[3], addr[0], addr[1], addr[2], addr[3]],
+        );
         NET4.get(&key)
     } else {
-        NET6.get(&Key::new(128, *addr))
+        let mut k = [0u8; 20];
+        k[..4].copy_from_slice(&s);
+        k[4..].copy_from_slice(addr);
+        NET6.get(&Key::new(160, k))
     };
     let Some(r) = rule else { return v };
     for i in 0..MAX_PORT_RULES {

@@ -3,10 +3,10 @@
 //! Each is a `write` on its object; link and rename check both ends.
 use crate::kernel::Offs;
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use gate_common::{Config, hook, op, rule};
+use gate_common::{hook, op, rule};
 
 use crate::{
-    decide::{Verdict, confined, finish},
+    decide::{Agent, Verdict, confined, finish},
     event::Object,
     kernel::{load, offsets, read},
     walk::{Start, file_verdict},
@@ -32,14 +32,14 @@ fn at_path(o: &Offs, path: u64) -> Start {
 
 /// Checks a write to `start` for a confined task; 0 for everyone else.
 #[inline(always)]
-fn check_write(cfg: &Config, o: &Offs, hook: u8, start: Start) -> i32 {
+fn check_write(a: &Agent, o: &Offs, hook: u8, start: Start) -> i32 {
     let v = if o.valid() == 0 || start.dentry == 0 {
         Verdict::internal(rule::INTERNAL, false)
     } else {
-        file_verdict(o, op::WRITE as usize, start)
+        file_verdict(o, op::WRITE as usize, start, a.cfg.slot)
     };
-    let v = v.or_default(cfg, op::WRITE as usize);
-    finish(cfg, o, op::WRITE, hook, v, &Object::File(start))
+    let v = v.or_default(&a, op::WRITE as usize);
+    finish(&a, o, op::WRITE, hook, v, &Object::File(start))
 }
 
 #[lsm(hook = "path_mknod")]
@@ -48,14 +48,9 @@ pub fn path_mknod(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(
-        cfg,
-        &o,
-        hook::PATH_MKNOD,
-        in_dir(&o, ctx.arg(0), ctx.arg(1)),
-    )
+    check_write(&a, &o, hook::PATH_MKNOD, in_dir(&o, ctx.arg(0), ctx.arg(1)))
 }
 
 #[lsm(hook = "path_mkdir")]
@@ -64,14 +59,9 @@ pub fn path_mkdir(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(
-        cfg,
-        &o,
-        hook::PATH_MKDIR,
-        in_dir(&o, ctx.arg(0), ctx.arg(1)),
-    )
+    check_write(&a, &o, hook::PATH_MKDIR, in_dir(&o, ctx.arg(0), ctx.arg(1)))
 }
 
 #[lsm(hook = "path_rmdir")]
@@ -80,14 +70,9 @@ pub fn path_rmdir(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(
-        cfg,
-        &o,
-        hook::PATH_RMDIR,
-        in_dir(&o, ctx.arg(0), ctx.arg(1)),
-    )
+    check_write(&a, &o, hook::PATH_RMDIR, in_dir(&o, ctx.arg(0), ctx.arg(1)))
 }
 
 #[lsm(hook = "path_unlink")]
@@ -96,10 +81,10 @@ pub fn path_unlink(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     check_write(
-        cfg,
+        &a,
         &o,
         hook::PATH_UNLINK,
         in_dir(&o, ctx.arg(0), ctx.arg(1)),
@@ -112,10 +97,10 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     check_write(
-        cfg,
+        &a,
         &o,
         hook::PATH_SYMLINK,
         in_dir(&o, ctx.arg(0), ctx.arg(1)),
@@ -132,10 +117,10 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     check_write(
-        cfg,
+        &a,
         &o,
         hook::PATH_LINK_DST,
         in_dir(&o, ctx.arg(1), ctx.arg(2)),
@@ -148,10 +133,10 @@ pub fn path_link_src(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     check_write(
-        cfg,
+        &a,
         &o,
         hook::PATH_LINK_SRC,
         in_dir(&o, ctx.arg(1), ctx.arg(0)),
@@ -165,10 +150,10 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     check_write(
-        cfg,
+        &a,
         &o,
         hook::PATH_RENAME_DST,
         in_dir(&o, ctx.arg(2), ctx.arg(3)),
@@ -181,10 +166,10 @@ pub fn path_rename_src(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
     check_write(
-        cfg,
+        &a,
         &o,
         hook::PATH_RENAME_SRC,
         in_dir(&o, ctx.arg(0), ctx.arg(1)),
@@ -197,9 +182,9 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_TRUNCATE, at_path(&o, ctx.arg(0)))
+    check_write(&a, &o, hook::PATH_TRUNCATE, at_path(&o, ctx.arg(0)))
 }
 
 #[lsm(hook = "path_chmod")]
@@ -208,9 +193,9 @@ pub fn path_chmod(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_CHMOD, at_path(&o, ctx.arg(0)))
+    check_write(&a, &o, hook::PATH_CHMOD, at_path(&o, ctx.arg(0)))
 }
 
 #[lsm(hook = "path_chown")]
@@ -219,9 +204,9 @@ pub fn path_chown(ctx: LsmContext) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(cfg, &o, hook::PATH_CHOWN, at_path(&o, ctx.arg(0)))
+    check_write(&a, &o, hook::PATH_CHOWN, at_path(&o, ctx.arg(0)))
 }
 
 const ATTR_MODE: u32 = 1 << 0;
@@ -250,7 +235,7 @@ fn setattr(ret: i32, dentry: u64, attr: u64) -> i32 {
     if ret != 0 {
         return crate::decide::pass_on(ret);
     }
-    let Some(cfg) = confined() else { return 0 };
+    let Some(a) = confined() else { return 0 };
     let valid: u32 = read(attr, 0).unwrap_or(ATTR_MTIME);
     if valid & (ATTR_MODE | ATTR_UID | ATTR_GID | ATTR_SIZE) != 0
         || valid & (ATTR_ATIME | ATTR_MTIME) == 0
@@ -258,5 +243,5 @@ fn setattr(ret: i32, dentry: u64, attr: u64) -> i32 {
         return 0;
     }
     let o = offsets();
-    check_write(cfg, &o, hook::INODE_SETATTR, Start { dentry, vfsmnt: 0 })
+    check_write(&a, &o, hook::INODE_SETATTR, Start { dentry, vfsmnt: 0 })
 }

@@ -75,7 +75,7 @@ pub fn identity(o: &Offs, dentry: u64) -> Result<Option<InodeKey>, ReadError> {
     let ino: u64 = read(inode, o.inode_i_ino())?;
     Ok(Some(InodeKey {
         dev: device(o, dentry)?,
-        _pad: 0,
+        slot: 0,
         ino,
     }))
 }
@@ -126,8 +126,8 @@ struct WalkState {
 /// object's exact rule and every ancestor's subtree rule. A failed read, or a path deeper than
 /// `MAX_PATH_DEPTH`, gives the fail-closed verdict.
 #[inline(always)]
-pub fn file_verdict(o: &Offs, op: usize, start: Start) -> Verdict {
-    let packed = walk_rules(o, op & 3, start);
+pub fn file_verdict(o: &Offs, op: usize, start: Start, slot: u32) -> Verdict {
+    let packed = walk_rules(o, op & 3, start, slot);
     let v = Verdict::unpack(packed);
     if v.flags & flag::INTERNAL_ERROR != 0 {
         count(if v.rule == rule::INTERNAL_DEPTH {
@@ -178,7 +178,7 @@ fn apply(v: &mut Verdict, key: &InodeKey, op: usize, level: u32) -> bool {
 /// `struct mount` is only reachable by `container_of`. Each level is one `bpf_loop`
 /// iteration, so the verifier checks a level once, whatever the depth.
 #[inline(always)]
-fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
+fn walk_rules(o: &Offs, op: usize, start: Start, slot: u32) -> u64 {
     let sb: u64 = load(start.dentry, o.dentry_d_sb());
     if sb == 0 {
         return FAILED;
@@ -188,7 +188,7 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
         dentry: start.dentry,
         packed: Verdict::none().pack(),
         dev: dev as u64,
-        op: op as u64,
+        op: op as u64 | (slot as u64) << 32,
         result: TOO_DEEP,
         above: 0,
     };
@@ -210,7 +210,7 @@ fn walk_rules(o: &Offs, op: usize, start: Start) -> u64 {
     // The root of this file system: on to the mount point, if any.
     walk_above(
         o,
-        op,
+        op | (slot as usize) << 32,
         start.vfsmnt,
         Verdict::unpack(own.packed),
         own.above as u32,
@@ -224,6 +224,7 @@ struct Own {
     dentry: u64,
     packed: u64,
     dev: u64,
+    /// The operation (low bits) and the policy slot (high 32 bits).
     op: u64,
     /// The packed verdict once the walk ended here (a deny, or too deep).
     result: u64,
@@ -246,7 +247,7 @@ extern "C" fn own_level(level: u64, ctx: *mut c_void) -> i64 {
         let ino: u64 = load(inode, o.inode_i_ino());
         let key = InodeKey {
             dev: w.dev as u32,
-            _pad: 0,
+            slot: (w.op >> 32) as u32,
             ino,
         };
         if apply(&mut v, &key, (w.op & 3) as usize, level as u32) {
@@ -264,7 +265,8 @@ extern "C" fn own_level(level: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// From the root of the file system mounted at `vfsmnt` up through the mount points above
-/// it, with helper reads. `levels` have been walked already.
+/// it, with helper reads. `levels` have been walked already; `op` carries the policy slot in
+/// its high 32 bits.
 ///
 /// One level per `bpf_loop` iteration: the verifier checks the level once, not once per
 /// possible depth, which keeps loading the programs fast.
@@ -393,7 +395,11 @@ extern "C" fn above_level(level: u64, ctx: *mut c_void) -> i64 {
         };
         if apply(
             &mut v,
-            &InodeKey { dev, _pad: 0, ino },
+            &InodeKey {
+                dev,
+                slot: (a.op >> 32) as u32,
+                ino,
+            },
             (a.op & 3) as usize,
             1,
         ) {

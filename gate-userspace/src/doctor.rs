@@ -120,6 +120,7 @@ fn self_test() -> Result<String, String> {
         command: vec!["true".into()],
         ringbuf_bytes: 1 << 16,
         quiet: true,
+        user: Some("nobody".into()),
     };
     let code = run::run(&opts);
     let _ = fs::remove_dir_all(&dir);

@@ -2,14 +2,19 @@
 //! and fills its maps from a compiled policy, attaches every LSM program and pins the links
 //! so that enforcement outlives the process that set it up.
 //!
-//! One `Engine` confines one cgroup subtree with one policy. Several engines (several
-//! `gate run`s) coexist: each program passes on a denial by an earlier one.
-use std::path::{Path, PathBuf};
+//! One `Engine` confines any number of agents (cgroup subtrees), each with its own policy
+//! under its own slot of the shared rule maps; a policy is replaced atomically by writing it
+//! under a fresh slot and switching the agent's one entry. Several engines (several
+//! `gate run`s without a daemon) coexist: each program passes on a denial by an earlier one.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, PerCpuArray, RingBuf,
+        Array, HashMap, Map, MapData, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
@@ -17,7 +22,10 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use gate_common::{Config, InodeKey, InodeRule, KernelOffsets, NetRule, counter};
+use gate_common::{
+    AgentConfig, HostConfig, InodeKey, InodeRule, KernelOffsets, MAX_LEVELS, NetRule, VerdictKey,
+    VerdictValue, counter,
+};
 
 use crate::{
     btf::{self, Btf, BtfError},
@@ -54,20 +62,120 @@ pub enum EngineError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error(
+        "map {map} is full ({capacity} entries): {source}; the engine was loaded with room \
+         for fewer rules than this policy needs"
+    )]
+    Full {
+        map: &'static str,
+        capacity: u32,
+        source: aya::maps::MapError,
+    },
+    #[error("{0}")]
+    Agent(String),
     #[error("pinning {path} failed: {reason}")]
     Pin { path: PathBuf, reason: String },
 }
 
-/// A loaded, filled and (after [`Engine::attach`]) enforcing instance.
+/// Sizes of the rule maps, fixed when the object is loaded: all agents' rules share them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub agents: u32,
+    pub inodes: u32,
+    pub net4: u32,
+    pub net6: u32,
+    pub verdicts: u32,
+}
+
+impl Capacity {
+    /// Room for one agent with `policy` and `extra` inode entries of its own, and for one
+    /// replacement of its policy by one of the same size (old and new rules coexist while the
+    /// agent switches slots).
+    pub fn for_policy(policy: &CompiledPolicy, extra: usize) -> Self {
+        let room = |n: usize| ((n as u32).saturating_mul(2)).max(2);
+        Capacity {
+            agents: 1,
+            inodes: room(policy.inodes.len() + extra),
+            net4: room(policy.net4.len()),
+            net6: room(policy.net6.len()),
+            verdicts: 1,
+        }
+    }
+}
+
+/// The map entries one agent's current policy occupies (its slot's keys).
+#[derive(Default)]
+struct SlotRules {
+    slot: u32,
+    inodes: Vec<InodeKey>,
+    net4: Vec<Key<[u8; 8]>>,
+    net6: Vec<Key<[u8; 20]>>,
+}
+
+/// An agent the engine confines.
+struct Agent {
+    level: u32,
+    config: AgentConfig,
+    rules: SlotRules,
+}
+
+/// What the engine knows of one agent, for status and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub cgroup_id: u64,
+    pub level: u32,
+    pub config: AgentConfig,
+    pub inode_entries: usize,
+    pub net_entries: usize,
+}
+
+/// A loaded and (after [`Engine::attach`]) enforcing instance: one set of programs for every
+/// agent it is given.
 pub struct Engine {
-    ebpf: Ebpf,
+    /// The loaded object (its programs); None for an engine adopted from pins, whose
+    /// programs are already attached.
+    ebpf: Option<Ebpf>,
+    /// The shared maps ([`SHARED_MAPS`]), taken out of the object or opened from pins.
+    maps: BTreeMap<&'static str, Map>,
     links: Vec<PinnedLink>,
-    /// Bits of the inode filter minus one (`gate_common::filter`).
+    /// Bits of the inode filter minus one (`gate_common::filter`), and a copy of its words.
     filter_mask: u64,
+    filter: Vec<u64>,
     /// The running kernel's BTF (read once: it is megabytes) and the programs that match its
     /// hooks.
-    kernel: aya::Btf,
+    kernel: Option<aya::Btf>,
     hooks: Vec<(&'static str, &'static str)>,
+    capacity: Capacity,
+    agents: BTreeMap<u64, Agent>,
+    host: HostConfig,
+    last_slot: u32,
+}
+
+/// The maps userspace works with, by name and kind. They are what gets pinned under
+/// `<dir>/maps/` and adopted back (the programs' read-only data stays with the programs).
+pub const SHARED_MAPS: [&str; 9] = [
+    "HOST", "AGENTS", "INODES", "VERDICTS", "FILTER", "NET4", "NET6", "EVENTS", "COUNTERS",
+];
+
+fn wrap(name: &str, data: MapData) -> Map {
+    match name {
+        "HOST" | "FILTER" => Map::Array(data),
+        "AGENTS" | "INODES" | "VERDICTS" => Map::HashMap(data),
+        "NET4" | "NET6" => Map::LpmTrie(data),
+        "EVENTS" => Map::RingBuf(data),
+        _ => Map::PerCpuArray(data),
+    }
+}
+
+fn map_data(m: &Map) -> &MapData {
+    match m {
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LpmTrie(d)
+        | Map::RingBuf(d)
+        | Map::PerCpuArray(d) => d,
+        _ => unreachable!("gate's shared maps are of these kinds"),
+    }
 }
 
 /// The kernel's view of the running kernel's BTF, for attaching.
@@ -76,9 +184,36 @@ fn kernel_btf() -> Result<aya::Btf, EngineError> {
         .map_err(|e| EngineError::Btf(BtfError::Missing(format!("loadable BTF ({e})"))))
 }
 
+/// `CLOCK_BOOTTIME` in nanoseconds: the clock of `bpf_ktime_get_boot_ns`.
+pub fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The LPM trie keys of a policy's IPv4 prefix under `slot`.
+pub fn net4_key(slot: u32, prefix: u32, addr: [u8; 4]) -> Key<[u8; 8]> {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&slot.to_be_bytes());
+    k[4..].copy_from_slice(&addr);
+    Key::new(32 + prefix, k)
+}
+
+/// The LPM trie keys of a policy's IPv6 prefix under `slot`.
+pub fn net6_key(slot: u32, prefix: u32, addr: [u8; 16]) -> Key<[u8; 20]> {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&slot.to_be_bytes());
+    k[4..].copy_from_slice(&addr);
+    Key::new(32 + prefix, k)
+}
+
 impl Engine {
-    /// Loads the object and fills every map from `policy`, with nothing confined yet.
-    pub fn load(policy: &CompiledPolicy, ringbuf_bytes: u32) -> Result<Self, EngineError> {
+    /// Loads the object with maps of `capacity`, with nothing confined yet.
+    pub fn load(capacity: Capacity, ringbuf_bytes: u32) -> Result<Self, EngineError> {
         if OBJECT.is_empty() {
             return Err(EngineError::NoObject);
         }
@@ -89,117 +224,357 @@ impl Engine {
         drop(ours);
         let kernel = kernel_btf()?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "kernel BTF read");
-        let inodes = (policy.inodes.len() as u32 + 1).max(1);
-        let net4 = (policy.net4.len() as u32).max(1);
-        let net6 = (policy.net6.len() as u32).max(1);
-        // Room for the policy's keys and the self-test canary.
-        let filter_bits = gate_common::filter::bits_for(policy.inodes.len() + 1);
+        let filter_bits = gate_common::filter::bits_for(capacity.inodes as usize);
         let filter_mask = filter_bits - 1;
         let ebpf = EbpfLoader::new()
             .btf(Some(&kernel))
             .override_global("KOFFSETS", &offsets, true)
             .override_global("FILTER_MASK", &filter_mask, true)
             .map_max_entries("FILTER", (filter_bits / 64) as u32)
-            .map_max_entries("INODES", inodes)
-            .map_max_entries("NET4", net4)
-            .map_max_entries("NET6", net6)
+            .map_max_entries("AGENTS", capacity.agents.max(1))
+            .map_max_entries("INODES", capacity.inodes.max(1))
+            .map_max_entries("NET4", capacity.net4.max(1))
+            .map_max_entries("NET6", capacity.net6.max(1))
+            .map_max_entries("VERDICTS", capacity.verdicts.max(1))
             .map_max_entries("EVENTS", ringbuf_bytes.next_power_of_two().max(1 << 16))
             .load(OBJECT)
             .map_err(EngineError::Load)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "object loaded");
-        let mut engine = Engine {
-            ebpf,
+        let mut ebpf = ebpf;
+        let mut maps = BTreeMap::new();
+        for name in SHARED_MAPS {
+            maps.insert(name, ebpf.take_map(name).ok_or(EngineError::Missing(name))?);
+        }
+        Ok(Engine {
+            ebpf: Some(ebpf),
+            maps,
             links: Vec::new(),
             filter_mask,
-            kernel,
+            filter: vec![0; (filter_bits / 64) as usize],
+            kernel: Some(kernel),
             hooks,
-        };
-        engine.fill(policy)?;
-        Ok(engine)
+            capacity,
+            agents: BTreeMap::new(),
+            host: HostConfig::default(),
+            last_slot: 0,
+        })
     }
 
-    fn fill(&mut self, policy: &CompiledPolicy) -> Result<(), EngineError> {
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// A slot no agent uses (slots are not reused soon, so a program run that read an old
+    /// agent entry finds no stray rules).
+    fn fresh_slot(&mut self) -> u32 {
+        loop {
+            self.last_slot = self.last_slot.wrapping_add(1).max(1);
+            let s = self.last_slot;
+            if self.agents.values().all(|a| a.rules.slot != s) {
+                return s;
+            }
+        }
+    }
+
+    /// Writes `policy`'s rules and `extra` exact rules under `slot`. On a failure, removes
+    /// what it wrote and says what failed: the maps are as before (up to filter bits, which
+    /// only cost a lookup).
+    fn write_rules(
+        &mut self,
+        slot: u32,
+        policy: &CompiledPolicy,
+        extra: &[(InodeKey, InodeRule)],
+    ) -> Result<SlotRules, EngineError> {
+        let mut written = SlotRules {
+            slot,
+            ..SlotRules::default()
+        };
+        match self.write_rules_into(&mut written, policy, extra) {
+            Ok(()) => Ok(written),
+            Err(e) => {
+                self.delete_rules(&written);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_rules_into(
+        &mut self,
+        w: &mut SlotRules,
+        policy: &CompiledPolicy,
+        extra: &[(InodeKey, InodeRule)],
+    ) -> Result<(), EngineError> {
+        let slot = w.slot;
+        let inodes: Vec<(InodeKey, InodeRule)> = policy
+            .inodes
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .chain(extra.iter().copied())
+            .map(|(k, v)| (InodeKey { slot, ..k }, v))
+            .collect();
         // The filter first: a key must never be in the rule map with its filter bit clear.
-        let mut words = vec![0u64; ((self.filter_mask + 1) / 64) as usize];
-        for k in policy.inodes.keys() {
+        let mut changed = BTreeMap::new();
+        for (k, _) in &inodes {
             let (word, bit) = gate_common::filter::slot(k, self.filter_mask);
-            words[word as usize] |= bit;
+            let w = &mut self.filter[word as usize];
+            if *w & bit == 0 {
+                *w |= bit;
+                changed.insert(word, *w);
+            }
         }
         let mut filter: Array<_, u64> = self.map("FILTER")?;
-        for (i, w) in words.iter().enumerate().filter(|(_, w)| **w != 0) {
-            filter
-                .set(i as u32, w, 0)
-                .map_err(|source| EngineError::Map {
-                    map: "FILTER",
-                    source,
-                })?;
-        }
-        let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
-        for (k, v) in &policy.inodes {
-            inodes.insert(k, v, 0).map_err(|source| EngineError::Map {
-                map: "INODES",
+        for (i, w) in changed {
+            filter.set(i, w, 0).map_err(|source| EngineError::Map {
+                map: "FILTER",
                 source,
             })?;
         }
-        let mut net4: LpmTrie<_, [u8; 4], NetRule> = self.map("NET4")?;
-        for ((prefix, addr), v) in &policy.net4 {
-            net4.insert(&Key::new(*prefix, *addr), v, 0)
-                .map_err(|source| EngineError::Map {
-                    map: "NET4",
-                    source,
-                })?;
+        let full = |map: &'static str, cap: u32| {
+            move |source: aya::maps::MapError| EngineError::Full {
+                map,
+                capacity: cap,
+                source,
+            }
+        };
+        let cap = self.capacity;
+        let mut map: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
+        for (k, v) in &inodes {
+            map.insert(k, v, 0).map_err(full("INODES", cap.inodes))?;
+            w.inodes.push(*k);
         }
-        let mut net6: LpmTrie<_, [u8; 16], NetRule> = self.map("NET6")?;
+        let mut net4: LpmTrie<_, [u8; 8], NetRule> = self.map("NET4")?;
+        for ((prefix, addr), v) in &policy.net4 {
+            let key = net4_key(slot, *prefix, *addr);
+            net4.insert(&key, v, 0).map_err(full("NET4", cap.net4))?;
+            w.net4.push(key);
+        }
+        let mut net6: LpmTrie<_, [u8; 20], NetRule> = self.map("NET6")?;
         for ((prefix, addr), v) in &policy.net6 {
-            net6.insert(&Key::new(*prefix, *addr), v, 0)
-                .map_err(|source| EngineError::Map {
-                    map: "NET6",
-                    source,
-                })?;
+            let key = net6_key(slot, *prefix, *addr);
+            net6.insert(&key, v, 0).map_err(full("NET6", cap.net6))?;
+            w.net6.push(key);
         }
         Ok(())
+    }
+
+    /// Removes a slot's entries (nothing reads them any more). A failure is logged: it leaves
+    /// unreachable entries, never a wrong decision.
+    fn delete_rules(&mut self, rules: &SlotRules) {
+        let mut failed = 0usize;
+        if let Ok(mut m) = self.map::<HashMap<_, InodeKey, InodeRule>>("INODES") {
+            failed += rules.inodes.iter().filter(|k| m.remove(k).is_err()).count();
+        }
+        if let Ok(mut m) = self.map::<LpmTrie<_, [u8; 8], NetRule>>("NET4") {
+            failed += rules.net4.iter().filter(|k| m.remove(k).is_err()).count();
+        }
+        if let Ok(mut m) = self.map::<LpmTrie<_, [u8; 20], NetRule>>("NET6") {
+            failed += rules.net6.iter().filter(|k| m.remove(k).is_err()).count();
+        }
+        if failed > 0 {
+            tracing::warn!(
+                slot = rules.slot,
+                failed,
+                "some rule entries of a replaced policy could not be removed;                  they are unreachable and only take room"
+            );
+        }
+    }
+
+    fn write_host(&mut self) -> Result<(), EngineError> {
+        let mut levels: Vec<u32> = self.agents.values().map(|a| a.level).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        let mut host = self.host;
+        host.levels = [0; MAX_LEVELS];
+        host.levels[..levels.len()].copy_from_slice(&levels);
+        host.level_count = levels.len() as u32;
+        let mut map: Array<_, HostConfig> = self.map("HOST")?;
+        map.set(0, host, 0).map_err(|source| EngineError::Map {
+            map: "HOST",
+            source,
+        })?;
+        self.host = host;
+        Ok(())
+    }
+
+    /// Starts confining the cgroup `cgroup_id` (at `level` in the hierarchy) and everything
+    /// below it with `policy`, plus `extra` exact rules (the self-test canary). Returns the
+    /// slot of its rules.
+    pub fn add_agent(
+        &mut self,
+        cgroup_id: u64,
+        level: u32,
+        agent_id: u32,
+        policy: &CompiledPolicy,
+        extra: &[(InodeKey, InodeRule)],
+    ) -> Result<u32, EngineError> {
+        if self.agents.contains_key(&cgroup_id) {
+            return Err(EngineError::Agent(format!(
+                "cgroup {cgroup_id} is already an agent"
+            )));
+        }
+        let mut levels: Vec<u32> = self.agents.values().map(|a| a.level).collect();
+        levels.push(level);
+        levels.sort_unstable();
+        levels.dedup();
+        if levels.len() > MAX_LEVELS {
+            return Err(EngineError::Agent(format!(
+                "agents' cgroups may sit at no more than {MAX_LEVELS} different depths                  (they are at {levels:?}); put agents under a common parent cgroup"
+            )));
+        }
+        if self.agents.len() as u32 >= self.capacity.agents {
+            return Err(EngineError::Agent(format!(
+                "the engine has room for {} agents and all are in use",
+                self.capacity.agents
+            )));
+        }
+        let slot = self.fresh_slot();
+        let rules = self.write_rules(slot, policy, extra)?;
+        let config = policy.agent_config(slot, agent_id);
+        if let Err(e) = self.set_agent(cgroup_id, config) {
+            self.delete_rules(&rules);
+            return Err(e);
+        }
+        self.agents.insert(
+            cgroup_id,
+            Agent {
+                level,
+                config,
+                rules,
+            },
+        );
+        if let Err(e) = self.write_host() {
+            let _ = self.remove_agent(cgroup_id);
+            return Err(e);
+        }
+        Ok(slot)
+    }
+
+    fn set_agent(&mut self, cgroup_id: u64, config: AgentConfig) -> Result<(), EngineError> {
+        let mut map: HashMap<_, u64, AgentConfig> = self.map("AGENTS")?;
+        map.insert(cgroup_id, config, 0)
+            .map_err(|source| EngineError::Map {
+                map: "AGENTS",
+                source,
+            })
+    }
+
+    /// Replaces an agent's policy atomically: the new rules go in under a fresh slot, then
+    /// the agent's one entry switches to it, then the old rules go. Every decision is taken
+    /// wholly by the old policy or wholly by the new one. On a failure the old one stays.
+    pub fn replace_policy(
+        &mut self,
+        cgroup_id: u64,
+        policy: &CompiledPolicy,
+        extra: &[(InodeKey, InodeRule)],
+    ) -> Result<u32, EngineError> {
+        let Some(agent_id) = self.agents.get(&cgroup_id).map(|a| a.config.agent_id) else {
+            return Err(EngineError::Agent(format!(
+                "cgroup {cgroup_id} is no agent"
+            )));
+        };
+        let slot = self.fresh_slot();
+        let rules = self.write_rules(slot, policy, extra)?;
+        let config = policy.agent_config(slot, agent_id);
+        if let Err(e) = self.set_agent(cgroup_id, config) {
+            self.delete_rules(&rules);
+            return Err(e);
+        }
+        let agent = self.agents.get_mut(&cgroup_id).expect("checked above");
+        agent.config = config;
+        let old = std::mem::replace(&mut agent.rules, rules);
+        self.delete_rules(&old);
+        Ok(slot)
+    }
+
+    /// Stops confining an agent's cgroup and removes its rules.
+    pub fn remove_agent(&mut self, cgroup_id: u64) -> Result<(), EngineError> {
+        let Some(agent) = self.agents.remove(&cgroup_id) else {
+            return Err(EngineError::Agent(format!(
+                "cgroup {cgroup_id} is no agent"
+            )));
+        };
+        let mut map: HashMap<_, u64, AgentConfig> = self.map("AGENTS")?;
+        map.remove(&cgroup_id).map_err(|source| EngineError::Map {
+            map: "AGENTS",
+            source,
+        })?;
+        self.write_host()?;
+        self.delete_rules(&agent.rules);
+        Ok(())
+    }
+
+    /// The agents, by cgroup id.
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        self.agents
+            .iter()
+            .map(|(id, a)| AgentInfo {
+                cgroup_id: *id,
+                level: a.level,
+                config: a.config,
+                inode_entries: a.rules.inodes.len(),
+                net_entries: a.rules.net4.len() + a.rules.net6.len(),
+            })
+            .collect()
+    }
+
+    /// Writes the heartbeat (now) and the time after which a missed heartbeat puts every
+    /// agent in lockdown (`None`: never).
+    pub fn heartbeat(
+        &mut self,
+        lockdown_after: Option<std::time::Duration>,
+    ) -> Result<(), EngineError> {
+        self.host.heartbeat_ns = boot_ns();
+        self.host.lockdown_after_ns = lockdown_after.map_or(0, |d| d.as_nanos() as u64);
+        self.write_host()
+    }
+
+    /// Writes a verdict for one agent into `VERDICTS`.
+    pub fn write_verdict(
+        &mut self,
+        key: VerdictKey,
+        value: VerdictValue,
+    ) -> Result<(), EngineError> {
+        let cap = self.capacity.verdicts;
+        let mut map: HashMap<_, VerdictKey, VerdictValue> = self.map("VERDICTS")?;
+        map.insert(key, value, 0)
+            .map_err(|source| EngineError::Full {
+                map: "VERDICTS",
+                capacity: cap,
+                source,
+            })
+    }
+
+    /// The counters, summed over CPUs (unless taken with [`Engine::take_counters`]).
+    pub fn read_counters(&self) -> Result<[u64; counter::COUNT as usize], EngineError> {
+        let map = self
+            .maps
+            .get("COUNTERS")
+            .ok_or(EngineError::Missing("COUNTERS"))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| EngineError::Map {
+                map: "COUNTERS",
+                source,
+            })?;
+        read_counters(&arr)
     }
 
     fn map<'a, T>(&'a mut self, name: &'static str) -> Result<T, EngineError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map_mut(name).ok_or(EngineError::Missing(name))?;
+        let map = self.maps.get_mut(name).ok_or(EngineError::Missing(name))?;
         T::try_from(map).map_err(|source| EngineError::Map { map: name, source })
-    }
-
-    /// Adds one exact-file rule (used for the start-up self-test canary).
-    pub fn add_inode(&mut self, key: InodeKey, rule: InodeRule) -> Result<(), EngineError> {
-        let (word, bit) = gate_common::filter::slot(&key, self.filter_mask);
-        let mut filter: Array<_, u64> = self.map("FILTER")?;
-        let err = |source| EngineError::Map {
-            map: "FILTER",
-            source,
-        };
-        let old = filter.get(&word, 0).map_err(err)?;
-        filter.set(word, old | bit, 0).map_err(err)?;
-        let mut inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
-        inodes
-            .insert(key, rule, 0)
-            .map_err(|source| EngineError::Map {
-                map: "INODES",
-                source,
-            })
-    }
-
-    /// Starts confining the cgroup `(id, level)` and everything below it.
-    pub fn set_config(&mut self, cfg: Config) -> Result<(), EngineError> {
-        let mut config: Array<_, Config> = self.map("CONFIG")?;
-        config.set(0, cfg, 0).map_err(|source| EngineError::Map {
-            map: "CONFIG",
-            source,
-        })
     }
 
     /// Loads and attaches every program, pinning each link under `pin_dir` (a bpffs
     /// directory) so that enforcement stays in place if this process dies.
     pub fn attach(&mut self, pin_dir: &Path) -> Result<(), EngineError> {
-        for (name, link) in attach_all(&mut self.ebpf, &self.kernel, &self.hooks)? {
+        let (Some(ebpf), Some(kernel)) = (self.ebpf.as_mut(), self.kernel.as_ref()) else {
+            return Err(EngineError::Agent(
+                "an adopted engine's programs are attached already".into(),
+            ));
+        };
+        for (name, link) in attach_all(ebpf, kernel, &self.hooks)? {
             let path = pin_dir.join(name);
             let pinned = link.pin(&path).map_err(|e| EngineError::Pin {
                 path: path.clone(),
@@ -213,8 +588,8 @@ impl Engine {
     /// The event ring buffer (can be taken once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EngineError> {
         let map = self
-            .ebpf
-            .take_map("EVENTS")
+            .maps
+            .remove("EVENTS")
             .ok_or(EngineError::Missing("EVENTS"))?;
         RingBuf::try_from(map).map_err(|source| EngineError::Map {
             map: "EVENTS",
@@ -225,8 +600,8 @@ impl Engine {
     /// The per-CPU counters (can be taken once).
     pub fn take_counters(&mut self) -> Result<Counters, EngineError> {
         let map = self
-            .ebpf
-            .take_map("COUNTERS")
+            .maps
+            .remove("COUNTERS")
             .ok_or(EngineError::Missing("COUNTERS"))?;
         PerCpuArray::try_from(map)
             .map(Counters)
@@ -234,6 +609,148 @@ impl Engine {
                 map: "COUNTERS",
                 source,
             })
+    }
+
+    /// Pins the shared maps as `<dir>/<NAME>` (before the events or counters are taken), so
+    /// that a later daemon can adopt them.
+    pub fn pin_maps(&self, dir: &Path) -> Result<(), EngineError> {
+        for (name, map) in &self.maps {
+            let path = dir.join(name);
+            map.pin(&path).map_err(|e| EngineError::Pin {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Opens an engine a previous process left pinned: the maps in `maps_dir` (all of
+    /// [`SHARED_MAPS`], or nothing is adopted) and the links in `links_dir`, which stay
+    /// attached throughout. `levels` gives each agent's cgroup level (the kernel keeps only
+    /// the set of levels); agents missing from it are adopted at the deepest level in use.
+    pub fn adopt(
+        maps_dir: &Path,
+        links_dir: &Path,
+        levels: &BTreeMap<u64, u32>,
+    ) -> Result<Self, EngineError> {
+        let mut maps = BTreeMap::new();
+        for name in SHARED_MAPS {
+            let path = maps_dir.join(name);
+            let data = MapData::from_pin(&path).map_err(|e| EngineError::Pin {
+                path: path.clone(),
+                reason: format!("cannot open the pinned map ({e}); nothing was adopted"),
+            })?;
+            maps.insert(name, wrap(name, data));
+        }
+        let mut links = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(links_dir)
+            .map_err(|e| EngineError::Pin {
+                path: links_dir.to_path_buf(),
+                reason: e.to_string(),
+            })?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let link = PinnedLink::from_pin(e.path()).map_err(|err| EngineError::Pin {
+                path: e.path(),
+                reason: err.to_string(),
+            })?;
+            links.push(link);
+        }
+        let max = |name: &str| -> Result<u32, EngineError> {
+            map_data(&maps[name])
+                .info()
+                .map(|i| i.max_entries())
+                .map_err(|source| EngineError::Map {
+                    map: "info",
+                    source,
+                })
+        };
+        let capacity = Capacity {
+            agents: max("AGENTS")?,
+            inodes: max("INODES")?,
+            net4: max("NET4")?,
+            net6: max("NET6")?,
+            verdicts: max("VERDICTS")?,
+        };
+        let words = max("FILTER")?;
+        let mut engine = Engine {
+            ebpf: None,
+            maps,
+            links,
+            filter_mask: words as u64 * 64 - 1,
+            filter: vec![0; words as usize],
+            kernel: None,
+            hooks: Vec::new(),
+            capacity,
+            agents: BTreeMap::new(),
+            host: HostConfig::default(),
+            last_slot: 0,
+        };
+        engine.read_back(levels)?;
+        Ok(engine)
+    }
+
+    /// Rebuilds the engine's view (filter words, host config, agents and their rule keys)
+    /// from the maps.
+    fn read_back(&mut self, levels: &BTreeMap<u64, u32>) -> Result<(), EngineError> {
+        let err = |map: &'static str| move |source| EngineError::Map { map, source };
+        let n = self.filter.len() as u32;
+        let filter: Array<_, u64> = self.map("FILTER")?;
+        let words: Vec<u64> = (0..n)
+            .map(|i| filter.get(&i, 0).unwrap_or(u64::MAX))
+            .collect();
+        self.filter = words;
+        let host: Array<_, HostConfig> = self.map("HOST")?;
+        self.host = host.get(&0, 0).map_err(err("HOST"))?;
+        let mut by_slot: BTreeMap<u32, SlotRules> = BTreeMap::new();
+        let inodes: HashMap<_, InodeKey, InodeRule> = self.map("INODES")?;
+        for k in inodes.keys() {
+            let k = k.map_err(err("INODES"))?;
+            by_slot.entry(k.slot).or_default().inodes.push(k);
+        }
+        let net4: LpmTrie<_, [u8; 8], NetRule> = self.map("NET4")?;
+        for k in net4.keys() {
+            let k = k.map_err(err("NET4"))?;
+            let slot = u32::from_be_bytes(k.data()[..4].try_into().expect("4 bytes"));
+            by_slot.entry(slot).or_default().net4.push(k);
+        }
+        let net6: LpmTrie<_, [u8; 20], NetRule> = self.map("NET6")?;
+        for k in net6.keys() {
+            let k = k.map_err(err("NET6"))?;
+            let slot = u32::from_be_bytes(k.data()[..4].try_into().expect("4 bytes"));
+            by_slot.entry(slot).or_default().net6.push(k);
+        }
+        let agents: HashMap<_, u64, AgentConfig> = self.map("AGENTS")?;
+        let mut found = Vec::new();
+        for item in agents.iter() {
+            found.push(item.map_err(err("AGENTS"))?);
+        }
+        let deepest = self.host.levels[..self.host.level_count.min(MAX_LEVELS as u32) as usize]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0);
+        for (cgroup_id, config) in found {
+            let mut rules = by_slot.remove(&config.slot).unwrap_or_default();
+            rules.slot = config.slot;
+            self.last_slot = self.last_slot.max(config.slot);
+            self.agents.insert(
+                cgroup_id,
+                Agent {
+                    level: levels.get(&cgroup_id).copied().unwrap_or(deepest),
+                    config,
+                    rules,
+                },
+            );
+        }
+        // Entries of slots no agent uses (an operation cut short): unreachable, removed.
+        for (slot, mut rules) in by_slot {
+            rules.slot = slot;
+            self.delete_rules(&rules);
+        }
+        Ok(())
     }
 
     /// Stops enforcing: unpins and detaches every link.
@@ -316,15 +833,20 @@ pub struct Counters(PerCpuArray<MapData, u64>);
 impl Counters {
     /// Totals over all CPUs.
     pub fn read(&self) -> Result<[u64; counter::COUNT as usize], EngineError> {
+        read_counters(&self.0)
+    }
+}
+
+fn read_counters<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> Result<[u64; counter::COUNT as usize], EngineError> {
+    {
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let values = self
-                .0
-                .get(&(i as u32), 0)
-                .map_err(|source| EngineError::Map {
-                    map: "COUNTERS",
-                    source,
-                })?;
+            let values = map.get(&(i as u32), 0).map_err(|source| EngineError::Map {
+                map: "COUNTERS",
+                source,
+            })?;
             *slot = values.iter().sum();
         }
         Ok(out)

@@ -4,6 +4,7 @@
 //! - [`audit`]: the signed, hash-chained audit stream.
 //! - [`btf`]: kernel struct offsets from the running kernel's BTF.
 //! - [`engine`]: loads the eBPF object, fills its maps, attaches and pins it.
+//! - [`enforcer`]: the seam in front of the kernel, and an in-memory engine for host tests.
 //! - [`cgroup`], [`state`]: the run's cgroup, pins and state directories.
 //! - [`run`]: `gate run`, confining one command tree in a fresh cgroup.
 //! - [`events`], [`report`]: decoding kernel events; the decision log and the summary.
@@ -12,7 +13,9 @@
 pub mod audit;
 pub mod btf;
 pub mod cgroup;
+pub mod daemon;
 pub mod doctor;
+pub mod enforcer;
 pub mod engine;
 pub mod events;
 pub mod policy;

@@ -50,9 +50,62 @@ enum Cmd {
         /// Do not print the summary at the end.
         #[arg(long, short)]
         quiet: bool,
+        /// Run the command as this user (name or uid). Default: the user who ran sudo
+        /// (SUDO_UID); running an agent as root needs `--user root`.
+        #[arg(long)]
+        user: Option<String>,
+        /// Never go through the gate daemon: load a private engine (needs root).
+        #[arg(long)]
+        no_daemon: bool,
+        /// The daemon's control socket.
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// A name for the agent (through the daemon; unique among running agents).
+        #[arg(long)]
+        name: Option<String>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<OsString>,
+    },
+    /// Run the host's enforcement daemon (as the gate.service systemd unit does).
+    Daemon {
+        /// Configuration file.
+        #[arg(long, default_value = gate::daemon::config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// The daemon's agents, policies, counters and heartbeat.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The daemon's agents, one line each.
+    Agents {
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Recompile and atomically replace the policy of one agent, or of all (root).
+    Reload {
+        agent: Option<String>,
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// End an agent: kill its processes and remove it.
+    Stop {
+        agent: String,
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The daemon's metrics (Prometheus text format).
+    Metrics {
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Detach every program gate pinned (the daemon's and every run's), on purpose (root).
+    Unload {
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Work with policy files.
     Policy {
@@ -128,13 +181,17 @@ fn main() -> ExitCode {
             audit_key,
             ringbuf_bytes,
             quiet,
+            user,
+            no_daemon,
+            socket,
+            name,
             command,
         } => {
             let mode = mode.map(|m| match m {
                 ModeArg::Enforce => Mode::Enforce,
                 ModeArg::Audit => Mode::Audit,
             });
-            run::run(&RunOptions {
+            let opts = RunOptions {
                 policy,
                 workspace,
                 mode,
@@ -143,8 +200,21 @@ fn main() -> ExitCode {
                 command,
                 ringbuf_bytes,
                 quiet,
-            })
+                user,
+            };
+            if !no_daemon && gate::daemon::server::socket_exists(&socket) {
+                gate::daemon::client::run(&socket, &opts, name)
+            } else {
+                run::run(&opts)
+            }
         }
+        Cmd::Daemon { config } => gate::daemon::server::run(&config),
+        Cmd::Status { json, socket } => gate::daemon::client::status(&socket, json, false),
+        Cmd::Agents { socket } => gate::daemon::client::status(&socket, false, true),
+        Cmd::Reload { agent, socket } => gate::daemon::client::reload(&socket, agent),
+        Cmd::Stop { agent, socket } => gate::daemon::client::stop(&socket, agent),
+        Cmd::Metrics { socket } => gate::daemon::client::metrics(&socket),
+        Cmd::Unload { socket } => gate::daemon::server::unload(&socket),
         Cmd::Policy {
             cmd:
                 PolicyCmd::Check {

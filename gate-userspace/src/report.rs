@@ -35,16 +35,7 @@ impl LogSink {
         }
         let mut log = AuditLog::open(path, AuditConfig::new(key))?;
         let digest = policy.digest_hex();
-        log.append(&RecordBody::PolicyLoad(PolicyLoad {
-            policy_digest: digest.clone(),
-            source: policy.name.clone(),
-            mode: if policy.mode == Mode::Audit {
-                PolicyMode::Audit
-            } else {
-                PolicyMode::Enforce
-            },
-            rules: policy.rules.len() as u32,
-        }))?;
+        log.append(&RecordBody::PolicyLoad(policy_load(policy, None, None)))?;
         let command: Vec<String> = command
             .iter()
             .map(|c| c.to_string_lossy().into_owned())
@@ -64,47 +55,8 @@ impl LogSink {
     }
 
     pub fn decision(&mut self, d: &Decision) -> Result<(), AuditError> {
-        let object = match (&d.path, &d.addr, d.port) {
-            (_, Some(a), Some(port)) => match a.parse() {
-                Ok(addr) => Object::Socket { addr, port },
-                Err(_) => Object::Path {
-                    path: format!("{a}:{port}"),
-                },
-            },
-            (Some(p), _, _) => Object::Path { path: p.clone() },
-            _ => Object::Path {
-                path: String::from("?"),
-            },
-        };
-        let op = match d.op {
-            "exec" => AuditOp::Exec,
-            "write" => AuditOp::Write,
-            "read" => AuditOp::Read,
-            _ => AuditOp::Connect,
-        };
-        let decision = match d.decision {
-            "allow" => Verdict::Allow,
-            "ask" => Verdict::Ask,
-            _ => Verdict::Deny,
-        };
-        let rec = AuditDecision {
-            agent: self.agent.clone(),
-            pid: d.pid,
-            tgid: d.tgid,
-            ppid: d.ppid,
-            uid: d.uid,
-            comm: d.comm.clone(),
-            exe: None,
-            op,
-            hook: d.hook.to_owned(),
-            object,
-            decision,
-            enforced: d.enforced,
-            rule: d.rule.clone(),
-            policy_digest: self.digest.clone(),
-            correlation: None,
-        };
-        self.log.append(&RecordBody::Decision(rec)).map(|_| ())
+        let rec = decision_record(d, &self.agent, &self.digest);
+        self.log.append(&rec).map(|_| ())
     }
 
     /// Records `lost` events the kernel could not queue (a signed gap in the stream).
@@ -215,4 +167,70 @@ fn times(n: u64) -> String {
     } else {
         String::new()
     }
+}
+
+/// The `policy_load` record of `policy`, loaded for `agent` (daemon streams), replacing the
+/// policy of digest `previous` (a reload).
+pub fn policy_load(
+    policy: &CompiledPolicy,
+    agent: Option<String>,
+    previous: Option<String>,
+) -> PolicyLoad {
+    PolicyLoad {
+        policy_digest: policy.digest_hex(),
+        source: policy.name.clone(),
+        mode: if policy.mode == Mode::Audit {
+            PolicyMode::Audit
+        } else {
+            PolicyMode::Enforce
+        },
+        rules: policy.rules.len() as u32,
+        agent,
+        previous_digest: previous,
+    }
+}
+
+/// The audit record of one kernel decision, for `agent` under the policy `digest`.
+pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
+    let object = match (&d.path, &d.addr, d.port) {
+        (_, Some(a), Some(port)) => match a.parse() {
+            Ok(addr) => Object::Socket { addr, port },
+            Err(_) => Object::Path {
+                path: format!("{a}:{port}"),
+            },
+        },
+        (Some(p), _, _) => Object::Path { path: p.clone() },
+        _ => Object::Path {
+            path: String::from("?"),
+        },
+    };
+    let op = match d.op {
+        "exec" => AuditOp::Exec,
+        "write" => AuditOp::Write,
+        "read" => AuditOp::Read,
+        _ => AuditOp::Connect,
+    };
+    let decision = match d.decision {
+        "allow" => Verdict::Allow,
+        "ask" => Verdict::Ask,
+        _ => Verdict::Deny,
+    };
+    let rec = AuditDecision {
+        agent: agent.to_owned(),
+        pid: d.pid,
+        tgid: d.tgid,
+        ppid: d.ppid,
+        uid: d.uid,
+        comm: d.comm.clone(),
+        exe: None,
+        op,
+        hook: d.hook.to_owned(),
+        object,
+        decision,
+        enforced: d.enforced,
+        rule: d.rule.clone(),
+        policy_digest: digest.to_owned(),
+        correlation: None,
+    };
+    RecordBody::Decision(rec)
 }

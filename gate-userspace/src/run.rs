@@ -9,7 +9,7 @@
 //! 4. only then start the command, moved into the cgroup before it execs;
 //! 5. when it exits, kill what is left of its tree, drain the events, detach, remove the cgroup.
 use std::{
-    ffi::OsString,
+    ffi::{CString, OsString},
     io,
     os::{
         fd::{AsFd, AsRawFd},
@@ -26,11 +26,11 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use gate_common::{Config, InodeRule, MODE_AUDIT, MODE_ENFORCE, decision, op, rule};
+use gate_common::{InodeRule, decision, op, rule};
 
 use crate::{
     cgroup::{self, Cgroup, CgroupError, Hierarchy},
-    engine::{Counters, Engine, EngineError},
+    engine::{Capacity, Counters, Engine, EngineError},
     events,
     policy::{self, CompiledPolicy, Mode, PolicyError, Vars},
     report::{LogSink, Summary},
@@ -54,6 +54,8 @@ pub enum RunError {
     Io { what: String, source: io::Error },
     #[error("audit log: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("{0}")]
+    User(String),
     #[error("enforcement is not in effect, refusing to start the command: {0}")]
     SelfTest(String),
     #[error("could not start {cmd}: {source}{hint}")]
@@ -81,6 +83,84 @@ pub struct RunOptions {
     pub command: Vec<OsString>,
     pub ringbuf_bytes: u32,
     pub quiet: bool,
+    /// `--user`: who the command runs as.
+    pub user: Option<String>,
+}
+
+/// Who the confined command runs as, and what `~/` means for its policy.
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (resolved before the fork: the child only makes syscalls).
+    pub groups: Vec<libc::gid_t>,
+    pub name: String,
+    pub home: PathBuf,
+    /// Whether gate changes identity for the command (it runs as someone other than gate).
+    pub switch: bool,
+}
+
+/// `--user NAME|UID`; else the user who ran sudo (`SUDO_UID`); else gate's own user, which
+/// must not be root unless asked for (`--user root`).
+pub fn resolve_user(requested: Option<&str>) -> Result<RunAs, RunError> {
+    use nix::unistd::{Uid, User, getuid};
+    let bad = |m: String| RunError::User(m);
+    let me = getuid();
+    let user = match requested {
+        Some(r) => match r.parse::<u32>() {
+            Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+            Err(_) => User::from_name(r),
+        }
+        .ok()
+        .flatten()
+        .ok_or_else(|| bad(format!("--user {r}: no such user")))?,
+        None => match std::env::var("SUDO_UID")
+            .ok()
+            .and_then(|u| u.parse::<u32>().ok())
+        {
+            Some(uid) if me.is_root() => User::from_uid(Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad(format!("SUDO_UID={uid} names no user")))?,
+            _ if me.is_root() => {
+                return Err(bad(
+                    "gate run would run the agent as root; agents run as their user. Run gate \
+                     through sudo (the command then runs as you), name the user with --user \
+                     NAME, or pass --user root to run it as root on purpose"
+                        .into(),
+                ));
+            }
+            _ => User::from_uid(me)
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad(format!("uid {me} has no passwd entry")))?,
+        },
+    };
+    let switch = user.uid != me;
+    // Not switching identity: the person's own $HOME; switching: the target's home.
+    let home = if !switch && std::env::var_os("SUDO_UID").is_none() {
+        home_dir()
+    } else {
+        user.dir.clone()
+    };
+    let name = CString::new(user.name.as_bytes()).map_err(|_| bad("user name has a NUL".into()))?;
+    let groups = if switch {
+        nix::unistd::getgrouplist(&name, user.gid)
+            .map_err(|e| bad(format!("groups of {}: {e}", user.name)))?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups,
+        name: user.name,
+        home,
+        switch,
+    })
 }
 
 /// Runs the command confined; returns the exit status for gate to exit with.
@@ -101,9 +181,10 @@ pub fn home_dir() -> PathBuf {
 }
 
 fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
+    let who = resolve_user(opts.user.as_deref())?;
     let vars = Vars {
         workspace: opts.workspace.clone(),
-        home: home_dir(),
+        home: who.home.clone(),
     };
     let t = Instant::now();
     let mut policy = policy::load(&opts.policy, &vars)?;
@@ -124,7 +205,7 @@ fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
     state::ensure_bpffs()?;
     state::collect_stale(&h);
     let run = state::RunState::create()?;
-    let result = confine_and_run(opts, &policy, &h, &run);
+    let result = confine_and_run(opts, &policy, &h, &run, &who);
     if result.is_ok() {
         run.remove();
     }
@@ -136,13 +217,13 @@ fn confine_and_run(
     policy: &Arc<CompiledPolicy>,
     h: &Hierarchy,
     run: &state::RunState,
+    who: &RunAs,
 ) -> Result<i32, RunError> {
     let cg = Cgroup::create(h, &run.id)?;
     run.record_cgroup(&cg.path)?;
-    let mut engine = Engine::load(policy, opts.ringbuf_bytes)?;
+    let mut engine = Engine::load(Capacity::for_policy(policy, 1), opts.ringbuf_bytes)?;
     let canary = run.canary()?;
-    engine.add_inode(canary, canary_rule())?;
-    engine.set_config(config_for(policy, &cg))?;
+    engine.add_agent(cg.id, cg.level, 1, policy, &[(canary, canary_rule())])?;
     let attached = engine.attach(&run.pin_dir);
     let mut events = engine.take_events()?;
     let counters = engine.take_counters()?;
@@ -150,7 +231,7 @@ fn confine_and_run(
         let t = Instant::now();
         self_test(&cg, &run.canary_path(), &mut events, policy.mode)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "self-test passed");
-        supervise(opts, policy, &cg, events, counters)
+        supervise(opts, policy, &cg, events, counters, who)
     });
     // Whatever happened, nothing confined may be left running unconfined: kill the tree
     // before enforcement is removed.
@@ -174,23 +255,6 @@ fn canary_rule() -> InodeRule {
     r
 }
 
-fn config_for(policy: &CompiledPolicy, cg: &Cgroup) -> Config {
-    Config {
-        cgroup_id: cg.id,
-        cgroup_level: cg.level,
-        mode: if policy.mode == Mode::Audit {
-            MODE_AUDIT
-        } else {
-            MODE_ENFORCE
-        },
-        audit_required: policy.audit_required as u8,
-        has_read_rules: policy.has_read_rules as u8,
-        _pad0: 0,
-        defaults: policy.defaults,
-        _pad1: 0,
-    }
-}
-
 /// Proves enforcement: a forked process joins the cgroup and opens the canary for writing.
 /// The kernel must deny it (in audit mode: let it through flagged) and report it.
 fn self_test(
@@ -200,39 +264,7 @@ fn self_test(
     mode: Mode,
 ) -> Result<(), RunError> {
     let procs = cg.procs_file()?;
-    let path = std::ffi::CString::new(canary.as_os_str().as_encoded_bytes())
-        .map_err(|_| RunError::SelfTest("canary path has a NUL byte".into()))?;
-    // SAFETY: gate is single-threaded here; the child only makes async-signal-safe calls.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io_err("fork for the self-test")(io::Error::last_os_error()));
-    }
-    if pid == 0 {
-        // SAFETY: raw syscalls only, then _exit.
-        unsafe {
-            let code = if write_pid(procs.as_raw_fd(), libc::getpid()) {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    10
-                } else if *libc::__errno_location() == libc::EPERM {
-                    11
-                } else {
-                    12
-                }
-            } else {
-                13
-            };
-            libc::_exit(code);
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
+    let code = canary_probe(&procs, canary)?;
     let expected = if mode == Mode::Audit { 10 } else { 11 };
     if code != expected {
         return Err(RunError::SelfTest(match code {
@@ -245,6 +277,55 @@ fn self_test(
         }));
     }
     wait_selftest_event(events)
+}
+
+/// What [`canary_probe`]'s child reports.
+pub mod probe {
+    /// The canary opened for writing: nothing denied it.
+    pub const OPENED: i32 = 10;
+    /// EPERM: enforcement is in effect.
+    pub const DENIED: i32 = 11;
+    pub const OTHER_ERROR: i32 = 12;
+    /// It could not join the cgroup.
+    pub const NOT_MOVED: i32 = 13;
+}
+
+/// Forks a process that joins the cgroup of `procs` (its `cgroup.procs`) and opens `canary`
+/// for writing; returns its exit code ([`probe`]).
+pub fn canary_probe(procs: &std::fs::File, canary: &Path) -> Result<i32, RunError> {
+    let path = CString::new(canary.as_os_str().as_encoded_bytes())
+        .map_err(|_| RunError::SelfTest("canary path has a NUL byte".into()))?;
+    // SAFETY: the child only makes async-signal-safe calls.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io_err("fork for the self-test")(io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: raw syscalls only, then _exit.
+        unsafe {
+            let code = if write_pid(procs.as_raw_fd(), libc::getpid()) {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    probe::OPENED
+                } else if *libc::__errno_location() == libc::EPERM {
+                    probe::DENIED
+                } else {
+                    probe::OTHER_ERROR
+                }
+            } else {
+                probe::NOT_MOVED
+            };
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    })
 }
 
 fn wait_selftest_event(events: &mut RingBuf<MapData>) -> Result<(), RunError> {
@@ -316,6 +397,7 @@ fn supervise(
     cg: &Cgroup,
     events: RingBuf<MapData>,
     counters: Counters,
+    who: &RunAs,
 ) -> Result<Summary, RunError> {
     let sink = match &opts.log {
         Some(p) => Some(LogSink::open(
@@ -332,7 +414,7 @@ fn supervise(
         let (stop, policy) = (stop.clone(), policy.clone());
         thread::spawn(move || collect(events, counters, sink, &policy, &stop))
     };
-    let status = spawn_and_wait(opts, cg);
+    let status = spawn_and_wait(opts, cg, who);
     // The command's own exit does not end what it left running: end the tree.
     let _ = cg.kill_all(Duration::from_secs(10));
     stop.store(true, Ordering::SeqCst);
@@ -350,7 +432,7 @@ fn supervise(
     Ok(summary)
 }
 
-fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup) -> Result<i32, RunError> {
+fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup, who: &RunAs) -> Result<i32, RunError> {
     let procs = cg.procs_file()?;
     let fd = procs.as_fd().as_raw_fd();
     let (prog, args) = opts.command.split_first().ok_or_else(|| RunError::Spawn {
@@ -360,14 +442,26 @@ fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup) -> Result<i32, RunError> {
     })?;
     let mut cmd = Command::new(prog);
     cmd.args(args);
-    // SAFETY: the closure only calls getpid and write(2).
+    if who.switch {
+        cmd.env("HOME", &who.home)
+            .env("USER", &who.name)
+            .env("LOGNAME", &who.name);
+    }
+    let (switch, uid, gid, groups) = (who.switch, who.uid, who.gid, who.groups.clone());
+    // SAFETY: the closure only makes syscalls (getpid, write, setgroups, setgid, setuid).
     unsafe {
         cmd.pre_exec(move || {
-            if write_pid(fd, libc::getpid()) {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
+            if !write_pid(fd, libc::getpid()) {
+                return Err(io::Error::last_os_error());
             }
+            if switch
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
     let mut child = cmd.spawn().map_err(|source| RunError::Spawn {

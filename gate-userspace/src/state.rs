@@ -106,7 +106,7 @@ impl RunState {
         let m = fs::metadata(&p).map_err(io_err("reading", &p))?;
         Ok(InodeKey {
             dev: kernel_dev(m.dev()),
-            _pad: 0,
+            slot: 0,
             ino: m.ino(),
         })
     }

@@ -393,3 +393,22 @@ fn checkpoint_bodies_are_refused() {
     ));
     assert_eq!(log.checkpoint().unwrap(), None, "nothing unsigned");
 }
+
+#[test]
+fn a_second_writer_is_refused_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let first = AuditLog::open(&path, config(dir.path(), 100)).unwrap();
+    let err = match AuditLog::open(&path, config(dir.path(), 100)) {
+        Err(e) => e,
+        Ok(_) => panic!("a second writer opened the same log"),
+    };
+    assert!(matches!(err, AuditError::Locked { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())) && msg.contains("another process"),
+        "{msg}"
+    );
+    first.close().unwrap();
+    AuditLog::open(&path, config(dir.path(), 100)).unwrap();
+}

@@ -96,7 +96,7 @@ AGENT
 
 rule "agent session under gate (policy: coding-agent, workspace: $WS)"
 cd "$WS" || exit 2
-"$GATE" run --policy "$POLICY" --workspace "$WS" --log "$LOG" -- /bin/sh "$DEMO/agent.sh"
+"$GATE" run --user root --no-daemon --policy "$POLICY" --workspace "$WS" --log "$LOG" -- /bin/sh "$DEMO/agent.sh"
 status=$?
 echo
 echo "(gate exited with status $status; the summary above this line is gate's own, on stderr)"

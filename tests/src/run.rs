@@ -217,6 +217,26 @@ impl Background {
         }
     }
 
+    /// Waits until stdout or stderr contains `needle`; false if the process exits or time
+    /// runs out first.
+    pub fn wait_for_stdout_or_stderr(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = || self.stdout().contains(needle) || self.stderr().contains(needle);
+            if seen() {
+                return true;
+            }
+            if self.poll().is_some() {
+                thread::sleep(Duration::from_millis(50));
+                return self.stdout().contains(needle) || self.stderr().contains(needle);
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until `path` exists; false if the process exits first or time runs out.
     pub fn wait_for_file(&mut self, path: &std::path::Path, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

@@ -8,6 +8,7 @@ mod demo;
 mod elf;
 mod guest;
 mod initramfs;
+mod install;
 mod kernels;
 mod modules;
 mod paths;
@@ -50,6 +51,13 @@ enum Task {
     Test(TestArgs),
     /// Run tests/demo/demo.sh in a 6.1 guest.
     Demo,
+    /// Install gate on this host: binary, systemd unit, /etc/gate config and policies, group
+    /// gate (root).
+    Install {
+        /// Install under this directory instead of / (for packaging).
+        #[arg(long)]
+        root: Option<std::path::PathBuf>,
+    },
     /// `cargo fmt --check` and `cargo clippy` with warnings as errors (as CI runs them).
     Lint,
     /// Benchmarks in icount guests (6.1 and 6.12 side by side); writes BENCHMARKS.md and
@@ -142,6 +150,9 @@ fn run(task: Task) -> Result<ExitCode> {
             timeout: Duration::from_secs(args.timeout),
         }),
         Task::Demo => demo::run(),
+        Task::Install { root } => {
+            install::run(&install::Options { root }).map(|()| ExitCode::SUCCESS)
+        }
         Task::Lint => {
             // clippy builds gate-userspace, whose build script compiles the eBPF crate.
             setup::run(&setup::Options {

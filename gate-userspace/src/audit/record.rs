@@ -216,6 +216,12 @@ pub struct PolicyLoad {
     pub source: String,
     pub mode: PolicyMode,
     pub rules: u32,
+    /// The agent it was loaded for (daemon streams carry many agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The digest of the policy it replaced (a reload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_digest: Option<String>,
 }
 
 /// Whose life cycle a `start` / `stop` record marks.

@@ -43,6 +43,11 @@ pub enum AuditError {
     CorruptTail { path: PathBuf, reason: String },
     #[error("checkpoint records are written by the log itself")]
     CheckpointBody,
+    #[error(
+        "{path} is being written by another process ({holder}); two writers would break its \
+         chain: stop that writer, or give this one another log"
+    )]
+    Locked { path: PathBuf, holder: String },
 }
 
 /// How an [`AuditLog`] behaves. [`AuditConfig::new`] gives the defaults.
@@ -179,6 +184,46 @@ pub struct AuditLog {
     unsigned_since: Option<Instant>,
     buf: Vec<u8>,
     broken: Option<String>,
+    /// `<log>.lock`, held (flock) while the log is open: one writer per stream.
+    _lock: File,
+}
+
+/// `<log path>.lock`
+fn lock_path(log: &Path) -> PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    log.with_file_name(name)
+}
+
+/// Takes the stream's writer lock, or says who holds it.
+fn take_lock(log: &Path) -> Result<File, AuditError> {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsRawFd;
+    let path = lock_path(log);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_at(&path))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "pid unknown".to_string(),
+            h => format!("pid {h}"),
+        };
+        return Err(AuditError::Locked {
+            path: log.to_owned(),
+            holder,
+        });
+    }
+    let _ = f.set_len(0);
+    let _ = f.seek(io::SeekFrom::Start(0));
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(f)
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
@@ -236,6 +281,7 @@ impl AuditLog {
     /// cut in half by a crash is removed and replaced by a `gap` record; records the previous
     /// writer left unsigned get a `recovery` checkpoint.
     pub fn open(path: &Path, cfg: AuditConfig) -> Result<Self, AuditError> {
+        let lock = take_lock(path)?;
         let (key, _) = SigningKey::load_or_create(&cfg.key_path)?;
         let state_path = cfg
             .state_path
@@ -262,6 +308,7 @@ impl AuditLog {
             buf: Vec::with_capacity(1024),
             broken: None,
             cfg,
+            _lock: lock,
         };
         log.recover(partial)?;
         Ok(log)

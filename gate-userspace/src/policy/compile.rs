@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use gate_common::{Config, InodeKey, InodeRule, decision, op, rule as rule_idx};
+use gate_common::{AgentConfig, InodeKey, InodeRule, decision, op, rule as rule_idx};
 
 use super::error::{Location, PolicyError};
 use super::net::{Net4, Net6, NetEntry, compile_net};
@@ -55,6 +55,9 @@ pub struct CompiledPolicy {
     pub net6: Net6,
     /// Some inode entry has a read decision (otherwise reads need no walk).
     pub has_read_rules: bool,
+    /// Operations (`1 << op::*`) still decided by the policy when the daemon's heartbeat is
+    /// stale; every other operation is denied then. Default: reads only.
+    pub lockdown_keep: u8,
     /// SHA-256 of the canonical form of the policy ([`Policy::canonical`]).
     pub digest: [u8; 32],
     /// Things that did not stop compilation but a user should know (missing paths…).
@@ -79,6 +82,7 @@ impl CompiledPolicy {
             rule_idx::INTERNAL => "internal-error",
             rule_idx::SELFTEST => "selftest",
             rule_idx::AUDIT_REQUIRED => "audit-required",
+            rule_idx::LOCKDOWN => "lockdown",
             i => self
                 .rules
                 .get(usize::from(i))
@@ -86,16 +90,17 @@ impl CompiledPolicy {
         }
     }
 
-    /// The `CONFIG` map value for this policy confining the cgroup `cgroup_id` at `cgroup_level`.
-    pub fn config(&self, cgroup_id: u64, cgroup_level: u32) -> Config {
-        Config {
-            cgroup_id,
-            cgroup_level,
+    /// The `AGENTS` map value for this policy, its rules written under `slot`, for the agent
+    /// `agent_id`.
+    pub fn agent_config(&self, slot: u32, agent_id: u32) -> AgentConfig {
+        AgentConfig {
+            slot,
+            agent_id,
             mode: self.mode.code(),
             audit_required: u8::from(self.audit_required),
             has_read_rules: u8::from(self.has_read_rules),
+            lockdown_keep: self.lockdown_keep,
             defaults: self.defaults,
-            ..Config::default()
         }
     }
 
@@ -151,6 +156,7 @@ pub fn compile(
         net4,
         net6,
         has_read_rules,
+        lockdown_keep: 1 << op::READ,
         digest: policy.digest(),
         warnings,
     })

@@ -25,7 +25,7 @@ mod resolve;
 mod tests;
 
 pub use compile::{CompiledPolicy, HARDLINK_WALK_LIMIT, MAX_RULES, MapSizes, RuleMeta, compile};
-pub use error::{Location, PolicyError, Pos};
+pub use error::{LineIndex, Location, PolicyError, Pos};
 pub use net::{Cidr, Net4, Net6, PortRange, evaluate_ports};
 pub use parse::parse;
 pub use resolve::{FsResolver, HardlinkScan, MemResolver, Resolved, Resolver, kernel_dev};

@@ -49,7 +49,7 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 fn key_of(meta: &fs::Metadata) -> InodeKey {
     InodeKey {
         dev: kernel_dev(meta.dev()),
-        _pad: 0,
+        slot: 0,
         ino: meta.ino(),
     }
 }
@@ -218,7 +218,7 @@ impl MemResolver {
     fn key(&self, ino: u64) -> InodeKey {
         InodeKey {
             dev: self.dev,
-            _pad: 0,
+            slot: 0,
             ino,
         }
     }

@@ -494,17 +494,13 @@ fn mode_and_audit_level() {
         parse_str("version = 1\nname = \"t\"\nmode = \"audit\"\naudit = \"required\"\n").unwrap();
     let c = compile(&p, &vars(), &fs()).unwrap();
     assert_eq!((c.mode, c.audit_required), (Mode::Audit, true));
-    let cfg = c.config(42, 3);
+    let cfg = c.agent_config(42, 3);
     assert_eq!(
-        (
-            cfg.cgroup_id,
-            cfg.cgroup_level,
-            cfg.mode,
-            cfg.audit_required
-        ),
+        (cfg.slot, cfg.agent_id, cfg.mode, cfg.audit_required),
         (42, 3, gate_common::MODE_AUDIT, 1)
     );
     assert_eq!(cfg.defaults, c.defaults);
+    assert_eq!(cfg.lockdown_keep, 1 << op::READ);
 }
 
 fn three_rules(order: &[usize]) -> String {

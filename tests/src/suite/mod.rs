@@ -5,6 +5,7 @@
 //! under [`SCRATCH`] and its own log file.
 
 pub mod audit_overflow;
+pub mod daemon;
 pub mod lifecycle;
 pub mod process_tree;
 pub mod scenarios;
@@ -187,6 +188,11 @@ impl Ctx {
             o.workspace.display().to_string(),
             "--log".into(),
             o.log.display().to_string(),
+            // The suite's agents run as root (it tests what root can and cannot do); runs
+            // through the daemon and as other users have tests of their own.
+            "--user".into(),
+            "root".into(),
+            "--no-daemon".into(),
         ];
         if let Some(m) = &o.mode {
             a.push("--mode".into());
@@ -359,6 +365,8 @@ pub fn rust_tests() -> Vec<(&'static str, TestFn)> {
     v.extend(process_tree::tests());
     v.extend(lifecycle::tests());
     v.extend(audit_overflow::tests());
+    // Last: they add users (bind mounts over /etc/passwd and /etc/group) for the boot.
+    v.extend(daemon::tests());
     v
 }
 

@@ -1,0 +1,226 @@
+//! The CLI's side of the control socket. The CLI never opens pins or maps itself when a
+//! daemon runs: it asks the daemon.
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use gate_protocol::{Client, Request, Response, RunRequest, unexpected};
+
+use crate::run::{EXIT_GATE_FAILED, RunOptions};
+
+fn connect(socket: &Path) -> Result<Client, String> {
+    Client::connect(socket).map_err(|e| e.to_string())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, String> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    std::env::current_dir()
+        .map(|d| d.join(p))
+        .map_err(|e| format!("the current directory: {e}"))
+}
+
+/// `gate run` through the daemon: this process is moved into the agent's cgroup, then execs
+/// the command as the calling user.
+pub fn run(socket: &Path, opts: &RunOptions, name: Option<String>) -> i32 {
+    match run_inner(socket, opts, name) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gate: {e}");
+            EXIT_GATE_FAILED
+        }
+    }
+}
+
+fn run_inner(socket: &Path, opts: &RunOptions, name: Option<String>) -> Result<i32, String> {
+    if opts.log.is_some() {
+        return Err(
+            "--log is for runs without the daemon; the daemon writes the host's audit stream \
+             (see [audit] in its config); pass --no-daemon to keep a log of your own"
+                .into(),
+        );
+    }
+    if opts.user.is_some() {
+        return Err(
+            "--user is for runs without the daemon: through the daemon the command runs as \
+             you (pass --no-daemon as root to run it as someone else)"
+                .into(),
+        );
+    }
+    let mut c = connect(socket)?;
+    let req = RunRequest {
+        policy: absolute(&opts.policy)?,
+        workspace: opts.workspace.as_deref().map(absolute).transpose()?,
+        mode: opts.mode.map(|m| m.name().to_string()),
+        command: opts
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        name,
+    };
+    let (agent, cgroup, digest, warnings) =
+        match c.call(&Request::Run(req)).map_err(|e| e.to_string())? {
+            Response::Started {
+                agent,
+                cgroup,
+                policy_digest,
+                warnings,
+            } => (agent, cgroup, policy_digest, warnings),
+            other => return Err(unexpected(&other).to_string()),
+        };
+    if !opts.quiet {
+        eprintln!(
+            "gate: confined by the gate daemon as agent {agent} ({cgroup}, policy {} digest {})",
+            opts.policy.display(),
+            &digest[..12.min(digest.len())]
+        );
+        if warnings > 0 {
+            eprintln!(
+                "gate: note: {warnings} policy entries have no effect on this host (paths that \
+                 do not exist); `gate policy check {}` lists them",
+                opts.policy.display()
+            );
+        }
+    }
+    drop(c);
+    let (prog, args) = opts.command.split_first().ok_or("no command given")?;
+    let err = Command::new(prog).args(args).exec();
+    let hint = if err.raw_os_error() == Some(libc::EPERM) {
+        " (the policy does not allow executing it: add an exec rule for it)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "gate: could not start {}: {err}{hint}",
+        prog.to_string_lossy()
+    );
+    Ok(if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
+}
+
+/// `gate status` / `gate agents`.
+pub fn status(socket: &Path, json: bool, agents_only: bool) -> i32 {
+    let r =
+        connect(socket).and_then(|mut c| c.call(&Request::Status {}).map_err(|e| e.to_string()));
+    let s = match r {
+        Ok(Response::Status(s)) => s,
+        Ok(other) => return fail(&unexpected(&other).to_string()),
+        Err(e) => return fail(&e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        return 0;
+    }
+    if !agents_only {
+        println!(
+            "gate daemon {} (pid {}): {} agents, heartbeat {} ms ago (lockdown after {} ms), \
+             {} events lost",
+            s.version,
+            s.pid,
+            s.agents.len(),
+            s.heartbeat_ms,
+            s.lockdown_after_ms,
+            s.events_lost
+        );
+        println!(
+            "capacity: {} agents, {} file rules, {}+{} network prefixes",
+            s.capacity.agents, s.capacity.inodes, s.capacity.net4, s.capacity.net6
+        );
+        let counters: Vec<String> = s
+            .counters
+            .iter()
+            .filter(|(n, _)| !n.starts_with("spare"))
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect();
+        println!("kernel counters: {}", counters.join(" "));
+    }
+    if s.agents.is_empty() {
+        println!("no agents");
+    }
+    for a in &s.agents {
+        println!(
+            "{:<20} uid {:<6} {:<7} {} ({} {}) decisions {} denied {} — {}",
+            a.name,
+            a.uid,
+            a.mode,
+            a.cgroup,
+            a.policy,
+            &a.policy_digest[..12.min(a.policy_digest.len())],
+            a.decisions,
+            a.denied,
+            a.command.join(" ")
+        );
+    }
+    0
+}
+
+pub fn reload(socket: &Path, agent: Option<String>) -> i32 {
+    let r = connect(socket).and_then(|mut c| {
+        c.call(&Request::Reload { agent })
+            .map_err(|e| e.to_string())
+    });
+    match r {
+        Ok(Response::Reloaded { agents }) => {
+            let mut failed = false;
+            for a in agents {
+                match (a.error, a.new_digest) {
+                    (Some(e), _) => {
+                        failed = true;
+                        eprintln!(
+                            "gate reload: {}: refused, the old policy stays: {e}",
+                            a.agent
+                        );
+                    }
+                    (None, Some(new)) => println!(
+                        "gate reload: {}: {} -> {}",
+                        a.agent,
+                        &a.old_digest[..12.min(a.old_digest.len())],
+                        &new[..12.min(new.len())]
+                    ),
+                    (None, None) => {}
+                }
+            }
+            i32::from(failed)
+        }
+        Ok(other) => fail(&unexpected(&other).to_string()),
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn stop(socket: &Path, agent: String) -> i32 {
+    let r = connect(socket)
+        .and_then(|mut c| c.call(&Request::Stop { agent }).map_err(|e| e.to_string()));
+    match r {
+        Ok(Response::Stopped { agent, killed }) => {
+            println!("gate stop: agent {agent} ended ({killed} processes killed)");
+            0
+        }
+        Ok(other) => fail(&unexpected(&other).to_string()),
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn metrics(socket: &Path) -> i32 {
+    let r =
+        connect(socket).and_then(|mut c| c.call(&Request::Metrics {}).map_err(|e| e.to_string()));
+    match r {
+        Ok(Response::Metrics { text }) => {
+            print!("{text}");
+            0
+        }
+        Ok(other) => fail(&unexpected(&other).to_string()),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &str) -> i32 {
+    eprintln!("gate: {e}");
+    1
+}

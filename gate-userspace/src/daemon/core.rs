@@ -1,0 +1,860 @@
+//! The daemon's state and lifecycle logic, over any [`Enforcer`]: agents by name, their
+//! policies, ids and slots; adding, reloading and removing them; the heartbeat. The owner
+//! thread is the only one that touches it (others send it jobs), and host tests drive it
+//! with the in-memory enforcer.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use gate_common::{InodeKey, InodeRule, counter};
+use gate_protocol::{AgentStatus, Capacity as WireCapacity, ReloadResult, Status};
+
+use crate::{
+    enforcer::Enforcer,
+    policy::{CompiledPolicy, Mode, Vars},
+};
+
+/// Where an agent came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A `gate run` through the daemon: removed once its cgroup is empty.
+    Run,
+    /// An `[[agent]]` of the daemon's config: kept while the daemon runs.
+    Config,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Run => "run",
+            Origin::Config => "config",
+        }
+    }
+}
+
+/// What the event thread and status need to know of an agent.
+pub struct AgentMeta {
+    pub name: String,
+    pub agent_id: u32,
+    pub level: u32,
+    pub cgroup: PathBuf,
+    pub cgroup_name: String,
+    pub cgroup_id: u64,
+    pub uid: u32,
+    pub origin: Origin,
+    pub command: Vec<String>,
+    pub policy_path: PathBuf,
+    pub vars: Vars,
+    pub mode: Option<Mode>,
+    /// The policy in force (replaced on reload).
+    pub policy: RwLock<Arc<CompiledPolicy>>,
+    pub decisions: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+impl AgentMeta {
+    pub fn policy(&self) -> Arc<CompiledPolicy> {
+        self.policy
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+}
+
+/// A new agent, before it is given to the enforcer.
+pub struct NewAgent {
+    pub name: String,
+    pub cgroup: PathBuf,
+    pub cgroup_name: String,
+    pub cgroup_id: u64,
+    pub level: u32,
+    pub uid: u32,
+    pub origin: Origin,
+    pub command: Vec<String>,
+    pub policy_path: PathBuf,
+    pub vars: Vars,
+    pub mode: Option<Mode>,
+}
+
+/// What the daemon keeps of an agent across its own restarts (`/run/gate/daemon/agents.json`),
+/// to adopt the agents the kernel still confines.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedAgent {
+    pub name: String,
+    pub agent_id: u32,
+    pub cgroup: PathBuf,
+    pub cgroup_name: String,
+    pub cgroup_id: u64,
+    pub level: u32,
+    pub uid: u32,
+    pub run: bool,
+    pub command: Vec<String>,
+    pub policy_path: PathBuf,
+    pub workspace: Option<PathBuf>,
+    pub home: PathBuf,
+    pub mode: Option<String>,
+    pub policy_digest: String,
+}
+
+/// Records for the audit stream's one writer.
+pub enum AuditMsg {
+    PolicyLoad {
+        agent: String,
+        policy: Arc<CompiledPolicy>,
+        previous: Option<String>,
+    },
+    Start {
+        agent: String,
+        uid: u32,
+        command: Vec<String>,
+    },
+    Stop {
+        agent: String,
+        reason: String,
+    },
+}
+
+/// Agents by id, for the event thread (which decodes with each agent's policy).
+pub type Directory = Arc<RwLock<BTreeMap<u32, Arc<AgentMeta>>>>;
+
+pub struct Core {
+    enforcer: Box<dyn Enforcer>,
+    agents: BTreeMap<String, Arc<AgentMeta>>,
+    directory: Directory,
+    next_id: u32,
+    audit: Option<std::sync::mpsc::Sender<AuditMsg>>,
+    lockdown_after: Duration,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// Kernel counters as last read by the event thread (it owns the map).
+    pub counters: Arc<RwLock<[u64; counter::COUNT as usize]>>,
+    pub last_heartbeat: std::time::Instant,
+    pub heartbeat_error: Option<String>,
+    /// Where the agents are saved after every change (None in tests).
+    pub state_file: Option<PathBuf>,
+}
+
+impl Core {
+    pub fn new(
+        enforcer: Box<dyn Enforcer>,
+        lockdown_after: Duration,
+        audit: Option<std::sync::mpsc::Sender<AuditMsg>>,
+    ) -> Self {
+        Core {
+            enforcer,
+            agents: BTreeMap::new(),
+            directory: Arc::default(),
+            next_id: 0,
+            audit,
+            lockdown_after,
+            reloads: 0,
+            reload_failures: 0,
+            counters: Arc::default(),
+            last_heartbeat: std::time::Instant::now(),
+            heartbeat_error: None,
+            state_file: None,
+        }
+    }
+
+    /// The agents as saved for a restart.
+    pub fn saved(&self) -> Vec<SavedAgent> {
+        self.agents
+            .values()
+            .filter(|a| a.policy_path.is_absolute())
+            .map(|a| SavedAgent {
+                name: a.name.clone(),
+                agent_id: a.agent_id,
+                cgroup: a.cgroup.clone(),
+                cgroup_name: a.cgroup_name.clone(),
+                cgroup_id: a.cgroup_id,
+                level: a.level,
+                uid: a.uid,
+                run: a.origin == Origin::Run,
+                command: a.command.clone(),
+                policy_path: a.policy_path.clone(),
+                workspace: a.vars.workspace.clone(),
+                home: a.vars.home.clone(),
+                mode: a.mode.map(|m| m.name().to_string()),
+                policy_digest: a.policy().digest_hex(),
+            })
+            .collect()
+    }
+
+    /// Writes the saved agents (atomically: a crash leaves the old file or the new one).
+    fn persist(&self) {
+        let Some(path) = &self.state_file else { return };
+        let tmp = path.with_extension("tmp");
+        let r = serde_json::to_vec_pretty(&self.saved())
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::error!(file = %path.display(), error = %e, "saving the agents failed; a restarted daemon would not adopt them by name");
+        }
+    }
+
+    /// Takes over an agent the kernel still confines (a previous daemon's): registers it
+    /// without touching its entry, then replaces its policy with `policy` (recompiled from
+    /// its file) atomically. The agent is confined throughout.
+    pub fn adopt(&mut self, s: SavedAgent, policy: CompiledPolicy) -> gate_protocol::ReloadResult {
+        let mode = match s.mode.as_deref() {
+            Some("audit") => Some(Mode::Audit),
+            Some(_) => Some(Mode::Enforce),
+            None => None,
+        };
+        self.next_id = self.next_id.max(s.agent_id);
+        let meta = Arc::new(AgentMeta {
+            name: s.name.clone(),
+            agent_id: s.agent_id,
+            level: s.level,
+            cgroup: s.cgroup,
+            cgroup_name: s.cgroup_name,
+            cgroup_id: s.cgroup_id,
+            uid: s.uid,
+            origin: if s.run { Origin::Run } else { Origin::Config },
+            command: s.command,
+            policy_path: s.policy_path,
+            vars: Vars {
+                workspace: s.workspace,
+                home: s.home,
+            },
+            mode,
+            policy: RwLock::new(Arc::new(policy.clone())),
+            decisions: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+        });
+        if let Ok(mut d) = self.directory.write() {
+            d.insert(s.agent_id, meta.clone());
+        }
+        self.agents.insert(s.name.clone(), meta);
+        let mut r = self.replace(&s.name, policy);
+        r.old_digest = s.policy_digest;
+        r
+    }
+
+    /// New agents get ids above `id` (ids the kernel still uses for agents adopted without a
+    /// record).
+    pub fn reserve_ids(&mut self, id: u32) {
+        self.next_id = self.next_id.max(id);
+    }
+
+    /// Removes a kernel agent entry the daemon has no record of, or whose cgroup is gone.
+    pub fn drop_kernel_agent(&mut self, cgroup_id: u64) -> Result<(), String> {
+        self.enforcer
+            .remove_agent(cgroup_id)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The kernel's agents (cgroup id, agent id), whether the daemon knows them or not.
+    pub fn kernel_agents(&self) -> Vec<(u64, u32)> {
+        self.enforcer
+            .agents()
+            .iter()
+            .map(|a| (a.cgroup_id, a.config.agent_id))
+            .collect()
+    }
+
+    pub fn directory(&self) -> Directory {
+        self.directory.clone()
+    }
+
+    fn audit(&self, m: AuditMsg) {
+        if let Some(tx) = &self.audit {
+            let _ = tx.send(m);
+        }
+    }
+
+    /// Writes the heartbeat; a failure is kept for `status` and the log.
+    pub fn heartbeat(&mut self) {
+        match self.enforcer.heartbeat(Some(self.lockdown_after)) {
+            Ok(()) => {
+                self.last_heartbeat = std::time::Instant::now();
+                self.heartbeat_error = None;
+            }
+            Err(e) => {
+                if self.heartbeat_error.is_none() {
+                    tracing::error!(error = %e, "writing the heartbeat failed; agents fall into lockdown if this goes on");
+                }
+                self.heartbeat_error = Some(e.to_string());
+            }
+        }
+    }
+
+    pub fn agent(&self, name: &str) -> Option<Arc<AgentMeta>> {
+        self.agents.get(name).cloned()
+    }
+
+    pub fn agent_names(&self) -> Vec<String> {
+        self.agents.keys().cloned().collect()
+    }
+
+    /// Whether any of `cgroup_ids` (a process's cgroup and its ancestors) is an agent's.
+    pub fn confines(&self, cgroup_ids: &[u64]) -> bool {
+        self.agents
+            .values()
+            .any(|a| cgroup_ids.contains(&a.cgroup_id))
+    }
+
+    /// A free name like `prefix-N`.
+    pub fn fresh_name(&self, prefix: &str) -> String {
+        (1..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|n| !self.agents.contains_key(n))
+            .expect("some name is free")
+    }
+
+    /// Confines a new agent with `policy` (already compiled) and `extra` exact rules.
+    pub fn add(
+        &mut self,
+        a: NewAgent,
+        policy: CompiledPolicy,
+        extra: &[(InodeKey, InodeRule)],
+    ) -> Result<Arc<AgentMeta>, String> {
+        if self.agents.contains_key(&a.name) {
+            return Err(format!("an agent named {:?} is already running", a.name));
+        }
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        while self
+            .directory
+            .read()
+            .map(|d| d.contains_key(&self.next_id))
+            .unwrap_or(false)
+        {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+        }
+        let agent_id = self.next_id;
+        self.enforcer
+            .add_agent(a.cgroup_id, a.level, agent_id, &policy, extra)
+            .map_err(|e| format!("confining agent {:?} failed: {e}", a.name))?;
+        let policy = Arc::new(policy);
+        let meta = Arc::new(AgentMeta {
+            name: a.name.clone(),
+            agent_id,
+            level: a.level,
+            cgroup: a.cgroup,
+            cgroup_name: a.cgroup_name,
+            cgroup_id: a.cgroup_id,
+            uid: a.uid,
+            origin: a.origin,
+            command: a.command.clone(),
+            policy_path: a.policy_path,
+            vars: a.vars,
+            mode: a.mode,
+            policy: RwLock::new(policy.clone()),
+            decisions: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+        });
+        if let Ok(mut d) = self.directory.write() {
+            d.insert(agent_id, meta.clone());
+        }
+        self.agents.insert(a.name.clone(), meta.clone());
+        self.persist();
+        self.audit(AuditMsg::PolicyLoad {
+            agent: a.name.clone(),
+            policy,
+            previous: None,
+        });
+        self.audit(AuditMsg::Start {
+            agent: a.name,
+            uid: a.uid,
+            command: a.command,
+        });
+        Ok(meta)
+    }
+
+    /// Replaces an agent's policy with `new` (compiled by the caller: a policy that does not
+    /// compile never gets here). On a failure the old policy stays in force.
+    pub fn replace(&mut self, name: &str, new: CompiledPolicy) -> ReloadResult {
+        let Some(meta) = self.agents.get(name).cloned() else {
+            return ReloadResult {
+                agent: name.to_string(),
+                old_digest: String::new(),
+                new_digest: None,
+                error: Some(format!("no agent named {name:?}")),
+            };
+        };
+        let old = meta.policy();
+        let old_digest = old.digest_hex();
+        match self.enforcer.replace_policy(meta.cgroup_id, &new, &[]) {
+            Ok(_) => {
+                self.reloads += 1;
+                let new = Arc::new(new);
+                let new_digest = new.digest_hex();
+                if let Ok(mut p) = meta.policy.write() {
+                    *p = new.clone();
+                }
+                self.persist();
+                self.audit(AuditMsg::PolicyLoad {
+                    agent: name.to_string(),
+                    policy: new,
+                    previous: Some(old_digest.clone()),
+                });
+                ReloadResult {
+                    agent: name.to_string(),
+                    old_digest,
+                    new_digest: Some(new_digest),
+                    error: None,
+                }
+            }
+            Err(e) => self.failed_reload(name, old_digest, e.to_string()),
+        }
+    }
+
+    /// Records a reload that did not happen (the policy did not compile, or did not fit).
+    pub fn failed_reload(&mut self, name: &str, old_digest: String, error: String) -> ReloadResult {
+        self.reload_failures += 1;
+        tracing::error!(agent = name, %error, "reload refused; the old policy stays in force");
+        ReloadResult {
+            agent: name.to_string(),
+            old_digest,
+            new_digest: None,
+            error: Some(error),
+        }
+    }
+
+    /// Stops confining an agent (its processes must be gone, or it is a deliberate stop).
+    pub fn remove(&mut self, name: &str, reason: &str) -> Result<Arc<AgentMeta>, String> {
+        let meta = self
+            .agents
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no agent named {name:?}"))?;
+        self.enforcer
+            .remove_agent(meta.cgroup_id)
+            .map_err(|e| format!("removing agent {name:?} failed: {e}"))?;
+        self.agents.remove(name);
+        if let Ok(mut d) = self.directory.write() {
+            d.remove(&meta.agent_id);
+        }
+        self.persist();
+        self.audit(AuditMsg::Stop {
+            agent: name.to_string(),
+            reason: reason.to_string(),
+        });
+        Ok(meta)
+    }
+
+    pub fn status(&self) -> Status {
+        let infos = self.enforcer.agents();
+        let counters = self.counters.read().map(|c| *c).unwrap_or_default();
+        let cap = self.enforcer.capacity();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            agents: self
+                .agents
+                .values()
+                .map(|a| {
+                    let info = infos.iter().find(|i| i.cgroup_id == a.cgroup_id);
+                    let policy = a.policy();
+                    AgentStatus {
+                        name: a.name.clone(),
+                        agent_id: a.agent_id,
+                        cgroup: a.cgroup_name.clone(),
+                        cgroup_id: a.cgroup_id,
+                        policy: a.policy_path.display().to_string(),
+                        policy_digest: policy.digest_hex(),
+                        mode: policy.mode.name().to_string(),
+                        slot: info.map_or(0, |i| i.config.slot),
+                        uid: a.uid,
+                        origin: a.origin.name().to_string(),
+                        command: a.command.clone(),
+                        decisions: a.decisions.load(Ordering::Relaxed),
+                        denied: a.denied.load(Ordering::Relaxed),
+                        inode_entries: info.map_or(0, |i| i.inode_entries),
+                        net_entries: info.map_or(0, |i| i.net_entries),
+                    }
+                })
+                .collect(),
+            counters: COUNTER_NAMES
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), counters[i]))
+                .collect(),
+            events_lost: counters[counter::RINGBUF_FULL as usize],
+            heartbeat_ms: self.last_heartbeat.elapsed().as_millis() as u64,
+            lockdown_after_ms: self.lockdown_after.as_millis() as u64,
+            capacity: WireCapacity {
+                agents: cap.agents,
+                inodes: cap.inodes,
+                net4: cap.net4,
+                net6: cap.net6,
+            },
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let s = self.status();
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for l in lines {
+                out.push_str(&format!("{name}{l}\n"));
+            }
+        };
+        metric(
+            "gate_agents",
+            "gauge",
+            "Agents the daemon confines.",
+            vec![format!(" {}", s.agents.len())],
+        );
+        metric(
+            "gate_decisions_total",
+            "counter",
+            "Reported decisions by agent and outcome.",
+            s.agents
+                .iter()
+                .flat_map(|a| {
+                    [
+                        format!(
+                            "{{agent=\"{}\",decision=\"allow\"}} {}",
+                            a.name,
+                            a.decisions - a.denied
+                        ),
+                        format!("{{agent=\"{}\",decision=\"deny\"}} {}", a.name, a.denied),
+                    ]
+                })
+                .collect(),
+        );
+        metric(
+            "gate_kernel_decisions_total",
+            "counter",
+            "Decisions the kernel took for confined tasks (reported or not).",
+            vec![format!(" {}", s.counters[counter::DECISIONS as usize].1)],
+        );
+        metric(
+            "gate_events_lost_total",
+            "counter",
+            "Events the kernel could not queue (each recorded as a signed gap).",
+            vec![format!(" {}", s.events_lost)],
+        );
+        metric(
+            "gate_lockdown_decisions_total",
+            "counter",
+            "Decisions taken in lockdown (stale heartbeat).",
+            vec![format!(" {}", s.counters[counter::LOCKDOWN as usize].1)],
+        );
+        metric(
+            "gate_reloads_total",
+            "counter",
+            "Policy reloads by result.",
+            vec![
+                format!("{{result=\"ok\"}} {}", self.reloads),
+                format!("{{result=\"refused\"}} {}", self.reload_failures),
+            ],
+        );
+        metric(
+            "gate_heartbeat_age_seconds",
+            "gauge",
+            "Time since the daemon last wrote its heartbeat.",
+            vec![format!(" {:.3}", s.heartbeat_ms as f64 / 1000.0)],
+        );
+        out
+    }
+}
+
+pub const COUNTER_NAMES: [&str; counter::COUNT as usize] = [
+    "ringbuf_full",
+    "internal_error",
+    "depth_exceeded",
+    "decisions",
+    "lockdown",
+    "spare5",
+    "spare6",
+    "spare7",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        enforcer::{MemEnforcer, MemObject},
+        engine::Capacity,
+        policy::{MemResolver, compile, parse},
+    };
+    use gate_common::op;
+
+    fn compiled(src: &str, res: &MemResolver) -> CompiledPolicy {
+        let p = parse(src, std::path::Path::new("/etc/gate/policies/p.toml")).unwrap();
+        compile(
+            &p,
+            &Vars {
+                workspace: None,
+                home: "/home/u".into(),
+            },
+            res,
+        )
+        .unwrap()
+    }
+
+    const DENY_SSH: &str = r#"version = 1
+name = "a"
+mode = "enforce"
+[[rule]]
+id = "no-ssh"
+op = "write"
+decision = "deny"
+path = ["/home/u/.ssh/**"]
+[[rule]]
+id = "home"
+op = "write"
+decision = "allow"
+path = ["/home/u/**"]
+"#;
+
+    fn new_agent(name: &str, id: u64) -> NewAgent {
+        NewAgent {
+            name: name.into(),
+            cgroup: format!("/sys/fs/cgroup/gate/{name}").into(),
+            cgroup_name: format!("/gate/{name}"),
+            cgroup_id: id,
+            level: 2,
+            uid: 1000,
+            origin: Origin::Run,
+            command: vec!["agent".into()],
+            policy_path: "/etc/gate/policies/p.toml".into(),
+            vars: Vars {
+                workspace: None,
+                home: "/home/u".into(),
+            },
+            mode: None,
+        }
+    }
+
+    struct Shared(std::sync::Arc<std::sync::Mutex<MemEnforcer>>);
+    impl Enforcer for Shared {
+        fn add_agent(
+            &mut self,
+            c: u64,
+            l: u32,
+            a: u32,
+            p: &CompiledPolicy,
+            e: &crate::enforcer::Extra,
+        ) -> Result<u32, crate::engine::EngineError> {
+            self.0.lock().unwrap().add_agent(c, l, a, p, e)
+        }
+        fn replace_policy(
+            &mut self,
+            c: u64,
+            p: &CompiledPolicy,
+            e: &crate::enforcer::Extra,
+        ) -> Result<u32, crate::engine::EngineError> {
+            self.0.lock().unwrap().replace_policy(c, p, e)
+        }
+        fn remove_agent(&mut self, c: u64) -> Result<(), crate::engine::EngineError> {
+            self.0.lock().unwrap().remove_agent(c)
+        }
+        fn write_verdict(
+            &mut self,
+            k: gate_common::VerdictKey,
+            v: gate_common::VerdictValue,
+        ) -> Result<(), crate::engine::EngineError> {
+            self.0.lock().unwrap().write_verdict(k, v)
+        }
+        fn heartbeat(&mut self, d: Option<Duration>) -> Result<(), crate::engine::EngineError> {
+            self.0.lock().unwrap().heartbeat(d)
+        }
+        fn counters(&self) -> Result<[u64; counter::COUNT as usize], crate::engine::EngineError> {
+            self.0.lock().unwrap().counters()
+        }
+        fn agents(&self) -> Vec<crate::engine::AgentInfo> {
+            self.0.lock().unwrap().agents()
+        }
+        fn capacity(&self) -> Capacity {
+            self.0.lock().unwrap().capacity()
+        }
+    }
+
+    fn setup(
+        inodes: u32,
+    ) -> (
+        Core,
+        std::sync::Arc<std::sync::Mutex<MemEnforcer>>,
+        MemResolver,
+        std::sync::mpsc::Receiver<AuditMsg>,
+    ) {
+        let mem = std::sync::Arc::new(std::sync::Mutex::new(MemEnforcer::new(Capacity {
+            agents: 128,
+            inodes,
+            net4: 16,
+            net6: 16,
+            verdicts: 16,
+        })));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let core = Core::new(
+            Box::new(Shared(mem.clone())),
+            Duration::from_secs(10),
+            Some(tx),
+        );
+        // Inodes: / 2, /home 3, /home/u 4, /home/u/.ssh 5, /home/u/.ssh/id_rsa 6.
+        let res = MemResolver::new()
+            .dir("/home/u/.ssh")
+            .file("/home/u/.ssh/id_rsa");
+        (core, mem, res, rx)
+    }
+
+    const SSH_KEY: &[u64] = &[6, 5, 4, 3, 2];
+    const OTHER: &[u64] = &[99, 4, 3, 2];
+
+    fn write(mem: &std::sync::Mutex<MemEnforcer>, cg: u64, chain: &[u64]) -> i32 {
+        let dev = crate::policy::MemResolver::DEV;
+        mem.lock()
+            .unwrap()
+            .decide(
+                &[1, 2, cg],
+                op::WRITE,
+                &MemObject::File(chain.iter().map(|i| (dev, *i)).collect()),
+            )
+            .map_or(0, |d| d.ret)
+    }
+
+    #[test]
+    fn a_hundred_agents_with_alternating_policies_each_decided_by_their_own() {
+        let (mut core, mem, res, _rx) = setup(4096);
+        let allow_ssh = DENY_SSH.replace("decision = \"deny\"", "decision = \"allow\"");
+        for i in 0..100u64 {
+            let src = if i % 2 == 0 {
+                DENY_SSH.to_string()
+            } else {
+                allow_ssh.clone()
+            };
+            core.add(
+                new_agent(&format!("a{i}"), 1000 + i),
+                compiled(&src, &res),
+                &[],
+            )
+            .unwrap();
+        }
+        assert_eq!(core.status().agents.len(), 100);
+        for i in 0..100u64 {
+            let ssh_key = write(&mem, 1000 + i, SSH_KEY);
+            let expect = if i % 2 == 0 { -libc::EPERM } else { 0 };
+            assert_eq!(ssh_key, expect, "agent a{i}");
+        }
+        assert_eq!(write(&mem, 5000, SSH_KEY), 0, "not an agent");
+    }
+
+    #[test]
+    fn names_are_unique_and_removal_unconfines() {
+        let (mut core, mem, res, rx) = setup(64);
+        core.add(new_agent("a", 50), compiled(DENY_SSH, &res), &[])
+            .unwrap();
+        let e = core
+            .add(new_agent("a", 51), compiled(DENY_SSH, &res), &[])
+            .err()
+            .unwrap();
+        assert!(e.contains("already running"), "{e}");
+        assert!(core.confines(&[1, 2, 50]) && !core.confines(&[1, 2, 51]));
+        assert_eq!(write(&mem, 50, SSH_KEY), -libc::EPERM);
+        core.remove("a", "stopped").unwrap();
+        assert_eq!(write(&mem, 50, SSH_KEY), 0);
+        let kinds: Vec<&str> = rx
+            .try_iter()
+            .map(|m| match m {
+                AuditMsg::PolicyLoad { .. } => "load",
+                AuditMsg::Start { .. } => "start",
+                AuditMsg::Stop { .. } => "stop",
+            })
+            .collect();
+        assert_eq!(kinds, ["load", "start", "stop"]);
+        assert!(core.remove("a", "again").is_err());
+    }
+
+    #[test]
+    fn a_reload_that_does_not_fit_keeps_the_old_policy_and_says_so() {
+        let (mut core, mem, res, rx) = setup(3);
+        core.add(new_agent("a", 50), compiled(DENY_SSH, &res), &[])
+            .unwrap();
+        let before = core.status().agents[0].policy_digest.clone();
+        let r = core.replace(
+            "a",
+            compiled(&DENY_SSH.replace("name = \"a\"", "name = \"b\""), &res),
+        );
+        assert!(r.error.as_deref().unwrap().contains("INODES"), "{r:?}");
+        assert_eq!(r.new_digest, None);
+        assert_eq!(core.status().agents[0].policy_digest, before);
+        assert_eq!(write(&mem, 50, SSH_KEY), -libc::EPERM);
+        assert_eq!(core.reload_failures, 1);
+        // Only the first load was recorded.
+        assert_eq!(
+            rx.try_iter()
+                .filter(|m| matches!(m, AuditMsg::PolicyLoad { .. }))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_reload_swaps_the_policy_and_records_both_digests() {
+        let (mut core, mem, res, rx) = setup(64);
+        core.add(new_agent("a", 50), compiled(DENY_SSH, &res), &[])
+            .unwrap();
+        let open = DENY_SSH.replace("decision = \"deny\"", "decision = \"allow\"");
+        let r = core.replace("a", compiled(&open, &res));
+        assert_eq!(r.error, None);
+        assert_ne!(Some(r.old_digest.clone()), r.new_digest);
+        assert_eq!(write(&mem, 50, SSH_KEY), 0);
+        let prev: Vec<Option<String>> = rx
+            .try_iter()
+            .filter_map(|m| match m {
+                AuditMsg::PolicyLoad { previous, .. } => Some(previous),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(prev, [None, Some(r.old_digest)]);
+        assert!(
+            core.metrics()
+                .contains("gate_reloads_total{result=\"ok\"} 1")
+        );
+    }
+
+    #[test]
+    fn a_new_core_adopts_the_agents_the_kernel_still_confines() {
+        let (mut core, mem, res, _rx) = setup(64);
+        core.add(new_agent("a", 50), compiled(DENY_SSH, &res), &[])
+            .unwrap();
+        let saved = core.saved();
+        assert_eq!(saved.len(), 1);
+        drop(core);
+        // The daemon died; the kernel state (the shared enforcer) remains.
+        assert_eq!(write(&mem, 50, SSH_KEY), -libc::EPERM);
+        let mut again = Core::new(Box::new(Shared(mem.clone())), Duration::from_secs(10), None);
+        let before = mem.lock().unwrap().agents()[0].config.slot;
+        let r = again.adopt(saved[0].clone(), compiled(DENY_SSH, &res));
+        assert_eq!(r.error, None, "{r:?}");
+        let after = mem.lock().unwrap().agents()[0].config.slot;
+        assert_ne!(
+            before, after,
+            "adoption rewrites the policy under a fresh slot"
+        );
+        assert_eq!(write(&mem, 50, SSH_KEY), -libc::EPERM);
+        assert_eq!(again.status().agents[0].name, "a");
+        // New agents do not reuse the adopted one's id.
+        let b = again
+            .add(new_agent("b", 60), compiled(DENY_SSH, &res), &[])
+            .unwrap();
+        assert_ne!(b.agent_id, saved[0].agent_id);
+    }
+
+    #[test]
+    fn heartbeats_keep_agents_out_of_lockdown() {
+        let (mut core, mem, res, _rx) = setup(64);
+        core.add(new_agent("a", 50), compiled(DENY_SSH, &res), &[])
+            .unwrap();
+        mem.lock().unwrap().now_ns = 1;
+        core.heartbeat();
+        // /home/u/x: allowed by "home".
+        assert_eq!(write(&mem, 50, OTHER), 0);
+        mem.lock().unwrap().now_ns = 11_000_000_000;
+        assert_eq!(write(&mem, 50, OTHER), -libc::EPERM, "stale heartbeat");
+        core.heartbeat();
+        assert_eq!(write(&mem, 50, OTHER), 0);
+    }
+}

@@ -1,0 +1,1158 @@
+//! The running daemon: the owner thread (the only one that touches the engine), the event
+//! thread (the host's one audit writer), the control socket, systemd notification.
+//!
+//! Start-up order, each step fail-closed: config → engine loaded and attached → a canary
+//! process in a probe cgroup must be denied → configured agents confined → socket open →
+//! `READY=1`. Maps and links are pinned under `/sys/fs/bpf/gate/host-v<ABI>/`, so a daemon
+//! killed with SIGKILL leaves every agent enforced with its last policy (with no heartbeat
+//! any more, the agents fall to their lockdown decisions), and the next daemon adopts them.
+use std::{
+    ffi::CString,
+    fs,
+    io::{self, BufReader},
+    os::{
+        fd::AsRawFd,
+        unix::{
+            fs::{MetadataExt, PermissionsExt},
+            net::{UnixListener, UnixStream},
+        },
+    },
+    path::{Path, PathBuf},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use gate_common::{InodeRule, decision, op, rule};
+use gate_protocol::{Request, Response, RunRequest, read_line, write_line};
+
+use super::{
+    config::{self, DaemonConfig, Who},
+    core::{AuditMsg, Core, Directory, NewAgent, Origin},
+};
+use crate::{
+    audit::{AuditConfig, AuditLog, Lifecycle, RecordBody, Scope},
+    cgroup::{self, Cgroup, Hierarchy},
+    engine::{Capacity, Counters, Engine},
+    events,
+    policy::{self, Mode, Vars},
+    report::{decision_record, policy_load},
+    state,
+};
+
+/// A job for the owner thread.
+type Job = Box<dyn FnOnce(&mut Core) + Send>;
+
+/// How other threads reach the owner thread.
+#[derive(Clone)]
+pub struct Owner(mpsc::Sender<Job>);
+
+impl Owner {
+    /// Runs `f` on the owner thread and returns its result.
+    pub fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Core) -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::channel();
+        self.0
+            .send(Box::new(move |c| {
+                let _ = tx.send(f(c));
+            }))
+            .expect("the owner thread runs as long as the daemon");
+        rx.recv().expect("the owner thread answers every job")
+    }
+}
+
+static HUP: AtomicBool = AtomicBool::new(false);
+static TERM: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_hup(_: i32) {
+    HUP.store(true, Ordering::SeqCst);
+}
+extern "C" fn on_term(_: i32) {
+    TERM.store(true, Ordering::SeqCst);
+}
+
+/// `gate daemon`: returns the exit status.
+pub fn run(config_path: &Path) -> i32 {
+    match run_inner(config_path) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("gate daemon: {e}");
+            notify(&format!("STATUS=failed: {e}"));
+            1
+        }
+    }
+}
+
+fn run_inner(config_path: &Path) -> Result<(), String> {
+    let cfg = config::load(config_path).map_err(|e| e.to_string())?;
+    // SAFETY: handlers only store to atomics.
+    unsafe {
+        libc::signal(libc::SIGHUP, on_hup as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    let h = cgroup::hierarchy().map_err(|e| e.to_string())?;
+    state::ensure_bpffs().map_err(|e| e.to_string())?;
+    let capacity = Capacity {
+        agents: cfg.max_agents + 1,
+        inodes: cfg.max_file_rules,
+        net4: cfg.max_net_rules,
+        net6: cfg.max_net_rules,
+        verdicts: 4096,
+    };
+    let t = Instant::now();
+    let saved = read_saved();
+    let (mut engine, adopted) = open_engine(capacity, cfg.ringbuf_bytes, &saved)?;
+    let pin_dir = host_dir();
+    let events = engine.take_events().map_err(|e| e.to_string())?;
+    let counters = engine.take_counters().map_err(|e| e.to_string())?;
+    tracing::info!(
+        ms = t.elapsed().as_millis() as u64,
+        pins = %pin_dir.display(),
+        adopted,
+        "{}",
+        if adopted {
+            "adopted the programs and maps a previous daemon left attached"
+        } else {
+            "programs loaded and attached"
+        }
+    );
+    let (audit_tx, audit_rx) = mpsc::channel();
+    let audit = match &cfg.audit_log {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            if let Some(dir) = cfg.audit_key.parent() {
+                let _ = fs::create_dir_all(dir);
+            }
+            let mut log = AuditLog::open(path, AuditConfig::new(&cfg.audit_key))
+                .map_err(|e| format!("audit stream: {e}"))?;
+            let mut start = Lifecycle::new(Scope::Daemon);
+            start.pid = Some(std::process::id());
+            start.version = Some(env!("CARGO_PKG_VERSION").to_owned());
+            log.append(&RecordBody::Start(start))
+                .map_err(|e| format!("audit stream: {e}"))?;
+            Some(log)
+        }
+        None => None,
+    };
+    let mut core = Core::new(Box::new(engine), cfg.lockdown_after, Some(audit_tx));
+    core.state_file = Some(PathBuf::from(STATE_FILE));
+    core.heartbeat();
+    if adopted {
+        adopt_agents(&mut core, saved);
+    }
+    let directory = core.directory();
+    let shared_counters = core.counters.clone();
+    let stop_events = Arc::new(AtomicBool::new(false));
+    let event_thread = {
+        let stop = stop_events.clone();
+        thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                event_loop(
+                    events,
+                    counters,
+                    audit,
+                    audit_rx,
+                    directory,
+                    shared_counters,
+                    &stop,
+                )
+            })
+            .map_err(|e| e.to_string())?
+    };
+    self_test(&mut core, &h)?;
+    for a in &cfg.agents {
+        add_config_agent(&mut core, &h, a)?;
+    }
+    let listener = bind(&cfg)?;
+    let (tx, rx) = mpsc::channel::<Job>();
+    let owner = Owner(tx);
+    {
+        let (owner, cfg, h) = (owner.clone(), cfg.clone(), h.clone());
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || accept_loop(listener, owner, cfg, h))
+            .map_err(|e| e.to_string())?;
+    }
+    notify("READY=1\nSTATUS=enforcing");
+    tracing::info!(socket = %cfg.socket.display(), agents = cfg.agents.len(), "ready: enforcing");
+    let watchdog = std::env::var("WATCHDOG_USEC").is_ok();
+    let mut last_reap = Instant::now();
+    while !TERM.load(Ordering::SeqCst) {
+        match rx.recv_timeout(cfg.heartbeat) {
+            Ok(job) => job(&mut core),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if core.last_heartbeat.elapsed() >= cfg.heartbeat {
+            core.heartbeat();
+            if watchdog && core.heartbeat_error.is_none() {
+                notify("WATCHDOG=1");
+            }
+        }
+        if last_reap.elapsed() >= Duration::from_millis(200) {
+            reap(&mut core);
+            last_reap = Instant::now();
+        }
+        if HUP.swap(false, Ordering::SeqCst) {
+            let names = core.agent_names();
+            for r in reload(&mut core, &names) {
+                tracing::info!(agent = r.agent, error = ?r.error, new = ?r.new_digest, "reload (SIGHUP)");
+            }
+        }
+    }
+    notify("STOPPING=1");
+    tracing::info!(
+        "stopping: the programs stay attached (pinned under {}); agents stay confined with \
+         their policies and fall to lockdown without a heartbeat; the next daemon adopts \
+         them; `gate unload` removes them",
+        pin_dir.display()
+    );
+    let _ = fs::remove_file(&cfg.socket);
+    stop_events.store(true, Ordering::SeqCst);
+    let _ = event_thread.join();
+    Ok(())
+}
+
+/// Where the daemon saves its agents for a restart.
+pub const STATE_FILE: &str = "/run/gate/daemon/agents.json";
+
+/// The host engine's pins: `/sys/fs/bpf/gate/host-v<ABI>/{maps,links}`. The ABI version is in
+/// the name, so a daemon of another version never opens maps laid out differently.
+pub fn host_dir() -> PathBuf {
+    Path::new(state::PIN_ROOT).join(format!("host-v{}", gate_common::ABI_VERSION))
+}
+
+fn read_saved() -> Vec<super::core::SavedAgent> {
+    match fs::read(STATE_FILE) {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+            tracing::error!(file = STATE_FILE, error = %e, "the saved agents cannot be read; adopted agents stay confined but unnamed");
+            Vec::new()
+        }),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Adopts the pinned engine when one is attached, or loads, pins and attaches a new one.
+/// Never half-adopts: the links directory appears (by rename) only once every program is
+/// attached, and every map must open.
+fn open_engine(
+    capacity: Capacity,
+    ringbuf_bytes: u32,
+    saved: &[super::core::SavedAgent],
+) -> Result<(Engine, bool), String> {
+    let root = Path::new(state::PIN_ROOT);
+    let dir = host_dir();
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("host-v") && e.path() != dir {
+                return Err(format!(
+                    "{} holds the pinned state of a gate daemon of another kernel ABI ({name};                      this gate uses host-v{}): nothing was adopted. Start the gate that                      matches it, or detach it with `gate unload` (its agents are then no                      longer confined)",
+                    e.path().display(),
+                    gate_common::ABI_VERSION
+                ));
+            }
+        }
+    }
+    let (maps, links) = (dir.join("maps"), dir.join("links"));
+    let attached = fs::read_dir(&links).is_ok_and(|mut r| r.next().is_some());
+    if attached {
+        let levels = saved.iter().map(|a| (a.cgroup_id, a.level)).collect();
+        let engine = Engine::adopt(&maps, &links, &levels).map_err(|e| {
+            format!(
+                "the pinned engine at {} cannot be adopted: {e}. Its programs stay attached;                  `gate unload` detaches them",
+                dir.display()
+            )
+        })?;
+        return Ok((engine, true));
+    }
+    // Nothing attached: whatever is pinned is left over from a start that did not finish.
+    let _ = remove_pins(&dir);
+    let mut engine = Engine::load(capacity, ringbuf_bytes).map_err(|e| e.to_string())?;
+    // bpffs refuses names with dots.
+    let staging = dir.join("links-staging");
+    for d in [&maps, &staging] {
+        fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+    }
+    engine.pin_maps(&maps).map_err(|e| e.to_string())?;
+    if let Err(e) = engine.attach(&staging) {
+        let _ = remove_pins(&dir);
+        return Err(format!("attaching the programs: {e}"));
+    }
+    fs::rename(&staging, &links).map_err(|e| {
+        let _ = remove_pins(&dir);
+        format!("publishing {}: {e}", links.display())
+    })?;
+    Ok((engine, false))
+}
+
+/// Removes a pin directory tree (unpinning what is in it).
+fn remove_pins(dir: &Path) -> io::Result<()> {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_pins(&e.path())?;
+            } else {
+                fs::remove_file(e.path())?;
+            }
+        }
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Takes over the agents a previous daemon left confined: each saved agent whose cgroup still
+/// exists gets its policy recompiled and swapped in; kernel entries of cgroups that are gone
+/// are removed; entries the daemon has no record of stay confined as they are.
+fn adopt_agents(core: &mut Core, saved: Vec<super::core::SavedAgent>) {
+    let kernel = core.kernel_agents();
+    for (cgroup_id, agent_id) in &kernel {
+        core.reserve_ids(*agent_id);
+        let known = saved
+            .iter()
+            .any(|s| s.cgroup_id == *cgroup_id && s.agent_id == *agent_id);
+        if !known {
+            tracing::warn!(
+                cgroup_id,
+                agent_id,
+                "a confined cgroup the daemon has no record of stays confined with its last policy"
+            );
+        }
+    }
+    for s in saved {
+        let alive = fs::metadata(&s.cgroup).is_ok_and(|m| m.ino() == s.cgroup_id);
+        let in_kernel = kernel
+            .iter()
+            .any(|(c, a)| *c == s.cgroup_id && *a == s.agent_id);
+        if !in_kernel {
+            continue;
+        }
+        if !alive {
+            let _ = core.drop_kernel_agent(s.cgroup_id);
+            tracing::info!(agent = s.name, "its cgroup is gone: removed");
+            continue;
+        }
+        let vars = Vars {
+            workspace: s.workspace.clone(),
+            home: s.home.clone(),
+        };
+        match policy::load(&s.policy_path, &vars) {
+            Ok(mut p) => {
+                if s.mode.as_deref() == Some("audit") {
+                    p.mode = Mode::Audit;
+                } else if s.mode.is_some() {
+                    p.mode = Mode::Enforce;
+                }
+                let name = s.name.clone();
+                let r = core.adopt(s, p);
+                tracing::info!(agent = name, error = ?r.error, "adopted");
+            }
+            Err(e) => {
+                tracing::error!(agent = s.name, error = %e, "its policy no longer compiles; it stays confined with its last policy, unnamed");
+            }
+        }
+    }
+}
+
+/// Tells systemd (when it started us with `Type=notify`).
+pub fn notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// Proves enforcement before anything is reported ready: a process in a probe cgroup must be
+/// denied writing a canary file.
+fn self_test(core: &mut Core, h: &Hierarchy) -> Result<(), String> {
+    let dir = Path::new("/run/gate/daemon");
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let canary = dir.join("canary");
+    fs::write(&canary, b"gate self-test\n").map_err(|e| format!("{}: {e}", canary.display()))?;
+    let m = fs::metadata(&canary).map_err(|e| format!("{}: {e}", canary.display()))?;
+    let key = gate_common::InodeKey {
+        dev: crate::policy::kernel_dev(m.dev()),
+        slot: 0,
+        ino: m.ino(),
+    };
+    let name = format!("daemon-probe-{}", std::process::id());
+    let _ = fs::remove_dir(h.mount.join("gate").join(&name));
+    let cg = Cgroup::create(h, &name).map_err(|e| e.to_string())?;
+    let policy = policy::compile(
+        &policy::parse(PROBE_POLICY, Path::new("<probe>")).map_err(|e| e.to_string())?,
+        &Vars {
+            workspace: None,
+            home: "/".into(),
+        },
+        &policy::FsResolver,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut r = InodeRule::default();
+    r.exact[op::WRITE as usize] = decision::DENY;
+    r.exact_rule[op::WRITE as usize] = rule::SELFTEST;
+    let probe = NewAgent {
+        name: name.clone(),
+        cgroup: cg.path.clone(),
+        cgroup_name: cg.name.clone(),
+        cgroup_id: cg.id,
+        level: cg.level,
+        uid: 0,
+        origin: Origin::Config,
+        command: vec!["self-test".into()],
+        policy_path: "<probe>".into(),
+        vars: Vars {
+            workspace: None,
+            home: "/".into(),
+        },
+        mode: None,
+    };
+    core.add(probe, policy, &[(key, r)])?;
+    let result = probe_write(&cg, &canary);
+    let _ = core.remove(&name, "self-test done");
+    let _ = cg.kill_all(Duration::from_secs(5));
+    let _ = cg.remove();
+    result
+}
+
+const PROBE_POLICY: &str = "version = 1\nname = \"gate-probe\"\nmode = \"enforce\"\n";
+
+fn probe_write(cg: &Cgroup, canary: &Path) -> Result<(), String> {
+    use crate::run::probe;
+    let procs = cg.procs_file().map_err(|e| e.to_string())?;
+    match crate::run::canary_probe(&procs, canary).map_err(|e| e.to_string())? {
+        probe::DENIED => Ok(()),
+        probe::OPENED => Err(
+            "enforcement is not in effect: a confined probe process wrote a \
+                              protected file; the BPF LSM is not active (check `gate doctor`)"
+                .into(),
+        ),
+        probe::NOT_MOVED => Err("could not move the probe process into its cgroup".into()),
+        other => Err(format!("the self-test failed (status {other})")),
+    }
+}
+
+fn add_config_agent(core: &mut Core, h: &Hierarchy, a: &config::ConfigAgent) -> Result<(), String> {
+    let path = h.mount.join(&a.cgroup);
+    fs::create_dir_all(&path)
+        .map_err(|e| format!("agent {}: creating {}: {e}", a.name, path.display()))?;
+    let cg = Cgroup::open(h, &path).map_err(|e| e.to_string())?;
+    let (uid, home) = match &a.user {
+        Some(u) => {
+            let user = nix::unistd::User::from_name(u)
+                .ok()
+                .flatten()
+                .ok_or_else(|| format!("agent {}: no user {u:?}", a.name))?;
+            (user.uid.as_raw(), user.dir)
+        }
+        None => (0, PathBuf::from("/root")),
+    };
+    let vars = Vars {
+        workspace: a.workspace.clone(),
+        home,
+    };
+    let policy = policy::load(&a.policy, &vars).map_err(|e| format!("agent {}: {e}", a.name))?;
+    core.add(
+        NewAgent {
+            name: a.name.clone(),
+            cgroup: cg.path.clone(),
+            cgroup_name: cg.name.clone(),
+            cgroup_id: cg.id,
+            level: cg.level,
+            uid,
+            origin: Origin::Config,
+            command: Vec::new(),
+            policy_path: a.policy.clone(),
+            vars,
+            mode: None,
+        },
+        policy,
+        &[],
+    )?;
+    tracing::info!(
+        agent = a.name,
+        cgroup = cg.name,
+        "confining configured cgroup"
+    );
+    Ok(())
+}
+
+/// Removes `gate run` agents whose cgroups have emptied.
+fn reap(core: &mut Core) {
+    for name in core.agent_names() {
+        let Some(a) = core.agent(&name) else { continue };
+        if a.origin != Origin::Run {
+            continue;
+        }
+        let events = a.cgroup.join("cgroup.events");
+        let populated = fs::read_to_string(&events)
+            .map(|s| s.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false);
+        if populated {
+            continue;
+        }
+        if core.remove(&name, "its processes have exited").is_ok() {
+            let _ = remove_cgroup_tree(&a.cgroup);
+            tracing::info!(agent = name, "agent ended");
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) -> io::Result<()> {
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path())?;
+            }
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+/// Recompiles each agent's policy from its file, then swaps it in; a policy that does not
+/// compile leaves the old one in force.
+fn reload(core: &mut Core, names: &[String]) -> Vec<gate_protocol::ReloadResult> {
+    let mut out = Vec::new();
+    for name in names {
+        let Some(a) = core.agent(name) else {
+            out.push(gate_protocol::ReloadResult {
+                agent: name.clone(),
+                old_digest: String::new(),
+                new_digest: None,
+                error: Some(format!("no agent named {name:?}")),
+            });
+            continue;
+        };
+        let old = a.policy().digest_hex();
+        if a.policy_path.as_os_str() == "<probe>" {
+            continue;
+        }
+        match policy::load(&a.policy_path, &a.vars) {
+            Ok(mut p) => {
+                if let Some(m) = a.mode {
+                    p.mode = m;
+                }
+                out.push(core.replace(name, p));
+            }
+            Err(e) => out.push(core.failed_reload(name, old, e.to_string())),
+        }
+    }
+    out
+}
+
+fn bind(cfg: &DaemonConfig) -> Result<UnixListener, String> {
+    if let Some(dir) = cfg.socket.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+    }
+    if UnixStream::connect(&cfg.socket).is_ok() {
+        return Err(format!(
+            "another gate daemon is listening on {}; stop it first (systemctl stop gate)",
+            cfg.socket.display()
+        ));
+    }
+    let _ = fs::remove_file(&cfg.socket);
+    let l = UnixListener::bind(&cfg.socket)
+        .map_err(|e| format!("listening on {}: {e}", cfg.socket.display()))?;
+    let gid = nix::unistd::Group::from_name(&cfg.group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid);
+    if let Some(gid) = gid {
+        nix::unistd::chown(&cfg.socket, Some(nix::unistd::Uid::from_raw(0)), Some(gid))
+            .map_err(|e| format!("chown {}: {e}", cfg.socket.display()))?;
+    } else {
+        tracing::warn!(
+            group = cfg.group,
+            "the socket's group does not exist: only root can use the daemon"
+        );
+    }
+    fs::set_permissions(&cfg.socket, fs::Permissions::from_mode(0o660))
+        .map_err(|e| format!("chmod {}: {e}", cfg.socket.display()))?;
+    Ok(l)
+}
+
+/// The peer of a connection, from `SO_PEERCRED` and its /proc entry.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// The peer's cgroup and its ancestors, by id (root first).
+    pub cgroup_ids: Vec<u64>,
+}
+
+fn peer_of(s: &UnixStream, h: &Hierarchy) -> Result<Peer, String> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into a ucred of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(format!("SO_PEERCRED: {}", io::Error::last_os_error()));
+    }
+    let status = fs::read_to_string(format!("/proc/{}/status", cred.pid))
+        .map_err(|e| format!("reading the peer's /proc entry: {e}"))?;
+    let groups = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let cgroup = fs::read_to_string(format!("/proc/{}/cgroup", cred.pid))
+        .map_err(|e| format!("reading the peer's cgroup: {e}"))?;
+    let rel = cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("the peer is in no cgroup v2 (cannot tell whether it is confined)")?;
+    let mut ids = Vec::new();
+    let mut p = h.mount.clone();
+    ids.push(fs::metadata(&p).map(|m| m.ino()).unwrap_or(0));
+    for c in Path::new(rel.trim()).components() {
+        if let std::path::Component::Normal(n) = c {
+            p.push(n);
+            ids.push(
+                fs::metadata(&p)
+                    .map(|m| m.ino())
+                    .map_err(|e| format!("reading the peer's cgroup {}: {e}", p.display()))?,
+            );
+        }
+    }
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+        groups,
+        cgroup_ids: ids,
+    })
+}
+
+fn accept_loop(l: UnixListener, owner: Owner, cfg: DaemonConfig, h: Hierarchy) {
+    let gate_gid = nix::unistd::Group::from_name(&cfg.group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    let cfg = Arc::new(cfg);
+    for conn in l.incoming() {
+        let Ok(s) = conn else { continue };
+        let (owner, cfg, h) = (owner.clone(), cfg.clone(), h.clone());
+        let _ = thread::Builder::new().name("client".into()).spawn(move || {
+            if let Err(e) = serve(s, &owner, &cfg, &h, gate_gid) {
+                tracing::debug!(error = %e, "client connection ended");
+            }
+        });
+    }
+}
+
+fn serve(
+    s: UnixStream,
+    owner: &Owner,
+    cfg: &DaemonConfig,
+    h: &Hierarchy,
+    gate_gid: Option<u32>,
+) -> io::Result<()> {
+    let mut w = s.try_clone()?;
+    let refuse = |w: &mut UnixStream, message: String| {
+        tracing::warn!(%message, "client refused");
+        write_line(w, &Response::Error { message })
+    };
+    let peer = match peer_of(&s, h) {
+        Ok(p) => p,
+        Err(e) => return refuse(&mut w, format!("cannot identify you: {e}")),
+    };
+    let ids = peer.cgroup_ids.clone();
+    if owner.call(move |c| c.confines(&ids)) {
+        return refuse(
+            &mut w,
+            "refused: this process is confined by gate; a confined process cannot talk to \
+             the daemon"
+                .into(),
+        );
+    }
+    let member =
+        peer.uid == 0 || gate_gid.is_some_and(|g| peer.gid == g || peer.groups.contains(&g));
+    if !member {
+        return refuse(
+            &mut w,
+            format!(
+                "refused: uid {} is not root and not in group {:?}; ask an administrator to \
+                 add you (usermod -aG {} USER, then log in again)",
+                peer.uid, cfg.group, cfg.group
+            ),
+        );
+    }
+    let mut r = BufReader::new(s);
+    let mut hello = false;
+    while let Some(line) = read_line(&mut r)? {
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(q) => q,
+            Err(e) => {
+                write_line(
+                    &mut w,
+                    &Response::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                )?;
+                continue;
+            }
+        };
+        let resp = match req {
+            Request::Hello { version } if version == gate_protocol::VERSION => {
+                hello = true;
+                Response::Hello {
+                    version,
+                    daemon: env!("CARGO_PKG_VERSION").into(),
+                }
+            }
+            Request::Hello { version } => Response::Error {
+                message: format!(
+                    "this daemon speaks protocol {}, the client {version}; use the gate \
+                     binary that matches the daemon",
+                    gate_protocol::VERSION
+                ),
+            },
+            _ if !hello => Response::Error {
+                message: "say hello first".into(),
+            },
+            Request::Status {} => Response::Status(owner.call(|c| c.status())),
+            Request::Metrics {} => Response::Metrics {
+                text: owner.call(|c| c.metrics()),
+            },
+            Request::Run(req) => handle_run(owner, cfg, h, &peer, req),
+            Request::Reload { agent } if peer.uid == 0 => {
+                let names = agent.map(|a| vec![a]);
+                Response::Reloaded {
+                    agents: owner.call(move |c| {
+                        let names = names.unwrap_or_else(|| c.agent_names());
+                        reload(c, &names)
+                    }),
+                }
+            }
+            Request::Stop { agent } => handle_stop(owner, &peer, agent),
+            Request::Reload { .. } => Response::Error {
+                message: "refused: only root reloads policies".into(),
+            },
+        };
+        write_line(&mut w, &resp)?;
+    }
+    Ok(())
+}
+
+fn handle_stop(owner: &Owner, peer: &Peer, agent: String) -> Response {
+    let uid = peer.uid;
+    owner.call(move |c| {
+        let Some(a) = c.agent(&agent) else {
+            return Response::Error {
+                message: format!("no agent named {agent:?} (see `gate status`)"),
+            };
+        };
+        if uid != 0 && (a.uid != uid || a.origin != Origin::Run) {
+            return Response::Error {
+                message: format!("refused: agent {agent:?} is not yours"),
+            };
+        }
+        let killed = fs::read_to_string(a.cgroup.join("cgroup.procs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        if let Ok(cg) = Cgroup::open(
+            &Hierarchy {
+                mount: "/".into(),
+                root: "/".into(),
+            },
+            &a.cgroup,
+        ) && let Err(e) = cg.kill_all(Duration::from_secs(10))
+        {
+            return Response::Error {
+                message: format!("could not end agent {agent:?}'s processes: {e}"),
+            };
+        }
+        match c.remove(&agent, "stopped with gate stop") {
+            Ok(_) => {
+                let _ = remove_cgroup_tree(&a.cgroup);
+                Response::Stopped { agent, killed }
+            }
+            Err(message) => Response::Error { message },
+        }
+    })
+}
+
+/// Whether `peer` may run `policy` (an absolute, canonical path).
+fn may_use_policy(cfg: &DaemonConfig, peer: &Peer, policy: &Path) -> bool {
+    if peer.uid == 0 {
+        return true;
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let Ok(path) = CString::new(policy.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    cfg.allow.iter().any(|a| {
+        let who = match &a.who {
+            Who::User(u) => user.as_deref() == Some(u.as_str()),
+            Who::Group(g) => nix::unistd::Group::from_name(g)
+                .ok()
+                .flatten()
+                .is_some_and(|g| {
+                    let g = g.gid.as_raw();
+                    peer.gid == g || peer.groups.contains(&g)
+                }),
+        };
+        who && a.policies.iter().any(|p| {
+            CString::new(p.as_str()).is_ok_and(|pat| {
+                // SAFETY: two NUL-terminated strings.
+                unsafe { libc::fnmatch(pat.as_ptr(), path.as_ptr(), libc::FNM_PATHNAME) == 0 }
+            })
+        })
+    })
+}
+
+fn handle_run(
+    owner: &Owner,
+    cfg: &DaemonConfig,
+    h: &Hierarchy,
+    peer: &Peer,
+    req: RunRequest,
+) -> Response {
+    let err = |message: String| Response::Error { message };
+    if !req.policy.is_absolute() {
+        return err(format!(
+            "the policy path {} is not absolute",
+            req.policy.display()
+        ));
+    }
+    let policy_path = match fs::canonicalize(&req.policy) {
+        Ok(p) => p,
+        Err(e) => return err(format!("{}: {e}", req.policy.display())),
+    };
+    if !may_use_policy(cfg, peer, &policy_path) {
+        return err(format!(
+            "refused: the daemon's config ({}) does not let uid {} run with {}; an \
+             administrator can add it to an [[allow]] entry",
+            cfg.file.display(),
+            peer.uid,
+            policy_path.display()
+        ));
+    }
+    let user = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) {
+        Ok(Some(u)) => u,
+        _ => {
+            return err(format!(
+                "uid {} has no passwd entry (no home directory)",
+                peer.uid
+            ));
+        }
+    };
+    if let Some(w) = &req.workspace
+        && !w.is_absolute()
+    {
+        return err(format!("the workspace {} is not absolute", w.display()));
+    }
+    let vars = Vars {
+        workspace: req.workspace.clone(),
+        home: user.dir.clone(),
+    };
+    let mode = match req.mode.as_deref() {
+        None => None,
+        Some("enforce") => Some(Mode::Enforce),
+        Some("audit") => Some(Mode::Audit),
+        Some(m) => return err(format!("unknown mode {m:?} (enforce or audit)")),
+    };
+    // Compile first: nothing touches the kernel for a policy that does not compile.
+    let mut policy = match policy::load(&policy_path, &vars) {
+        Ok(p) => p,
+        Err(e) => return err(e.to_string()),
+    };
+    if let Some(m) = mode {
+        policy.mode = m;
+    }
+    let warnings = policy.warnings.len();
+    let digest = policy.digest_hex();
+    if let Some(n) = &req.name
+        && !config::valid_name(n)
+    {
+        return err("agent names are 1-64 letters, digits, '.', '_' or '-'".into());
+    }
+    let (h, peer, cmd) = (h.clone(), peer.clone(), req.command.clone());
+    let requested = req.name.clone();
+    owner.call(move |c| {
+        let name = requested.unwrap_or_else(|| c.fresh_name(&user.name));
+        if c.agent(&name).is_some() {
+            return err(format!("an agent named {name:?} is already running"));
+        }
+        let cg_name = format!("agent-{name}");
+        let _ = fs::remove_dir(h.mount.join("gate").join(&cg_name));
+        let cg = match Cgroup::create(&h, &cg_name) {
+            Ok(cg) => cg,
+            Err(e) => return err(e.to_string()),
+        };
+        let added = c.add(
+            NewAgent {
+                name: name.clone(),
+                cgroup: cg.path.clone(),
+                cgroup_name: cg.name.clone(),
+                cgroup_id: cg.id,
+                level: cg.level,
+                uid: peer.uid,
+                origin: Origin::Run,
+                command: cmd,
+                policy_path: policy_path.clone(),
+                vars,
+                mode,
+            },
+            policy,
+            &[],
+        );
+        if let Err(e) = added {
+            let _ = cg.remove();
+            return err(e);
+        }
+        // The caller joins the cgroup; it execs the command itself, as itself.
+        if let Err(e) = fs::write(cg.path.join("cgroup.procs"), peer.pid.to_string()) {
+            let _ = c.remove(&name, "the caller could not be moved into its cgroup");
+            let _ = cg.remove();
+            return err(format!("moving you (pid {}) into {}: {e}", peer.pid, cg.name));
+        }
+        tracing::info!(agent = name, uid = peer.uid, policy = %policy_path.display(), "agent started");
+        Response::Started {
+            agent: name,
+            cgroup: cg.name,
+            policy_digest: digest,
+            warnings,
+        }
+    })
+}
+
+/// The event thread: drains the ring buffer into the audit stream, per agent, and writes the
+/// lifecycle records the owner sends; records lost events as signed gaps.
+fn event_loop(
+    mut events: RingBuf<MapData>,
+    counters: Counters,
+    mut audit: Option<AuditLog>,
+    rx: mpsc::Receiver<AuditMsg>,
+    directory: Directory,
+    shared: Arc<RwLock<[u64; gate_common::counter::COUNT as usize]>>,
+    stop: &AtomicBool,
+) {
+    let fd = events.as_raw_fd();
+    let mut lost_seen = 0u64;
+    let mut broken = false;
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let mut records: Vec<RecordBody> = Vec::new();
+        for m in rx.try_iter() {
+            records.push(lifecycle_record(m));
+        }
+        while let Some(item) = events.next() {
+            let Some(e) = events::parse(&item) else {
+                continue;
+            };
+            if e.rule == rule::SELFTEST {
+                continue;
+            }
+            let meta = directory
+                .read()
+                .ok()
+                .and_then(|d| d.get(&e.agent_id).cloned());
+            let Some(meta) = meta else { continue };
+            let policy = meta.policy();
+            let d = events::decode(&e, &policy);
+            meta.decisions.fetch_add(1, Ordering::Relaxed);
+            if d.denied() {
+                meta.denied.fetch_add(1, Ordering::Relaxed);
+            }
+            records.push(decision_record(&d, &meta.name, &policy.digest_hex()));
+        }
+        let now = counters.read().unwrap_or_default();
+        if let Ok(mut s) = shared.write() {
+            *s = now;
+        }
+        let lost = now[gate_common::counter::RINGBUF_FULL as usize];
+        if let Some(log) = audit.as_mut()
+            && !broken
+        {
+            let mut r: Result<(), crate::audit::AuditError> = Ok(());
+            for rec in &records {
+                r = r.and_then(|()| log.append(rec).map(|_| ()));
+            }
+            if lost > lost_seen {
+                r = r.and_then(|()| {
+                    log.append_gap(
+                        lost - lost_seen,
+                        None,
+                        "kernel ring buffer full: events were dropped, decisions were still enforced",
+                    )
+                    .map(|_| ())
+                });
+            }
+            r = r
+                .and_then(|()| log.flush())
+                .and_then(|()| log.tick().map(|_| ()));
+            if let Err(e) = r {
+                tracing::error!(error = %e, "the audit stream cannot be written; decisions are still enforced");
+                broken = true;
+            }
+        }
+        lost_seen = lost;
+        if stopping {
+            break;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polling one valid fd.
+        unsafe { libc::poll(&mut pfd, 1, 100) };
+    }
+    if let Some(mut log) = audit {
+        let mut stop = Lifecycle::new(Scope::Daemon);
+        stop.pid = Some(std::process::id());
+        stop.reason = Some("daemon stopped; agents stay confined".into());
+        let _ = log.append(&RecordBody::Stop(stop));
+        let _ = log.close();
+    }
+}
+
+fn lifecycle_record(m: AuditMsg) -> RecordBody {
+    match m {
+        AuditMsg::PolicyLoad {
+            agent,
+            policy,
+            previous,
+        } => RecordBody::PolicyLoad(policy_load(&policy, Some(agent), previous)),
+        AuditMsg::Start {
+            agent,
+            uid,
+            command,
+        } => {
+            let mut l = Lifecycle::new(Scope::Run);
+            l.agent = Some(agent);
+            l.command = Some(command);
+            l.reason = Some(format!("uid {uid}"));
+            RecordBody::Start(l)
+        }
+        AuditMsg::Stop { agent, reason } => {
+            let mut l = Lifecycle::new(Scope::Run);
+            l.agent = Some(agent);
+            l.reason = Some(reason);
+            RecordBody::Stop(l)
+        }
+    }
+}
+
+/// `gate unload`: detaches every program gate pinned (the daemon's and every run's) and says
+/// what it removed. Refused while a daemon answers on `socket` (it holds the programs too).
+pub fn unload(socket: &Path) -> i32 {
+    if UnixStream::connect(socket).is_ok() {
+        eprintln!(
+            "gate unload: a gate daemon is running ({}); stop it first (systemctl stop gate): \
+             it would keep its programs attached",
+            socket.display()
+        );
+        return 1;
+    }
+    let root = Path::new(state::PIN_ROOT);
+    let Ok(rd) = fs::read_dir(root) else {
+        println!("gate unload: nothing pinned under {}", root.display());
+        return 0;
+    };
+    fn count(dir: &Path, links: &mut usize, maps: &mut usize) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                count(&e.path(), links, maps);
+            } else if dir.file_name().is_some_and(|n| n == "maps") {
+                *maps += 1;
+            } else {
+                *links += 1;
+            }
+        }
+    }
+    let mut failed = false;
+    let mut any = false;
+    for e in rd.flatten() {
+        let (mut links, mut maps) = (0, 0);
+        count(&e.path(), &mut links, &mut maps);
+        match remove_pins(&e.path()) {
+            Ok(()) => {
+                any = true;
+                println!(
+                    "gate unload: detached {links} programs and unpinned {maps} maps of {}",
+                    e.file_name().to_string_lossy()
+                );
+            }
+            Err(err) => {
+                eprintln!("gate unload: {}: {err}", e.path().display());
+                failed = true;
+            }
+        }
+    }
+    if any {
+        println!(
+            "gate unload: nothing gate attached is enforcing any more; processes that were \
+             confined and still run are no longer confined"
+        );
+    } else {
+        println!("gate unload: nothing pinned under {}", root.display());
+    }
+    i32::from(failed)
+}
+
+/// Whether a daemon socket answers.
+pub fn socket_exists(path: &Path) -> bool {
+    fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_socket_like())
+        .unwrap_or(false)
+}
+
+trait SocketLike {
+    fn is_socket_like(&self) -> bool;
+}
+
+impl SocketLike for fs::FileType {
+    fn is_socket_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_socket()
+    }
+}

@@ -1,0 +1,682 @@
+//! `gate daemon`: one engine for many agents, runs through the control socket as the calling
+//! user, refusals, 100 agents at once, kill -9, heartbeat lockdown, hot reload.
+//!
+//! Users for these tests are added by bind-mounting extended copies of /etc/passwd and
+//! /etc/group (the guest's root file system is the host's, read-only): `gate-dev` (uid 4711,
+//! in group `gate`) and `gate-out` (uid 4712, not in it).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Ctx, Failure, Notes, OrFail, SCRATCH, TestFn, TestResult};
+use crate::run::{Background, Cmd, wait_until};
+
+pub fn tests() -> Vec<(&'static str, TestFn)> {
+    vec![
+        ("daemon/run-through-the-daemon-as-the-calling-user", as_user),
+        (
+            "daemon/refuses-users-outside-the-group-and-confined-callers",
+            refusals,
+        ),
+        (
+            "daemon/a-hundred-agents-each-with-its-own-policy",
+            hundred_agents,
+        ),
+        ("daemon/reload-keeps-a-broken-policy-out", reload),
+        ("daemon/heartbeat-lockdown-and-back", lockdown),
+        (
+            "daemon/kill-9-of-the-daemon-never-lets-a-write-through",
+            kill_daemon,
+        ),
+    ]
+}
+
+const DEV_UID: u32 = 4711;
+const OUT_UID: u32 = 4712;
+const GATE_GID: u32 = 4700;
+const SOCKET: &str = "/run/gate-test/gate.sock";
+
+fn base() -> PathBuf {
+    Path::new(SCRATCH).join("daemon")
+}
+
+/// Adds the test users and group, once per boot.
+fn ensure_users() -> Result<(), Failure> {
+    let etc = Path::new(SCRATCH).join("etc");
+    if etc.join("done").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&etc).or_fail("mkdir etc")?;
+    let mut passwd = std::fs::read_to_string("/etc/passwd").or_fail("read /etc/passwd")?;
+    let mut group = std::fs::read_to_string("/etc/group").or_fail("read /etc/group")?;
+    for (name, uid) in [("gate-dev", DEV_UID), ("gate-out", OUT_UID)] {
+        let home = Path::new(SCRATCH).join("users").join(name);
+        std::fs::create_dir_all(&home).or_fail("mkdir home")?;
+        std::os::unix::fs::chown(&home, Some(uid), Some(uid)).or_fail("chown home")?;
+        let _ = writeln!(passwd, "{name}:x:{uid}:{uid}::{}:/bin/sh", home.display());
+        let _ = writeln!(group, "{name}:x:{uid}:");
+    }
+    let _ = writeln!(group, "gate:x:{GATE_GID}:gate-dev");
+    for (file, text) in [("passwd", &passwd), ("group", &group)] {
+        let copy = etc.join(file);
+        std::fs::write(&copy, text).or_fail("write etc copy")?;
+        nix::mount::mount(
+            Some(&copy),
+            Path::new("/etc").join(file).as_path(),
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .or_fail(&format!("bind-mount /etc/{file}"))?;
+    }
+    std::fs::write(etc.join("done"), "").or_fail("mark")?;
+    Ok(())
+}
+
+/// A running daemon (SIGTERM and `gate unload` when dropped, so no test leaves programs
+/// behind for the next).
+struct Daemon {
+    bg: Option<Background>,
+    gate: PathBuf,
+}
+
+impl Daemon {
+    fn start(ctx: &Ctx, extra: &str) -> Result<Daemon, Failure> {
+        ensure_users()?;
+        let dir = base();
+        std::fs::create_dir_all(&dir).or_fail("mkdir daemon dir")?;
+        let policies = ctx.repo.join("tests/scenarios/policies");
+        let cfg = dir.join("gate.toml");
+        let text = format!(
+            "version = 1\n[daemon]\nsocket = \"{SOCKET}\"\ngroup = \"gate\"\n{extra}\n\
+             [audit]\nlog = \"{d}/audit.jsonl\"\nkey = \"{d}/audit.key\"\n\
+             [[allow]]\ngroup = \"gate\"\npolicies = [\"{p}/daemon-*.toml\"]\n",
+            d = dir.display(),
+            p = policies.display(),
+        );
+        std::fs::write(&cfg, text).or_fail("write gate.toml")?;
+        let cmd = Cmd::new(&[
+            ctx.gate.display().to_string(),
+            "daemon".into(),
+            "--config".into(),
+            cfg.display().to_string(),
+        ])
+        .env("GATE_LOG", "info")
+        .timeout(Duration::from_secs(3600));
+        let mut bg = cmd.spawn()?;
+        let ready = bg.wait_for_stdout_or_stderr("ready: enforcing", Duration::from_secs(600));
+        if !ready {
+            let o = bg.wait(Duration::from_secs(2));
+            return Err(Failure::new("the daemon did not become ready").command(&cmd, &o));
+        }
+        Ok(Daemon {
+            bg: Some(bg),
+            gate: ctx.gate.clone(),
+        })
+    }
+
+    fn pid(&self) -> i32 {
+        self.bg.as_ref().map_or(0, |b| b.pid())
+    }
+
+    fn log(&self) -> String {
+        self.bg.as_ref().map(|b| b.stderr()).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut bg) = self.bg.take() {
+            bg.signal(libc::SIGCONT);
+            bg.signal(libc::SIGTERM);
+            let _ = bg.wait(Duration::from_secs(20));
+        }
+        let _ = Cmd::new(&[self.gate.display().to_string(), "unload".into()])
+            .env("GATE_SOCKET", SOCKET)
+            .run();
+    }
+}
+
+/// `argv` as the user `uid` (with that user's groups), or as root for uid 0.
+fn as_uid(uid: u32, argv: &[String]) -> Cmd {
+    let mut a: Vec<String> = Vec::new();
+    if uid != 0 {
+        a.extend([
+            "/usr/bin/setpriv".into(),
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--init-groups".into(),
+            "--".into(),
+        ]);
+    }
+    a.extend(argv.iter().cloned());
+    Cmd::new(&a)
+        .env("GATE_SOCKET", SOCKET)
+        .env("PATH", super::PATH)
+        .cwd("/")
+}
+
+fn gate_run(ctx: &Ctx, uid: u32, policy: &str, name: Option<&str>, script: &str) -> Cmd {
+    let mut a = vec![
+        ctx.gate.display().to_string(),
+        "run".into(),
+        "--policy".into(),
+        ctx.test_policy(policy).display().to_string(),
+    ];
+    if let Some(n) = name {
+        a.extend(["--name".into(), n.into()]);
+    }
+    a.extend(["--".into(), "/bin/sh".into(), "-c".into(), script.into()]);
+    as_uid(uid, &a).timeout(Duration::from_secs(600))
+}
+
+/// Files A and B, writable by the test users.
+fn targets() -> Result<(PathBuf, PathBuf), Failure> {
+    let b = base();
+    let (fa, fb) = (b.join("a/file"), b.join("b/file"));
+    for f in [&fa, &fb] {
+        let dir = f.parent().expect("has a parent");
+        std::fs::create_dir_all(dir).or_fail("mkdir target")?;
+        std::fs::write(f, "x\n").or_fail("write target")?;
+        for p in [dir, f.as_path()] {
+            std::os::unix::fs::chown(p, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).or_fail("chmod")?;
+        }
+    }
+    Ok((fa, fb))
+}
+
+fn status_json(ctx: &Ctx) -> Result<serde_json::Value, Failure> {
+    let cmd = as_uid(
+        0,
+        &[
+            ctx.gate.display().to_string(),
+            "status".into(),
+            "--json".into(),
+        ],
+    );
+    let o = cmd.run();
+    if o.code() != Some(0) {
+        return Err(Failure::new("gate status failed").command(&cmd, &o));
+    }
+    serde_json::from_str(&o.stdout).or_fail("gate status --json output")
+}
+
+fn as_user(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, "")?;
+    let (fa, fb) = targets()?;
+    let p = ctx.probe.display();
+    let script = format!(
+        "echo UID=$(id -u); echo HOME=$HOME; echo A=$({p} open-write {}); echo B=$({p} open-write {})",
+        fa.display(),
+        fb.display()
+    );
+    let cmd = gate_run(ctx, DEV_UID, "daemon-a", Some("dev-a"), &script);
+    let o = cmd.run();
+    let fail = |m: &str| {
+        Failure::new(m.to_string())
+            .command(&cmd, &o)
+            .detail(format!("daemon log:\n{}", d.log()))
+    };
+    if o.code() != Some(0) {
+        return Err(fail("gate run through the daemon failed"));
+    }
+    for want in [
+        format!("UID={DEV_UID}"),
+        "A=ok".into(),
+        "B=errno=EPERM".into(),
+    ] {
+        if !o.stdout.contains(&want) {
+            return Err(fail(&format!("expected {want} in the command's output")));
+        }
+    }
+    if !o
+        .stderr
+        .contains("confined by the gate daemon as agent dev-a")
+    {
+        return Err(fail("expected gate run to say which agent it is"));
+    }
+    // The agent is removed once its processes are gone, and its decisions are in the host's
+    // stream under its name.
+    let gone = wait_until(Duration::from_secs(30), || {
+        status_json(ctx).is_ok_and(|s| {
+            s["agents"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|x| x["name"] != "dev-a"))
+        })
+    });
+    if !gone {
+        return Err(fail("the ended agent is still listed by gate status"));
+    }
+    drop(d);
+    let log = std::fs::read_to_string(base().join("audit.jsonl")).or_fail("read audit log")?;
+    let deny = log.lines().any(|l| {
+        l.contains("\"agent\":\"dev-a\"")
+            && l.contains("\"rule\":\"deny-b\"")
+            && l.contains("\"deny\"")
+    });
+    if !deny {
+        return Err(Failure::new(
+            "the host's audit stream has no deny-b decision of agent dev-a",
+        ));
+    }
+    let verify = Cmd::new(&[
+        ctx.gate.display().to_string(),
+        "audit".into(),
+        "verify".into(),
+        "--pubkey".into(),
+        base().join("audit.pub").display().to_string(),
+        base().join("audit.jsonl").display().to_string(),
+    ])
+    .run();
+    if verify.code() != Some(0) {
+        return Err(Failure::new("the daemon's audit stream does not verify")
+            .detail(verify.stdout)
+            .detail(verify.stderr));
+    }
+    Ok(())
+}
+
+fn refusals(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, "")?;
+    let cmd = gate_run(ctx, OUT_UID, "daemon-a", None, "echo RAN");
+    let o = cmd.run();
+    if o.code() != Some(125)
+        || o.stdout.contains("RAN")
+        || !o.stderr.contains("members of the daemon's group")
+    {
+        return Err(Failure::new("a user outside group gate was not refused")
+            .command(&cmd, &o)
+            .detail(d.log()));
+    }
+    // A policy the config does not allow unprivileged users.
+    let cmd = as_uid(
+        DEV_UID,
+        &[
+            ctx.gate.display().to_string(),
+            "run".into(),
+            "--policy".into(),
+            ctx.repo
+                .join("policies/coding-agent.toml")
+                .display()
+                .to_string(),
+            "--".into(),
+            "/bin/true".into(),
+        ],
+    );
+    let o = cmd.run();
+    if o.code() != Some(125) || !o.stderr.contains("[[allow]]") {
+        return Err(
+            Failure::new("a policy outside the allowed ones was not refused").command(&cmd, &o),
+        );
+    }
+    // A confined process must never be able to ask the daemon for anything.
+    let script = format!("{} status; echo STATUS=$?", ctx.gate.display());
+    let cmd = gate_run(ctx, DEV_UID, "daemon-a", None, &script);
+    let o = cmd.run();
+    if !o.stdout.contains("STATUS=1") || !o.stderr.contains("confined by gate") {
+        return Err(Failure::new("a confined process talked to the daemon").command(&cmd, &o));
+    }
+    Ok(())
+}
+
+fn hundred_agents(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, "")?;
+    let (fa, fb) = targets()?;
+    let marks = base().join("marks100");
+    super::remove_tree(&marks);
+    std::fs::create_dir_all(&marks).or_fail("mkdir marks")?;
+    std::os::unix::fs::chown(&marks, Some(DEV_UID), Some(GATE_GID)).or_fail("chown marks")?;
+    let done = marks.join("done");
+    let p = ctx.probe.display();
+    let mut runs = Vec::new();
+    for i in 0..100 {
+        let policy = if i % 2 == 0 { "daemon-a" } else { "daemon-b" };
+        let script = format!(
+            "echo A=$({p} open-write {fa}) B=$({p} open-write {fb}) > {m}/r{i}.tmp; \
+             mv {m}/r{i}.tmp {m}/r{i}; while [ ! -e {done} ]; do sleep 0.2; done",
+            fa = fa.display(),
+            fb = fb.display(),
+            m = marks.display(),
+            done = done.display(),
+        );
+        let cmd = gate_run(ctx, DEV_UID, policy, Some(&format!("many-{i}")), &script);
+        runs.push((i, cmd.spawn()?, cmd));
+    }
+    let all = wait_until(Duration::from_secs(600), || {
+        (0..100).all(|i| marks.join(format!("r{i}")).exists())
+    });
+    let listed = status_json(ctx)?["agents"]
+        .as_array()
+        .map_or(0, |a| a.len());
+    std::fs::write(&done, "").or_fail("create done")?;
+    if !all {
+        let missing: Vec<i32> = (0..100)
+            .filter(|i| !marks.join(format!("r{i}")).exists())
+            .collect();
+        let (_, bg, cmd) = runs
+            .iter_mut()
+            .find(|(i, _, _)| *i == missing[0])
+            .expect("a missing run");
+        let o = bg.wait(Duration::from_secs(5));
+        return Err(Failure::new(format!(
+            "{} agents never reported: {missing:?}",
+            missing.len()
+        ))
+        .command(cmd, &o)
+        .detail(d.log()));
+    }
+    if listed < 100 {
+        return Err(Failure::new(format!(
+            "gate status listed {listed} agents while 100 ran"
+        )));
+    }
+    for (i, bg, cmd) in runs.iter_mut() {
+        let got = std::fs::read_to_string(marks.join(format!("r{i}"))).unwrap_or_default();
+        let want = if *i % 2 == 0 {
+            "A=ok B=errno=EPERM"
+        } else {
+            "A=errno=EPERM B=ok"
+        };
+        if got.trim() != want {
+            let o = bg.wait(Duration::from_secs(5));
+            return Err(
+                Failure::new(format!("agent many-{i}: expected {want:?}, got {got:?}"))
+                    .command(cmd, &o),
+            );
+        }
+    }
+    for (_, bg, _) in runs.iter_mut() {
+        let _ = bg.wait(Duration::from_secs(60));
+    }
+    notes.push(format!("{listed} agents were listed at once"));
+    Ok(())
+}
+
+fn reload(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, "")?;
+    let (_, fb) = targets()?;
+    let policy = base().join("reload.toml");
+    let good = std::fs::read_to_string(ctx.test_policy("daemon-a")).or_fail("read daemon-a")?;
+    std::fs::write(&policy, &good).or_fail("write reload.toml")?;
+    let m = base().join("marks-reload");
+    super::remove_tree(&m);
+    std::fs::create_dir_all(&m).or_fail("mkdir")?;
+    let p = ctx.probe.display();
+    let script = format!(
+        "for step in 1 2 3; do while [ ! -e {m}/go$step ]; do sleep 0.1; done; \
+         {p} open-write {fb} > {m}/r$step.tmp 2>&1; mv {m}/r$step.tmp {m}/r$step; done",
+        m = m.display(),
+        fb = fb.display()
+    );
+    let cmd = as_uid(
+        0,
+        &[
+            ctx.gate.display().to_string(),
+            "run".into(),
+            "--policy".into(),
+            policy.display().to_string(),
+            "--name".into(),
+            "reloaded".into(),
+            "--".into(),
+            "/bin/sh".into(),
+            "-c".into(),
+            script,
+        ],
+    );
+    let mut bg = cmd.spawn()?;
+    let step = |bg: &mut Background, n: u32| -> Result<String, Failure> {
+        std::fs::write(m.join(format!("go{n}")), "").or_fail("go")?;
+        if !bg.wait_for_file(&m.join(format!("r{n}")), Duration::from_secs(120)) {
+            return Err(Failure::new(format!("step {n} never ran")));
+        }
+        Ok(std::fs::read_to_string(m.join(format!("r{n}"))).unwrap_or_default())
+    };
+    let r1 = step(&mut bg, 1)?;
+    // A broken policy: the reload is refused with the error's place, the old policy stays.
+    std::fs::write(
+        &policy,
+        good.replace("decision = \"deny\"", "decision = \"perhaps\""),
+    )
+    .or_fail("write broken")?;
+    let reload_cmd = as_uid(
+        0,
+        &[
+            ctx.gate.display().to_string(),
+            "reload".into(),
+            "reloaded".into(),
+        ],
+    );
+    let bad = reload_cmd.run();
+    let r2 = step(&mut bg, 2)?;
+    // A good one without the deny: the next attempt sees it.
+    std::fs::write(
+        &policy,
+        good.replace("decision = \"deny\"", "decision = \"allow\""),
+    )
+    .or_fail("write good")?;
+    let ok = reload_cmd.run();
+    let r3 = step(&mut bg, 3)?;
+    let o = bg.wait(Duration::from_secs(30));
+    let fail = |msg: String| {
+        Failure::new(msg)
+            .command(&cmd, &o)
+            .detail(format!("reload 1: {} {}", bad.stdout, bad.stderr))
+            .detail(format!("reload 2: {} {}", ok.stdout, ok.stderr))
+            .detail(d.log())
+    };
+    if !r1.contains("EPERM") {
+        return Err(fail(format!(
+            "before the reloads the write was not denied: {r1:?}"
+        )));
+    }
+    if bad.code() != Some(1)
+        || !bad.stderr.contains("reload.toml:")
+        || !bad.stderr.contains("old policy stays")
+    {
+        return Err(fail(
+            "the broken policy's reload was not refused with its location".into(),
+        ));
+    }
+    if !r2.contains("EPERM") {
+        return Err(fail(format!(
+            "after a refused reload the old policy did not hold: {r2:?}"
+        )));
+    }
+    if ok.code() != Some(0) || !ok.stdout.contains("->") {
+        return Err(fail("the good reload failed".into()));
+    }
+    if r3.trim() != "ok" {
+        return Err(fail(format!(
+            "after the reload the write was still denied: {r3:?}"
+        )));
+    }
+    drop(d);
+    let log = std::fs::read_to_string(base().join("audit.jsonl")).or_fail("read audit log")?;
+    if !log
+        .lines()
+        .any(|l| l.contains("\"agent\":\"reloaded\"") && l.contains("previous_digest"))
+    {
+        return Err(Failure::new(
+            "no policy-load record with the previous digest for the reload",
+        ));
+    }
+    Ok(())
+}
+
+fn lockdown(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, "heartbeat = \"300ms\"\nlockdown_after = \"2s\"\n")?;
+    let (fa, _) = targets()?;
+    let m = base().join("marks-lockdown");
+    super::remove_tree(&m);
+    std::fs::create_dir_all(&m).or_fail("mkdir")?;
+    std::os::unix::fs::chown(&m, Some(DEV_UID), Some(GATE_GID)).or_fail("chown marks")?;
+    // Shell builtins only: in lockdown the agent may not exec or write anything, and it
+    // reports on its stdout (an open pipe).
+    let script = format!(
+        "for step in 1 2 3; do while [ ! -e {m}/go$step ]; do :; done; \
+         if (echo x >> {fa}); then W=ok; else W=denied; fi; \
+         if read l < {fa}; then R=ok; else R=denied; fi; echo \"R$step W=$W R=$R\"; done",
+        m = m.display(),
+        fa = fa.display()
+    );
+    let cmd = gate_run(ctx, DEV_UID, "daemon-a", Some("locked"), &script);
+    let mut bg = cmd.spawn()?;
+    let mut step = |n: u32| -> Result<String, Failure> {
+        std::fs::write(m.join(format!("go{n}")), "").or_fail("go")?;
+        if !bg.wait_for_stdout(&format!("R{n} "), Duration::from_secs(120)) {
+            return Err(Failure::new(format!("step {n} never ran")).detail(bg.stderr()));
+        }
+        Ok(bg
+            .stdout()
+            .lines()
+            .find(|l| l.starts_with(&format!("R{n} ")))
+            .unwrap_or_default()
+            .to_string())
+    };
+    let r1 = step(1)?;
+    // SAFETY: plain kill(2) of the daemon this test started.
+    unsafe { libc::kill(d.pid(), libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(4));
+    let r2 = step(2);
+    // SAFETY: as above.
+    unsafe { libc::kill(d.pid(), libc::SIGCONT) };
+    let r2 = r2?;
+    std::thread::sleep(Duration::from_secs(2));
+    let r3 = step(3)?;
+    let want = ["R1 W=ok R=ok", "R2 W=denied R=ok", "R3 W=ok R=ok"];
+    if [r1.as_str(), r2.as_str(), r3.as_str()] != want {
+        return Err(Failure::new(format!(
+            "expected {want:?} (normal, lockdown with the daemon stopped, normal again), got {:?}",
+            [r1, r2, r3]
+        ))
+        .detail(d.log()));
+    }
+    Ok(())
+}
+
+fn links_dir() -> PathBuf {
+    Path::new("/sys/fs/bpf/gate/host-v2/links").to_path_buf()
+}
+
+fn counter(status: &serde_json::Value, name: &str) -> u64 {
+    status["counters"]
+        .as_array()
+        .and_then(|c| c.iter().find(|x| x[0] == name))
+        .and_then(|x| x[1].as_u64())
+        .unwrap_or(0)
+}
+
+fn kill_daemon(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    let mut d = Daemon::start(ctx, "")?;
+    let (_, fb) = targets()?;
+    let m = base().join("marks-kill");
+    super::remove_tree(&m);
+    std::fs::create_dir_all(&m).or_fail("mkdir")?;
+    std::os::unix::fs::chown(&m, Some(DEV_UID), Some(GATE_GID)).or_fail("chown marks")?;
+    let p = ctx.probe.display();
+    // Denied attempts in a stream, before, during and after the daemon's death and restart.
+    // The result goes to stdout (an open pipe): while no daemon writes the heartbeat the
+    // agent may fall to lockdown, where it may neither exec nor write files.
+    let script = format!(
+        "i=0; ok=0; while [ $i -lt 100 ]; do i=$((i+1)); \
+         if [ \"$({p} open-write {fb})\" = ok ]; then ok=$((ok+1)); fi; \
+         if (echo x >> {fb}) 2>&-; then ok=$((ok+1)); fi; \
+         [ $i -eq 10 ] && touch {m}/ten; [ -e {m}/stop ] && break; sleep 0.05; done; \
+         while [ ! -e {m}/stop ]; do sleep 0.1; done; echo TRIES=$i OK=$ok",
+        m = m.display(),
+        fb = fb.display()
+    );
+    let cmd = gate_run(ctx, DEV_UID, "daemon-a", Some("doomed"), &script);
+    let mut bg = cmd.spawn()?;
+    if !bg.wait_for_file(&m.join("ten"), Duration::from_secs(120)) {
+        let o = bg.wait(Duration::from_secs(2));
+        return Err(Failure::new("the agent never got going")
+            .command(&cmd, &o)
+            .detail(d.log()));
+    }
+    let before = status_json(ctx)?;
+    let links = std::fs::read_dir(links_dir())
+        .map(|r| r.count())
+        .unwrap_or(0);
+    if let Some(dbg) = d.bg.as_mut() {
+        dbg.signal(libc::SIGKILL);
+        let _ = dbg.wait(Duration::from_secs(10));
+    }
+    d.bg = None;
+    std::mem::forget(d);
+    // A new daemon adopts what the dead one left: same links, the agent by name, counters
+    // going on.
+    let d2 = Daemon::start(ctx, "")?;
+    let after = status_json(ctx)?;
+    let links_after = std::fs::read_dir(links_dir())
+        .map(|r| r.count())
+        .unwrap_or(0);
+    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf/gate")
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::write(m.join("stop"), "").or_fail("stop")?;
+    let o = bg.wait(Duration::from_secs(300));
+    let fail = |msg: String| {
+        Failure::new(msg)
+            .command(&cmd, &o)
+            .detail(format!("new daemon's log:\n{}", d2.log()))
+    };
+    if !d2.log().contains("adopted the programs and maps") {
+        return Err(fail(
+            "the restarted daemon did not adopt the pinned engine".into(),
+        ));
+    }
+    if links == 0 || links_after != links || pins != ["host-v2"] {
+        return Err(fail(format!(
+            "expected the same {links} links and one pin directory after the restart, got \
+             {links_after} links and {pins:?}"
+        )));
+    }
+    let listed = after["agents"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|x| x["name"] == "doomed"));
+    if !listed {
+        return Err(fail(format!("the adopted agent is not listed: {after}")));
+    }
+    let (c1, c2) = (counter(&before, "decisions"), counter(&after, "decisions"));
+    if c2 < c1 || c1 == 0 {
+        return Err(fail(format!(
+            "the kernel counters did not go on: {c1} before, {c2} after"
+        )));
+    }
+    let tries: u32 = o
+        .stdout
+        .trim()
+        .strip_prefix("TRIES=")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    if !o.stdout.trim().ends_with(" OK=0") || tries < 11 {
+        return Err(fail(
+            "expected every attempt (by exec and by the shell) denied across the daemon's \
+             SIGKILL and restart"
+                .into(),
+        ));
+    }
+    drop(d2);
+    let left = std::fs::read_dir("/sys/fs/bpf/gate")
+        .map(|r| r.count())
+        .unwrap_or(0);
+    if left != 0 {
+        return Err(Failure::new(format!(
+            "gate unload left {left} pin directories"
+        )));
+    }
+    notes.push(format!(
+        "{} attempts denied across kill -9 and adoption; {links} links kept; decisions counter {c1} -> {c2}",
+        tries * 2
+    ));
+    Ok(())
+}
