@@ -374,7 +374,8 @@ impl Engine {
             tracing::warn!(
                 slot = rules.slot,
                 failed,
-                "some rule entries of a replaced policy could not be removed;                  they are unreachable and only take room"
+                "some rule entries of a replaced policy could not be removed; \
+                they are unreachable and only take room"
             );
         }
     }
@@ -418,7 +419,8 @@ impl Engine {
         levels.dedup();
         if levels.len() > MAX_LEVELS {
             return Err(EngineError::Agent(format!(
-                "agents' cgroups may sit at no more than {MAX_LEVELS} different depths                  (they are at {levels:?}); put agents under a common parent cgroup"
+                "agents' cgroups may sit at no more than {MAX_LEVELS} different depths \
+                (they are at {levels:?}); put agents under a common parent cgroup"
             )));
         }
         if self.agents.len() as u32 >= self.capacity.agents {

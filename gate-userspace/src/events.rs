@@ -80,7 +80,7 @@ pub fn path_of(e: &Event) -> String {
     }
 }
 
-fn op_name(o: u8) -> &'static str {
+pub fn op_name(o: u8) -> &'static str {
     match o {
         op::EXEC => "exec",
         op::WRITE => "write",
@@ -99,21 +99,39 @@ fn decision_name(d: u8) -> &'static str {
 }
 
 /// The rule's id, or what decided when no rule did.
-pub fn rule_name(policy: &CompiledPolicy, r: u16) -> String {
+/// The rule's id; without the policy that decided (an event of an agent the reader no longer
+/// knows), its number.
+pub fn rule_name(policy: Option<&CompiledPolicy>, r: u16) -> String {
     match r {
         rule::DEFAULT => "default".into(),
+        rule::LOCKDOWN => "lockdown".into(),
         rule::INTERNAL => "internal".into(),
         rule::SELFTEST => "gate-selftest".into(),
         rule::AUDIT_REQUIRED => "audit-required".into(),
         i => policy
-            .rules
-            .get(i as usize)
+            .and_then(|p| p.rules.get(i as usize))
             .map(|m| m.id.clone())
             .unwrap_or_else(|| format!("#{i}")),
     }
 }
 
+/// Waits until `fd` (the event ring buffer's) is readable or `timeout_ms` passed.
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: i32) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polling one fd, with a pollfd that lives across the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+}
+
 pub fn decode(e: &Event, policy: &CompiledPolicy) -> Decision {
+    decode_in(e, Some(policy))
+}
+
+/// As [`decode`]; `None` when the policy that decided is not known (rules by number).
+pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
     let net = e.op == op::CONNECT;
     let addr = net.then(|| match e.family {
         2 => std::net::Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),

@@ -522,13 +522,7 @@ fn collect(
         if stopping {
             break;
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polling one valid fd.
-        unsafe { libc::poll(&mut pfd, 1, 50) };
+        events::wait_readable(fd, 50);
     }
     Ok((summary, sink))
 }

@@ -1,9 +1,10 @@
 //! The CLI's side of the control socket. The CLI never opens pins or maps itself when a
 //! daemon runs: it asks the daemon.
 use std::{
-    os::unix::process::CommandExt,
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicI32, Ordering},
 };
 
 use gate_protocol::{Client, Request, Response, RunRequest, unexpected};
@@ -23,8 +24,11 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("the current directory: {e}"))
 }
 
-/// `gate run` through the daemon: this process is moved into the agent's cgroup, then execs
-/// the command as the calling user.
+/// `gate run` through the daemon: this process is moved into the agent's cgroup, then runs
+/// the command as the calling user and waits for it, holding its connection to the daemon:
+/// when the connection closes (the command ended, or this process was killed), the daemon
+/// ends what is left of the agent's tree, as `gate run` without the daemon does. The daemon
+/// answers nothing more on that connection: this process is confined now.
 pub fn run(socket: &Path, opts: &RunOptions, name: Option<String>) -> i32 {
     match run_inner(socket, opts, name) {
         Ok(code) => code,
@@ -86,23 +90,55 @@ fn run_inner(socket: &Path, opts: &RunOptions, name: Option<String>) -> Result<i
             );
         }
     }
-    drop(c);
     let (prog, args) = opts.command.split_first().ok_or("no command given")?;
-    let err = Command::new(prog).args(args).exec();
-    let hint = if err.raw_os_error() == Some(libc::EPERM) {
-        " (the policy does not allow executing it: add an exec rule for it)"
-    } else {
-        ""
+    let mut command = Command::new(prog);
+    command.args(args);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            let hint = if err.raw_os_error() == Some(libc::EPERM) {
+                " (the policy does not allow executing it: add an exec rule for it)"
+            } else {
+                ""
+            };
+            eprintln!(
+                "gate: could not start {}: {err}{hint}",
+                prog.to_string_lossy()
+            );
+            return Ok(if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
     };
-    eprintln!(
-        "gate: could not start {}: {err}{hint}",
-        prog.to_string_lossy()
-    );
-    Ok(if err.kind() == std::io::ErrorKind::NotFound {
-        127
-    } else {
-        126
-    })
+    // The terminal's ^C and ^\ reach the command (same process group); this process waits on.
+    // SIGTERM and SIGHUP sent to gate are passed on to the command.
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    // SAFETY: the handler only reads an atomic and calls kill(2).
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, forward as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, forward as *const () as libc::sighandler_t);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for the command: {e}"))?;
+    drop(c);
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
 }
 
 /// `gate status` / `gate agents`.

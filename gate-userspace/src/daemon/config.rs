@@ -12,6 +12,8 @@
 //! max_agents = 256
 //! max_file_rules = 262144          # inode entries, all agents together
 //! max_net_rules = 16384            # prefixes per address family, all agents together
+//! watch_policies = true            # reload an agent when its policy file changes
+//! metrics = "127.0.0.1:9464"       # opt-in: Prometheus text on a loopback TCP port
 //!
 //! [audit]
 //! log = "/var/log/gate/audit.jsonl"
@@ -88,6 +90,10 @@ pub struct DaemonConfig {
     pub max_file_rules: u32,
     pub max_net_rules: u32,
     pub ringbuf_bytes: u32,
+    /// Reload an agent when its policy file changes (checked every heartbeat).
+    pub watch_policies: bool,
+    /// Loopback address to serve `GET /metrics` on; `None`: the control socket only.
+    pub metrics: Option<std::net::SocketAddr>,
     pub audit_log: Option<PathBuf>,
     pub audit_key: PathBuf,
     pub allow: Vec<Allow>,
@@ -108,6 +114,8 @@ impl DaemonConfig {
             max_file_rules: 262_144,
             max_net_rules: 16_384,
             ringbuf_bytes: crate::engine::DEFAULT_RINGBUF_BYTES,
+            watch_policies: true,
+            metrics: None,
             audit_log: Some(PathBuf::from(crate::audit::DEFAULT_LOG_PATH)),
             audit_key: PathBuf::from(crate::audit::DEFAULT_KEY_PATH),
             allow: Vec::new(),
@@ -141,6 +149,8 @@ struct RawDaemon {
     max_file_rules: Option<Spanned<u32>>,
     max_net_rules: Option<Spanned<u32>>,
     ringbuf_bytes: Option<Spanned<u32>>,
+    watch_policies: Option<bool>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +235,30 @@ pub fn parse(source: &str, file: &Path) -> Result<DaemonConfig, ConfigError> {
                     c.lockdown_after, c.heartbeat
                 ),
             ));
+        }
+        if let Some(w) = d.watch_policies {
+            c.watch_policies = w;
+        }
+        if let Some(m) = d.metrics {
+            let addr: std::net::SocketAddr = m.get_ref().parse().map_err(|_| {
+                err(
+                    m.span(),
+                    format!(
+                        "{:?} is not an address and port (like \"127.0.0.1:9464\" or \"[::1]:9464\")",
+                        m.get_ref()
+                    ),
+                )
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(err(
+                    m.span(),
+                    format!(
+                        "metrics are served on loopback only ({addr} is not): they name every \
+                         agent on the host; scrape them through a proxy or an SSH tunnel"
+                    ),
+                ));
+            }
+            c.metrics = Some(addr);
         }
         for (v, slot, min) in [
             (d.max_agents, &mut c.max_agents, 1),
@@ -466,6 +500,21 @@ user = "ci"
         let e =
             p("version = 1\n[daemon]\nheartbeat = \"5s\"\nlockdown_after = \"6s\"\n").unwrap_err();
         assert!(e.contains("three heartbeats"), "{e}");
+        let e = p("version = 1\n[daemon]\nmetrics = \"0.0.0.0:9464\"\n").unwrap_err();
+        assert!(e.starts_with("/etc/gate/gate.toml:3:11:"), "{e}");
+        assert!(e.contains("loopback only"), "{e}");
+        let e = p("version = 1\n[daemon]\nmetrics = \"9464\"\n").unwrap_err();
+        assert!(e.contains("not an address and port"), "{e}");
+    }
+
+    #[test]
+    fn metrics_and_policy_watching() {
+        let c =
+            p("version = 1\n[daemon]\nmetrics = \"[::1]:9464\"\nwatch_policies = false\n").unwrap();
+        assert_eq!(c.metrics, Some("[::1]:9464".parse().unwrap()));
+        assert!(!c.watch_policies);
+        let d = p("version = 1\n").unwrap();
+        assert_eq!((d.metrics, d.watch_policies), (None, true));
     }
 
     #[test]

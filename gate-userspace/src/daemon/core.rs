@@ -56,9 +56,22 @@ pub struct AgentMeta {
     pub policy: RwLock<Arc<CompiledPolicy>>,
     pub decisions: AtomicU64,
     pub denied: AtomicU64,
+    /// Reported decisions by operation (`op::*`) and outcome (0 allowed, 1 denied).
+    pub by_op: [[AtomicU64; 2]; 4],
 }
 
 impl AgentMeta {
+    /// Counts one reported decision.
+    pub fn count(&self, op: u8, denied: bool) {
+        self.decisions.fetch_add(1, Ordering::Relaxed);
+        if denied {
+            self.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(c) = self.by_op.get(op as usize) {
+            c[usize::from(denied)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn policy(&self) -> Arc<CompiledPolicy> {
         self.policy
             .read()
@@ -128,6 +141,8 @@ pub struct Core {
     agents: BTreeMap<String, Arc<AgentMeta>>,
     directory: Directory,
     next_id: u32,
+    /// Removed agents still in the event thread's directory, and since when.
+    retired: Vec<(std::time::Instant, u32)>,
     audit: Option<std::sync::mpsc::Sender<AuditMsg>>,
     lockdown_after: Duration,
     pub reloads: u64,
@@ -151,6 +166,7 @@ impl Core {
             agents: BTreeMap::new(),
             directory: Arc::default(),
             next_id: 0,
+            retired: Vec::new(),
             audit,
             lockdown_after,
             reloads: 0,
@@ -228,6 +244,7 @@ impl Core {
             policy: RwLock::new(Arc::new(policy.clone())),
             decisions: AtomicU64::new(0),
             denied: AtomicU64::new(0),
+            by_op: Default::default(),
         });
         if let Ok(mut d) = self.directory.write() {
             d.insert(s.agent_id, meta.clone());
@@ -349,6 +366,7 @@ impl Core {
             policy: RwLock::new(policy.clone()),
             decisions: AtomicU64::new(0),
             denied: AtomicU64::new(0),
+            by_op: Default::default(),
         });
         if let Ok(mut d) = self.directory.write() {
             d.insert(agent_id, meta.clone());
@@ -418,6 +436,20 @@ impl Core {
         }
     }
 
+    /// Forgets, for events, the agents removed more than `after` ago.
+    pub fn expire_retired(&mut self, after: Duration) {
+        let (old, keep): (Vec<_>, Vec<_>) = self
+            .retired
+            .drain(..)
+            .partition(|(t, _)| t.elapsed() >= after);
+        self.retired = keep;
+        if let Ok(mut d) = self.directory.write() {
+            for (_, id) in old {
+                d.remove(&id);
+            }
+        }
+    }
+
     /// Stops confining an agent (its processes must be gone, or it is a deliberate stop).
     pub fn remove(&mut self, name: &str, reason: &str) -> Result<Arc<AgentMeta>, String> {
         let meta = self
@@ -429,9 +461,10 @@ impl Core {
             .remove_agent(meta.cgroup_id)
             .map_err(|e| format!("removing agent {name:?} failed: {e}"))?;
         self.agents.remove(name);
-        if let Ok(mut d) = self.directory.write() {
-            d.remove(&meta.agent_id);
-        }
+        // Events the agent queued before it was removed may still be in the ring buffer:
+        // the event thread keeps finding its name and policy for a while.
+        self.retired
+            .push((std::time::Instant::now(), meta.agent_id));
         self.persist();
         self.audit(AuditMsg::Stop {
             agent: name.to_string(),
@@ -505,21 +538,31 @@ impl Core {
             "Agents the daemon confines.",
             vec![format!(" {}", s.agents.len())],
         );
+        let metas: Vec<Arc<AgentMeta>> = {
+            let mut v: Vec<_> = self.agents.values().cloned().collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v
+        };
         metric(
             "gate_decisions_total",
             "counter",
-            "Reported decisions by agent and outcome.",
-            s.agents
+            "Reported decisions by agent, operation and outcome.",
+            metas
                 .iter()
                 .flat_map(|a| {
-                    [
-                        format!(
-                            "{{agent=\"{}\",decision=\"allow\"}} {}",
-                            a.name,
-                            a.decisions - a.denied
-                        ),
-                        format!("{{agent=\"{}\",decision=\"deny\"}} {}", a.name, a.denied),
-                    ]
+                    (0..a.by_op.len()).flat_map(move |o| {
+                        ["allow", "deny"]
+                            .into_iter()
+                            .enumerate()
+                            .map(move |(i, d)| {
+                                format!(
+                                    "{{agent=\"{}\",op=\"{}\",decision=\"{d}\"}} {}",
+                                    a.name,
+                                    crate::events::op_name(o as u8),
+                                    a.by_op[o][i].load(Ordering::Relaxed)
+                                )
+                            })
+                    })
                 })
                 .collect(),
         );

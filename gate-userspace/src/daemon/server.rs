@@ -7,9 +7,10 @@
 //! killed with SIGKILL leaves every agent enforced with its last policy (with no heartbeat
 //! any more, the agents fall to their lockdown decisions), and the next daemon adopts them.
 use std::{
+    collections::HashMap,
     ffi::CString,
     fs,
-    io::{self, BufReader},
+    io::{self, BufReader, Write as _},
     os::{
         fd::AsRawFd,
         unix::{
@@ -183,10 +184,21 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
             .spawn(move || accept_loop(listener, owner, cfg, h))
             .map_err(|e| e.to_string())?;
     }
+    if let Some(addr) = cfg.metrics {
+        let l = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("metrics: cannot listen on {addr}: {e} (set [daemon] metrics to a free loopback port, or remove it)"))?;
+        let owner = owner.clone();
+        thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || serve_metrics(l, owner))
+            .map_err(|e| e.to_string())?;
+        tracing::info!(%addr, "serving Prometheus metrics on GET /metrics");
+    }
     notify("READY=1\nSTATUS=enforcing");
     tracing::info!(socket = %cfg.socket.display(), agents = cfg.agents.len(), "ready: enforcing");
     let watchdog = std::env::var("WATCHDOG_USEC").is_ok();
     let mut last_reap = Instant::now();
+    let mut watched = PolicyWatch::default();
     while !TERM.load(Ordering::SeqCst) {
         match rx.recv_timeout(cfg.heartbeat) {
             Ok(job) => job(&mut core),
@@ -201,7 +213,13 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
         }
         if last_reap.elapsed() >= Duration::from_millis(200) {
             reap(&mut core);
+            core.expire_retired(Duration::from_secs(30));
             last_reap = Instant::now();
+            if cfg.watch_policies {
+                for r in watched.changed(&mut core) {
+                    tracing::info!(agent = r.agent, error = ?r.error, new = ?r.new_digest, "reload (policy file changed)");
+                }
+            }
         }
         if HUP.swap(false, Ordering::SeqCst) {
             let names = core.agent_names();
@@ -221,6 +239,102 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
     stop_events.store(true, Ordering::SeqCst);
     let _ = event_thread.join();
     Ok(())
+}
+
+/// Which policy files changed since they were last seen: (device, inode, size, mtime) of
+/// each agent's policy file, so an edit, a replacement by rename and a truncation all count.
+#[derive(Default)]
+struct PolicyWatch {
+    seen: HashMap<String, Option<Fingerprint>>,
+}
+
+/// Device, inode, size, mtime seconds and nanoseconds.
+type Fingerprint = (u64, u64, u64, i64, i64);
+
+impl PolicyWatch {
+    fn fingerprint(p: &Path) -> Option<Fingerprint> {
+        let m = fs::metadata(p).ok()?;
+        Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+    }
+
+    /// Reloads the agents whose policy file changed; a file that does not compile is tried
+    /// once per change (the old policy stays in force, the error is logged), and a file
+    /// that compiles to the policy already in force changes nothing.
+    fn changed(&mut self, core: &mut Core) -> Vec<gate_protocol::ReloadResult> {
+        let names = core.agent_names();
+        self.seen.retain(|n, _| names.contains(n));
+        let mut due = Vec::new();
+        for name in names {
+            let Some(a) = core.agent(&name) else { continue };
+            if a.policy_path.as_os_str() == "<probe>" {
+                continue;
+            }
+            let now = Self::fingerprint(&a.policy_path);
+            match self.seen.insert(name.clone(), now) {
+                Some(before) if before != now && now.is_some() => due.push(name),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        for name in due {
+            let Some(a) = core.agent(&name) else { continue };
+            match policy::load(&a.policy_path, &a.vars) {
+                Ok(mut p) => {
+                    if let Some(m) = a.mode {
+                        p.mode = m;
+                    }
+                    if p.digest_hex() != a.policy().digest_hex() {
+                        out.push(core.replace(&name, p));
+                    }
+                }
+                Err(e) => {
+                    let old = a.policy().digest_hex();
+                    out.push(core.failed_reload(&name, old, e.to_string()));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text exposition) on the opt-in loopback port; anything
+/// else gets 404. One short-lived thread per connection, as on the control socket.
+fn serve_metrics(l: std::net::TcpListener, owner: Owner) {
+    for conn in l.incoming() {
+        let Ok(mut s) = conn else { continue };
+        let owner = owner.clone();
+        let _ = thread::Builder::new().name("metrics-client".into()).spawn(move || {
+            use std::io::BufRead;
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut line = String::new();
+            let Ok(r) = s.try_clone() else { return };
+            let mut r = BufReader::new(r);
+            if r.read_line(&mut line).is_err() {
+                return;
+            }
+            // Read the request headers up to the blank line.
+            loop {
+                let mut h = String::new();
+                match r.read_line(&mut h) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if h.trim().is_empty() => break,
+                    Ok(_) => {}
+                }
+            }
+            let mut parts = line.split_whitespace();
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, body) = if method == "GET" && (target == "/metrics" || target == "/") {
+                ("200 OK", owner.call(|c| c.metrics()))
+            } else {
+                ("404 Not Found", "gate serves GET /metrics only\n".to_string())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+    }
 }
 
 /// Where the daemon saves its agents for a restart.
@@ -257,7 +371,10 @@ fn open_engine(
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("host-v") && e.path() != dir {
                 return Err(format!(
-                    "{} holds the pinned state of a gate daemon of another kernel ABI ({name};                      this gate uses host-v{}): nothing was adopted. Start the gate that                      matches it, or detach it with `gate unload` (its agents are then no                      longer confined)",
+                    "{} holds the pinned state of a gate daemon of another kernel ABI ({name}; \
+                    this gate uses host-v{}): nothing was adopted. Start the gate that \
+                    matches it, or detach it with `gate unload` (its agents are then no \
+                    longer confined)",
                     e.path().display(),
                     gate_common::ABI_VERSION
                 ));
@@ -270,7 +387,8 @@ fn open_engine(
         let levels = saved.iter().map(|a| (a.cgroup_id, a.level)).collect();
         let engine = Engine::adopt(&maps, &links, &levels).map_err(|e| {
             format!(
-                "the pinned engine at {} cannot be adopted: {e}. Its programs stay attached;                  `gate unload` detaches them",
+                "the pinned engine at {} cannot be adopted: {e}. Its programs stay attached; \
+                `gate unload` detaches them",
                 dir.display()
             )
         })?;
@@ -758,7 +876,14 @@ fn serve(
             Request::Metrics {} => Response::Metrics {
                 text: owner.call(|c| c.metrics()),
             },
-            Request::Run(req) => handle_run(owner, cfg, h, &peer, req),
+            Request::Run(req) => {
+                let resp = handle_run(owner, cfg, h, &peer, req);
+                if let Response::Started { agent, .. } = &resp {
+                    write_line(&mut w, &resp)?;
+                    return hold_run(r, owner, agent, peer.pid);
+                }
+                resp
+            }
             Request::Reload { agent } if peer.uid == 0 => {
                 let names = agent.map(|a| vec![a]);
                 Response::Reloaded {
@@ -775,6 +900,63 @@ fn serve(
         };
         write_line(&mut w, &resp)?;
     }
+    Ok(())
+}
+
+/// The connection of a started run: its caller is confined now, so nothing it sends is
+/// answered. When it closes (the command ended, or the caller was killed), what is left of
+/// the agent's tree is ended and the agent removed.
+fn hold_run(
+    mut r: BufReader<UnixStream>,
+    owner: &Owner,
+    agent: &str,
+    caller: i32,
+) -> io::Result<()> {
+    let mut ignored = 0u64;
+    while let Ok(Some(_)) = read_line(&mut r) {
+        ignored += 1;
+        if ignored == 1 {
+            tracing::warn!(
+                agent,
+                "a request on a run's connection was ignored: its caller is confined"
+            );
+        }
+    }
+    let agent = agent.to_string();
+    // The caller closes the connection just before it exits with the command's status: let
+    // it leave first (at most 5 s), so that only what the command left behind is ended.
+    if let Some(cg) = owner.call({
+        let agent = agent.clone();
+        move |c| c.agent(&agent).map(|a| a.cgroup.clone())
+    }) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && fs::read_to_string(cg.join("cgroup.procs"))
+                .is_ok_and(|p| p.lines().any(|l| l.trim() == caller.to_string()))
+        {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    owner.call(move |c| {
+        let Some(a) = c.agent(&agent) else { return };
+        if let Ok(cg) = Cgroup::open(
+            &Hierarchy {
+                mount: "/".into(),
+                root: "/".into(),
+            },
+            &a.cgroup,
+        ) && cg.populated()
+        {
+            tracing::info!(agent, "the run's command ended: ending what is left of its tree");
+            if let Err(e) = cg.kill_all(Duration::from_secs(10)) {
+                tracing::error!(agent, error = %e, "could not end the agent's processes; it stays confined");
+                return;
+            }
+        }
+        if c.remove(&agent, "its command ended").is_ok() {
+            let _ = remove_cgroup_tree(&a.cgroup);
+        }
+    });
     Ok(())
 }
 
@@ -995,13 +1177,17 @@ fn event_loop(
                 .read()
                 .ok()
                 .and_then(|d| d.get(&e.agent_id).cloned());
-            let Some(meta) = meta else { continue };
+            let Some(meta) = meta else {
+                // An agent this daemon no longer (or not yet) knows: its decision is still
+                // recorded, with the rule by number, never dropped.
+                let d = events::decode_in(&e, None);
+                let name = format!("agent-{} (not known to this daemon)", e.agent_id);
+                records.push(decision_record(&d, &name, ""));
+                continue;
+            };
             let policy = meta.policy();
             let d = events::decode(&e, &policy);
-            meta.decisions.fetch_add(1, Ordering::Relaxed);
-            if d.denied() {
-                meta.denied.fetch_add(1, Ordering::Relaxed);
-            }
+            meta.count(e.op, d.denied());
             records.push(decision_record(&d, &meta.name, &policy.digest_hex()));
         }
         let now = counters.read().unwrap_or_default();
@@ -1038,13 +1224,7 @@ fn event_loop(
         if stopping {
             break;
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polling one valid fd.
-        unsafe { libc::poll(&mut pfd, 1, 100) };
+        events::wait_readable(fd, 100);
     }
     if let Some(mut log) = audit {
         let mut stop = Lifecycle::new(Scope::Daemon);

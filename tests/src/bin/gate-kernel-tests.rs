@@ -115,6 +115,7 @@ fn main() -> ExitCode {
         repo,
         env,
         isolate: args.isolate,
+        via_daemon: None,
     };
     if let Err(e) = suite::prepare(&ctx) {
         rep.record(

@@ -24,12 +24,45 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
             hundred_agents,
         ),
         ("daemon/reload-keeps-a-broken-policy-out", reload),
+        (
+            "daemon/an-edited-policy-file-reloads-and-metrics-over-tcp",
+            watch_and_metrics,
+        ),
         ("daemon/heartbeat-lockdown-and-back", lockdown),
         (
             "daemon/kill-9-of-the-daemon-never-lets-a-write-through",
             kill_daemon,
         ),
     ]
+}
+
+/// The scenario suites again, each `gate run` through a daemon (as root, the suite's
+/// caller): the same steps and expectations, the records read from the daemon's stream.
+pub fn scenarios_through_the_daemon(ctx: &Ctx, rep: &mut super::Reporter) {
+    let via = Ctx {
+        gate: ctx.gate.clone(),
+        probe: ctx.probe.clone(),
+        repo: ctx.repo.clone(),
+        env: ctx.env.clone(),
+        isolate: ctx.isolate,
+        via_daemon: Some(super::ViaDaemon {
+            socket: PathBuf::from(SOCKET),
+            log: base().join("audit.jsonl"),
+        }),
+    };
+    if !super::scenarios::any_selected(&via, rep) {
+        return;
+    }
+    let _ = std::fs::remove_file(base().join("audit.jsonl"));
+    let d = match Daemon::start(ctx, "") {
+        Ok(d) => d,
+        Err(f) => {
+            rep.record("via-daemon/start the daemon", Err(f));
+            return;
+        }
+    };
+    super::scenarios::run_all(&via, rep);
+    drop(d);
 }
 
 const DEV_UID: u32 = 4711;
@@ -330,17 +363,24 @@ fn hundred_agents(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     std::fs::create_dir_all(&marks).or_fail("mkdir marks")?;
     std::os::unix::fs::chown(&marks, Some(DEV_UID), Some(GATE_GID)).or_fail("chown marks")?;
     let done = marks.join("done");
+    // The agents wait on a FIFO with shell builtins only (a `sleep` loop in 100 agents is
+    // hundreds of execs a second in a TCG guest): each `read` takes one line.
+    let fifo = marks.join("wake");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666))
+        .or_fail("mkfifo")?;
+    std::os::unix::fs::chown(&fifo, Some(DEV_UID), Some(GATE_GID)).or_fail("chown fifo")?;
     let p = ctx.probe.display();
     let mut runs = Vec::new();
     for i in 0..100 {
         let policy = if i % 2 == 0 { "daemon-a" } else { "daemon-b" };
         let script = format!(
             "echo A=$({p} open-write {fa}) B=$({p} open-write {fb}) > {m}/r{i}.tmp; \
-             mv {m}/r{i}.tmp {m}/r{i}; while [ ! -e {done} ]; do sleep 0.2; done",
+             mv {m}/r{i}.tmp {m}/r{i}; while [ ! -e {done} ]; do read x <> {fifo}; done",
             fa = fa.display(),
             fb = fb.display(),
             m = marks.display(),
             done = done.display(),
+            fifo = fifo.display(),
         );
         let cmd = gate_run(ctx, DEV_UID, policy, Some(&format!("many-{i}")), &script);
         runs.push((i, cmd.spawn()?, cmd));
@@ -352,6 +392,16 @@ fn hundred_agents(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         .as_array()
         .map_or(0, |a| a.len());
     std::fs::write(&done, "").or_fail("create done")?;
+    {
+        // O_RDWR never blocks on a FIFO; one line per waiting agent, and some to spare.
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .or_fail("open fifo")?;
+        w.write_all(&[b'\n'; 256]).or_fail("wake the agents")?;
+    }
     if !all {
         let missing: Vec<i32> = (0..100)
             .filter(|i| !marks.join(format!("r{i}")).exists())
@@ -395,46 +445,83 @@ fn hundred_agents(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     Ok(())
 }
 
+/// An agent (as root, through the daemon) that tries to write `target` once per step, when
+/// the test says so, then waits for a last `go` before it ends (so it is still running while
+/// the test looks at it).
+struct Stepped {
+    marks: PathBuf,
+    bg: Background,
+    cmd: Cmd,
+}
+
+impl Stepped {
+    fn start(
+        ctx: &Ctx,
+        name: &str,
+        policy: &Path,
+        target: &Path,
+        steps: u32,
+    ) -> Result<Self, Failure> {
+        let m = base().join(format!("marks-{name}"));
+        super::remove_tree(&m);
+        std::fs::create_dir_all(&m).or_fail("mkdir")?;
+        let script = format!(
+            "for step in $(seq {steps}); do while [ ! -e {m}/go$step ]; do sleep 0.1; done; \
+             {p} open-write {t} > {m}/r$step.tmp 2>&1; mv {m}/r$step.tmp {m}/r$step; done; \
+             while [ ! -e {m}/end ]; do sleep 0.1; done",
+            m = m.display(),
+            p = ctx.probe.display(),
+            t = target.display()
+        );
+        let cmd = as_uid(
+            0,
+            &[
+                ctx.gate.display().to_string(),
+                "run".into(),
+                "--policy".into(),
+                policy.display().to_string(),
+                "--name".into(),
+                name.into(),
+                "--".into(),
+                "/bin/sh".into(),
+                "-c".into(),
+                script,
+            ],
+        );
+        let bg = cmd.spawn()?;
+        Ok(Stepped { marks: m, bg, cmd })
+    }
+
+    /// Lets step `n` run and returns what the write printed.
+    fn step(&mut self, n: u32) -> Result<String, Failure> {
+        let m = &self.marks;
+        std::fs::write(m.join(format!("go{n}")), "").or_fail("go")?;
+        if !self
+            .bg
+            .wait_for_file(&m.join(format!("r{n}")), Duration::from_secs(120))
+        {
+            return Err(Failure::new(format!("step {n} never ran")));
+        }
+        Ok(std::fs::read_to_string(m.join(format!("r{n}"))).unwrap_or_default())
+    }
+
+    /// Lets the agent end and waits for it.
+    fn end(mut self) -> Result<(Cmd, crate::outcome::Outcome), Failure> {
+        std::fs::write(self.marks.join("end"), "").or_fail("end")?;
+        let o = self.bg.wait(Duration::from_secs(30));
+        Ok((self.cmd, o))
+    }
+}
+
 fn reload(ctx: &Ctx, _: &mut Notes) -> TestResult {
-    let d = Daemon::start(ctx, "")?;
+    // Explicit reloads only: the file watcher has a test of its own.
+    let d = Daemon::start(ctx, "watch_policies = false")?;
     let (_, fb) = targets()?;
     let policy = base().join("reload.toml");
     let good = std::fs::read_to_string(ctx.test_policy("daemon-a")).or_fail("read daemon-a")?;
     std::fs::write(&policy, &good).or_fail("write reload.toml")?;
-    let m = base().join("marks-reload");
-    super::remove_tree(&m);
-    std::fs::create_dir_all(&m).or_fail("mkdir")?;
-    let p = ctx.probe.display();
-    let script = format!(
-        "for step in 1 2 3; do while [ ! -e {m}/go$step ]; do sleep 0.1; done; \
-         {p} open-write {fb} > {m}/r$step.tmp 2>&1; mv {m}/r$step.tmp {m}/r$step; done",
-        m = m.display(),
-        fb = fb.display()
-    );
-    let cmd = as_uid(
-        0,
-        &[
-            ctx.gate.display().to_string(),
-            "run".into(),
-            "--policy".into(),
-            policy.display().to_string(),
-            "--name".into(),
-            "reloaded".into(),
-            "--".into(),
-            "/bin/sh".into(),
-            "-c".into(),
-            script,
-        ],
-    );
-    let mut bg = cmd.spawn()?;
-    let step = |bg: &mut Background, n: u32| -> Result<String, Failure> {
-        std::fs::write(m.join(format!("go{n}")), "").or_fail("go")?;
-        if !bg.wait_for_file(&m.join(format!("r{n}")), Duration::from_secs(120)) {
-            return Err(Failure::new(format!("step {n} never ran")));
-        }
-        Ok(std::fs::read_to_string(m.join(format!("r{n}"))).unwrap_or_default())
-    };
-    let r1 = step(&mut bg, 1)?;
+    let mut run = Stepped::start(ctx, "reloaded", &policy, &fb, 3)?;
+    let r1 = run.step(1)?;
     // A broken policy: the reload is refused with the error's place, the old policy stays.
     std::fs::write(
         &policy,
@@ -450,7 +537,7 @@ fn reload(ctx: &Ctx, _: &mut Notes) -> TestResult {
         ],
     );
     let bad = reload_cmd.run();
-    let r2 = step(&mut bg, 2)?;
+    let r2 = run.step(2)?;
     // A good one without the deny: the next attempt sees it.
     std::fs::write(
         &policy,
@@ -458,8 +545,8 @@ fn reload(ctx: &Ctx, _: &mut Notes) -> TestResult {
     )
     .or_fail("write good")?;
     let ok = reload_cmd.run();
-    let r3 = step(&mut bg, 3)?;
-    let o = bg.wait(Duration::from_secs(30));
+    let r3 = run.step(3)?;
+    let (cmd, o) = run.end()?;
     let fail = |msg: String| {
         Failure::new(msg)
             .command(&cmd, &o)
@@ -503,6 +590,143 @@ fn reload(ctx: &Ctx, _: &mut Notes) -> TestResult {
             "no policy-load record with the previous digest for the reload",
         ));
     }
+    Ok(())
+}
+
+const METRICS: &str = "127.0.0.1:9464";
+
+/// `GET path` on the daemon's metrics port: (status line, body).
+fn http_get(path: &str) -> Result<(String, String), Failure> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(METRICS).or_fail("connect to the metrics port")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .or_fail("timeout")?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").or_fail("send request")?;
+    let mut r = String::new();
+    s.read_to_string(&mut r).or_fail("read response")?;
+    let (head, body) = r.split_once("\r\n\r\n").unwrap_or((r.as_str(), ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    ))
+}
+
+/// The value of one exposition line `name{labels}` (exactly as written), if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn watch_and_metrics(ctx: &Ctx, _: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, &format!("metrics = \"{METRICS}\""))?;
+    let (_, fb) = targets()?;
+    let policy = base().join("watched.toml");
+    let good = std::fs::read_to_string(ctx.test_policy("daemon-a")).or_fail("read daemon-a")?;
+    std::fs::write(&policy, &good).or_fail("write watched.toml")?;
+    let mut run = Stepped::start(ctx, "watched", &policy, &fb, 3)?;
+    let digest = || -> Result<String, Failure> {
+        let s = status_json(ctx)?;
+        Ok(s["agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == "watched"))
+            .and_then(|x| x["policy_digest"].as_str())
+            .unwrap_or_default()
+            .to_string())
+    };
+    let wait_digest_change = |from: &str| -> Result<String, Failure> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = digest()?;
+            if now != from || std::time::Instant::now() >= deadline {
+                return Ok(now);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let r1 = run.step(1)?;
+    let d0 = digest()?;
+    // A broken edit is refused: the old policy stays (checked after the good edit below
+    // would be too late, so give the watcher time and look at the digest and the log).
+    std::fs::write(
+        &policy,
+        good.replace("decision = \"deny\"", "decision = \"perhaps\""),
+    )
+    .or_fail("write broken")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let d1 = digest()?;
+    let r2 = run.step(2)?;
+    // An editor's save: a new file renamed over the old one.
+    let tmp = base().join("watched.toml.new");
+    std::fs::write(
+        &tmp,
+        good.replace("decision = \"deny\"", "decision = \"allow\""),
+    )
+    .or_fail("write new")?;
+    std::fs::rename(&tmp, &policy).or_fail("rename over the policy")?;
+    let d2 = wait_digest_change(&d0)?;
+    let r3 = run.step(3)?;
+    // The metrics port, while the agent runs (an ended agent's series go with it): the
+    // denied writes, the reload and the refused reload are counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = http_get("/metrics")?;
+        let denied = metric(
+            &body,
+            "gate_decisions_total{agent=\"watched\",op=\"write\",decision=\"deny\"}",
+        );
+        if denied >= Some(2.0) || std::time::Instant::now() >= deadline {
+            break (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (nf, _) = http_get("/secrets")?;
+    let (cmd, o) = run.end()?;
+    let fail = |msg: String| Failure::new(msg).command(&cmd, &o).detail(d.log());
+    if !r1.contains("EPERM") || !r2.contains("EPERM") {
+        return Err(fail(format!(
+            "before the good edit the write was not denied: {r1:?}, {r2:?}"
+        )));
+    }
+    if d1 != d0 || !d.log().contains("watched.toml:") {
+        return Err(fail(format!(
+            "a broken edit changed the policy ({d0} -> {d1}) or its error was not logged with its place"
+        )));
+    }
+    if d2 == d0 {
+        return Err(fail("the edited policy file was never reloaded".into()));
+    }
+    if r3.trim() != "ok" {
+        return Err(fail(format!(
+            "after the edit was reloaded the write was still denied: {r3:?}"
+        )));
+    }
+    // (series, at least, at most): a save may be seen half-written once more than once.
+    let want = [
+        (
+            "gate_decisions_total{agent=\"watched\",op=\"write\",decision=\"deny\"}",
+            2.0,
+            2.0,
+        ),
+        ("gate_reloads_total{result=\"ok\"}", 1.0, 1.0),
+        ("gate_reloads_total{result=\"refused\"}", 1.0, 3.0),
+    ];
+    for (series, lo, hi) in want {
+        let v = metric(&body, series);
+        if status != "HTTP/1.1 200 OK" || v < Some(lo) || v > Some(hi) {
+            return Err(fail(format!(
+                "metrics over TCP: expected {series} in {lo}..={hi}; got {status}:\n{body}"
+            )));
+        }
+    }
+    if !nf.contains("404") {
+        return Err(fail(format!("GET /secrets answered {nf}, not 404")));
+    }
+    drop(d);
     Ok(())
 }
 

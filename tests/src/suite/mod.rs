@@ -29,6 +29,19 @@ pub const GATE_RUN_TIMEOUT: u64 = 600;
 /// PATH for commands the suite runs: /usr/bin first, so the distribution's git and tools are used.
 pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// `s` with everything but ASCII letters, digits and `-` replaced by `_`.
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// What every test gets.
 pub struct Ctx {
     pub gate: PathBuf,
@@ -37,6 +50,15 @@ pub struct Ctx {
     pub env: Env,
     /// One `gate run` per scenario step instead of one per batch.
     pub isolate: bool,
+    /// Run `gate run` through a running daemon instead of with `--no-daemon`.
+    pub via_daemon: Option<ViaDaemon>,
+}
+
+/// A daemon the suite's `gate run`s go through: its control socket and its audit stream.
+#[derive(Clone, Debug)]
+pub struct ViaDaemon {
+    pub socket: PathBuf,
+    pub log: PathBuf,
 }
 
 /// Why a test failed: a one-line summary (`expected …, got …`) and details.
@@ -150,17 +172,7 @@ impl Ctx {
 
     /// A fresh directory for one test: `SCRATCH/<group>/<slug>`, emptied first.
     pub fn fresh_dir(&self, group: &str, name: &str) -> Result<PathBuf, Failure> {
-        let slug: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let d = Path::new(SCRATCH).join(group).join(slug);
+        let d = Path::new(SCRATCH).join(group).join(slug(name));
         remove_tree(&d);
         std::fs::create_dir_all(&d).or_fail(&format!("mkdir {}", d.display()))?;
         Ok(d)
@@ -177,6 +189,26 @@ impl Ctx {
         Ok(dst)
     }
 
+    /// Names of scenario results: `scenario`, or `via-daemon` when runs go through a daemon.
+    pub fn scenario_prefix(&self) -> &'static str {
+        if self.via_daemon.is_some() {
+            "via-daemon"
+        } else {
+            "scenario"
+        }
+    }
+
+    /// The agent name a run through the daemon gets: from its log's path below SCRATCH, so
+    /// its records can be found in the daemon's stream.
+    fn daemon_agent_name(o: &GateOpts) -> String {
+        let rel = o.log.strip_prefix(SCRATCH).unwrap_or(&o.log);
+        let mut n = slug(&rel.with_extension("").to_string_lossy());
+        if n.len() > 60 {
+            n = n.split_off(n.len() - 60);
+        }
+        format!("t-{}", n.trim_start_matches('_'))
+    }
+
     /// `gate run …opts… -- argv`, run in the workspace with HOME and PATH set.
     pub fn gate_cmd(&self, o: &GateOpts, argv: &[String]) -> Cmd {
         let mut a: Vec<String> = vec![
@@ -186,14 +218,21 @@ impl Ctx {
             o.policy.display().to_string(),
             "--workspace".into(),
             o.workspace.display().to_string(),
-            "--log".into(),
-            o.log.display().to_string(),
+        ];
+        match &self.via_daemon {
+            // Through the daemon: as the caller (root here), the records in the host's
+            // stream under the agent's name.
+            Some(_) => a.extend(["--name".into(), Self::daemon_agent_name(o)]),
             // The suite's agents run as root (it tests what root can and cannot do); runs
             // through the daemon and as other users have tests of their own.
-            "--user".into(),
-            "root".into(),
-            "--no-daemon".into(),
-        ];
+            None => a.extend([
+                "--log".into(),
+                o.log.display().to_string(),
+                "--user".into(),
+                "root".into(),
+                "--no-daemon".into(),
+            ]),
+        }
         if let Some(m) = &o.mode {
             a.push("--mode".into());
             a.push(m.clone());
@@ -201,7 +240,50 @@ impl Ctx {
         a.extend(o.extra.iter().cloned());
         a.push("--".into());
         a.extend(argv.iter().cloned());
-        self.plain_cmd(&a, &o.workspace).timeout(o.timeout)
+        let mut cmd = self.plain_cmd(&a, &o.workspace).timeout(o.timeout);
+        if let Some(v) = &self.via_daemon {
+            cmd = cmd.env("GATE_SOCKET", &v.socket.display().to_string());
+        }
+        cmd
+    }
+
+    /// After a run through the daemon: waits until the daemon recorded the agent's end, then
+    /// writes the agent's records from the host's stream to the run's own log (`o.log`), so
+    /// the checks read them as they read a `gate run --log` file.
+    pub fn collect_daemon_log(&self, o: &GateOpts) -> TestResult {
+        let Some(v) = &self.via_daemon else {
+            return Ok(());
+        };
+        let name = Self::daemon_agent_name(o);
+        let mine = |l: &serde_json::Value| l.get("agent").and_then(|a| a.as_str()) == Some(&name);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = Log::read(&v.log);
+            let ended = log
+                .lines
+                .iter()
+                .any(|l| mine(l) && l.get("kind").and_then(|k| k.as_str()) == Some("stop"));
+            if ended {
+                let text: String = log
+                    .lines
+                    .iter()
+                    .filter(|l| mine(l))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                if let Some(d) = o.log.parent() {
+                    std::fs::create_dir_all(d).or_fail("mkdir log dir")?;
+                }
+                return std::fs::write(&o.log, text).or_fail("write the run's records");
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Failure::new(format!(
+                    "the daemon's stream {} has no stop record for agent {name} 30 s after its \
+                     command ended",
+                    v.log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A command run outside gate, with the same environment as confined ones.
@@ -223,6 +305,7 @@ impl Ctx {
         let _ = std::fs::remove_file(&o.log);
         let cmd = self.gate_cmd(o, argv);
         let out = cmd.run();
+        self.collect_daemon_log(o)?;
         let log = Log::read(&o.log);
         if !expect.matches(&out) {
             return Err(
@@ -316,6 +399,12 @@ impl Reporter {
     }
 
     /// Whether a test with this name should run.
+    /// Whether the filters select `name` (without listing it).
+    pub fn selected(&self, name: &str) -> bool {
+        !self.list_only
+            && (self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str())))
+    }
+
     pub fn wants(&self, name: &str) -> bool {
         let selected =
             self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()));
@@ -388,4 +477,6 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
             rep.record_with_notes(name, r, &notes);
         }
     }
+    // Last: the scenarios again, every `gate run` through a daemon.
+    daemon::scenarios_through_the_daemon(ctx, rep);
 }

@@ -39,7 +39,8 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
             Ok(s) => run_scenario(ctx, rep, &s),
             Err(e) => {
                 let name = format!(
-                    "scenario/{}",
+                    "{}/{}",
+                    ctx.scenario_prefix(),
                     f.file_stem().unwrap_or_default().to_string_lossy()
                 );
                 if rep.wants(&name) {
@@ -48,6 +49,21 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
             }
         }
     }
+}
+
+/// Whether the filters select any step of any scenario under `ctx`'s prefix.
+pub fn any_selected(ctx: &Ctx, rep: &Reporter) -> bool {
+    let Ok(files) = scenario::list(&ctx.repo.join("tests/scenarios")) else {
+        return false;
+    };
+    files
+        .iter()
+        .filter_map(|f| Scenario::load(f).ok())
+        .any(|s| {
+            s.steps
+                .iter()
+                .any(|step| rep.selected(&step_name(ctx, &s, &step.name)))
+        })
 }
 
 /// Lists the step names of every scenario (invalid ones by file name).
@@ -59,7 +75,7 @@ pub fn list(repo: &Path, rep: &mut Reporter) {
         match Scenario::load(&f) {
             Ok(s) => {
                 for step in &s.steps {
-                    rep.wants(&step_name(&s, &step.name));
+                    rep.wants(&format!("scenario/{}/{}", s.name, step.name));
                 }
             }
             Err(e) => println!("invalid scenario: {e}"),
@@ -67,8 +83,8 @@ pub fn list(repo: &Path, rep: &mut Reporter) {
     }
 }
 
-fn step_name(s: &Scenario, step: &str) -> String {
-    format!("scenario/{}/{}", s.name, step)
+fn step_name(ctx: &Ctx, s: &Scenario, step: &str) -> String {
+    format!("{}/{}/{}", ctx.scenario_prefix(), s.name, step)
 }
 
 /// Paths and variables of one scenario run.
@@ -188,7 +204,7 @@ fn teardown(ctx: &Ctx, s: &Scenario, l: &Layout) {
 
 fn run_scenario(ctx: &Ctx, rep: &mut Reporter, s: &Scenario) {
     let wanted: Vec<usize> = (0..s.steps.len())
-        .filter(|&i| rep.wants(&step_name(s, &s.steps[i].name)))
+        .filter(|&i| rep.wants(&step_name(ctx, s, &s.steps[i].name)))
         .collect();
     if wanted.is_empty() {
         return;
@@ -196,7 +212,7 @@ fn run_scenario(ctx: &Ctx, rep: &mut Reporter, s: &Scenario) {
     let layout = match Layout::new(ctx, s) {
         Ok(l) => l,
         Err(f) => {
-            rep.record(&format!("scenario/{}", s.name), Err(f));
+            rep.record(&format!("{}/{}", ctx.scenario_prefix(), s.name), Err(f));
             return;
         }
     };
@@ -208,7 +224,7 @@ fn run_scenario(ctx: &Ctx, rep: &mut Reporter, s: &Scenario) {
                     summary: f.summary.clone(),
                     details: f.details.clone(),
                 };
-                rep.record(&step_name(s, &s.steps[i].name), Err(f2));
+                rep.record(&step_name(ctx, s, &s.steps[i].name), Err(f2));
             }
             teardown(ctx, s, &layout);
             return;
@@ -239,7 +255,7 @@ fn step_argv(step: &Step, vars: &Vars) -> Result<Vec<String>, String> {
 
 /// Runs some steps of a scenario in one `gate run`, and records their results.
 fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, group: &[usize]) {
-    let run_name = format!("scenario/{}/gate run {k}", s.name);
+    let run_name = format!("{}/{}/gate run {k}", ctx.scenario_prefix(), s.name);
     let mut plan = Plan::default();
     let mut argvs = Vec::new();
     for &i in group {
@@ -285,6 +301,10 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
     ];
     let gate_cmd = ctx.gate_cmd(&opts, &driver_argv);
     let gate_out = gate_cmd.run();
+    if let Err(f) = ctx.collect_daemon_log(&opts) {
+        rep.record(&run_name, Err(f));
+        return;
+    }
     let results = driver::parse_results(&gate_out.stdout);
     let log_all = Log::read(&log);
     let pids: Vec<Option<u32>> = (0..group.len())
@@ -332,7 +352,7 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
             ))
             .detail(format!("see {run_name}"))),
         };
-        rep.record(&step_name(s, &step.name), r);
+        rep.record(&step_name(ctx, s, &step.name), r);
     }
 }
 
