@@ -188,11 +188,7 @@ impl Gate {
             .drain
             .take()
             .context("the ring buffer is not being drained")?;
-        d.stop.store(true, Ordering::SeqCst);
-        let (events, n) = d
-            .handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("drain thread panicked"))?;
+        let (events, n) = d.finish()?;
         self.drained += n;
         Ok(events)
     }
@@ -219,13 +215,21 @@ impl Gate {
 /// What `gate run` does with events when it has no log: a thread drains the ring buffer as
 /// it fills and decodes every event (for the end-of-run summary). Without it the ring buffer
 /// would fill up during the loops and later events would cost less than earlier ones.
-struct Drain {
+pub struct Drain {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<(RingBuf<MapData>, u64)>,
 }
 
 impl Drain {
-    fn start(mut events: RingBuf<MapData>, policy: Arc<CompiledPolicy>) -> Drain {
+    /// Stops draining; gives the ring buffer back with the number of events drained.
+    pub fn finish(self) -> Result<(RingBuf<MapData>, u64)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("drain thread panicked"))
+    }
+
+    pub fn start(mut events: RingBuf<MapData>, policy: Arc<CompiledPolicy>) -> Drain {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = std::thread::spawn(move || {

@@ -5,6 +5,8 @@
 //! Subcommands:
 //! - `suite [--quick] [--only PARTS] …`: everything; prints one JSON document between marker
 //!   lines (see `suite::Options`).
+mod agents;
+mod daemon;
 mod fsprep;
 mod gatecond;
 mod lockdown;
@@ -38,7 +40,8 @@ fn run(args: &[String]) -> Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: gate-bench suite [--quick] [--repo DIR] [--only micro,workload,gate,events]"
+            "usage: gate-bench suite [--quick] [--repo DIR] [--gate PATH] [--stamp PATH] \
+             [--only micro,workload,gate,events,agents,daemon]"
         ),
     }
 }

@@ -9,7 +9,12 @@
 //!    attach gate, then interleaved rounds of "gate loaded, worker not confined" and "worker
 //!    confined", detach, and a no-BPF run right after (loading gate takes seconds of virtual
 //!    time, so it is not re-loaded every round);
-//! 5. `gate run --log` over a loop of denied opens: start-up time, events per second, memory.
+//! 5. `gate run --log` over a loop of denied opens: start-up time, events per second, memory;
+//! 6. many agents in one engine (`agents`): gate loaded once with room for 100 agents, rounds
+//!    of unconfined workers with 1, 10 and 100 agents confined, and of a worker confined as one
+//!    of the 100;
+//! 7. the real `gate daemon` (`daemon`): its memory and BPF maps with 0, 1, 10 and 100 agents,
+//!    and the time from `gate run` to the command's first instruction (bench/src/daemon.rs).
 //!
 //! Each measurement runs in a freshly forked worker that confines itself as its condition says
 //! (joins the cgroup, or applies Landlock) and first checks that confinement is what it should
@@ -24,6 +29,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::{
+    agents::ManyAgents,
+    daemon,
     fsprep::{self, Layout},
     gatecond::{self, Gate},
     lockdown,
@@ -36,7 +43,7 @@ use crate::{
 pub struct Options {
     pub quick: bool,
     pub repo: PathBuf,
-    /// micro, workload, gate (phase B), events.
+    /// micro, workload, gate (phase B), events, agents, daemon.
     pub parts: BTreeSet<String>,
     /// Which gate policies get a phase-B block: ca, 1k, 10k.
     pub policies: BTreeSet<String>,
@@ -44,6 +51,13 @@ pub struct Options {
     pub rounds_b: usize,
     pub workload_rounds: usize,
     pub events: usize,
+    /// Agents in the many-agents engine and through the daemon.
+    pub agents: usize,
+    pub rounds_agents: usize,
+    /// The `gate` binary and `gate-stamp` (for the daemon part).
+    pub gate: Option<PathBuf>,
+    pub stamp: Option<PathBuf>,
+    pub no_daemon_runs: usize,
 }
 
 impl Options {
@@ -52,12 +66,17 @@ impl Options {
         let mut o = Options {
             quick: false,
             repo: PathBuf::from("/work/main"),
-            parts: set("micro,workload,gate,events"),
+            parts: set("micro,workload,gate,events,agents,daemon"),
             policies: set("ca,1k,10k"),
             rounds_a: 4,
             rounds_b: 3,
             workload_rounds: 2,
             events: 2000,
+            agents: 100,
+            rounds_agents: 4,
+            gate: None,
+            stamp: None,
+            no_daemon_runs: 3,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -73,6 +92,8 @@ impl Options {
                     o.rounds_b = 2;
                     o.workload_rounds = 1;
                     o.events = 500;
+                    o.rounds_agents = 2;
+                    o.no_daemon_runs = 1;
                 }
                 "--repo" => o.repo = PathBuf::from(val()?),
                 "--only" => o.parts = set(&val()?),
@@ -81,6 +102,11 @@ impl Options {
                 "--gate-rounds" => o.rounds_b = val()?.parse()?,
                 "--workload-rounds" => o.workload_rounds = val()?.parse()?,
                 "--events" => o.events = val()?.parse()?,
+                "--agents" => o.agents = val()?.parse()?,
+                "--agents-rounds" => o.rounds_agents = val()?.parse()?,
+                "--gate" => o.gate = Some(PathBuf::from(val()?)),
+                "--stamp" => o.stamp = Some(PathBuf::from(val()?)),
+                "--no-daemon-runs" => o.no_daemon_runs = val()?.parse()?,
                 other => bail!("unknown option {other}"),
             }
         }
@@ -273,6 +299,32 @@ pub fn run(opts: &Options) -> Result<Value> {
         workload::cleanup(w);
     }
 
+    // Many agents in one engine.
+    let mut agents = Value::Null;
+    if opts.parts.contains("agents") {
+        match b.agents_block() {
+            Ok(v) => agents = v,
+            Err(e) => {
+                let msg = short_error(&format!("{e:#}"));
+                say(&format!("many agents: FAILED: {msg}"));
+                errors.push(json!({ "part": "agents", "error": msg }));
+            }
+        }
+    }
+    // The daemon, last: it leaves nothing behind once unloaded, but it is the part most
+    // likely to fail, and nothing after it would be measured then.
+    let mut daemon_doc = Value::Null;
+    if opts.parts.contains("daemon") {
+        match b.daemon_block() {
+            Ok(v) => daemon_doc = v,
+            Err(e) => {
+                let msg = short_error(&format!("{e:#}"));
+                say(&format!("daemon: FAILED: {msg}"));
+                errors.push(json!({ "part": "daemon", "error": msg }));
+            }
+        }
+    }
+
     let plans: serde_json::Map<String, Value> = b
         .plans
         .iter()
@@ -287,7 +339,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         "kernel": util::uname_release(),
         "cpus_online": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "quick": opts.quick,
-        "rounds": { "phase_a": opts.rounds_a, "phase_b": opts.rounds_b, "workload": opts.workload_rounds },
+        "rounds": { "phase_a": opts.rounds_a, "phase_b": opts.rounds_b, "workload": opts.workload_rounds, "agents": opts.rounds_agents },
         "plans": plans,
         "settle": settle,
         "runs": b.runs,
@@ -295,6 +347,8 @@ pub fn run(opts: &Options) -> Result<Value> {
         "null_attach_ns": null_attach,
         "workload": b.workload.as_ref().map(|w| w.info.clone()),
         "events": events,
+        "agents": agents,
+        "daemon": daemon_doc,
         "errors": errors,
         "total_virtual_ns": now_ns() - t_begin,
     }))
@@ -498,6 +552,124 @@ impl Bench<'_> {
             )?;
         }
         Ok((setup, events))
+    }
+
+    /// Many agents in one engine: rounds of unconfined workers with 1, 10 and `n` agents
+    /// confined (agents added and removed between them, the programs staying attached), the
+    /// order reversed every other round, and a worker confined as agent 0 while all `n` are.
+    fn agents_block(&mut self) -> Result<Value> {
+        let n = self.opts.agents.max(10);
+        let micro = self.opts.parts.contains("micro");
+        let ws = self.layout.ws.clone();
+        let ws_root = self.layout.state.join("agents");
+        let coding = self.layout.state.join("coding-agent.toml");
+        let other = self.layout.state.join("ci-runner.toml");
+        fsprep::copy_policy(&self.opts.repo.join("policies/ci-runner.toml"), &other)?;
+        say(&format!(
+            "many agents: compiling {n} policies, loading and attaching gate"
+        ));
+        let exe = std::env::current_exe()?;
+        let root = daemon::Root::build(
+            Path::new(daemon::ROOT),
+            &exe,
+            &[coding.clone(), other.clone()],
+        )?;
+        let mut h = Holder::spawn(
+            || {
+                let m = ManyAgents::start(n, &ws, &ws_root, &coding, &other, &root.dir)?;
+                Ok((m.setup.clone(), m))
+            },
+            |m, cmd, out| {
+                let r = match cmd.split(' ').collect::<Vec<_>>()[..] {
+                    ["agents", k] => match k.parse() {
+                        Ok(k) => m.set(k),
+                        Err(e) => Err(e.into()),
+                    },
+                    _ => Err(anyhow::anyhow!("unknown command {cmd}")),
+                };
+                util::report_line(out, r);
+            },
+            |m| m.stop(),
+        )?;
+        let mut setup = h.setup.clone();
+        let cg = PathBuf::from(
+            setup["confined_cgroup"]
+                .as_str()
+                .context("no confined cgroup")?,
+        );
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(cg.join("cgroup.procs"))
+            .context("opening cgroup.procs")?;
+        let mut switches = Vec::new();
+        let mut result = Ok(());
+        if micro {
+            let counts = [1, 10, n];
+            'rounds: for round in 0..self.opts.rounds_agents {
+                let mut order = counts;
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for k in order {
+                    let r = h.send(&format!("agents {k}")).and_then(|()| h.read());
+                    match r {
+                        Ok(v) => switches.push(v),
+                        Err(e) => {
+                            result = Err(e);
+                            break 'rounds;
+                        }
+                    }
+                    let mut conds = vec![(format!("agents_{k}"), Confine::Nothing)];
+                    if k == n {
+                        conds.push(("agents_n_confined".to_owned(), Confine::Cgroup(&procs)));
+                        if round % 2 == 1 {
+                            conds.reverse();
+                        }
+                    }
+                    for (c, confine) in conds {
+                        if let Err(e) = self.measure(&c, "agents", round, confine, Task::Micro) {
+                            result = Err(e);
+                            break 'rounds;
+                        }
+                    }
+                }
+            }
+        }
+        drop(procs);
+        let stopped = h.stop();
+        drop(root);
+        result?;
+        setup["after"] = stopped?;
+        setup["switches"] = json!(switches);
+        if micro {
+            self.measure("none", "after agents", 0, Confine::Nothing, Task::Micro)?;
+        }
+        Ok(setup)
+    }
+
+    /// The real `gate daemon` with `agents` agents (bench/src/daemon.rs).
+    fn daemon_block(&mut self) -> Result<Value> {
+        let gate = self
+            .opts
+            .gate
+            .as_deref()
+            .context("no --gate binary given (cargo xtask bench passes target/release/gate)")?;
+        let stamp = self
+            .opts
+            .stamp
+            .as_deref()
+            .context("no --stamp binary given (cargo xtask bench builds bench/src/stamp.c)")?;
+        let coding = self.layout.state.join("coding-agent.toml");
+        let other = self.layout.state.join("ci-runner.toml");
+        fsprep::copy_policy(&self.opts.repo.join("policies/ci-runner.toml"), &other)?;
+        daemon::run(&daemon::Options {
+            gate,
+            stamp,
+            dir: &self.layout.state.join("daemon"),
+            policies: [&coding, &other],
+            agents: self.opts.agents,
+            no_daemon_runs: self.opts.no_daemon_runs,
+        })
     }
 
     /// Events per second, kernel → audit file: the holder drains while a confined worker

@@ -66,15 +66,21 @@ pub fn run(options: &Options) -> Result<()> {
         quiet: true,
         update_kernels: false,
     })?;
-    workspace::release(&["gate-bench"])?;
+    workspace::release(&["gate-bench", "gate-userspace"])?;
     let bench = workspace::release_binary(
         "gate-bench",
         "the benchmark crate in bench/ (package gate-bench) should provide it",
     )?;
+    let gate = workspace::release_binary("gate", "package gate-userspace should provide it")?;
+    let stamp = build_stamp()?;
     let mut suite_cmd = vec![bench.to_string_lossy().into_owned(), "suite".to_owned()];
     suite_cmd.extend([
         "--repo".to_owned(),
         paths::repo_root().to_string_lossy().into_owned(),
+        "--gate".to_owned(),
+        gate.to_string_lossy().into_owned(),
+        "--stamp".to_owned(),
+        stamp.to_string_lossy().into_owned(),
     ]);
     if options.quick {
         suite_cmd.push("--quick".to_owned());
@@ -163,6 +169,28 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// `gate-stamp` (bench/src/stamp.c): a static program without libc that prints its clock at
+/// its first instruction, for the time from `gate run` to the command's start.
+fn build_stamp() -> Result<std::path::PathBuf> {
+    let src = paths::repo_root().join("bench/src/stamp.c");
+    let out = paths::target_dir()?.join("release/gate-stamp");
+    crate::cmd::run(
+        Command::new("cc")
+            .args([
+                "-static",
+                "-nostdlib",
+                "-O2",
+                "-fno-stack-protector",
+                "-fno-builtin",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(&src),
+    )
+    .context("compiling bench/src/stamp.c (gcc is installed by `cargo xtask setup`)")?;
+    Ok(out)
+}
+
 struct GuestRun {
     doc: Value,
     wall: Duration,
@@ -235,6 +263,15 @@ const CONDITIONS: &[(&str, &str)] = &[
     ("landlock", "Landlock, same job"),
 ];
 
+/// The many-agents block's conditions (one engine with room for 100 agents), shown in a table
+/// of their own.
+const AGENT_CONDITIONS: &[(&str, &str)] = &[
+    ("agents_1", "1 agent"),
+    ("agents_10", "10 agents"),
+    ("agents_100", "100 agents"),
+    ("agents_n_confined", "confined: one of 100 agents"),
+];
+
 const OPS: &[(&str, &str)] = &[
     ("exec", "exec"),
     ("open_write", "open for write + close"),
@@ -298,7 +335,7 @@ fn summarize(doc: &Value) -> Value {
         let n_per_sample = doc["plans"][op]["n"].as_u64().unwrap_or(0);
         let base = stats(&samples(doc, "micro", "none", op));
         let mut per_cond = serde_json::Map::new();
-        for (cond, _) in CONDITIONS {
+        for (cond, _) in CONDITIONS.iter().chain(AGENT_CONDITIONS) {
             let Some(s) = stats(&samples(doc, "micro", cond, op)) else {
                 continue;
             };
@@ -323,7 +360,44 @@ fn summarize(doc: &Value) -> Value {
         }
         workload.insert((*cond).to_owned(), v);
     }
-    json!({ "micro": micro, "workload": workload })
+    json!({ "micro": micro, "workload": workload, "daemon": summarize_daemon(&doc["daemon"]) })
+}
+
+/// The daemon's launch times (stats, p99, first and last tenth) and the `--no-daemon` runs.
+fn summarize_daemon(d: &Value) -> Value {
+    let ns = |list: &Value| -> Vec<f64> {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ns"].as_f64())
+            .collect()
+    };
+    let launches = ns(&d["launches"]);
+    let Some(s) = stats(&launches) else {
+        return Value::Null;
+    };
+    let mut v = stats_json(&s);
+    v["p99"] = json!(quantile(&launches, 0.99));
+    let tenth = (launches.len() / 10).max(1);
+    v["first_tenth_median"] = json!(quantile(&launches[..tenth], 0.5));
+    v["last_tenth_median"] = json!(quantile(&launches[launches.len() - tenth..], 0.5));
+    let no_daemon = ns(&d["no_daemon"]);
+    json!({
+        "launch": v,
+        "no_daemon": stats(&no_daemon).map(|s| stats_json(&s)),
+    })
+}
+
+/// The `p` quantile of `values` (interpolated, as [`stats`] does).
+fn quantile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let pos = p * (v.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
 fn overhead(summary: &Value, op: &str, cond: &str) -> Option<f64> {
@@ -465,6 +539,53 @@ fn goal_workload(s: &Value) -> Verdict {
     }
 }
 
+/// Goal 4: unconfined open+close does not grow with the number of agents (100 agents within
+/// 0.5 points of 1 agent, both in one engine with room for 100).
+fn goal_agents(s: &Value) -> Verdict {
+    let mut parts = Vec::new();
+    let mut met = true;
+    let mut any = false;
+    for (op, what) in [("open_write", "write"), ("open_read", "read")] {
+        let o: Vec<Option<f64>> = ["agents_1", "agents_10", "agents_100"]
+            .iter()
+            .map(|c| overhead(s, op, c))
+            .collect();
+        let (Some(one), Some(hundred)) = (o[0], o[2]) else {
+            continue;
+        };
+        any = true;
+        met &= hundred - one <= 0.005;
+        parts.push(format!(
+            "{what} {}",
+            o.iter().map(|x| pct(*x)).collect::<Vec<_>>().join(" / ")
+        ));
+    }
+    if !any {
+        return Verdict {
+            text: String::new(),
+            met: None,
+        };
+    }
+    let confined = match (
+        overhead(s, "open_write", "agents_n_confined"),
+        overhead(s, "open_write", "gate_coding_agent"),
+    ) {
+        (Some(c), Some(a)) => format!(
+            "; confined open for write as one of 100: {} (alone in its engine: {})",
+            pct(Some(c)),
+            pct(Some(a))
+        ),
+        _ => String::new(),
+    };
+    Verdict {
+        text: format!(
+            "open+close with 1 / 10 / 100 agents: {}{confined}",
+            parts.join("; ")
+        ),
+        met: Some(met),
+    }
+}
+
 fn label(cond: &str) -> &str {
     CONDITIONS
         .iter()
@@ -516,7 +637,7 @@ fn render(doc: &Value) -> String {
     );
     let _ = writeln!(md, "|---|{}", "---|".repeat(kernels.len()));
     type GoalFn = fn(&Value) -> Verdict;
-    let goals: [(&str, GoalFn); 3] = [
+    let goals: [(&str, GoalFn); 4] = [
         (
             "unconfined processes: at most 1.5× the empty programs' overhead, ≤ 2 % on open+close",
             goal_unconfined,
@@ -526,6 +647,10 @@ fn render(doc: &Value) -> String {
             goal_confined,
         ),
         ("real workload confined: ≤ 2 %", goal_workload),
+        (
+            "many agents: unconfined open+close with 100 agents within 0.5 points of 1 agent",
+            goal_agents,
+        ),
     ];
     for (name, f) in goals {
         let cells: Vec<String> = kernels
@@ -644,6 +769,7 @@ fn render(doc: &Value) -> String {
             }
             let _ = writeln!(md);
         }
+        render_agents(&mut md, g, s);
         let wl = s["workload"].as_object().cloned().unwrap_or_default();
         if !wl.is_empty() {
             let _ = writeln!(md, "### Real workload\n");
@@ -676,6 +802,7 @@ fn render(doc: &Value) -> String {
             let _ = writeln!(md);
         }
         render_userspace(&mut md, g);
+        render_daemon(&mut md, g, s);
     }
     let _ = writeln!(md, "## Where we are short, and why\n");
     md.push_str(&shortfalls(&kernels));
@@ -683,6 +810,207 @@ fn render(doc: &Value) -> String {
     md.push_str(METHOD);
     md.push('\n');
     md
+}
+
+/// Many agents in one engine: per op, the overhead against no BPF program of the reference
+/// conditions and of the many-agents block's.
+fn render_agents(md: &mut String, g: &Value, s: &Value) {
+    let a = &g["agents"];
+    if !AGENT_CONDITIONS
+        .iter()
+        .any(|(c, _)| s["micro"]["open_write"][c].is_object())
+    {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Many agents in one engine
+"
+    );
+    let _ = writeln!(
+        md,
+        "gate loaded once through its library with room for {} agents, each its own cgroup under \
+         `gate/` and its own compiled policy ({} × coding-agent, {} × ci-runner, each with a \
+         workspace of its own: {} inode entries in all), as the daemon holds them; agents are added \
+         and removed between runs while the programs stay attached. \"N agents\" is an unconfined \
+         worker while N agents are confined; \"confined: one of 100\" is a worker in agent 0's \
+         cgroup (coding-agent, the benchmark's workspace) while all 100 are. The first columns \
+         repeat the reference conditions from the table above. Median overhead against no BPF \
+         program, [q1 – q3] below, then samples / operations timed.\n",
+        a["agents"], a["policies"]["coding-agent"], a["policies"]["ci-runner"], a["inode_entries"],
+    );
+    let cols: Vec<(&str, &str)> = [
+        ("none", "no BPF program"),
+        ("null", "empty BPF LSM programs"),
+        ("gate_unconfined", "not confined, 1 agent (above)"),
+    ]
+    .into_iter()
+    .chain(AGENT_CONDITIONS.iter().take(3).copied())
+    .chain([
+        ("gate_coding_agent", "confined: coding-agent (above)"),
+        AGENT_CONDITIONS[3],
+    ])
+    .collect();
+    let _ = writeln!(
+        md,
+        "| op | {} |",
+        cols.iter().map(|(_, l)| *l).collect::<Vec<_>>().join(" | ")
+    );
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(cols.len()));
+    for (op, oplabel) in OPS {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|(c, _)| {
+                let v = &s["micro"][op][c];
+                let (Some(m), Some(q1), Some(q3)) =
+                    (v["median"].as_f64(), v["q1"].as_f64(), v["q3"].as_f64())
+                else {
+                    return "—".to_owned();
+                };
+                let head = if *c == "none" {
+                    format!("{} ns", ns(m))
+                } else {
+                    pct(v["overhead"].as_f64())
+                };
+                format!(
+                    "{head}<br><sub>[{} – {}]<br>{} / {}</sub>",
+                    ns(q1),
+                    ns(q3),
+                    v["samples"],
+                    v["ops_timed"]
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "| {oplabel} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(md);
+    let mem = |k: &str| {
+        (
+            a[k]["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+            a[k]["bpf_map_memlock_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        )
+    };
+    let (r1, m1) = mem("memory_1");
+    let (rn, mn) = mem("memory_n");
+    let switches: Vec<f64> = a["switches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["changed"].as_u64().is_some_and(|c| c > 0))
+        .filter_map(|v| Some(v["ns"].as_f64()? / v["changed"].as_f64()?))
+        .collect();
+    let _ = writeln!(
+        md,
+        "Set-up (virtual s): compiling agent 0's policy {:.3} s (its paths are looked up in the \
+         host root over 9p, uncached: the guest's clock jumps while it waits for the host, so \
+         this one depends on the host's load), the other {} policies {:.3} s (chrooted in the \
+         tmpfs root described under \"The daemon\"), load {:.3} s, attach {:.3} s; adding \
+         the other {} agents {:.3} s{}. The process holding the engine: {:.1} MiB RSS and {:.2} MiB \
+         of BPF maps with 1 agent, {:.1} MiB and {:.2} MiB with {}.\n",
+        a["compile_first_ns"].as_f64().unwrap_or(0.0) / 1e9,
+        a["agents"].as_u64().unwrap_or(1).saturating_sub(1),
+        a["compile_rest_ns"].as_f64().unwrap_or(0.0) / 1e9,
+        a["load_ns"].as_f64().unwrap_or(0.0) / 1e9,
+        a["attach_ns"].as_f64().unwrap_or(0.0) / 1e9,
+        a["add_agents"]["changed"],
+        a["add_agents"]["ns"].as_f64().unwrap_or(0.0) / 1e9,
+        match stats(&switches) {
+            Some(st) => format!(
+                " (per agent added or removed between runs: median {:.2} virtual ms)",
+                st.median / 1e6
+            ),
+            None => String::new(),
+        },
+        r1,
+        m1,
+        rn,
+        mn,
+        a["agents"],
+    );
+}
+
+/// The real daemon: start-up, memory with 0/1/10/100 agents, `gate run` to first instruction.
+fn render_daemon(md: &mut String, g: &Value, s: &Value) {
+    let d = &g["daemon"];
+    if !d.is_object() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### The daemon
+"
+    );
+    let _ = writeln!(
+        md,
+        "The release `gate daemon` with its default capacity ({}), started as root in the guest \
+         chrooted with its clients in a root built in tmpfs (the loader and libraries, \
+         /etc/passwd, the directories and files the policies name; /proc, /sys, /dev, /run, \
+         /root and /tmp bound in), so that nothing it looks up waits for the host over 9p; \
+         ready (control socket answering) {:.2} virtual s after it was spawned. Its memory (VmRSS \
+         from `/proc/PID/status`) and the `memlock` of the BPF maps it holds (`/proc/PID/fdinfo`; \
+         the hash maps are preallocated for the configured capacity, so they do not grow with the \
+         agents), as `gate run` clients add agents:\n",
+        d["config"].as_str().unwrap_or("?"),
+        d["ready_ns"].as_f64().unwrap_or(0.0) / 1e9,
+    );
+    let _ = writeln!(md, "| agents | daemon RSS | BPF map memory |");
+    let _ = writeln!(md, "|---:|---:|---:|");
+    for m in d["memory"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} MiB | {:.2} MiB |",
+            m["agents"],
+            m["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+            m["bpf_map_memlock_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+        );
+    }
+    let _ = writeln!(md);
+    let l = &s["daemon"]["launch"];
+    if l.is_object() {
+        let ms = |k: &str| l[k].as_f64().unwrap_or(0.0) / 1e6;
+        let mut para = format!(
+            "From `gate run` to the command's first instruction, through the daemon: \
+             **p50 {:.1} ms, p99 {:.1} ms** (virtual: instructions executed by the whole guest, \
+             not wall time) [q1 – q3: {:.1} – {:.1} ms; min – max: {:.1} – {:.1} ms; {} launches]. \
+             Timed from the benchmark's clock read just before it spawns `gate run --policy P \
+             --workspace W --name N -- W/bin/gate-stamp` to the first instructions of \
+             `gate-stamp` (static, no libc), which read `CLOCK_MONOTONIC`: the client starts, \
+             asks the daemon over the socket, the daemon compiles the policy, creates the \
+             agent's cgroup, adds the agent to its engine and moves the client in, the client \
+             execs the command. Launch k runs with k − 1 agents already confined (policies \
+             alternating coding-agent and ci-runner): the first tenth's median {:.1} ms, the \
+             last tenth's {:.1} ms.",
+            ms("median"),
+            ms("p99"),
+            ms("q1"),
+            ms("q3"),
+            ms("min"),
+            ms("max"),
+            l["samples"],
+            ms("first_tenth_median"),
+            ms("last_tenth_median"),
+        );
+        let nd = &s["daemon"]["no_daemon"];
+        if nd.is_object() {
+            let v: Vec<String> = d["no_daemon"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["ns"].as_f64())
+                .map(|x| format!("{:.2}", x / 1e9))
+                .collect();
+            let _ = write!(
+                para,
+                " `gate run --no-daemon` (its own engine: reads the kernel's BTF, loads and \
+                 verifies the programs, attaches them) takes {:.2} virtual s to the same point \
+                 (median of {} runs: {} s).",
+                nd["median"].as_f64().unwrap_or(0.0) / 1e9,
+                nd["samples"],
+                v.join(", ")
+            );
+        }
+        let _ = writeln!(md, "{para}\n");
+    }
 }
 
 fn render_userspace(md: &mut String, g: &Value) {
@@ -798,11 +1126,25 @@ fn shortfalls(kernels: &serde_json::Map<String, Value>) -> String {
         if w.met == Some(false) {
             lines.push(format!("- Real workload: {}.", w.text));
         }
-        let unmeasured: Vec<&str> = [("unconfined", &u), ("10,000 rules", &c), ("workload", &w)]
-            .iter()
-            .filter(|(_, v)| v.met.is_none())
-            .map(|(n, _)| *n)
-            .collect();
+        let a = goal_agents(s);
+        if a.met == Some(false) {
+            lines.push(format!(
+                "- Many agents: {}. An unconfined task's cost should not depend on the number of \
+                 agents: each program asks for the task's ancestor cgroup at each level where \
+                 agents sit (one level here) and looks it up in the `AGENTS` hash map.",
+                a.text
+            ));
+        }
+        let unmeasured: Vec<&str> = [
+            ("unconfined", &u),
+            ("10,000 rules", &c),
+            ("workload", &w),
+            ("many agents", &a),
+        ]
+        .iter()
+        .filter(|(_, v)| v.met.is_none())
+        .map(|(n, _)| *n)
+        .collect();
         if !unmeasured.is_empty() {
             lines.push(format!(
                 "- Not measured in this run: {}.",
@@ -865,6 +1207,22 @@ programs) timed in the holder for every policy; its RSS and the `memlock` of its
 the policy denies while the holder drains gate's ring buffer into a signed audit log through \
 `gate::report::LogSink` (what `gate run --log` does), counted from the first open to the \
 flush that wrote the N-th decision record.
+- **Many agents.** After phase B, gate is loaded once more through its library with room for 100 \
+agents (one engine, as the daemon holds it): 100 cgroups under `gate/`, 100 policies compiled \
+(alternately coding-agent and ci-runner, each with its own workspace; agent 0 is coding-agent with \
+the benchmark's workspace). Rounds of unconfined workers with 1, 10 and 100 agents confined \
+(`Engine::add_agent` / `remove_agent` between runs, the programs attached throughout; the order \
+reversed every other round), and of a worker in agent 0's cgroup while all 100 are confined; then \
+detach and one no-BPF run.
+- **The daemon.** Last, the release `gate daemon` (copied into tmpfs with its config, default \
+capacity) is started and 100 `gate run` clients are launched one after the other through its \
+control socket, each running `gate-stamp` (bench/src/stamp.c, static, no libc) from its own \
+workspace, which prints `CLOCK_MONOTONIC` at its first instruction and then waits for end of file \
+on stdin, so all 100 agents stay alive. A launch's time is that stamp minus the clock read just \
+before spawning the client; p50 and p99 over the 100 launches. The daemon's VmRSS and the \
+`memlock` of its BPF maps are read from `/proc` with 0, 1, 10 and 100 agents. Then the stamps end, \
+the daemon is stopped (SIGTERM) and `gate unload` detaches its programs, and a few `gate run \
+--no-daemon` runs are timed the same way.
 ";
 
 /// The host's 1-minute load average (wall times depend on it; the figures do not).
