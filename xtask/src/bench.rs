@@ -977,7 +977,7 @@ fn render_daemon(md: &mut String, g: &Value, s: &Value) {
              `gate-stamp` (static, no libc), which read `CLOCK_MONOTONIC`: the client starts, \
              asks the daemon over the socket, the daemon compiles the policy, creates the \
              agent's cgroup, adds the agent to its engine and moves the client in, the client \
-             execs the command. Launch k runs with k − 1 agents already confined (policies \
+             starts the command as its child. Launch k runs with k − 1 agents already confined (policies \
              alternating coding-agent and ci-runner): the first tenth's median {:.1} ms, the \
              last tenth's {:.1} ms.",
             ms("median"),

@@ -44,6 +44,7 @@ pub fn run() -> Result<ExitCode> {
         cwd: Some(repo),
         shares: guest::project_shares()?,
         append: None,
+        systemd: false,
     };
     let outcome = guest::run(&guest, &options, &command)?;
     Ok(crate::exit_code(outcome.exit_code))

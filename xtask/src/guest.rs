@@ -54,6 +54,9 @@ pub struct RunOptions {
     pub shares: Vec<PathBuf>,
     /// Appended to the kernel command line (e.g. `loglevel=7` to see the whole boot).
     pub append: Option<String>,
+    /// Boot the host's systemd as PID 1 (gate-guest.target, written by init.sh) and run the
+    /// command as a oneshot unit of it, instead of in a chroot under /init.
+    pub systemd: bool,
 }
 
 pub struct Outcome {
@@ -95,6 +98,7 @@ pub fn run(guest: &Guest<'_>, options: &RunOptions, command: &[String]) -> Resul
             nonce: &nonce,
             shares: &shares,
             cwd: cwd.as_deref(),
+            systemd: options.systemd,
         },
     )?;
 
@@ -102,9 +106,14 @@ pub fn run(guest: &Guest<'_>, options: &RunOptions, command: &[String]) -> Resul
     say(
         label,
         &format!(
-            "booting {} (TCG{}, timeout {}s): {}",
+            "booting {} (TCG{}{}, timeout {}s): {}",
             guest.kernel.release,
             if options.icount { ", icount" } else { "" },
+            if options.systemd {
+                ", systemd as PID 1"
+            } else {
+                ""
+            },
             options.timeout.as_secs(),
             command
                 .iter()

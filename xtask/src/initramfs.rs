@@ -12,8 +12,9 @@ use crate::{cpio::Archive, elf, kernels::Kernel, modules};
 const INIT_TEMPLATE: &str = include_str!("init.sh");
 /// Bump when the layout produced by `build` changes without the inputs below changing.
 const FORMAT_VERSION: u32 = 2;
-/// What the guest needs; their dependencies are read from the modules themselves.
-pub const MODULE_ROOTS: &[&str] = &["virtio_pci", "9pnet_virtio", "9p"];
+/// What the guest needs; their dependencies are read from the modules themselves. overlay:
+/// the systemd boot makes the host's /var writable with it.
+pub const MODULE_ROOTS: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 /// Cached initramfs files of other fingerprints older than this are removed.
 const STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 const BUSYBOX_CANDIDATES: &[&str] = &["/usr/bin/busybox", "/bin/busybox"];
@@ -103,10 +104,13 @@ pub struct RunFiles<'a> {
     pub shares: &'a [PathBuf],
     /// The directory the command must start in; /init refuses to run it if it is not visible.
     pub cwd: Option<&'a Path>,
+    /// Boot the host's systemd as PID 1 and run the command as a unit of it (init.sh).
+    pub systemd: bool,
 }
 
 /// The per-run archive appended to the cached one: the command script, the run's nonce, the
-/// shared directories (one per line) and the working directory.
+/// shared directories (one per line), the working directory and the boot mode (`chroot` or
+/// `systemd`).
 pub fn run_archive(files: &RunFiles<'_>) -> Vec<u8> {
     let mut archive = Archive::new();
     archive.dir("gate", 0o755);
@@ -123,6 +127,8 @@ pub fn run_archive(files: &RunFiles<'_>) -> Vec<u8> {
         .map(|c| format!("{}\n", c.display()))
         .unwrap_or_default();
     archive.file("gate/cwd", 0o644, cwd.as_bytes());
+    let mode = if files.systemd { "systemd" } else { "chroot" };
+    archive.file("gate/mode", 0o644, format!("{mode}\n").as_bytes());
     archive.finish()
 }
 

@@ -79,6 +79,9 @@ struct GuestArgs {
     /// Extra kernel command-line arguments (e.g. `loglevel=7` to see the whole boot).
     #[arg(long)]
     append: Option<String>,
+    /// Boot the host's systemd as PID 1 and run the command as a oneshot unit of it.
+    #[arg(long)]
+    systemd: bool,
     /// Extra environment for the command, KEY=VALUE (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -193,6 +196,7 @@ fn guest(args: GuestArgs) -> Result<ExitCode> {
         cwd: std::env::current_dir().ok(),
         shares: guest::project_shares()?,
         append: args.append,
+        systemd: args.systemd,
     };
     let outcome = guest::run(&guest, &options, &args.command)?;
     Ok(exit_code(outcome.exit_code))

@@ -12,7 +12,8 @@ use crate::initramfs::{self, Initramfs};
 use crate::kernels::{self, Kernel, Series};
 use crate::{paths, toolchain, vmlinux};
 
-/// zstd: the 6.12 kernel image is zstd-compressed (see vmlinux.rs).
+/// zstd: the 6.12 kernel image is zstd-compressed (see vmlinux.rs). systemd: one guest per
+/// kernel boots the host's systemd as PID 1 to test gate.service under it (test.rs).
 const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
@@ -21,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "gcc",
     "git",
     "make",
+    "systemd",
 ];
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 

@@ -1,6 +1,8 @@
 //! `cargo xtask test`: host tests, a release build, then the kernel test suite in a qemu guest
-//! for each kernel, one after the other. A guest that cannot boot or does not report fails its
-//! suite. Ends with a summary table and a `N passed, N failed` line.
+//! for each kernel, one after the other, each followed by a second boot of that kernel with the
+//! host's systemd as PID 1 that tests gate.service under it (`gate-kernel-tests --systemd`). A
+//! guest that cannot boot or does not report fails its suite. Ends with a summary table and a
+//! `N passed, N failed` line.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -58,7 +60,9 @@ pub fn run(options: &Options) -> Result<ExitCode> {
             "{SKIP_GUESTS_ENV}=1: the kernel tests will NOT be run"
         ));
         for series in &options.kernels {
-            results.push(not_run(series, &format!("{SKIP_GUESTS_ENV}=1")));
+            for boot in Boot::ALL {
+                results.push(not_run(series, boot, &format!("{SKIP_GUESTS_ENV}=1")));
+            }
         }
     } else {
         run_guest_suites(&env, options, &mut results);
@@ -75,22 +79,49 @@ fn run_guest_suites(env: &Environment, options: &Options, results: &mut Vec<Suit
             eprintln!("error: {error:#}");
             let duration = started.elapsed();
             for series in &options.kernels {
-                let verdict = Verdict::Failed(format!("not run: {error}"));
-                results.push(SuiteResult {
-                    name: suite_name(*series),
-                    verdict,
-                    duration,
-                });
+                for boot in Boot::ALL {
+                    let verdict = Verdict::Failed(format!("not run: {error}"));
+                    results.push(SuiteResult {
+                        name: boot.suite_name(*series),
+                        verdict,
+                        duration,
+                    });
+                }
             }
             return;
         }
     };
     for series in &options.kernels {
-        results.push(timed(&suite_name(*series), || {
-            guest_suite(env, *series, &binaries, options.timeout)
-        }));
+        for boot in Boot::ALL {
+            results.push(timed(&boot.suite_name(*series), || {
+                guest_suite(env, *series, boot, &binaries, options.timeout)
+            }));
+        }
     }
 }
+
+/// How a kernel is booted for a suite.
+#[derive(Clone, Copy)]
+enum Boot {
+    /// /init runs the whole kernel suite in a chroot of the host root.
+    Chroot,
+    /// The host's systemd is PID 1 and runs the systemd tests as a unit.
+    Systemd,
+}
+
+impl Boot {
+    const ALL: [Boot; 2] = [Boot::Chroot, Boot::Systemd];
+
+    fn suite_name(self, series: Series) -> String {
+        match self {
+            Boot::Chroot => format!("kernel {series}"),
+            Boot::Systemd => format!("systemd {series}"),
+        }
+    }
+}
+
+/// The systemd boot runs a few tests: a guest stuck in it fails sooner than the whole suite.
+const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(900);
 
 fn release_binaries() -> Result<Binaries> {
     Ok(Binaries {
@@ -103,12 +134,13 @@ fn release_binaries() -> Result<Binaries> {
 fn guest_suite(
     env: &Environment,
     series: Series,
+    boot: Boot,
     binaries: &Binaries,
     timeout: Duration,
 ) -> Result<Verdict> {
     let guest = env.guest(series).guest();
     let repo = paths::repo_root();
-    let command = vec![
+    let mut command = vec![
         path_arg(&binaries.kernel_tests),
         "--gate".into(),
         path_arg(&binaries.gate),
@@ -117,18 +149,30 @@ fn guest_suite(
         "--repo".into(),
         path_arg(&repo),
     ];
+    let systemd = matches!(boot, Boot::Systemd);
+    if systemd {
+        command.push("--systemd".into());
+    }
     let options = RunOptions {
         icount: false,
-        timeout,
+        timeout: if systemd {
+            timeout.min(SYSTEMD_TIMEOUT)
+        } else {
+            timeout
+        },
         env: Vec::new(),
         cwd: Some(repo),
         shares: guest::project_shares()?,
         append: None,
+        systemd,
     };
     let outcome = guest::run(&guest, &options, &command)?;
     Ok(match outcome.exit_code {
         0 => Verdict::Passed,
-        code => Verdict::Failed(format!("gate-kernel-tests exited with {code}")),
+        code => Verdict::Failed(format!(
+            "gate-kernel-tests{} exited with {code}",
+            if systemd { " --systemd" } else { "" }
+        )),
     })
 }
 
@@ -136,13 +180,9 @@ fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
 
-fn suite_name(series: Series) -> String {
-    format!("kernel {series}")
-}
-
-fn not_run(series: &Series, why: &str) -> SuiteResult {
+fn not_run(series: &Series, boot: Boot, why: &str) -> SuiteResult {
     SuiteResult {
-        name: suite_name(*series),
+        name: boot.suite_name(*series),
         verdict: Verdict::NotRun(why.to_owned()),
         duration: Duration::ZERO,
     }

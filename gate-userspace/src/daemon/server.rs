@@ -595,6 +595,31 @@ fn add_config_agent(core: &mut Core, h: &Hierarchy, a: &config::ConfigAgent) -> 
         home,
     };
     let policy = policy::load(&a.policy, &vars).map_err(|e| format!("agent {}: {e}", a.name))?;
+    if let Some(existing) = core.agent(&a.name) {
+        // Adopted from the daemon before this one (stopped, killed or crashed): its cgroup is
+        // confined already. It keeps running; the configured policy is swapped in atomically
+        // if it differs from the one the adoption recompiled.
+        if existing.cgroup_id != cg.id {
+            return Err(format!(
+                "agent {}: an agent of that name already confines {}, not {}",
+                a.name,
+                existing.cgroup.display(),
+                cg.path.display()
+            ));
+        }
+        if existing.policy().digest_hex() != policy.digest_hex() {
+            let r = core.replace(&a.name, policy);
+            if let Some(e) = r.error {
+                return Err(format!("agent {}: {e}", a.name));
+            }
+        }
+        tracing::info!(
+            agent = a.name,
+            cgroup = cg.name,
+            "configured cgroup confined since the previous daemon; adopted"
+        );
+        return Ok(());
+    }
     core.add(
         NewAgent {
             name: a.name.clone(),

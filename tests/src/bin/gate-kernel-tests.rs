@@ -2,6 +2,10 @@
 //!
 //!     gate-kernel-tests --gate /abs/gate --probe /abs/gate-probe --repo /abs/repo [FILTER…]
 //!
+//! With `--systemd` it runs only the tests of gate.service under systemd (suite::systemd),
+//! which need the host's systemd as PID 1 (`cargo xtask guest --systemd`); without it, never
+//! those.
+//!
 //! Prints `PASS name [secs]` or `FAIL name [secs]: expected …, got …` (with details) per test
 //! (secs: time since the previous result), then
 //! `N passed, N failed`. Exits 1 if anything failed, if nothing ran, or if the machine cannot
@@ -21,12 +25,14 @@ struct Args {
     allow_host_home: bool,
     keep: bool,
     isolate: bool,
+    systemd: bool,
     driver: Option<PathBuf>,
 }
 
 const USAGE: &str = "usage: gate-kernel-tests --gate PATH --probe PATH --repo DIR [--list] [--keep] \
-                     [--isolate] [--allow-host-home] [FILTER...]\n\
+                     [--isolate] [--systemd] [--allow-host-home] [FILTER...]\n\
                      FILTER: run only tests whose name contains one of these strings\n\
+                     --systemd: only the tests of gate.service under systemd (PID 1 must be systemd)\n\
                      --keep: leave /tmp/gate-tests (logs, plans) in place\n\
                      --isolate: one gate run per scenario step (slow in TCG guests)";
 
@@ -40,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
         allow_host_home: false,
         keep: false,
         isolate: false,
+        systemd: false,
         driver: None,
     };
     let mut it = std::env::args().skip(1);
@@ -56,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--list" => a.list = true,
             "--keep" => a.keep = true,
             "--isolate" => a.isolate = true,
+            "--systemd" => a.systemd = true,
             "--driver" => a.driver = Some(value("--driver")?),
             "--allow-host-home" => a.allow_host_home = true,
             "-h" | "--help" => return Err(String::new()),
@@ -84,10 +92,14 @@ fn main() -> ExitCode {
     let mut rep = Reporter::new(args.filters.clone(), args.list);
     if args.list {
         // Names only; scenario steps are listed from their files.
-        suite::list(
-            &args.repo.clone().unwrap_or_else(|| PathBuf::from(".")),
-            &mut rep,
-        );
+        if args.systemd {
+            suite::list_systemd(&mut rep);
+        } else {
+            suite::list(
+                &args.repo.clone().unwrap_or_else(|| PathBuf::from(".")),
+                &mut rep,
+            );
+        }
         return ExitCode::SUCCESS;
     }
     let (Some(gate), Some(probe), Some(repo)) = (args.gate, args.probe, args.repo) else {
@@ -126,7 +138,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    suite::run_all(&ctx, &mut rep);
+    if args.systemd {
+        suite::run_systemd(&ctx, &mut rep);
+    } else {
+        suite::run_all(&ctx, &mut rep);
+    }
 
     if !args.keep {
         suite::remove_tree(std::path::Path::new(suite::SCRATCH));

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod process_tree;
 pub mod scenarios;
 pub mod single;
+pub mod systemd;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -459,6 +460,34 @@ pub fn rust_tests() -> Vec<(&'static str, TestFn)> {
     v
 }
 
+/// The tests of the systemd boot (`--systemd`): gate.service under the host's systemd as PID
+/// 1. They run there only, and nothing else runs there.
+pub fn systemd_tests() -> Vec<(&'static str, TestFn)> {
+    systemd::tests()
+}
+
+/// Lists the systemd boot's test names.
+pub fn list_systemd(rep: &mut Reporter) {
+    for (name, _) in systemd_tests() {
+        rep.wants(name);
+    }
+}
+
+/// Runs the systemd boot's tests.
+pub fn run_systemd(ctx: &Ctx, rep: &mut Reporter) {
+    run_tests(ctx, rep, systemd_tests());
+}
+
+fn run_tests(ctx: &Ctx, rep: &mut Reporter, tests: Vec<(&'static str, TestFn)>) {
+    for (name, f) in tests {
+        if rep.wants(name) {
+            let mut notes = Notes::new();
+            let r = f(ctx, &mut notes);
+            rep.record_with_notes(name, r, &notes);
+        }
+    }
+}
+
 /// Lists test names (scenario steps from their files) without running anything.
 pub fn list(repo: &Path, rep: &mut Reporter) {
     scenarios::list(repo, rep);
@@ -470,13 +499,7 @@ pub fn list(repo: &Path, rep: &mut Reporter) {
 /// Runs everything: scenarios first (the real workload), then the Rust tests.
 pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
     scenarios::run_all(ctx, rep);
-    for (name, f) in rust_tests() {
-        if rep.wants(name) {
-            let mut notes = Notes::new();
-            let r = f(ctx, &mut notes);
-            rep.record_with_notes(name, r, &notes);
-        }
-    }
+    run_tests(ctx, rep, rust_tests());
     // Last: the scenarios again, every `gate run` through a daemon.
     daemon::scenarios_through_the_daemon(ctx, rep);
 }
