@@ -948,8 +948,8 @@ fn render_daemon(md: &mut String, g: &Value, s: &Value) {
          /root and /tmp bound in), so that nothing it looks up waits for the host over 9p; \
          ready (control socket answering) {:.2} virtual s after it was spawned. Its memory (VmRSS \
          from `/proc/PID/status`) and the `memlock` of the BPF maps it holds (`/proc/PID/fdinfo`; \
-         the hash maps are preallocated for the configured capacity, so they do not grow with the \
-         agents), as `gate run` clients add agents:\n",
+         the maps are sized for the configured capacity; maps the kernel fills on demand, \
+         such as the LPM tries, grow with their entries), as `gate run` clients add agents:\n",
         d["config"].as_str().unwrap_or("?"),
         d["ready_ns"].as_f64().unwrap_or(0.0) / 1e9,
     );

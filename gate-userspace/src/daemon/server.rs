@@ -937,6 +937,12 @@ fn hold_run(
     agent: &str,
     caller: i32,
 ) -> io::Result<()> {
+    // The agent this connection started, by id and cgroup: its name may be taken by another
+    // agent once this one is reaped.
+    let started = owner.call({
+        let agent = agent.to_string();
+        move |c| c.agent(&agent).map(|a| (a.agent_id, a.cgroup.clone()))
+    });
     let mut ignored = 0u64;
     while let Ok(Some(_)) = read_line(&mut r) {
         ignored += 1;
@@ -947,39 +953,41 @@ fn hold_run(
             );
         }
     }
-    let agent = agent.to_string();
+    let Some((id, cgroup)) = started else {
+        return Ok(());
+    };
     // The caller closes the connection just before it exits with the command's status: let
     // it leave first (at most 5 s), so that only what the command left behind is ended.
-    if let Some(cg) = owner.call({
-        let agent = agent.clone();
-        move |c| c.agent(&agent).map(|a| a.cgroup.clone())
-    }) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline
-            && fs::read_to_string(cg.join("cgroup.procs"))
-                .is_ok_and(|p| p.lines().any(|l| l.trim() == caller.to_string()))
-        {
-            thread::sleep(Duration::from_millis(20));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && fs::read_to_string(cgroup.join("cgroup.procs"))
+            .is_ok_and(|p| p.lines().any(|l| l.trim() == caller.to_string()))
+    {
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Ending the processes can take seconds: not on the owner thread, which writes the
+    // heartbeat.
+    let root = Hierarchy {
+        mount: "/".into(),
+        root: "/".into(),
+    };
+    if let Ok(cg) = Cgroup::open(&root, &cgroup)
+        && cg.populated()
+    {
+        tracing::info!(
+            agent,
+            "the run's command ended: ending what is left of its tree"
+        );
+        if let Err(e) = cg.kill_all(Duration::from_secs(10)) {
+            tracing::error!(agent, error = %e, "could not end the agent's processes; it stays confined");
+            return Ok(());
         }
     }
+    let agent = agent.to_string();
     owner.call(move |c| {
-        let Some(a) = c.agent(&agent) else { return };
-        if let Ok(cg) = Cgroup::open(
-            &Hierarchy {
-                mount: "/".into(),
-                root: "/".into(),
-            },
-            &a.cgroup,
-        ) && cg.populated()
-        {
-            tracing::info!(agent, "the run's command ended: ending what is left of its tree");
-            if let Err(e) = cg.kill_all(Duration::from_secs(10)) {
-                tracing::error!(agent, error = %e, "could not end the agent's processes; it stays confined");
-                return;
-            }
-        }
-        if c.remove(&agent, "its command ended").is_ok() {
-            let _ = remove_cgroup_tree(&a.cgroup);
+        let same = c.agent(&agent).is_some_and(|a| a.agent_id == id);
+        if same && c.remove(&agent, "its command ended").is_ok() {
+            let _ = remove_cgroup_tree(&cgroup);
         }
     });
     Ok(())
