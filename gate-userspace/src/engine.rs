@@ -429,13 +429,7 @@ impl Engine {
                 self.capacity.agents
             )));
         }
-        let slot = self.fresh_slot();
-        let rules = self.write_rules(slot, policy, extra)?;
-        let config = policy.agent_config(slot, agent_id);
-        if let Err(e) = self.set_agent(cgroup_id, config) {
-            self.delete_rules(&rules);
-            return Err(e);
-        }
+        let (slot, rules, config) = self.install(cgroup_id, agent_id, policy, extra)?;
         self.agents.insert(
             cgroup_id,
             Agent {
@@ -449,6 +443,25 @@ impl Engine {
             return Err(e);
         }
         Ok(slot)
+    }
+
+    /// Writes `policy`'s rules under a fresh slot, then points the agent's one `AGENTS` entry
+    /// at them; on a failure the new rules are removed and the entry is as it was.
+    fn install(
+        &mut self,
+        cgroup_id: u64,
+        agent_id: u32,
+        policy: &CompiledPolicy,
+        extra: &[(InodeKey, InodeRule)],
+    ) -> Result<(u32, SlotRules, AgentConfig), EngineError> {
+        let slot = self.fresh_slot();
+        let rules = self.write_rules(slot, policy, extra)?;
+        let config = policy.agent_config(slot, agent_id);
+        if let Err(e) = self.set_agent(cgroup_id, config) {
+            self.delete_rules(&rules);
+            return Err(e);
+        }
+        Ok((slot, rules, config))
     }
 
     fn set_agent(&mut self, cgroup_id: u64, config: AgentConfig) -> Result<(), EngineError> {
@@ -474,13 +487,7 @@ impl Engine {
                 "cgroup {cgroup_id} is no agent"
             )));
         };
-        let slot = self.fresh_slot();
-        let rules = self.write_rules(slot, policy, extra)?;
-        let config = policy.agent_config(slot, agent_id);
-        if let Err(e) = self.set_agent(cgroup_id, config) {
-            self.delete_rules(&rules);
-            return Err(e);
-        }
+        let (slot, rules, config) = self.install(cgroup_id, agent_id, policy, extra)?;
         let agent = self.agents.get_mut(&cgroup_id).expect("checked above");
         agent.config = config;
         let old = std::mem::replace(&mut agent.rules, rules);

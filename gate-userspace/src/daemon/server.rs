@@ -275,25 +275,9 @@ impl PolicyWatch {
                 _ => {}
             }
         }
-        let mut out = Vec::new();
-        for name in due {
-            let Some(a) = core.agent(&name) else { continue };
-            match policy::load(&a.policy_path, &a.vars) {
-                Ok(mut p) => {
-                    if let Some(m) = a.mode {
-                        p.mode = m;
-                    }
-                    if p.digest_hex() != a.policy().digest_hex() {
-                        out.push(core.replace(&name, p));
-                    }
-                }
-                Err(e) => {
-                    let old = a.policy().digest_hex();
-                    out.push(core.failed_reload(&name, old, e.to_string()));
-                }
-            }
-        }
-        out
+        due.iter()
+            .filter_map(|name| recompile(core, name, true))
+            .collect()
     }
 }
 
@@ -680,32 +664,40 @@ fn remove_cgroup_tree(dir: &Path) -> io::Result<()> {
 /// Recompiles each agent's policy from its file, then swaps it in; a policy that does not
 /// compile leaves the old one in force.
 fn reload(core: &mut Core, names: &[String]) -> Vec<gate_protocol::ReloadResult> {
-    let mut out = Vec::new();
-    for name in names {
-        let Some(a) = core.agent(name) else {
-            out.push(gate_protocol::ReloadResult {
-                agent: name.clone(),
-                old_digest: String::new(),
-                new_digest: None,
-                error: Some(format!("no agent named {name:?}")),
-            });
-            continue;
-        };
-        let old = a.policy().digest_hex();
-        if a.policy_path.as_os_str() == "<probe>" {
-            continue;
-        }
-        match policy::load(&a.policy_path, &a.vars) {
-            Ok(mut p) => {
-                if let Some(m) = a.mode {
-                    p.mode = m;
-                }
-                out.push(core.replace(name, p));
-            }
-            Err(e) => out.push(core.failed_reload(name, old, e.to_string())),
-        }
+    names
+        .iter()
+        .filter_map(|name| recompile(core, name, false))
+        .collect()
+}
+
+/// Recompiles one agent's policy from its file and swaps it in; a policy that does not
+/// compile leaves the old one in force. `None` for the probe agent, and, with `if_changed`,
+/// when the file compiles to the policy already in force.
+fn recompile(core: &mut Core, name: &str, if_changed: bool) -> Option<gate_protocol::ReloadResult> {
+    let Some(a) = core.agent(name) else {
+        return Some(gate_protocol::ReloadResult {
+            agent: name.to_string(),
+            old_digest: String::new(),
+            new_digest: None,
+            error: Some(format!("no agent named {name:?}")),
+        });
+    };
+    if a.policy_path.as_os_str() == "<probe>" {
+        return None;
     }
-    out
+    let old = a.policy().digest_hex();
+    match policy::load(&a.policy_path, &a.vars) {
+        Ok(mut p) => {
+            if let Some(m) = a.mode {
+                p.mode = m;
+            }
+            if if_changed && p.digest_hex() == old {
+                return None;
+            }
+            Some(core.replace(name, p))
+        }
+        Err(e) => Some(core.failed_reload(name, old, e.to_string())),
+    }
 }
 
 fn bind(cfg: &DaemonConfig) -> Result<UnixListener, String> {
