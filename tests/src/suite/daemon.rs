@@ -74,11 +74,39 @@ fn base() -> PathBuf {
     Path::new(SCRATCH).join("daemon")
 }
 
-/// Adds the test users and group, once per boot.
-fn ensure_users() -> Result<(), Failure> {
+/// Where the test users run `gate` and `gate-probe` from: copies of the suite's binaries,
+/// installed once per boot as `cargo xtask install` would (root-owned, mode 0755). The
+/// build's own copies may be out of the users' reach (a clone under /root, mode 0700).
+fn user_bin(name: &str) -> PathBuf {
+    Path::new(SCRATCH).join("bin").join(name)
+}
+
+fn user_gate() -> String {
+    user_bin("gate").display().to_string()
+}
+
+fn user_probe() -> String {
+    user_bin("gate-probe").display().to_string()
+}
+
+/// Adds the test users and group, and installs the binaries they run, once per boot.
+fn ensure_users(ctx: &Ctx) -> Result<(), Failure> {
     let etc = Path::new(SCRATCH).join("etc");
     if etc.join("done").exists() {
         return Ok(());
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+        let bin = user_bin("");
+        std::fs::create_dir_all(&bin).or_fail("mkdir bin")?;
+        for dir in [Path::new(SCRATCH), bin.as_path()] {
+            mode(dir).or_fail("chmod 0755 bin dir")?;
+        }
+        for (from, name) in [(&ctx.gate, "gate"), (&ctx.probe, "gate-probe")] {
+            std::fs::copy(from, user_bin(name)).or_fail(&format!("install {name}"))?;
+            mode(&user_bin(name)).or_fail("chmod 0755 binary")?;
+        }
     }
     std::fs::create_dir_all(&etc).or_fail("mkdir etc")?;
     let mut passwd = std::fs::read_to_string("/etc/passwd").or_fail("read /etc/passwd")?;
@@ -116,7 +144,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(ctx: &Ctx, extra: &str) -> Result<Daemon, Failure> {
-        ensure_users()?;
+        ensure_users(ctx)?;
         let dir = base();
         std::fs::create_dir_all(&dir).or_fail("mkdir daemon dir")?;
         let policies = ctx.repo.join("tests/scenarios/policies");
@@ -192,7 +220,7 @@ fn as_uid(uid: u32, argv: &[String]) -> Cmd {
 
 fn gate_run(ctx: &Ctx, uid: u32, policy: &str, name: Option<&str>, script: &str) -> Cmd {
     let mut a = vec![
-        ctx.gate.display().to_string(),
+        user_gate(),
         "run".into(),
         "--policy".into(),
         ctx.test_policy(policy).display().to_string(),
@@ -240,7 +268,7 @@ fn status_json(ctx: &Ctx) -> Result<serde_json::Value, Failure> {
 fn as_user(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let d = Daemon::start(ctx, "")?;
     let (fa, fb) = targets()?;
-    let p = ctx.probe.display();
+    let p = user_probe();
     let script = format!(
         "echo UID=$(id -u); echo HOME=$HOME; echo A=$({p} open-write {}); echo B=$({p} open-write {})",
         fa.display(),
@@ -328,7 +356,7 @@ fn refusals(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let cmd = as_uid(
         DEV_UID,
         &[
-            ctx.gate.display().to_string(),
+            user_gate(),
             "run".into(),
             "--policy".into(),
             ctx.repo
@@ -346,7 +374,7 @@ fn refusals(ctx: &Ctx, _: &mut Notes) -> TestResult {
         );
     }
     // A confined process must never be able to ask the daemon for anything.
-    let script = format!("{} status; echo STATUS=$?", ctx.gate.display());
+    let script = format!("{} status; echo STATUS=$?", user_gate());
     let cmd = gate_run(ctx, DEV_UID, "daemon-a", None, &script);
     let o = cmd.run();
     if !o.stdout.contains("STATUS=1") || !o.stderr.contains("confined by gate") {
@@ -369,7 +397,7 @@ fn hundred_agents(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666))
         .or_fail("mkfifo")?;
     std::os::unix::fs::chown(&fifo, Some(DEV_UID), Some(GATE_GID)).or_fail("chown fifo")?;
-    let p = ctx.probe.display();
+    let p = user_probe();
     let mut runs = Vec::new();
     for i in 0..100 {
         let policy = if i % 2 == 0 { "daemon-a" } else { "daemon-b" };
@@ -470,7 +498,7 @@ impl Stepped {
              {p} open-write {t} > {m}/r$step.tmp 2>&1; mv {m}/r$step.tmp {m}/r$step; done; \
              while [ ! -e {m}/end ]; do sleep 0.1; done",
             m = m.display(),
-            p = ctx.probe.display(),
+            p = user_probe(),
             t = target.display()
         );
         let cmd = as_uid(
@@ -800,7 +828,7 @@ fn kill_daemon(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     super::remove_tree(&m);
     std::fs::create_dir_all(&m).or_fail("mkdir")?;
     std::os::unix::fs::chown(&m, Some(DEV_UID), Some(GATE_GID)).or_fail("chown marks")?;
-    let p = ctx.probe.display();
+    let p = user_probe();
     // Denied attempts in a stream, before, during and after the daemon's death and restart.
     // The result goes to stdout (an open pipe): while no daemon writes the heartbeat the
     // agent may fall to lockdown, where it may neither exec nor write files.
