@@ -9,8 +9,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use gate_common::{
-    AgentConfig, HostConfig, InodeKey, InodeRule, MAX_LEVELS, MODE_AUDIT, NetRule, VerdictKey,
-    VerdictValue, counter, decision, rule,
+    AgentConfig, HostConfig, InodeKey, InodeRule, MODE_AUDIT, NetRule, VerdictKey, VerdictValue,
+    counter, decision, rule,
 };
 
 use crate::{
@@ -50,6 +50,14 @@ pub trait Enforcer: Send {
     /// The agents, by cgroup id.
     fn agents(&self) -> Vec<AgentInfo>;
     fn capacity(&self) -> Capacity;
+    /// Whether any of `cgroup_ids` (a process's cgroup and its ancestors) is an agent's root
+    /// cgroup in the enforcer itself (for the kernel: its `AGENTS` map, read now, not a copy).
+    fn confines(&self, cgroup_ids: &[u64]) -> bool {
+        let agents = self.agents();
+        cgroup_ids
+            .iter()
+            .any(|id| agents.iter().any(|a| a.cgroup_id == *id))
+    }
 }
 
 impl Enforcer for Engine {
@@ -88,6 +96,9 @@ impl Enforcer for Engine {
     }
     fn capacity(&self) -> Capacity {
         Engine::capacity(self)
+    }
+    fn confines(&self, cgroup_ids: &[u64]) -> bool {
+        Engine::confines(self, cgroup_ids)
     }
 }
 
@@ -197,13 +208,12 @@ impl MemEnforcer {
         self.net6.retain(|k, _| k.0 != slot);
     }
 
+    /// `HOST.levels` as the engine writes them (position-stable, see
+    /// [`crate::engine::place_levels`]).
     fn write_levels(&mut self) {
-        let mut levels: Vec<u32> = self.agents.values().map(|(l, _)| *l).collect();
-        levels.sort_unstable();
-        levels.dedup();
-        self.host.levels = [0; MAX_LEVELS];
-        self.host.levels[..levels.len()].copy_from_slice(&levels);
-        self.host.level_count = levels.len() as u32;
+        let want = self.agents.values().map(|(l, _)| *l).collect();
+        self.host = crate::engine::place_levels(&self.host, &want)
+            .expect("checked when the agent was added");
     }
 
     /// Rule entries in the maps, all slots together (for tests: replaced slots are gone).
@@ -350,15 +360,10 @@ impl Enforcer for MemEnforcer {
                 "cgroup {cgroup_id} is already an agent"
             )));
         }
-        let mut levels: Vec<u32> = self.agents.values().map(|(l, _)| *l).collect();
-        levels.push(level);
-        levels.sort_unstable();
-        levels.dedup();
-        if levels.len() > MAX_LEVELS {
-            return Err(EngineError::Agent(format!(
-                "agents' cgroups may sit at no more than {MAX_LEVELS} different depths"
-            )));
-        }
+        let mut want: std::collections::BTreeSet<u32> =
+            self.agents.values().map(|(l, _)| *l).collect();
+        want.insert(level);
+        crate::engine::place_levels(&self.host, &want).map_err(EngineError::Agent)?;
         if self.agents.len() as u32 >= self.cap().agents {
             return Err(EngineError::Agent(format!(
                 "the engine has room for {} agents and all are in use",
@@ -597,6 +602,29 @@ mod tests {
             e.decide(&[1, 0, 0, 0, 201], op::WRITE, &file(&[1]))
                 .is_some()
         );
+    }
+
+    #[test]
+    fn levels_keep_their_positions_while_others_come_and_go() {
+        use crate::engine::place_levels;
+        use std::collections::BTreeSet;
+        let set = |l: &[u32]| l.iter().copied().collect::<BTreeSet<u32>>();
+        let h = place_levels(&HostConfig::default(), &set(&[3, 5])).unwrap();
+        assert_eq!((h.levels, h.level_count), ([3, 5, 0, 0], 2));
+        // Level 3 goes: 5 stays where a reader finds it, 3's place is free.
+        let h = place_levels(&h, &set(&[5])).unwrap();
+        assert_eq!((h.levels, h.level_count), ([0, 5, 0, 0], 2));
+        // A new level takes the free place; 5 never moved.
+        let h = place_levels(&h, &set(&[2, 5])).unwrap();
+        assert_eq!((h.levels, h.level_count), ([2, 5, 0, 0], 2));
+        let h = place_levels(&h, &set(&[2, 5, 7, 9])).unwrap();
+        assert_eq!((h.levels, h.level_count), ([2, 5, 7, 9], 4));
+        assert!(place_levels(&h, &set(&[1, 2, 5, 7, 9])).is_err());
+        // Trailing free places are not scanned.
+        let h = place_levels(&h, &set(&[2])).unwrap();
+        assert_eq!((h.levels, h.level_count), ([2, 0, 0, 0], 1));
+        let h = place_levels(&h, &set(&[])).unwrap();
+        assert_eq!(h.level_count, 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! under a fresh slot and switching the agent's one entry. Several engines (several
 //! `gate run`s without a daemon) coexist: each program passes on a denial by an earlier one.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -114,7 +114,10 @@ struct SlotRules {
 
 /// An agent the engine confines.
 struct Agent {
-    level: u32,
+    /// Its root cgroup's level; None for an agent adopted from pins whose level nobody
+    /// saved (the kernel keeps only the set of levels): every level the kernel held at
+    /// adoption then stays in `HOST` while it lives.
+    level: Option<u32>,
     config: AgentConfig,
     rules: SlotRules,
 }
@@ -148,7 +151,55 @@ pub struct Engine {
     capacity: Capacity,
     agents: BTreeMap<u64, Agent>,
     host: HostConfig,
+    /// The levels `HOST` held when this engine adopted it (kept for agents of unknown level).
+    adopted_levels: BTreeSet<u32>,
+    /// Rules of replaced policies and removed agents, with when they stopped being reachable
+    /// from `AGENTS`: a program run that read the old entry just before the switch may still
+    /// look them up, so they are deleted a grace period later ([`Engine::reap`]).
+    retired: Vec<(std::time::Instant, SlotRules)>,
     last_slot: u32,
+}
+
+/// How long rules that no `AGENTS` entry points at any more stay in the maps: far longer than
+/// any program run that read the old entry (LSM programs run under RCU and never sleep).
+pub const RETIRE_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `HOST.levels` for the levels in `want`, position-stable: a level that stays keeps its
+/// position, a level no longer wanted becomes 0 (level 0 is the root cgroup, never an
+/// agent's: a program that reads it finds no agent and goes on), a new level takes the first
+/// free position. A program reading `HOST` while it is rewritten sees every level that
+/// stays, whatever it reads of the others. Errors when more than [`MAX_LEVELS`] are wanted.
+pub fn place_levels(host: &HostConfig, want: &BTreeSet<u32>) -> Result<HostConfig, String> {
+    let mut h = *host;
+    let used = (h.level_count as usize).min(MAX_LEVELS);
+    for l in &mut h.levels[..used] {
+        if !want.contains(l) {
+            *l = 0;
+        }
+    }
+    h.levels[used..].iter_mut().for_each(|l| *l = 0);
+    let mut count = used;
+    for &l in want.iter().filter(|&&l| l != 0) {
+        if h.levels[..count].contains(&l) {
+            continue;
+        }
+        if let Some(free) = h.levels[..count].iter().position(|&x| x == 0) {
+            h.levels[free] = l;
+        } else if count < MAX_LEVELS {
+            h.levels[count] = l;
+            count += 1;
+        } else {
+            return Err(format!(
+                "agents' cgroups may sit at no more than {MAX_LEVELS} different depths \
+                 (wanted: {want:?}); put agents under a common parent cgroup"
+            ));
+        }
+    }
+    while count > 0 && h.levels[count - 1] == 0 {
+        count -= 1;
+    }
+    h.level_count = count as u32;
+    Ok(h)
 }
 
 /// The maps userspace works with, by name and kind. They are what gets pinned under
@@ -256,6 +307,8 @@ impl Engine {
             capacity,
             agents: BTreeMap::new(),
             host: HostConfig::default(),
+            adopted_levels: BTreeSet::new(),
+            retired: Vec::new(),
             last_slot: 0,
         })
     }
@@ -270,7 +323,9 @@ impl Engine {
         loop {
             self.last_slot = self.last_slot.wrapping_add(1).max(1);
             let s = self.last_slot;
-            if self.agents.values().all(|a| a.rules.slot != s) {
+            if self.agents.values().all(|a| a.rules.slot != s)
+                && self.retired.iter().all(|(_, r)| r.slot != s)
+            {
                 return s;
             }
         }
@@ -380,14 +435,37 @@ impl Engine {
         }
     }
 
+    /// The levels `HOST` must hold: every agent's, and while an agent's level is unknown,
+    /// every level the kernel held at adoption (a level is never dropped while an agent may
+    /// sit at it).
+    fn wanted_levels(&self, extra: Option<u32>) -> BTreeSet<u32> {
+        let mut want: BTreeSet<u32> = self.agents.values().filter_map(|a| a.level).collect();
+        if self.agents.values().any(|a| a.level.is_none()) {
+            want.extend(self.adopted_levels.iter().copied());
+        }
+        want.extend(extra);
+        want
+    }
+
+    /// Deletes the retired rules whose grace period is over (called with every heartbeat).
+    pub fn reap(&mut self, all: bool) {
+        let now = std::time::Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|(at, _)| all || now.duration_since(*at) >= RETIRE_AFTER);
+        self.retired = keep;
+        for (_, rules) in due {
+            self.delete_rules(&rules);
+        }
+    }
+
+    fn retire(&mut self, rules: SlotRules) {
+        self.retired.push((std::time::Instant::now(), rules));
+    }
+
     fn write_host(&mut self) -> Result<(), EngineError> {
-        let mut levels: Vec<u32> = self.agents.values().map(|a| a.level).collect();
-        levels.sort_unstable();
-        levels.dedup();
-        let mut host = self.host;
-        host.levels = [0; MAX_LEVELS];
-        host.levels[..levels.len()].copy_from_slice(&levels);
-        host.level_count = levels.len() as u32;
+        let want = self.wanted_levels(None);
+        let host = place_levels(&self.host, &want).map_err(EngineError::Agent)?;
         let mut map: Array<_, HostConfig> = self.map("HOST")?;
         map.set(0, host, 0).map_err(|source| EngineError::Map {
             map: "HOST",
@@ -413,16 +491,7 @@ impl Engine {
                 "cgroup {cgroup_id} is already an agent"
             )));
         }
-        let mut levels: Vec<u32> = self.agents.values().map(|a| a.level).collect();
-        levels.push(level);
-        levels.sort_unstable();
-        levels.dedup();
-        if levels.len() > MAX_LEVELS {
-            return Err(EngineError::Agent(format!(
-                "agents' cgroups may sit at no more than {MAX_LEVELS} different depths \
-                (they are at {levels:?}); put agents under a common parent cgroup"
-            )));
-        }
+        place_levels(&self.host, &self.wanted_levels(Some(level))).map_err(EngineError::Agent)?;
         if self.agents.len() as u32 >= self.capacity.agents {
             return Err(EngineError::Agent(format!(
                 "the engine has room for {} agents and all are in use",
@@ -433,7 +502,7 @@ impl Engine {
         self.agents.insert(
             cgroup_id,
             Agent {
-                level,
+                level: Some(level),
                 config,
                 rules,
             },
@@ -491,7 +560,7 @@ impl Engine {
         let agent = self.agents.get_mut(&cgroup_id).expect("checked above");
         agent.config = config;
         let old = std::mem::replace(&mut agent.rules, rules);
-        self.delete_rules(&old);
+        self.retire(old);
         Ok(slot)
     }
 
@@ -507,9 +576,26 @@ impl Engine {
             map: "AGENTS",
             source,
         })?;
+        self.retire(agent.rules);
         self.write_host()?;
-        self.delete_rules(&agent.rules);
         Ok(())
+    }
+
+    /// Whether any of `cgroup_ids` is a key of the kernel's `AGENTS` map, read now: what
+    /// the programs see, whatever this engine's copy says. A map that cannot be read counts
+    /// as confining (the caller refuses).
+    pub fn confines(&self, cgroup_ids: &[u64]) -> bool {
+        let Some(m) = self.maps.get("AGENTS") else {
+            return true;
+        };
+        let Ok(map) = HashMap::<_, u64, AgentConfig>::try_from(m) else {
+            return true;
+        };
+        cgroup_ids.iter().any(|id| match map.get(id, 0) {
+            Ok(_) => true,
+            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(_) => true,
+        })
     }
 
     /// The agents, by cgroup id.
@@ -518,7 +604,7 @@ impl Engine {
             .iter()
             .map(|(id, a)| AgentInfo {
                 cgroup_id: *id,
-                level: a.level,
+                level: a.level.unwrap_or(0),
                 config: a.config,
                 inode_entries: a.rules.inodes.len(),
                 net_entries: a.rules.net4.len() + a.rules.net6.len(),
@@ -534,7 +620,9 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.host.heartbeat_ns = boot_ns();
         self.host.lockdown_after_ns = lockdown_after.map_or(0, |d| d.as_nanos() as u64);
-        self.write_host()
+        self.write_host()?;
+        self.reap(false);
+        Ok(())
     }
 
     /// Writes a verdict for one agent into `VERDICTS`.
@@ -596,14 +684,25 @@ impl Engine {
 
     /// The event ring buffer (can be taken once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, EngineError> {
+        Ok(self.take_events_sized()?.0)
+    }
+
+    /// The event ring buffer and its size in bytes.
+    pub fn take_events_sized(&mut self) -> Result<(RingBuf<MapData>, u64), EngineError> {
+        let size = self
+            .maps
+            .get("EVENTS")
+            .and_then(|m| map_data(m).info().ok())
+            .map_or(0, |i| u64::from(i.max_entries()));
         let map = self
             .maps
             .remove("EVENTS")
             .ok_or(EngineError::Missing("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| EngineError::Map {
+        let ring = RingBuf::try_from(map).map_err(|source| EngineError::Map {
             map: "EVENTS",
             source,
-        })
+        })?;
+        Ok((ring, size))
     }
 
     /// The per-CPU counters (can be taken once).
@@ -695,6 +794,8 @@ impl Engine {
             capacity,
             agents: BTreeMap::new(),
             host: HostConfig::default(),
+            adopted_levels: BTreeSet::new(),
+            retired: Vec::new(),
             last_slot: 0,
         };
         engine.read_back(levels)?;
@@ -736,11 +837,12 @@ impl Engine {
         for item in agents.iter() {
             found.push(item.map_err(err("AGENTS"))?);
         }
-        let deepest = self.host.levels[..self.host.level_count.min(MAX_LEVELS as u32) as usize]
+        self.adopted_levels = self.host.levels
+            [..self.host.level_count.min(MAX_LEVELS as u32) as usize]
             .iter()
             .copied()
-            .max()
-            .unwrap_or(0);
+            .filter(|&l| l != 0)
+            .collect();
         for (cgroup_id, config) in found {
             let mut rules = by_slot.remove(&config.slot).unwrap_or_default();
             rules.slot = config.slot;
@@ -748,7 +850,7 @@ impl Engine {
             self.agents.insert(
                 cgroup_id,
                 Agent {
-                    level: levels.get(&cgroup_id).copied().unwrap_or(deepest),
+                    level: levels.get(&cgroup_id).copied(),
                     config,
                     rules,
                 },

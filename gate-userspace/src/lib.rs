@@ -21,4 +21,5 @@ pub mod events;
 pub mod policy;
 pub mod report;
 pub mod run;
+pub mod session;
 pub mod state;

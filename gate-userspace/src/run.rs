@@ -34,6 +34,7 @@ use crate::{
     events,
     policy::{self, CompiledPolicy, Mode, PolicyError, Vars},
     report::{LogSink, Summary},
+    session::Session,
     state,
 };
 
@@ -58,6 +59,8 @@ pub enum RunError {
     User(String),
     #[error("enforcement is not in effect, refusing to start the command: {0}")]
     SelfTest(String),
+    #[error("ending the run: {0}")]
+    End(String),
     #[error("could not start {cmd}: {source}{hint}")]
     Spawn {
         cmd: String,
@@ -219,7 +222,8 @@ fn confine_and_run(
     run: &state::RunState,
     who: &RunAs,
 ) -> Result<i32, RunError> {
-    let cg = Cgroup::create(h, &run.id)?;
+    let session = Session::create(h, &run.id)?;
+    let cg = session.cgroup();
     run.record_cgroup(&cg.path)?;
     let mut engine = Engine::load(Capacity::for_policy(policy, 1), opts.ringbuf_bytes)?;
     let canary = run.canary()?;
@@ -229,19 +233,15 @@ fn confine_and_run(
     let counters = engine.take_counters()?;
     let outcome = attached.map_err(RunError::from).and_then(|()| {
         let t = Instant::now();
-        self_test(&cg, &run.canary_path(), &mut events, policy.mode)?;
+        session.self_test(&run.canary_path(), policy.mode)?;
+        wait_selftest_event(&mut events)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "self-test passed");
-        supervise(opts, policy, &cg, events, counters, who)
+        supervise(opts, policy, cg, events, counters, who)
     });
-    // Whatever happened, nothing confined may be left running unconfined: kill the tree
-    // before enforcement is removed.
-    let killed = cg.kill_all(Duration::from_secs(10));
+    // Whatever happened, nothing confined may be left running unconfined: the session ends
+    // the tree before enforcement is removed (when dropped on an error, too).
     let summary = outcome?;
-    killed?;
-    engine
-        .detach()
-        .map_err(io_err("detaching the BPF programs"))?;
-    cg.remove()?;
+    session.end(|| engine.detach()).map_err(RunError::End)?;
     if !opts.quiet {
         eprint!("{}", summary.render(&opts.command));
     }
@@ -253,30 +253,6 @@ fn canary_rule() -> InodeRule {
     r.exact[op::WRITE as usize] = decision::DENY;
     r.exact_rule[op::WRITE as usize] = rule::SELFTEST;
     r
-}
-
-/// Proves enforcement: a forked process joins the cgroup and opens the canary for writing.
-/// The kernel must deny it (in audit mode: let it through flagged) and report it.
-fn self_test(
-    cg: &Cgroup,
-    canary: &Path,
-    events: &mut RingBuf<MapData>,
-    mode: Mode,
-) -> Result<(), RunError> {
-    let procs = cg.procs_file()?;
-    let code = canary_probe(&procs, canary)?;
-    let expected = if mode == Mode::Audit { 10 } else { 11 };
-    if code != expected {
-        return Err(RunError::SelfTest(match code {
-            13 => "could not move a test process into the cgroup".into(),
-            10 => "a confined test process opened a protected file; the BPF LSM is not active \
-                   on this kernel (check `gate doctor`)"
-                .into(),
-            12 => "the self-test failed with an unexpected error".into(),
-            _ => format!("the self-test ended with status {code}"),
-        }));
-    }
-    wait_selftest_event(events)
 }
 
 /// What [`canary_probe`]'s child reports.

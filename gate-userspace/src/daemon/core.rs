@@ -149,6 +149,8 @@ pub struct Core {
     pub reload_failures: u64,
     /// Kernel counters as last read by the event thread (it owns the map).
     pub counters: Arc<RwLock<[u64; counter::COUNT as usize]>>,
+    /// How full the event ring buffer gets (the daemon's; None in tests).
+    pub ring: Option<Arc<super::ringfill::RingFill>>,
     pub last_heartbeat: std::time::Instant,
     pub heartbeat_error: Option<String>,
     /// Where the agents are saved after every change (None in tests).
@@ -162,6 +164,7 @@ impl Core {
         audit: Option<std::sync::mpsc::Sender<AuditMsg>>,
     ) -> Self {
         Core {
+            ring: None,
             enforcer,
             agents: BTreeMap::new(),
             directory: Arc::default(),
@@ -312,10 +315,13 @@ impl Core {
     }
 
     /// Whether any of `cgroup_ids` (a process's cgroup and its ancestors) is an agent's.
+    /// Both in the daemon's list and in the enforcer's own map (the kernel's: an agent
+    /// adopted from pins, or one whose removal failed half-way, is confined there).
     pub fn confines(&self, cgroup_ids: &[u64]) -> bool {
         self.agents
             .values()
             .any(|a| cgroup_ids.contains(&a.cgroup_id))
+            || self.enforcer.confines(cgroup_ids)
     }
 
     /// A free name like `prefix-N`.
@@ -593,6 +599,30 @@ impl Core {
                 format!("{{result=\"refused\"}} {}", self.reload_failures),
             ],
         );
+        if let Some(r) = self.ring.as_ref().filter(|r| r.known() && r.size > 0) {
+            let ratio =
+                |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64 / r.size as f64;
+            metric(
+                "gate_ringbuf_bytes",
+                "gauge",
+                "Size of the kernel's event ring buffer.",
+                vec![format!(" {}", r.size)],
+            );
+            metric(
+                "gate_ringbuf_fill_ratio",
+                "gauge",
+                "Share of the event ring buffer waiting to be read, when the daemon last \
+                 looked (before reading it).",
+                vec![format!(" {:.6}", ratio(&r.now))],
+            );
+            metric(
+                "gate_ringbuf_fill_max_ratio",
+                "gauge",
+                "The most of the event ring buffer ever found waiting since the daemon \
+                 started (1 means events were lost: see gate_events_lost_total).",
+                vec![format!(" {:.6}", ratio(&r.max))],
+            );
+        }
         metric(
             "gate_heartbeat_age_seconds",
             "gauge",

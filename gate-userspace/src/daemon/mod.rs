@@ -3,4 +3,6 @@
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod peer;
+pub mod ringfill;
 pub mod server;

@@ -35,6 +35,7 @@ use gate_protocol::{Request, Response, RunRequest, read_line, write_line};
 use super::{
     config::{self, DaemonConfig, Who},
     core::{AuditMsg, Core, Directory, NewAgent, Origin},
+    peer::{Peer, peer_of},
 };
 use crate::{
     audit::{AuditConfig, AuditLog, Lifecycle, RecordBody, Scope},
@@ -43,6 +44,7 @@ use crate::{
     events,
     policy::{self, Mode, Vars},
     report::{decision_record, policy_load},
+    session::Session,
     state,
 };
 
@@ -111,7 +113,11 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
     let saved = read_saved();
     let (mut engine, adopted) = open_engine(capacity, cfg.ringbuf_bytes, &saved)?;
     let pin_dir = host_dir();
-    let events = engine.take_events().map_err(|e| e.to_string())?;
+    let (events, ring_size) = engine.take_events_sized().map_err(|e| e.to_string())?;
+    let fill = Arc::new(super::ringfill::RingFill::new(
+        events.as_raw_fd(),
+        ring_size,
+    ));
     let counters = engine.take_counters().map_err(|e| e.to_string())?;
     tracing::info!(
         ms = t.elapsed().as_millis() as u64,
@@ -140,11 +146,18 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
             start.version = Some(env!("CARGO_PKG_VERSION").to_owned());
             log.append(&RecordBody::Start(start))
                 .map_err(|e| format!("audit stream: {e}"))?;
-            Some(log)
+            Some((
+                log,
+                AuditTarget {
+                    path: path.clone(),
+                    key: cfg.audit_key.clone(),
+                },
+            ))
         }
         None => None,
     };
     let mut core = Core::new(Box::new(engine), cfg.lockdown_after, Some(audit_tx));
+    core.ring = Some(fill.clone());
     core.state_file = Some(PathBuf::from(STATE_FILE));
     core.heartbeat();
     if adopted {
@@ -165,6 +178,7 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
                     audit_rx,
                     directory,
                     shared_counters,
+                    fill,
                     &stop,
                 )
             })
@@ -199,6 +213,7 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
     let watchdog = std::env::var("WATCHDOG_USEC").is_ok();
     let mut last_reap = Instant::now();
     let mut watched = PolicyWatch::default();
+    let mut failing = HashMap::new();
     while !TERM.load(Ordering::SeqCst) {
         match rx.recv_timeout(cfg.heartbeat) {
             Ok(job) => job(&mut core),
@@ -213,6 +228,7 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
         }
         if last_reap.elapsed() >= Duration::from_millis(200) {
             reap(&mut core);
+            recheck_config_agents(&mut core, &h, &cfg.agents, &mut failing);
             core.expire_retired(Duration::from_secs(30));
             last_reap = Instant::now();
             if cfg.watch_policies {
@@ -504,8 +520,8 @@ fn self_test(core: &mut Core, h: &Hierarchy) -> Result<(), String> {
         ino: m.ino(),
     };
     let name = format!("daemon-probe-{}", std::process::id());
-    let _ = fs::remove_dir(h.mount.join("gate").join(&name));
-    let cg = Cgroup::create(h, &name).map_err(|e| e.to_string())?;
+    let session = Session::create(h, &name).map_err(|e| e.to_string())?;
+    let cg = session.cgroup();
     let policy = policy::compile(
         &policy::parse(PROBE_POLICY, Path::new("<probe>")).map_err(|e| e.to_string())?,
         &Vars {
@@ -535,29 +551,14 @@ fn self_test(core: &mut Core, h: &Hierarchy) -> Result<(), String> {
         mode: None,
     };
     core.add(probe, policy, &[(key, r)])?;
-    let result = probe_write(&cg, &canary);
-    let _ = core.remove(&name, "self-test done");
-    let _ = cg.kill_all(Duration::from_secs(5));
-    let _ = cg.remove();
+    let result = session
+        .self_test(&canary, Mode::Enforce)
+        .map_err(|e| e.to_string());
+    session.end(|| core.remove(&name, "self-test done").map(|_| ()))?;
     result
 }
 
 const PROBE_POLICY: &str = "version = 1\nname = \"gate-probe\"\nmode = \"enforce\"\n";
-
-fn probe_write(cg: &Cgroup, canary: &Path) -> Result<(), String> {
-    use crate::run::probe;
-    let procs = cg.procs_file().map_err(|e| e.to_string())?;
-    match crate::run::canary_probe(&procs, canary).map_err(|e| e.to_string())? {
-        probe::DENIED => Ok(()),
-        probe::OPENED => Err(
-            "enforcement is not in effect: a confined probe process wrote a \
-                              protected file; the BPF LSM is not active (check `gate doctor`)"
-                .into(),
-        ),
-        probe::NOT_MOVED => Err("could not move the probe process into its cgroup".into()),
-        other => Err(format!("the self-test failed (status {other})")),
-    }
-}
 
 fn add_config_agent(core: &mut Core, h: &Hierarchy, a: &config::ConfigAgent) -> Result<(), String> {
     let path = h.mount.join(&a.cgroup);
@@ -627,6 +628,47 @@ fn add_config_agent(core: &mut Core, h: &Hierarchy, a: &config::ConfigAgent) -> 
         "confining configured cgroup"
     );
     Ok(())
+}
+
+/// Keeps each configured agent's cgroup confined when it is removed and made again (systemd
+/// removes a slice's cgroup when its last unit stops and makes a new one, with a new id, when
+/// the next starts): a missing cgroup is created again at once and confined, and a cgroup
+/// whose id changed is confined anew. Errors are logged when they change (`failing`).
+fn recheck_config_agents(
+    core: &mut Core,
+    h: &Hierarchy,
+    agents: &[config::ConfigAgent],
+    failing: &mut HashMap<String, String>,
+) {
+    for a in agents {
+        let path = h.mount.join(&a.cgroup);
+        let current = fs::metadata(&path).map(|m| m.ino()).ok();
+        let known = core.agent(&a.name).map(|x| x.cgroup_id);
+        if current.is_some() && current == known {
+            failing.remove(&a.name);
+            continue;
+        }
+        if known.is_some() {
+            tracing::warn!(
+                agent = a.name,
+                cgroup = %path.display(),
+                "the configured cgroup was removed (and perhaps made again, with a new id): \
+                 confining it anew"
+            );
+            let _ = core.remove(&a.name, "its cgroup was removed");
+        }
+        match add_config_agent(core, h, a) {
+            Ok(()) => {
+                failing.remove(&a.name);
+            }
+            Err(e) => {
+                if failing.get(&a.name) != Some(&e) {
+                    tracing::error!(agent = a.name, error = %e, "cannot confine a configured cgroup; retrying");
+                    failing.insert(a.name.clone(), e);
+                }
+            }
+        }
+    }
 }
 
 /// Removes `gate run` agents whose cgroups have emptied.
@@ -732,76 +774,6 @@ fn bind(cfg: &DaemonConfig) -> Result<UnixListener, String> {
     Ok(l)
 }
 
-/// The peer of a connection, from `SO_PEERCRED` and its /proc entry.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-    pub groups: Vec<u32>,
-    /// The peer's cgroup and its ancestors, by id (root first).
-    pub cgroup_ids: Vec<u64>,
-}
-
-fn peer_of(s: &UnixStream, h: &Hierarchy) -> Result<Peer, String> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt into a ucred of the right size.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(format!("SO_PEERCRED: {}", io::Error::last_os_error()));
-    }
-    let status = fs::read_to_string(format!("/proc/{}/status", cred.pid))
-        .map_err(|e| format!("reading the peer's /proc entry: {e}"))?;
-    let groups = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let cgroup = fs::read_to_string(format!("/proc/{}/cgroup", cred.pid))
-        .map_err(|e| format!("reading the peer's cgroup: {e}"))?;
-    let rel = cgroup
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .ok_or("the peer is in no cgroup v2 (cannot tell whether it is confined)")?;
-    let mut ids = Vec::new();
-    let mut p = h.mount.clone();
-    ids.push(fs::metadata(&p).map(|m| m.ino()).unwrap_or(0));
-    for c in Path::new(rel.trim()).components() {
-        if let std::path::Component::Normal(n) = c {
-            p.push(n);
-            ids.push(
-                fs::metadata(&p)
-                    .map(|m| m.ino())
-                    .map_err(|e| format!("reading the peer's cgroup {}: {e}", p.display()))?,
-            );
-        }
-    }
-    Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
-        groups,
-        cgroup_ids: ids,
-    })
-}
-
 fn accept_loop(l: UnixListener, owner: Owner, cfg: DaemonConfig, h: Hierarchy) {
     let gate_gid = nix::unistd::Group::from_name(&cfg.group)
         .ok()
@@ -894,10 +866,10 @@ fn serve(
                 text: owner.call(|c| c.metrics()),
             },
             Request::Run(req) => {
-                let resp = handle_run(owner, cfg, h, &peer, req);
-                if let Response::Started { agent, .. } = &resp {
+                let (resp, session) = handle_run(owner, cfg, h, &peer, req);
+                if let (Response::Started { agent, .. }, Some(session)) = (&resp, session) {
                     write_line(&mut w, &resp)?;
-                    return hold_run(r, owner, agent, peer.pid);
+                    return hold_run(r, owner, agent, peer.pid, session);
                 }
                 resp
             }
@@ -928,12 +900,13 @@ fn hold_run(
     owner: &Owner,
     agent: &str,
     caller: i32,
+    session: Session,
 ) -> io::Result<()> {
-    // The agent this connection started, by id and cgroup: its name may be taken by another
-    // agent once this one is reaped.
+    // The agent this connection started, by id: its name may be taken by another agent
+    // once this one is reaped.
     let started = owner.call({
         let agent = agent.to_string();
-        move |c| c.agent(&agent).map(|a| (a.agent_id, a.cgroup.clone()))
+        move |c| c.agent(&agent).map(|a| a.agent_id)
     });
     let mut ignored = 0u64;
     while let Ok(Some(_)) = read_line(&mut r) {
@@ -945,77 +918,81 @@ fn hold_run(
             );
         }
     }
-    let Some((id, cgroup)) = started else {
+    let Some(id) = started else {
+        // Removed already (gate stop): its cgroup went with it.
+        let _ = session.keep();
         return Ok(());
     };
     // The caller closes the connection just before it exits with the command's status: let
     // it leave first (at most 5 s), so that only what the command left behind is ended.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline
-        && fs::read_to_string(cgroup.join("cgroup.procs"))
-            .is_ok_and(|p| p.lines().any(|l| l.trim() == caller.to_string()))
-    {
-        thread::sleep(Duration::from_millis(20));
+    session.wait_left(caller, Duration::from_secs(5));
+    if session.cgroup().populated() {
+        tracing::info!(
+            agent,
+            "the run's command ended: ending what is left of its tree"
+        );
     }
-    // Ending the processes can take seconds: not on the owner thread, which writes the
-    // heartbeat.
+    // Ending the processes can take seconds: here, not on the owner thread, which writes
+    // the heartbeat. Only then is the agent removed, on the owner thread.
+    let agent = agent.to_string();
+    let ended = session.end(|| {
+        owner.call(move |c| {
+            if c.agent(&agent).is_some_and(|a| a.agent_id == id) {
+                c.remove(&agent, "its command ended").map(|_| ())
+            } else {
+                Ok(())
+            }
+        })
+    });
+    if let Err(e) = ended {
+        tracing::error!(error = %e, "could not end a run's agent");
+    }
+    Ok(())
+}
+
+/// `gate stop AGENT`: the agent is found by name once; from then on it is that agent (its
+/// id and cgroup), whatever takes the name. Its processes are ended off the owner thread
+/// (that can take seconds; the owner writes the heartbeat).
+fn handle_stop(owner: &Owner, peer: &Peer, agent: String) -> Response {
+    let uid = peer.uid;
+    let found = owner.call({
+        let agent = agent.clone();
+        move |c| {
+            let Some(a) = c.agent(&agent) else {
+                return Err(format!("no agent named {agent:?} (see `gate status`)"));
+            };
+            if uid != 0 && (a.uid != uid || a.origin != Origin::Run) {
+                return Err(format!("refused: agent {agent:?} is not yours"));
+            }
+            Ok((a.agent_id, a.cgroup.clone()))
+        }
+    });
+    let (id, cgroup) = match found {
+        Ok(f) => f,
+        Err(message) => return Response::Error { message },
+    };
+    let killed = fs::read_to_string(cgroup.join("cgroup.procs"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
     let root = Hierarchy {
         mount: "/".into(),
         root: "/".into(),
     };
     if let Ok(cg) = Cgroup::open(&root, &cgroup)
-        && cg.populated()
+        && let Err(e) = cg.kill_all(Duration::from_secs(10))
     {
-        tracing::info!(
-            agent,
-            "the run's command ended: ending what is left of its tree"
-        );
-        if let Err(e) = cg.kill_all(Duration::from_secs(10)) {
-            tracing::error!(agent, error = %e, "could not end the agent's processes; it stays confined");
-            return Ok(());
-        }
-    }
-    let agent = agent.to_string();
-    owner.call(move |c| {
-        let same = c.agent(&agent).is_some_and(|a| a.agent_id == id);
-        if same && c.remove(&agent, "its command ended").is_ok() {
-            let _ = remove_cgroup_tree(&cgroup);
-        }
-    });
-    Ok(())
-}
-
-fn handle_stop(owner: &Owner, peer: &Peer, agent: String) -> Response {
-    let uid = peer.uid;
-    owner.call(move |c| {
-        let Some(a) = c.agent(&agent) else {
-            return Response::Error {
-                message: format!("no agent named {agent:?} (see `gate status`)"),
-            };
+        return Response::Error {
+            message: format!("could not end agent {agent:?}'s processes (it stays confined): {e}"),
         };
-        if uid != 0 && (a.uid != uid || a.origin != Origin::Run) {
-            return Response::Error {
-                message: format!("refused: agent {agent:?} is not yours"),
-            };
-        }
-        let killed = fs::read_to_string(a.cgroup.join("cgroup.procs"))
-            .map(|s| s.lines().count())
-            .unwrap_or(0);
-        if let Ok(cg) = Cgroup::open(
-            &Hierarchy {
-                mount: "/".into(),
-                root: "/".into(),
-            },
-            &a.cgroup,
-        ) && let Err(e) = cg.kill_all(Duration::from_secs(10))
-        {
-            return Response::Error {
-                message: format!("could not end agent {agent:?}'s processes: {e}"),
-            };
+    }
+    owner.call(move |c| {
+        if c.agent(&agent).is_none_or(|a| a.agent_id != id) {
+            // Ended and removed meanwhile (its run's connection closed).
+            return Response::Stopped { agent, killed };
         }
         match c.remove(&agent, "stopped with gate stop") {
             Ok(_) => {
-                let _ = remove_cgroup_tree(&a.cgroup);
+                let _ = remove_cgroup_tree(&cgroup);
                 Response::Stopped { agent, killed }
             }
             Err(message) => Response::Error { message },
@@ -1055,14 +1032,28 @@ fn may_use_policy(cfg: &DaemonConfig, peer: &Peer, policy: &Path) -> bool {
     })
 }
 
+/// Starts an agent for the caller; its session goes to the connection that holds the run.
 fn handle_run(
     owner: &Owner,
     cfg: &DaemonConfig,
     h: &Hierarchy,
     peer: &Peer,
     req: RunRequest,
-) -> Response {
-    let err = |message: String| Response::Error { message };
+) -> (Response, Option<Session>) {
+    match start_run(owner, cfg, h, peer, req) {
+        Ok((r, s)) => (r, Some(s)),
+        Err(message) => (Response::Error { message }, None),
+    }
+}
+
+fn start_run(
+    owner: &Owner,
+    cfg: &DaemonConfig,
+    h: &Hierarchy,
+    peer: &Peer,
+    req: RunRequest,
+) -> Result<(Response, Session), String> {
+    let err = |message: String| Err(message);
     if !req.policy.is_absolute() {
         return err(format!(
             "the policy path {} is not absolute",
@@ -1128,12 +1119,9 @@ fn handle_run(
         if c.agent(&name).is_some() {
             return err(format!("an agent named {name:?} is already running"));
         }
-        let cg_name = format!("agent-{name}");
-        let _ = fs::remove_dir(h.mount.join("gate").join(&cg_name));
-        let cg = match Cgroup::create(&h, &cg_name) {
-            Ok(cg) => cg,
-            Err(e) => return err(e.to_string()),
-        };
+        // Dropped on any error below: its cgroup goes with it.
+        let session = Session::create(&h, &format!("agent-{name}")).map_err(|e| e.to_string())?;
+        let cg = session.cgroup();
         let added = c.add(
             NewAgent {
                 name: name.clone(),
@@ -1151,42 +1139,220 @@ fn handle_run(
             policy,
             &[],
         );
-        if let Err(e) = added {
-            let _ = cg.remove();
-            return err(e);
-        }
+        added?;
         // The caller joins the cgroup; it execs the command itself, as itself.
-        if let Err(e) = fs::write(cg.path.join("cgroup.procs"), peer.pid.to_string()) {
+        // The pid is the caller's only while the caller lives: checked before and after
+        // the move (a pid is not reused while its process is alive).
+        let moved = if peer.alive() {
+            fs::write(cg.path.join("cgroup.procs"), peer.pid.to_string())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::ESRCH))
+        };
+        if let Err(e) = moved {
             let _ = c.remove(&name, "the caller could not be moved into its cgroup");
-            let _ = cg.remove();
             return err(format!("moving you (pid {}) into {}: {e}", peer.pid, cg.name));
         }
-        tracing::info!(agent = name, uid = peer.uid, policy = %policy_path.display(), "agent started");
-        Response::Started {
-            agent: name,
-            cgroup: cg.name,
-            policy_digest: digest,
-            warnings,
+        if !peer.alive() {
+            tracing::error!(
+                agent = name,
+                pid = peer.pid,
+                "the caller exited while it was moved into its agent's cgroup; the agent \
+                 is removed (a process that took its pid, if any, is left in the cgroup, \
+                 unconfined)"
+            );
+            let _ = c.remove(&name, "the caller exited while it was moved");
+            // Not ended: what is in the cgroup is not the caller.
+            let _ = session.keep();
+            return err("you exited while you were moved into your cgroup".into());
         }
+        tracing::info!(agent = name, uid = peer.uid, policy = %policy_path.display(), "agent started");
+        let cgroup = cg.name.clone();
+        Ok((
+            Response::Started {
+                agent: name,
+                cgroup,
+                policy_digest: digest,
+                warnings,
+            },
+            session,
+        ))
     })
+}
+
+/// Records waiting for an audit stream that cannot be written, at most this many; beyond it
+/// they are counted and the count goes into the signed gap record written when the stream
+/// works again.
+const AUDIT_QUEUE: usize = 100_000;
+
+/// Appends one record; a gap is signed at once.
+fn append(log: &mut AuditLog, rec: &RecordBody) -> Result<(), crate::audit::AuditError> {
+    match rec {
+        RecordBody::Gap(g) => log.append_gap(g.lost, g.cpu, &g.reason).map(|_| ()),
+        _ => log.append(rec).map(|_| ()),
+    }
+}
+
+/// Where the daemon's audit stream is, to open it again after a write failed.
+pub struct AuditTarget {
+    pub path: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The daemon's audit stream across write failures (disk full, I/O errors): records are
+/// queued while it cannot be written, it is opened again every second (which repairs a
+/// record cut in half and signs what the failed writer left unsigned), and then a signed gap
+/// record says how many records are missing before the queued ones follow. Nothing is
+/// dropped without a signed record of the gap.
+struct AuditSink {
+    log: Option<AuditLog>,
+    target: AuditTarget,
+    /// Why the stream is down, and when it was last tried.
+    down: Option<(String, Instant)>,
+    queue: Vec<RecordBody>,
+    /// Records that may not be in the file: the batch being written when a write failed, and
+    /// any that did not fit in the queue.
+    missing: u64,
+}
+
+impl AuditSink {
+    fn write(&mut self, records: Vec<RecordBody>) {
+        if self.down.is_some() {
+            self.queue(records);
+            self.retry();
+            return;
+        }
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        let mut r = Ok(());
+        for rec in &records {
+            r = r.and_then(|()| append(log, rec));
+        }
+        r = r
+            .and_then(|()| log.flush())
+            .and_then(|()| log.tick().map(|_| ()));
+        if let Err(e) = r {
+            self.fail(e.to_string(), records.len() as u64);
+        }
+    }
+
+    fn queue(&mut self, records: Vec<RecordBody>) {
+        for r in records {
+            if self.queue.len() < AUDIT_QUEUE {
+                self.queue.push(r);
+            } else {
+                self.missing += 1;
+            }
+        }
+    }
+
+    fn fail(&mut self, error: String, missing: u64) {
+        tracing::error!(
+            error = %error,
+            path = %self.target.path.display(),
+            "the audit stream cannot be written; decisions are still enforced, records are \
+             queued (up to {AUDIT_QUEUE}) and the stream is opened again every second; free \
+             space or fix the file system"
+        );
+        self.missing += missing;
+        // Dropping the writer releases its lock; it is opened anew (and repaired) on retry.
+        self.log = None;
+        self.down = Some((error, Instant::now()));
+    }
+
+    fn retry(&mut self) {
+        let Some((error, last)) = self.down.clone() else {
+            return;
+        };
+        if last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        let opened = AuditLog::open(&self.target.path, AuditConfig::new(&self.target.key));
+        let mut log = match opened {
+            Ok(l) => l,
+            Err(e) => {
+                self.down = Some((format!("{error}; reopening: {e}"), Instant::now()));
+                return;
+            }
+        };
+        let queued = std::mem::take(&mut self.queue);
+        let n = queued.len();
+        let mut r = Ok(());
+        if self.missing > 0 {
+            let reason = format!(
+                "the audit stream could not be written ({error}): up to {} records (the batch \
+                 being written when it failed, and any beyond the daemon's queue of \
+                 {AUDIT_QUEUE}) are missing before this one; decisions were enforced",
+                self.missing
+            );
+            r = log.append_gap(self.missing, None, &reason).map(|_| ());
+        }
+        for rec in &queued {
+            r = r.and_then(|()| append(&mut log, rec));
+        }
+        r = r.and_then(|()| log.flush());
+        match r {
+            Ok(()) => {
+                tracing::info!(
+                    queued = n,
+                    missing = self.missing,
+                    "the audit stream is written again"
+                );
+                self.missing = 0;
+                self.down = None;
+                self.log = Some(log);
+            }
+            Err(e) => {
+                self.missing += n as u64;
+                drop(log);
+                self.down = Some((e.to_string(), Instant::now()));
+            }
+        }
+    }
+
+    fn close(mut self) {
+        if self.down.is_some() {
+            self.down = self
+                .down
+                .take()
+                .map(|(e, _)| (e, Instant::now() - Duration::from_secs(2)));
+            self.retry();
+        }
+        if let Some(mut log) = self.log.take() {
+            let mut stop = Lifecycle::new(Scope::Daemon);
+            stop.pid = Some(std::process::id());
+            stop.reason = Some("daemon stopped; agents stay confined".into());
+            let _ = log.append(&RecordBody::Stop(stop));
+            let _ = log.close();
+        }
+    }
 }
 
 /// The event thread: drains the ring buffer into the audit stream, per agent, and writes the
 /// lifecycle records the owner sends; records lost events as signed gaps.
+#[allow(clippy::too_many_arguments)]
 fn event_loop(
     mut events: RingBuf<MapData>,
     counters: Counters,
-    mut audit: Option<AuditLog>,
+    audit: Option<(AuditLog, AuditTarget)>,
     rx: mpsc::Receiver<AuditMsg>,
     directory: Directory,
     shared: Arc<RwLock<[u64; gate_common::counter::COUNT as usize]>>,
+    fill: Arc<super::ringfill::RingFill>,
     stop: &AtomicBool,
 ) {
     let fd = events.as_raw_fd();
     let mut lost_seen = 0u64;
-    let mut broken = false;
+    let mut sink = audit.map(|(log, target)| AuditSink {
+        log: Some(log),
+        target,
+        down: None,
+        queue: Vec::new(),
+        missing: 0,
+    });
     loop {
         let stopping = stop.load(Ordering::SeqCst);
+        fill.sample();
         let mut records: Vec<RecordBody> = Vec::new();
         for m in rx.try_iter() {
             records.push(lifecycle_record(m));
@@ -1220,43 +1386,26 @@ fn event_loop(
             *s = now;
         }
         let lost = now[gate_common::counter::RINGBUF_FULL as usize];
-        if let Some(log) = audit.as_mut()
-            && !broken
-        {
-            let mut r: Result<(), crate::audit::AuditError> = Ok(());
-            for rec in &records {
-                r = r.and_then(|()| log.append(rec).map(|_| ()));
-            }
-            if lost > lost_seen {
-                r = r.and_then(|()| {
-                    log.append_gap(
-                        lost - lost_seen,
-                        None,
-                        "kernel ring buffer full: events were dropped, decisions were still enforced",
-                    )
-                    .map(|_| ())
-                });
-            }
-            r = r
-                .and_then(|()| log.flush())
-                .and_then(|()| log.tick().map(|_| ()));
-            if let Err(e) = r {
-                tracing::error!(error = %e, "the audit stream cannot be written; decisions are still enforced");
-                broken = true;
-            }
+        if lost > lost_seen {
+            records.push(RecordBody::Gap(crate::audit::Gap {
+                lost: lost - lost_seen,
+                cpu: None,
+                reason: "kernel ring buffer full: events were dropped, decisions were still \
+                         enforced"
+                    .into(),
+            }));
         }
         lost_seen = lost;
+        if let Some(sink) = sink.as_mut() {
+            sink.write(records);
+        }
         if stopping {
             break;
         }
         events::wait_readable(fd, 100);
     }
-    if let Some(mut log) = audit {
-        let mut stop = Lifecycle::new(Scope::Daemon);
-        stop.pid = Some(std::process::id());
-        stop.reason = Some("daemon stopped; agents stay confined".into());
-        let _ = log.append(&RecordBody::Stop(stop));
-        let _ = log.close();
+    if let Some(sink) = sink {
+        sink.close();
     }
 }
 

@@ -25,6 +25,10 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
         ),
         ("daemon/reload-keeps-a-broken-policy-out", reload),
         (
+            "daemon/a-full-disk-under-the-audit-stream-becomes-a-signed-gap",
+            audit_disk_full,
+        ),
+        (
             "daemon/an-edited-policy-file-reloads-and-metrics-over-tcp",
             watch_and_metrics,
         ),
@@ -144,6 +148,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(ctx: &Ctx, extra: &str) -> Result<Daemon, Failure> {
+        Self::start_in(ctx, extra, &base())
+    }
+
+    /// A daemon whose audit stream (log and key) is in `audit`.
+    fn start_in(ctx: &Ctx, extra: &str, audit: &Path) -> Result<Daemon, Failure> {
         ensure_users(ctx)?;
         let dir = base();
         std::fs::create_dir_all(&dir).or_fail("mkdir daemon dir")?;
@@ -153,7 +162,7 @@ impl Daemon {
             "version = 1\n[daemon]\nsocket = \"{SOCKET}\"\ngroup = \"gate\"\n{extra}\n\
              [audit]\nlog = \"{d}/audit.jsonl\"\nkey = \"{d}/audit.key\"\n\
              [[allow]]\ngroup = \"gate\"\npolicies = [\"{p}/daemon-*.toml\"]\n",
-            d = dir.display(),
+            d = audit.display(),
             p = policies.display(),
         );
         std::fs::write(&cfg, text).or_fail("write gate.toml")?;
@@ -742,6 +751,9 @@ fn watch_and_metrics(ctx: &Ctx, _: &mut Notes) -> TestResult {
         ),
         ("gate_reloads_total{result=\"ok\"}", 1.0, 1.0),
         ("gate_reloads_total{result=\"refused\"}", 1.0, 3.0),
+        // The daemon found the denials' events waiting in the ring buffer.
+        ("gate_ringbuf_bytes", 4096.0, 1e12),
+        ("gate_ringbuf_fill_max_ratio", 1e-9, 1.0),
     ];
     for (series, lo, hi) in want {
         let v = metric(&body, series);
@@ -931,4 +943,132 @@ fn kill_daemon(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         tries * 2
     ));
     Ok(())
+}
+
+/// The audit stream's file system fills up while an agent is denied again and again: the
+/// daemon keeps enforcing, queues the records, and once there is room again writes a signed
+/// gap record for what may be missing and then the queued records; the stream verifies and
+/// every attempt is in it or counted in a gap.
+fn audit_disk_full(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    let dir = base().join("small-fs");
+    let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    std::fs::create_dir_all(&dir).or_fail("mkdir small-fs")?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=2m"),
+    )
+    .or_fail("mount a 2 MiB tmpfs")?;
+    let unmount = Unmount(dir.clone());
+    let d = Daemon::start_in(ctx, "", &dir)?;
+    let (_, fb) = targets()?;
+    let m = base().join("marks-full");
+    super::remove_tree(&m);
+    std::fs::create_dir_all(&m).or_fail("mkdir marks")?;
+    let script = format!(
+        "for step in 1 2; do while [ ! -e {m}/go$step ]; do sleep 0.05; done; i=0; \
+         while [ $i -lt 100 ]; do i=$((i+1)); (echo x >> {fb}) 2>/dev/null; done; \
+         touch {m}/done$step; done",
+        m = m.display(),
+        fb = fb.display()
+    );
+    let cmd = gate_run(ctx, 0, "daemon-a", Some("disk-full"), &script);
+    let mut bg = cmd.spawn()?;
+    // Fill the file system.
+    let filler = dir.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).or_fail("create filler")?;
+        let chunk = vec![0u8; 16 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let step = |n: u32, bg: &mut crate::run::Background| -> TestResult {
+        std::fs::write(m.join(format!("go{n}")), "").or_fail("go")?;
+        if !bg.wait_for_file(&m.join(format!("done{n}")), Duration::from_secs(120)) {
+            return Err(
+                Failure::new(format!("the agent's step {n} never ended")).detail(bg.stderr())
+            );
+        }
+        Ok(())
+    };
+    step(1, &mut bg)?;
+    let noticed = wait_until(Duration::from_secs(30), || {
+        d.log().contains("the audit stream cannot be written")
+    });
+    if !noticed {
+        return Err(Failure::new("the daemon never noticed the full file system").detail(d.log()));
+    }
+    std::fs::remove_file(&filler).or_fail("remove filler")?;
+    step(2, &mut bg)?;
+    let log_path = dir.join("audit.jsonl");
+    let back = wait_until(Duration::from_secs(60), || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| {
+            l.contains("could not be written")
+                && l.lines()
+                    .filter(|x| x.contains("\"agent\":\"disk-full\"") && x.contains("\"deny-b\""))
+                    .count()
+                    >= 100
+        })
+    });
+    let _ = bg.wait(Duration::from_secs(30));
+    let daemon_log = d.log();
+    drop(d);
+    if !back {
+        return Err(Failure::new(
+            "the audit stream never recorded the gap and the queued records once there was room",
+        )
+        .detail(daemon_log));
+    }
+    let log = std::fs::read_to_string(&log_path).or_fail("read audit log")?;
+    let denied = log
+        .lines()
+        .filter(|l| l.contains("\"agent\":\"disk-full\"") && l.contains("\"deny-b\""))
+        .count() as u64;
+    let missing: u64 = log
+        .lines()
+        .filter(|l| l.contains("could not be written"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["lost"].as_u64())
+        .sum();
+    notes.push(format!(
+        "200 denied writes while the audit file system was full and after: {denied} decision \
+         records in the stream, {missing} counted missing in signed gap records"
+    ));
+    if denied + missing < 200 {
+        return Err(Failure::new(format!(
+            "{denied} records + {missing} counted missing < 200 attempts: records were lost \
+             without a gap"
+        ))
+        .detail(daemon_log));
+    }
+    let verify = Cmd::new(&[
+        ctx.gate.display().to_string(),
+        "audit".into(),
+        "verify".into(),
+        "--pubkey".into(),
+        dir.join("audit.pub").display().to_string(),
+        log_path.display().to_string(),
+    ])
+    .run();
+    notes.push(format!("gate audit verify: {}", verify.stdout.trim()));
+    if verify.code() != Some(0) {
+        return Err(
+            Failure::new("the audit stream does not verify after the full disk")
+                .detail(verify.stdout)
+                .detail(verify.stderr),
+        );
+    }
+    drop(unmount);
+    Ok(())
+}
+
+/// Unmounts (lazily) when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }

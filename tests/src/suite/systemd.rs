@@ -609,6 +609,26 @@ fn lifecycle(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     }
     notes.extend(agent.lines.iter().map(|l| format!("agent {l}")));
 
+    // systemd removes the slice's cgroup when the slice stops and makes a new one (a new
+    // cgroup id) for the next unit in it: the daemon confines the new one too.
+    run_ok(&["systemctl", "stop", "agents.slice"])?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (c, o) = one_shot(ctx, Some("agents.slice"), &denied);
+    expect_probe(
+        "agents.slice stopped (its cgroup removed) and started again, denied write",
+        &c,
+        &o,
+        "errno=EPERM",
+    )?;
+    let j = journal();
+    if !j.contains("confining it anew") {
+        return Err(Failure::new(
+            "the journal does not say the configured cgroup was confined anew",
+        )
+        .detail(j));
+    }
+    notes.push("agents.slice stopped and started again: still confined".into());
+
     // The daemon's audit stream, written under LogsDirectory= by the sandboxed service, has
     // the agent's denials under its name and verifies.
     let log = std::fs::read_to_string("/var/log/gate/audit.jsonl").or_fail("read audit log")?;
