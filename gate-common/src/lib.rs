@@ -13,6 +13,27 @@ pub mod op {
     pub const CONNECT: u8 = 3;
     /// Number of file operations kept per inode rule (exec, write, read, one spare).
     pub const FILE_OPS: usize = 4;
+    /// Creating a socket of a family (or kind) the policy does not allow; decided by
+    /// `AgentConfig::sockets`, not by rules or defaults.
+    pub const SOCKET: u8 = 4;
+    /// The bpf() system call: denied to every confined task (loading programs, reading or
+    /// writing maps, opening pins, detaching links).
+    pub const BPF: u8 = 5;
+}
+
+/// Socket families and kinds a policy may allow (`AgentConfig::sockets`). A confined task
+/// may always create AF_UNIX sockets, TCP/UDP/ICMP sockets over IPv4 and IPv6 and
+/// NETLINK_ROUTE sockets (what name resolution needs); everything else needs its bit: bit
+/// `f` (below 60) for address family `f`, and the kinds below.
+pub mod sock {
+    /// SOCK_RAW over IPv4/IPv6.
+    pub const RAW: u64 = 1 << 60;
+    /// SCTP over IPv4/IPv6.
+    pub const SCTP: u64 = 1 << 61;
+    /// Netlink protocols other than NETLINK_ROUTE.
+    pub const NETLINK: u64 = 1 << 62;
+    /// Families below this have a bit of their own.
+    pub const MAX_FAMILY: u32 = 60;
 }
 
 /// Decisions, ordered by severity: when several rules match, the highest wins
@@ -42,6 +63,13 @@ pub mod rule {
     pub const INTERNAL_DEPTH: u16 = 0xfffb;
     /// The engine's owner missed its heartbeat: the agent's lockdown decisions applied.
     pub const LOCKDOWN: u16 = 0xfffa;
+    /// gate's own state (its keys, binary, config, logs, pins): built into every policy,
+    /// enforced even in audit mode.
+    pub const GATE_SELF: u16 = 0xfff9;
+    /// A socket family or kind the policy does not allow (`[sockets]`).
+    pub const SOCKET_FAMILY: u16 = 0xfff8;
+    /// bpf() by a confined task.
+    pub const BPF: u16 = 0xfff7;
 }
 
 /// Which kernel hook produced an event.
@@ -63,7 +91,9 @@ pub mod hook {
     pub const INODE_SETATTR: u8 = 14;
     pub const SOCKET_CONNECT: u8 = 15;
     pub const SOCKET_SENDMSG: u8 = 16;
-    pub const NAMES: [&str; 17] = [
+    pub const SOCKET_CREATE: u8 = 17;
+    pub const BPF: u8 = 18;
+    pub const NAMES: [&str; 19] = [
         "exec",
         "open",
         "mknod",
@@ -81,6 +111,8 @@ pub mod hook {
         "setattr",
         "connect",
         "sendmsg",
+        "socket",
+        "bpf",
     ];
 }
 
@@ -221,7 +253,7 @@ impl Default for NetRule {
 /// Version of the kernel ABI: the maps, their key and value layouts, their pin names and what
 /// the programs read from them. Pinned state is adopted only by a gate of the same version.
 /// Bump it with any change to a type or map in this file.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Cgroup levels at which agents' root cgroups may sit at once (`HostConfig::levels`).
 pub const MAX_LEVELS: usize = 4;
@@ -271,6 +303,8 @@ pub struct AgentConfig {
     pub lockdown_keep: u8,
     /// Default decision per operation (`op::*`), with `decision::AUDIT` possibly set.
     pub defaults: [u8; 4],
+    /// Socket families and kinds allowed beyond the base set (`sock::*`).
+    pub sockets: u64,
 }
 
 /// Key of the `VERDICTS` map: a decision the daemon wrote for one agent (an approval, a
@@ -339,6 +373,8 @@ pub struct KernelOffsets {
     pub mount_mnt_mountpoint: u32,
     /// `struct vfsmount.mnt_sb` (a `struct mount` embeds its vfsmount at `mount_mnt`).
     pub vfsmount_mnt_sb: u32,
+    /// `struct vfsmount.mnt_flags` (`MNT_INTERNAL`: a kernel-internal mount no path reaches).
+    pub vfsmount_mnt_flags: u32,
     pub bprm_file: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
@@ -390,10 +426,10 @@ const _: () = assert!(core::mem::size_of::<InodeRule>() == 24);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
 const _: () = assert!(core::mem::size_of::<NetRule>() == 16 + 8 * MAX_PORT_RULES);
 const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
-const _: () = assert!(core::mem::size_of::<AgentConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<AgentConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 26 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 27 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]

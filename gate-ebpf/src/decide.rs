@@ -223,7 +223,8 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
     };
     let sev = req.decision & decision::MASK;
     let denied = sev == decision::DENY || sev == decision::ASK;
-    let lockdown = req.flags & flag::LOCKDOWN != 0;
+    // Lockdown and gate's own state are enforced whatever the policy's mode.
+    let lockdown = req.flags & flag::LOCKDOWN != 0 || req.rule == gate_common::rule::GATE_SELF;
     if denied && req.mode == MODE_AUDIT && !lockdown {
         req.flags |= flag::AUDIT_MODE;
     }

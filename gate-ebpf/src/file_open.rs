@@ -1,5 +1,6 @@
 //! open: `file_open`. Opens with write intent (write, append, O_TRUNC) are `write`; other
-//! opens are `read`. Creation itself is checked earlier by `path_mknod`.
+//! opens are `read`. Creation itself is checked earlier by `path_mknod`. Files on
+//! kernel-internal mounts (pidfds, pipes, sockets, memfds) are not decided here.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use gate_common::{hook, op, rule};
 
@@ -7,7 +8,7 @@ use crate::{
     decide::{Verdict, confined, finish},
     event::Object,
     exec::file_start,
-    kernel::{load, offsets},
+    kernel::{internal_mount, load, offsets},
     walk::{Start, file_verdict},
 };
 
@@ -49,6 +50,14 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         return 0;
     };
     let start = file_start(&o, file);
+    // A file on a kernel-internal mount is no file a policy can name: a pipe or socket
+    // reopened through /proc/self/fd, a pidfd (opened read-write since 6.9), a memfd.
+    // What reaches another process through such an object is governed where it happens.
+    if let Ok(s) = start
+        && internal_mount(&o, s.vfsmnt)
+    {
+        return 0;
+    }
     let v = match start {
         Ok(s) if o.valid() != 0 => file_verdict(&o, fop as usize, s, a.cfg.slot),
         _ => Verdict::internal(rule::INTERNAL, false),

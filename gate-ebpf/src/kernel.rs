@@ -22,6 +22,7 @@ pub static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     mount_mnt_parent: 0,
     mount_mnt_mountpoint: 0,
     vfsmount_mnt_sb: 0,
+    vfsmount_mnt_flags: 0,
     bprm_file: 0,
     task_real_parent: 0,
     task_tgid: 0,
@@ -79,6 +80,7 @@ offset_fields!(
     mount_mnt_parent,
     mount_mnt_mountpoint,
     vfsmount_mnt_sb,
+    vfsmount_mnt_flags,
     bprm_file,
     task_real_parent,
     task_tgid,
@@ -132,4 +134,14 @@ pub fn read_into<T>(dst: &mut T, base: u64, off: u32) -> Result<(), ReadError> {
 #[inline(always)]
 pub fn ptr(base: u64, off: u32) -> Result<u64, ReadError> {
     read::<u64>(base, off)
+}
+
+/// `MNT_INTERNAL` (include/linux/mount.h, the same in every kernel gate supports).
+const MNT_INTERNAL: i32 = 0x4000;
+
+/// Whether `vfsmnt` is a kernel-internal mount (pipes, sockets, pidfds, anonymous inodes,
+/// memfds: `kern_mount`ed file systems that no path names). A failed read is not internal.
+#[inline(always)]
+pub fn internal_mount(o: &Offs, vfsmnt: u64) -> bool {
+    read::<i32>(vfsmnt, o.vfsmount_mnt_flags()).is_ok_and(|f| f & MNT_INTERNAL != 0)
 }

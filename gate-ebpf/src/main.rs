@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod bpf;
 mod decide;
 mod event;
 mod exec;
@@ -16,6 +17,7 @@ mod kernel;
 mod maps;
 mod net;
 mod path_ops;
+mod socket;
 mod walk;
 
 #[cfg(not(test))]

@@ -34,12 +34,29 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     let Some(a) = confined() else { return 0 };
     let o = offsets();
     let msg: u64 = ctx.arg(1);
-    let name = ptr(msg, o.msghdr_msg_name()).unwrap_or(0);
-    let namelen: i32 = read(msg, o.msghdr_msg_namelen()).unwrap_or(0);
+    // A destination that cannot be read is denied (and counted), never let through.
+    let (Ok(name), Ok(namelen)) = (
+        ptr(msg, o.msghdr_msg_name()),
+        read::<i32>(msg, o.msghdr_msg_namelen()),
+    ) else {
+        return unreadable(&a, &o, hook::SOCKET_SENDMSG);
+    };
     if name == 0 || namelen <= 0 {
         return 0;
     }
     check_addr(&a, &o, hook::SOCKET_SENDMSG, name, namelen)
+}
+
+/// A destination that could not be read: an internal error, denied and counted.
+#[inline(always)]
+fn unreadable(a: &Agent, o: &Offs, hook: u8) -> i32 {
+    let v = Verdict::internal(rule::INTERNAL, false);
+    let obj = Object::Net {
+        family: 0,
+        port: 0,
+        addr: [0; 16],
+    };
+    finish(a, o, op::CONNECT, hook, v, &obj)
 }
 
 /// Checks a destination given as a kernel copy of a `struct sockaddr`.
@@ -47,15 +64,7 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
 fn check_addr(a: &Agent, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
     let family: u16 = match read(sa, 0) {
         Ok(f) => f,
-        Err(_) => {
-            let v = Verdict::internal(rule::INTERNAL, false);
-            let obj = Object::Net {
-                family: 0,
-                port: 0,
-                addr: [0; 16],
-            };
-            return finish(a, o, op::CONNECT, hook, v, &obj);
-        }
+        Err(_) => return unreadable(a, o, hook),
     };
     let parsed = match family {
         AF_INET if len >= 8 => read::<[u8; 8]>(sa, 0).map(|b| {

@@ -48,6 +48,9 @@ null_program!(inode_setattr, "inode_setattr", 2);
 null_program!(inode_setattr_idmap, "inode_setattr", 3);
 null_program!(socket_connect, "socket_connect", 3);
 null_program!(socket_sendmsg, "socket_sendmsg", 3);
+null_program!(socket_create, "socket_create", 4);
+null_program!(bpf, "bpf", 3);
+null_program!(bpf_kernel, "bpf", 4);
 
 #[cfg(not(test))]
 #[panic_handler]

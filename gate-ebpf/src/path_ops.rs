@@ -8,7 +8,7 @@ use gate_common::{hook, op, rule};
 use crate::{
     decide::{Agent, Verdict, confined, finish},
     event::Object,
-    kernel::{load, offsets, read},
+    kernel::{internal_mount, load, offsets, read},
     walk::{Start, file_verdict},
 };
 
@@ -33,6 +33,10 @@ fn at_path(o: &Offs, path: u64) -> Start {
 /// Checks a write to `start` for a confined task; 0 for everyone else.
 #[inline(always)]
 fn check_write(a: &Agent, o: &Offs, hook: u8, start: Start) -> i32 {
+    // ftruncate, fchmod, fchown of a memfd, pipe or socket: no file a policy names.
+    if start.vfsmnt != 0 && internal_mount(o, start.vfsmnt) {
+        return 0;
+    }
     let v = if o.valid() == 0 || start.dentry == 0 {
         Verdict::internal(rule::INTERNAL, false)
     } else {

@@ -262,6 +262,9 @@ pub const PROGRAMS: &[(&str, &str, usize)] = &[
     ("inode_setattr_idmap", "inode_setattr", 3),
     ("socket_connect", "socket_connect", 3),
     ("socket_sendmsg", "socket_sendmsg", 3),
+    ("socket_create", "socket_create", 4),
+    ("bpf", "bpf", 3),
+    ("bpf_kernel", "bpf", 4),
 ];
 
 /// The programs to load on this kernel: (program, hook). Every hook must have at least one
@@ -313,6 +316,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mount_mnt_parent: f("mount", "mnt_parent")?,
         mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
         vfsmount_mnt_sb: f("vfsmount", "mnt_sb")?,
+        vfsmount_mnt_flags: f("vfsmount", "mnt_flags")?,
         bprm_file: f("linux_binprm", "file")?,
         task_real_parent: f("task_struct", "real_parent")?,
         task_tgid: f("task_struct", "tgid")?,
@@ -349,7 +353,11 @@ mod tests {
     fn one_program_per_hook_on_the_host() {
         let btf = Btf::from_sys_fs().expect("host kernel BTF");
         let progs = programs_for(&btf).expect("programs");
-        assert_eq!(progs.len(), PROGRAMS.len() - 1);
+        assert_eq!(
+            progs.len(),
+            PROGRAMS.len() - 2,
+            "one program per hook signature"
+        );
         assert_eq!(progs.iter().filter(|p| p.1 == "inode_setattr").count(), 1);
     }
 

@@ -105,8 +105,22 @@ pub fn checks() -> Vec<Check> {
 /// Confines `true` under a policy that allows it, which runs gate's full start-up: load,
 /// attach, pin, and the canary self-test.
 fn self_test() -> Result<String, String> {
-    let dir = std::env::temp_dir().join(format!("gate-doctor-{}", std::process::id()));
-    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    // A private directory (mode 0700, a name nobody can guess): the test policy is written
+    // as root.
+    let template = std::env::temp_dir().join("gate-doctor-XXXXXX");
+    let mut t = std::ffi::CString::new(template.as_os_str().as_encoded_bytes())
+        .map_err(|e| e.to_string())?
+        .into_bytes_with_nul();
+    // SAFETY: a NUL-terminated template that mkdtemp rewrites in place.
+    if unsafe { libc::mkdtemp(t.as_mut_ptr().cast()) }.is_null() {
+        return Err(format!(
+            "creating a private directory in {}: {}",
+            std::env::temp_dir().display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    t.pop();
+    let dir = PathBuf::from(String::from_utf8(t).map_err(|e| e.to_string())?);
     let policy = dir.join("doctor.toml");
     let text = "version = 1\nname = \"doctor\"\nmode = \"enforce\"\n\n[[rule]]\nid = \"true\"\n\
                 op = \"exec\"\npath = [\"/usr/bin/**\", \"/bin/**\"]\ndecision = \"allow\"\n";

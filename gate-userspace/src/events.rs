@@ -19,6 +19,12 @@ pub struct Decision {
     pub addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// A socket that was to be created: family, type and protocol.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// A system call refused as a whole (`bpf BPF_MAP_CREATE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
     pub pid: u32,
     pub tgid: u32,
     pub ppid: u32,
@@ -38,6 +44,9 @@ impl Decision {
 
     /// The object in human terms: a path or address:port.
     pub fn object(&self) -> String {
+        if let Some(s) = self.socket.as_ref().or(self.syscall.as_ref()) {
+            return s.clone();
+        }
         match (&self.path, &self.addr, self.port) {
             (Some(p), _, _) => p.clone(),
             (None, Some(a), Some(port)) if a.contains(':') => format!("[{a}]:{port}"),
@@ -86,6 +95,8 @@ pub fn op_name(o: u8) -> &'static str {
         op::WRITE => "write",
         op::READ => "read",
         op::CONNECT => "connect",
+        op::SOCKET => "socket",
+        op::BPF => "bpf",
         _ => "unknown",
     }
 }
@@ -105,6 +116,9 @@ pub fn rule_name(policy: Option<&CompiledPolicy>, r: u16) -> String {
     match r {
         rule::DEFAULT => "default".into(),
         rule::LOCKDOWN => "lockdown".into(),
+        rule::GATE_SELF => "gate-self".into(),
+        rule::SOCKET_FAMILY => "socket-family".into(),
+        rule::BPF => "bpf".into(),
         rule::INTERNAL => "internal".into(),
         rule::SELFTEST => "gate-selftest".into(),
         rule::AUDIT_REQUIRED => "audit-required".into(),
@@ -113,6 +127,52 @@ pub fn rule_name(policy: Option<&CompiledPolicy>, r: u16) -> String {
             .map(|m| m.id.clone())
             .unwrap_or_else(|| format!("#{i}")),
     }
+}
+
+/// The name of a bpf() command (`include/uapi/linux/bpf.h`).
+pub fn bpf_cmd_name(cmd: u16) -> String {
+    const NAMES: [&str; 37] = [
+        "BPF_MAP_CREATE",
+        "BPF_MAP_LOOKUP_ELEM",
+        "BPF_MAP_UPDATE_ELEM",
+        "BPF_MAP_DELETE_ELEM",
+        "BPF_MAP_GET_NEXT_KEY",
+        "BPF_PROG_LOAD",
+        "BPF_OBJ_PIN",
+        "BPF_OBJ_GET",
+        "BPF_PROG_ATTACH",
+        "BPF_PROG_DETACH",
+        "BPF_PROG_TEST_RUN",
+        "BPF_PROG_GET_NEXT_ID",
+        "BPF_MAP_GET_NEXT_ID",
+        "BPF_PROG_GET_FD_BY_ID",
+        "BPF_MAP_GET_FD_BY_ID",
+        "BPF_OBJ_GET_INFO_BY_FD",
+        "BPF_PROG_QUERY",
+        "BPF_RAW_TRACEPOINT_OPEN",
+        "BPF_BTF_LOAD",
+        "BPF_BTF_GET_FD_BY_ID",
+        "BPF_TASK_FD_QUERY",
+        "BPF_MAP_LOOKUP_AND_DELETE_ELEM",
+        "BPF_MAP_FREEZE",
+        "BPF_BTF_GET_NEXT_ID",
+        "BPF_MAP_LOOKUP_BATCH",
+        "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
+        "BPF_MAP_UPDATE_BATCH",
+        "BPF_MAP_DELETE_BATCH",
+        "BPF_LINK_CREATE",
+        "BPF_LINK_UPDATE",
+        "BPF_LINK_GET_FD_BY_ID",
+        "BPF_LINK_GET_NEXT_ID",
+        "BPF_ENABLE_STATS",
+        "BPF_ITER_CREATE",
+        "BPF_LINK_DETACH",
+        "BPF_PROG_BIND_MAP",
+        "BPF_TOKEN_CREATE",
+    ];
+    NAMES
+        .get(usize::from(cmd))
+        .map_or_else(|| format!("command {cmd}"), |n| (*n).to_string())
 }
 
 /// Waits until `fd` (the event ring buffer's) is readable or `timeout_ms` passed.
@@ -133,6 +193,10 @@ pub fn decode(e: &Event, policy: &CompiledPolicy) -> Decision {
 /// As [`decode`]; `None` when the policy that decided is not known (rules by number).
 pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
     let net = e.op == op::CONNECT;
+    let socket = (e.op == op::SOCKET).then(|| {
+        let protocol = i32::from_le_bytes([e.addr[0], e.addr[1], e.addr[2], e.addr[3]]);
+        crate::policy::socket_kind_name(e.family, e.port, protocol)
+    });
     let addr = net.then(|| match e.family {
         2 => std::net::Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
         _ => std::net::Ipv6Addr::from(e.addr).to_string(),
@@ -147,9 +211,11 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         decision: decision_name(e.decision),
         enforced: sev == decision::ALLOW || e.flags & flag::AUDIT_MODE == 0,
         rule: rule_name(policy, e.rule),
-        path: (!net).then(|| path_of(e)),
+        path: (!net && socket.is_none() && e.op != op::BPF).then(|| path_of(e)),
         addr,
         port: net.then_some(e.port),
+        socket,
+        syscall: (e.op == op::BPF).then(|| format!("bpf {}", bpf_cmd_name(e.port))),
         pid: e.pid,
         tgid: e.tgid,
         ppid: e.ppid,

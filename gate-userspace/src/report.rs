@@ -121,7 +121,7 @@ impl Summary {
             .unwrap_or_default();
         let mut s = format!("gate: {cmd} exited with status {}\n", self.exit_code);
         let mut ops: Vec<String> = Vec::new();
-        for op in ["exec", "write", "read", "connect"] {
+        for op in ["exec", "write", "read", "connect", "socket", "bpf"] {
             let n = |d| self.counts.get(&(op, d)).copied().unwrap_or(0);
             let (a, d) = (n("allow"), n("deny") + n("ask"));
             if a + d > 0 {
@@ -193,6 +193,12 @@ pub fn policy_load(
 /// The audit record of one kernel decision, for `agent` under the policy `digest`.
 pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
     let object = match (&d.path, &d.addr, d.port) {
+        _ if d.socket.is_some() => Object::Kind {
+            socket: d.socket.clone().unwrap_or_default(),
+        },
+        _ if d.syscall.is_some() => Object::Syscall {
+            syscall: d.syscall.clone().unwrap_or_default(),
+        },
         (_, Some(a), Some(port)) => match a.parse() {
             Ok(addr) => Object::Socket { addr, port },
             Err(_) => Object::Path {
@@ -208,6 +214,8 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         "exec" => AuditOp::Exec,
         "write" => AuditOp::Write,
         "read" => AuditOp::Read,
+        "socket" => AuditOp::Socket,
+        "bpf" => AuditOp::Bpf,
         _ => AuditOp::Connect,
     };
     let decision = match d.decision {

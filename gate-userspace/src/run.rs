@@ -189,6 +189,23 @@ fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
         workspace: opts.workspace.clone(),
         home: who.home.clone(),
     };
+    // The signing key and the log exist before the policy is compiled, so that their inodes
+    // are protected (`gate-self`).
+    if let Some(log) = &opts.log {
+        if let Some(dir) = opts.audit_key.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        crate::audit::SigningKey::load_or_create(&opts.audit_key)
+            .map_err(|e| RunError::Audit(e.into()))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(log)
+            .map_err(io_err(format!("creating the audit log {}", log.display())))?;
+    }
+    policy::protect(state::gate_state(&opts.audit_key, opts.log.as_deref()));
     let t = Instant::now();
     let mut policy = policy::load(&opts.policy, &vars)?;
     tracing::debug!(ms = t.elapsed().as_millis() as u64, "policy compiled");

@@ -163,3 +163,34 @@ pub fn collect_stale(h: &Hierarchy) {
         let _ = fs::remove_dir_all(&dir);
     }
 }
+
+/// gate's own state that every policy protects (rule `gate-self`): its config and policies,
+/// keys, logs, runtime files, pins and binary, plus the audit stream this process writes:
+/// `key` (neither read nor written by a confined process) and `log` (not written).
+pub fn gate_state(key: &Path, log: Option<&Path>) -> Vec<crate::policy::Protected> {
+    use crate::policy::Protected;
+    let w = |p: &Path| Protected {
+        path: p.to_path_buf(),
+        read: false,
+    };
+    let rw = |p: &Path| Protected {
+        path: p.to_path_buf(),
+        read: true,
+    };
+    let mut v = vec![
+        w(Path::new("/etc/gate")),
+        rw(Path::new("/var/lib/gate")),
+        w(Path::new("/var/log/gate")),
+        w(Path::new("/run/gate")),
+        w(Path::new(PIN_ROOT)),
+        rw(key),
+    ];
+    if let Ok(exe) = std::env::current_exe() {
+        v.push(w(&exe));
+    }
+    if let Some(log) = log {
+        v.push(w(log));
+        v.push(w(&crate::audit::default_state_path(log)));
+    }
+    v
+}

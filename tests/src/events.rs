@@ -123,6 +123,10 @@ pub struct EventMatcher {
     pub addr: Option<String>,
     pub port: Option<u16>,
     pub comm: Option<String>,
+    /// A refused socket: `family type protocol N` (e.g. `packet raw protocol 768`).
+    pub socket: Option<String>,
+    /// A system call refused as a whole: `bpf BPF_MAP_CREATE`.
+    pub syscall: Option<String>,
 }
 
 fn str_field<'a>(e: &'a Value, k: &str) -> Option<&'a str> {
@@ -148,6 +152,8 @@ impl EventMatcher {
             && eq("path", &self.path)
             && eq("addr", &self.addr)
             && eq("comm", &self.comm)
+            && eq("socket", &self.socket)
+            && eq("syscall", &self.syscall)
             && self
                 .enforced
                 .is_none_or(|w| e.get("enforced").and_then(Value::as_bool) == Some(w))
@@ -174,6 +180,8 @@ impl EventMatcher {
             addr: x(&self.addr)?,
             port: self.port,
             comm: x(&self.comm)?,
+            socket: x(&self.socket)?,
+            syscall: x(&self.syscall)?,
         })
     }
 }
@@ -194,6 +202,8 @@ impl fmt::Display for EventMatcher {
         s("path_suffix", &self.path_suffix);
         s("addr", &self.addr);
         s("comm", &self.comm);
+        s("socket", &self.socket);
+        s("syscall", &self.syscall);
         if let Some(p) = self.port {
             parts.push(format!("port={p}"));
         }

@@ -56,6 +56,10 @@ pub struct Scenario {
     pub teardown: Vec<String>,
     #[serde(default)]
     pub listen: Vec<Listener>,
+    /// Who the confined steps run as (`gate run --user`); default root. Scenarios with a user
+    /// are not rerun through the daemon (which runs its callers' commands as themselves).
+    #[serde(default)]
+    pub user: Option<String>,
     /// Run every step in its own `gate run` (slow in guests; for debugging).
     #[serde(default)]
     pub isolate: bool,
@@ -213,7 +217,17 @@ impl Scenario {
 /// Variables with dummy values, for validation.
 fn placeholder_vars() -> Vars {
     let mut v = Vars::new();
-    for k in ["workspace", "home", "probe", "repo", "scratch", "cgroup"] {
+    for k in [
+        "workspace",
+        "home",
+        "probe",
+        "repo",
+        "gate",
+        "audit_key",
+        "audit_log",
+        "scratch",
+        "cgroup",
+    ] {
         v.set(k, format!("/{k}"));
     }
     v

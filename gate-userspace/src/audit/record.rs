@@ -45,6 +45,8 @@ pub enum Op {
     Write,
     Read,
     Connect,
+    Socket,
+    Bpf,
 }
 
 impl Op {
@@ -54,6 +56,8 @@ impl Op {
             Op::Write => "write",
             Op::Read => "read",
             Op::Connect => "connect",
+            Op::Socket => "socket",
+            Op::Bpf => "bpf",
         }
     }
 }
@@ -82,8 +86,21 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Object {
-    Path { path: String },
-    Socket { addr: IpAddr, port: u16 },
+    Path {
+        path: String,
+    },
+    Socket {
+        addr: IpAddr,
+        port: u16,
+    },
+    /// A socket that was to be created (`socket`): its family, type and protocol.
+    Kind {
+        socket: String,
+    },
+    /// A system call refused as a whole (`bpf`): its name and command.
+    Syscall {
+        syscall: String,
+    },
 }
 
 impl std::fmt::Display for Object {
@@ -95,6 +112,8 @@ impl std::fmt::Display for Object {
                 port,
             } => write!(f, "[{a}]:{port}"),
             Object::Socket { addr, port } => write!(f, "{addr}:{port}"),
+            Object::Kind { socket } => f.write_str(socket),
+            Object::Syscall { syscall } => f.write_str(syscall),
         }
     }
 }
@@ -168,6 +187,14 @@ impl Decision {
                 write_json_str(buf, &addr.to_string());
                 field(buf, b"port");
                 write_u64(buf, (*port).into());
+            }
+            Object::Kind { socket } => {
+                field(buf, b"socket");
+                write_json_str(buf, socket);
+            }
+            Object::Syscall { syscall } => {
+                field(buf, b"syscall");
+                write_json_str(buf, syscall);
             }
         }
         field(buf, b"decision");

@@ -93,6 +93,18 @@ pub fn run(config_path: &Path) -> i32 {
 
 fn run_inner(config_path: &Path) -> Result<(), String> {
     let cfg = config::load(config_path).map_err(|e| e.to_string())?;
+    // gate's own state, in every policy the daemon loads: its config, socket, keys, logs.
+    let mut own = crate::state::gate_state(&cfg.audit_key, cfg.audit_log.as_deref());
+    for p in [Some(cfg.file.as_path()), cfg.socket.parent()]
+        .into_iter()
+        .flatten()
+    {
+        own.push(policy::Protected {
+            path: p.to_path_buf(),
+            read: false,
+        });
+    }
+    policy::protect(own);
     // SAFETY: handlers only store to atomics.
     unsafe {
         libc::signal(libc::SIGHUP, on_hup as *const () as libc::sighandler_t);

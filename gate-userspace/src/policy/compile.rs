@@ -55,6 +55,8 @@ pub struct CompiledPolicy {
     pub net6: Net6,
     /// Some inode entry has a read decision (otherwise reads need no walk).
     pub has_read_rules: bool,
+    /// `AgentConfig::sockets`: the socket families and kinds allowed beyond the base set.
+    pub sockets: u64,
     /// Operations (`1 << op::*`) still decided by the policy when the daemon's heartbeat is
     /// stale; every other operation is denied then. Default: reads only.
     pub lockdown_keep: u8,
@@ -83,6 +85,7 @@ impl CompiledPolicy {
             rule_idx::SELFTEST => "selftest",
             rule_idx::AUDIT_REQUIRED => "audit-required",
             rule_idx::LOCKDOWN => "lockdown",
+            rule_idx::GATE_SELF => "gate-self",
             i => self
                 .rules
                 .get(usize::from(i))
@@ -101,12 +104,75 @@ impl CompiledPolicy {
             has_read_rules: u8::from(self.has_read_rules),
             lockdown_keep: self.lockdown_keep,
             defaults: self.defaults,
+            sockets: self.sockets,
         }
     }
 
     /// The digest as lowercase hex.
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest)
+    }
+}
+
+/// A piece of gate's own state that no confined process may change (nor read, with `read`):
+/// built into every policy as rule `gate-self`, deny-wins over the policy's own rules and
+/// enforced even in audit mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Protected {
+    pub path: PathBuf,
+    /// Reads are denied too (key material).
+    pub read: bool,
+}
+
+/// What [`super::load`] protects in every policy it compiles, set once by `gate run` and the
+/// daemon for the state they use ([`protect`]).
+static PROTECTED: std::sync::RwLock<Vec<Protected>> = std::sync::RwLock::new(Vec::new());
+
+/// Sets gate's own state that every policy loaded from now on protects.
+pub fn protect(list: Vec<Protected>) {
+    if let Ok(mut p) = PROTECTED.write() {
+        *p = list;
+    }
+}
+
+/// What [`protect`] set.
+pub fn protected() -> Vec<Protected> {
+    PROTECTED.read().map(|p| p.clone()).unwrap_or_default()
+}
+
+/// Adds `gate-self` deny entries for `list` to `c` (a path that does not exist is skipped:
+/// there is nothing to protect yet; a directory is protected with everything below it).
+pub fn protect_into(c: &mut CompiledPolicy, list: &[Protected], resolver: &dyn Resolver) {
+    for p in list {
+        let Ok(r) = resolver.resolve(&p.path) else {
+            continue;
+        };
+        let entry = c.inodes.entry(r.key).or_insert_with(empty_inode_rule);
+        c.inode_paths
+            .entry(r.key)
+            .or_insert_with(|| r.canonical.clone());
+        let mut ops = vec![op::WRITE];
+        if p.read {
+            ops.push(op::READ);
+            c.has_read_rules = true;
+        }
+        for o in ops {
+            let i = usize::from(o);
+            merge(
+                &mut entry.exact[i],
+                &mut entry.exact_rule[i],
+                decision::DENY,
+                rule_idx::GATE_SELF,
+            );
+            if r.is_dir {
+                merge(
+                    &mut entry.subtree[i],
+                    &mut entry.subtree_rule[i],
+                    decision::DENY,
+                    rule_idx::GATE_SELF,
+                );
+            }
+        }
     }
 }
 
@@ -156,6 +222,11 @@ pub fn compile(
         net4,
         net6,
         has_read_rules,
+        sockets: policy
+            .sockets
+            .iter()
+            .filter_map(|s| super::socket_bit(s))
+            .fold(0, |a, b| a | b),
         lockdown_keep: 1 << op::READ,
         digest: policy.digest(),
         warnings,

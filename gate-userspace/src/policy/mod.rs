@@ -21,14 +21,19 @@ mod error;
 mod net;
 mod parse;
 mod resolve;
+mod sockets;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{CompiledPolicy, HARDLINK_WALK_LIMIT, MAX_RULES, MapSizes, RuleMeta, compile};
+pub use compile::{
+    CompiledPolicy, HARDLINK_WALK_LIMIT, MAX_RULES, MapSizes, Protected, RuleMeta, compile,
+    protect, protect_into, protected,
+};
 pub use error::{LineIndex, Location, PolicyError, Pos};
 pub use net::{Cidr, Net4, Net6, PortRange, evaluate_ports};
 pub use parse::parse;
 pub use resolve::{FsResolver, HardlinkScan, MemResolver, Resolved, Resolver, kernel_dev};
+pub use sockets::{SOCKET_KINDS, socket_bit, socket_kind_name};
 
 /// The policy format version this gate reads.
 pub const VERSION: u32 = 1;
@@ -180,6 +185,8 @@ pub struct Policy {
     pub defaults: [Decision; 4],
     /// The rules, in file order.
     pub rules: Vec<Rule>,
+    /// `[sockets] allow`: the socket families and kinds allowed beyond the base set, sorted.
+    pub sockets: Vec<String>,
 }
 
 impl Policy {
@@ -302,5 +309,13 @@ pub fn load(file: &Path, vars: &Vars) -> Result<CompiledPolicy, PolicyError> {
         source,
     })?;
     let policy = parse(&source, file)?;
-    compile(&policy, vars, &FsResolver)
+    let mut c = compile(&policy, vars, &FsResolver)?;
+    // gate's own state, and the policy file itself, whatever the policy says.
+    let mut list = protected();
+    list.push(Protected {
+        path: file.to_path_buf(),
+        read: false,
+    });
+    protect_into(&mut c, &list, &FsResolver);
+    Ok(c)
 }

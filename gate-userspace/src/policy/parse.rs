@@ -25,6 +25,14 @@ struct RawPolicy {
     default: RawDefaults,
     #[serde(default)]
     rule: Vec<RawRule>,
+    #[serde(default)]
+    sockets: RawSockets,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSockets {
+    allow: Option<SpannedList<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -150,6 +158,23 @@ impl Checker<'_> {
             first_seen.insert(rule.id.clone(), rule.pos);
             rules.push(rule);
         }
+        let mut sockets = Vec::new();
+        for s in raw.sockets.allow.iter().flat_map(|l| l.get_ref()) {
+            if super::socket_bit(s.get_ref()).is_none() {
+                let known: Vec<&str> = super::SOCKET_KINDS.iter().map(|(n, _)| *n).collect();
+                return Err(PolicyError::Invalid {
+                    at: self.at(s),
+                    message: format!(
+                        "unknown socket kind {:?}; known: {}",
+                        s.get_ref(),
+                        known.join(", ")
+                    ),
+                });
+            }
+            sockets.push(s.get_ref().clone());
+        }
+        sockets.sort();
+        sockets.dedup();
         let file = self.file.to_path_buf();
         Ok(Policy {
             file,
@@ -158,6 +183,7 @@ impl Checker<'_> {
             audit: raw.audit,
             defaults,
             rules,
+            sockets,
         })
     }
 
@@ -371,6 +397,10 @@ impl Policy {
                 op.name(),
                 self.defaults[op.index()].name()
             );
+        }
+        // Only when present: the digests of policies without the section stay as they were.
+        if !self.sockets.is_empty() {
+            out += &format!("sockets {}\n", self.sockets.join(","));
         }
         let mut rules: Vec<String> = self.rules.iter().map(|r| canonical_rule(r, &q)).collect();
         rules.sort();

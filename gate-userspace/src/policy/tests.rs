@@ -807,3 +807,49 @@ fn map_sizes_count_entries() {
     );
     let _: &InodeKey = c.inodes.keys().next().unwrap();
 }
+
+#[test]
+fn gate_self_rules_win_over_an_allow_and_skip_what_does_not_exist() {
+    let r = fs().dir("/var/lib/gate").file("/var/lib/gate/gate.key");
+    let body = "[default]\nread = \"allow\"\nwrite = \"allow\"\n\
+                [[rule]]\nid = \"all\"\nop = \"write\"\npath = [\"/var/lib/gate/**\"]\n\
+                decision = \"allow\"\n";
+    let mut c = compile_with(body, &r).unwrap();
+    assert!(!c.has_read_rules);
+    let list = [
+        Protected {
+            path: "/var/lib/gate".into(),
+            read: true,
+        },
+        Protected {
+            path: "/nonexistent/gate".into(),
+            read: false,
+        },
+    ];
+    protect_into(&mut c, &list, &r);
+    let key = r.resolve(Path::new("/var/lib/gate")).unwrap().key;
+    let e = c.inodes[&key];
+    for o in [op::READ, op::WRITE] {
+        let i = usize::from(o);
+        assert_eq!(e.subtree[i] & decision::MASK, decision::DENY);
+        assert_eq!(e.subtree_rule[i], rule_idx::GATE_SELF);
+        assert_eq!(e.exact_rule[i], rule_idx::GATE_SELF);
+    }
+    assert!(c.has_read_rules, "reads must be walked to find the key");
+    assert_eq!(c.rule_name(rule_idx::GATE_SELF), "gate-self");
+}
+
+#[test]
+fn sockets_section_names_kinds_and_rejects_unknown_ones_where_they_are() {
+    let c = compile_ok("[sockets]\nallow = [\"packet\", \"raw\", \"packet\"]\n");
+    assert_eq!(c.sockets, (1 << 17) | gate_common::sock::RAW);
+    let e = compile_err("[sockets]\nallow = [\"packet\", \"wifi\"]\n");
+    assert!(e.starts_with("p.toml:5:20: "), "{e}");
+    assert!(e.contains("unknown socket kind \"wifi\""), "{e}");
+    // No section: nothing beyond the base set, and the digest of a policy without it is
+    // what it was.
+    let plain = compile_ok("");
+    assert_eq!(plain.sockets, 0);
+    let with = compile_ok("[sockets]\nallow = [\"packet\"]\n");
+    assert_ne!(plain.digest, with.digest);
+}

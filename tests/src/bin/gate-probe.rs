@@ -189,6 +189,77 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
                 libc::utimensat(libc::AT_FDCWD, p.as_ptr(), std::ptr::null(), 0)
             }))
         }
+        // bpf(BPF_MAP_CREATE) of a one-entry array map.
+        "bpf-map-create" => {
+            let mut attr = [0u32; 32];
+            attr[..4].copy_from_slice(&[2, 4, 4, 1]); // array, key 4, value 4, 1 entry
+            // SAFETY: bpf() reads `size` bytes of the attribute buffer.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    0,
+                    attr.as_ptr(),
+                    std::mem::size_of_val(&attr) as u32,
+                )
+            };
+            if fd < 0 {
+                return Ok(Err(last_errno()));
+            }
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd as libc::c_int) };
+            Ok(Ok(()))
+        }
+        // socket(2) with numeric family, type and protocol.
+        "socket" => {
+            let n = |x: &OsString| -> Result<libc::c_int, String> {
+                text(x)?.parse().map_err(|_| format!("bad number {x:?}"))
+            };
+            let (f, t, p) = (n(&a[0])?, n(&a[1])?, n(&a[2])?);
+            // SAFETY: plain syscall.
+            let fd = unsafe { libc::socket(f, t | libc::SOCK_CLOEXEC, p) };
+            if fd < 0 {
+                return Ok(Err(last_errno()));
+            }
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+            Ok(Ok(()))
+        }
+        // pidfd_open of the probe itself (since 6.9 every new pidfd is opened read-write).
+        "pidfd-open" => {
+            // SAFETY: plain syscall; the result is a new descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+            if fd < 0 {
+                return Ok(Err(last_errno()));
+            }
+            // SAFETY: fd was just returned and is owned here.
+            unsafe { libc::close(fd as libc::c_int) };
+            Ok(Ok(()))
+        }
+        // memfd_create, then ftruncate and a write-open of it through /proc/self/fd.
+        "memfd-truncate" => {
+            let name = c"gate-probe";
+            // SAFETY: a NUL-terminated name.
+            let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+            if fd < 0 {
+                return Ok(Err(last_errno()));
+            }
+            // SAFETY: fd is ours.
+            let r = check(unsafe { libc::ftruncate(fd, 4096) });
+            let reopened = r.and_then(|()| {
+                let p = CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL");
+                // SAFETY: a NUL-terminated path.
+                let fd2 = unsafe { libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+                if fd2 < 0 {
+                    return Err(last_errno());
+                }
+                // SAFETY: fd2 is ours.
+                unsafe { libc::close(fd2) };
+                Ok(())
+            });
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+            Ok(reopened)
+        }
         "connect" => connect(sockaddr_arg(&a[0], &a[1])?),
         "sendto" => sendto_udp(sockaddr_arg(&a[0], &a[1])?),
         "fastopen" => fastopen(sockaddr_arg(&a[0], &a[1])?),

@@ -143,6 +143,7 @@ fn flood(ctx: &Ctx, name: &str, required: bool) -> Result<Outcome, Failure> {
     let key = s.dir.join("audit.key");
     let opts = GateOpts {
         policy: policy_path,
+        user: None,
         extra: vec![
             "--ringbuf-bytes".into(),
             "65536".into(),

@@ -52,6 +52,7 @@ pub fn scenarios_through_the_daemon(ctx: &Ctx, rep: &mut super::Reporter) {
         via_daemon: Some(super::ViaDaemon {
             socket: PathBuf::from(SOCKET),
             log: base().join("audit.jsonl"),
+            key: base().join("audit.key"),
         }),
     };
     if !super::scenarios::any_selected(&via, rep) {
@@ -73,6 +74,9 @@ const DEV_UID: u32 = 4711;
 const OUT_UID: u32 = 4712;
 const GATE_GID: u32 = 4700;
 const SOCKET: &str = "/run/gate-test/gate.sock";
+/// The daemon's pins: `host-v` and the kernel ABI version (`gate_common::ABI_VERSION`).
+const PIN_ROOT: &str = "/sys/fs/bpf/gate";
+const PINS: &str = "host-v3";
 
 fn base() -> PathBuf {
     Path::new(SCRATCH).join("daemon")
@@ -822,7 +826,7 @@ fn lockdown(ctx: &Ctx, _: &mut Notes) -> TestResult {
 }
 
 fn links_dir() -> PathBuf {
-    Path::new("/sys/fs/bpf/gate/host-v2/links").to_path_buf()
+    Path::new(PIN_ROOT).join(PINS).join("links")
 }
 
 fn counter(status: &serde_json::Value, name: &str) -> u64 {
@@ -878,7 +882,7 @@ fn kill_daemon(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     let links_after = std::fs::read_dir(links_dir())
         .map(|r| r.count())
         .unwrap_or(0);
-    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf/gate")
+    let pins: Vec<String> = std::fs::read_dir(PIN_ROOT)
         .map(|r| {
             r.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -897,7 +901,7 @@ fn kill_daemon(ctx: &Ctx, notes: &mut Notes) -> TestResult {
             "the restarted daemon did not adopt the pinned engine".into(),
         ));
     }
-    if links == 0 || links_after != links || pins != ["host-v2"] {
+    if links == 0 || links_after != links || pins != [PINS] {
         return Err(fail(format!(
             "expected the same {links} links and one pin directory after the restart, got \
              {links_after} links and {pins:?}"
@@ -930,9 +934,7 @@ fn kill_daemon(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         ));
     }
     drop(d2);
-    let left = std::fs::read_dir("/sys/fs/bpf/gate")
-        .map(|r| r.count())
-        .unwrap_or(0);
+    let left = std::fs::read_dir(PIN_ROOT).map(|r| r.count()).unwrap_or(0);
     if left != 0 {
         return Err(Failure::new(format!(
             "gate unload left {left} pin directories"

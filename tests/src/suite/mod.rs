@@ -60,6 +60,28 @@ pub struct Ctx {
 pub struct ViaDaemon {
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// The daemon's audit signing key.
+    pub key: PathBuf,
+}
+
+impl Ctx {
+    /// The audit stream a scenario's first `gate run` writes: the daemon's, or its own log.
+    pub fn audit_log(&self, scratch: &Path) -> PathBuf {
+        match &self.via_daemon {
+            Some(v) => v.log.clone(),
+            None => scratch.join("logs").join("run-1.jsonl"),
+        }
+    }
+
+    /// The signing key of the audit stream a scenario's runs write: the daemon's, or the one
+    /// `gate run` uses (`GATE_AUDIT_KEY`, which the guest sets, or gate's default).
+    pub fn audit_key(&self) -> PathBuf {
+        match &self.via_daemon {
+            Some(v) => v.key.clone(),
+            None => std::env::var_os("GATE_AUDIT_KEY")
+                .map_or_else(|| PathBuf::from("/var/lib/gate/gate.key"), PathBuf::from),
+        }
+    }
 }
 
 /// Why a test failed: a one-line summary (`expected …, got …`) and details.
@@ -157,6 +179,8 @@ pub struct GateOpts {
     pub timeout: Duration,
     /// More `gate run` options (`--ringbuf-bytes 65536`).
     pub extra: Vec<String>,
+    /// `--user` (default root).
+    pub user: Option<String>,
 }
 
 impl Ctx {
@@ -230,7 +254,7 @@ impl Ctx {
                 "--log".into(),
                 o.log.display().to_string(),
                 "--user".into(),
-                "root".into(),
+                o.user.clone().unwrap_or_else(|| "root".into()),
                 "--no-daemon".into(),
             ]),
         }

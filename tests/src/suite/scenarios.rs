@@ -36,6 +36,9 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
     };
     for f in files {
         match Scenario::load(&f) {
+            // Through the daemon a command runs as its caller: scenarios of another user run
+            // with `gate run --user` only.
+            Ok(s) if s.user.is_some() && ctx.via_daemon.is_some() => {}
             Ok(s) => run_scenario(ctx, rep, &s),
             Err(e) => {
                 let name = format!(
@@ -101,6 +104,9 @@ impl Layout {
         let mut v = Vars::new();
         v.set("home", ctx.home())
             .set("repo", ctx.repo.display().to_string())
+            .set("gate", ctx.gate.display().to_string())
+            .set("audit_key", ctx.audit_key().display().to_string())
+            .set("audit_log", ctx.audit_log(&scratch).display().to_string())
             .set("scratch", scratch.display().to_string())
             .set("cgroup", ctx.env.cgroup_root.display().to_string());
         let ws = PathBuf::from(v.expand(&s.workspace, true)?);
@@ -293,6 +299,7 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
         mode: s.mode.map(|m| m.as_str().to_string()),
         timeout: Duration::from_secs(step_time + GATE_OVERHEAD),
         extra: Vec::new(),
+        user: s.user.clone(),
     };
     let driver_argv = vec![
         l.driver().display().to_string(),
@@ -345,6 +352,7 @@ fn run_group(ctx: &Ctx, rep: &mut Reporter, s: &Scenario, l: &Layout, k: usize, 
                 &segments[pos],
                 &log,
                 &opts.workspace,
+                s.user.as_deref(),
             ),
             None => Err(Failure::new(format!(
                 "expected {}, got no result: the batch did not reach this step",
@@ -374,6 +382,7 @@ fn check_step(
     log: &Log,
     log_path: &Path,
     ws: &Path,
+    user: Option<&str>,
 ) -> TestResult {
     let out = res.outcome();
     let shown = Cmd::new(argv).cwd(ws);
@@ -403,8 +412,29 @@ fn check_step(
         }
     }
     if step.unconfined {
+        // As the scenario's user, when it has one.
+        let mut a: Vec<String> = Vec::new();
+        if let Some(u) = user {
+            let gid = nix::unistd::User::from_name(u)
+                .ok()
+                .flatten()
+                .map_or_else(|| u.to_string(), |x| x.gid.to_string());
+            a.extend(
+                [
+                    "/usr/bin/setpriv",
+                    "--reuid",
+                    u,
+                    "--regid",
+                    &gid,
+                    "--clear-groups",
+                    "--",
+                ]
+                .map(String::from),
+            );
+        }
+        a.extend(argv.iter().cloned());
         let cmd = ctx
-            .plain_cmd(argv, ws)
+            .plain_cmd(&a, ws)
             .timeout(Duration::from_secs(step.timeout.unwrap_or(STEP_TIMEOUT)));
         let o = cmd.run();
         if !Expect::Ok.matches(&o) {

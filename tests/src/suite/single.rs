@@ -47,6 +47,7 @@ pub fn setup(ctx: &Ctx, group: &str, name: &str, policy: &str) -> Result<Setup, 
         log: dir.join("log.jsonl"),
         mode: None,
         timeout: Duration::from_secs(super::GATE_RUN_TIMEOUT),
+        user: None,
         extra: Vec::new(),
     };
     Ok(Setup {
