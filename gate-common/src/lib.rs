@@ -19,6 +19,9 @@ pub mod op {
     /// The bpf() system call: denied to every confined task (loading programs, reading or
     /// writing maps, opening pins, detaching links).
     pub const BPF: u8 = 5;
+    /// A capability a confined task used (its kernel capability check), decided by
+    /// `AgentConfig::caps`: a confined root is no stronger than its policy.
+    pub const CAPABILITY: u8 = 6;
 }
 
 /// Socket families and kinds a policy may allow (`AgentConfig::sockets`). A confined task
@@ -70,6 +73,8 @@ pub mod rule {
     pub const SOCKET_FAMILY: u16 = 0xfff8;
     /// bpf() by a confined task.
     pub const BPF: u16 = 0xfff7;
+    /// A capability the policy does not grant (`[capabilities]`).
+    pub const CAPABILITY: u16 = 0xfff6;
 }
 
 /// Which kernel hook produced an event.
@@ -93,7 +98,8 @@ pub mod hook {
     pub const SOCKET_SENDMSG: u8 = 16;
     pub const SOCKET_CREATE: u8 = 17;
     pub const BPF: u8 = 18;
-    pub const NAMES: [&str; 19] = [
+    pub const CAPABLE: u8 = 19;
+    pub const NAMES: [&str; 20] = [
         "exec",
         "open",
         "mknod",
@@ -113,6 +119,7 @@ pub mod hook {
         "sendmsg",
         "socket",
         "bpf",
+        "capable",
     ];
 }
 
@@ -305,6 +312,9 @@ pub struct AgentConfig {
     pub defaults: [u8; 4],
     /// Socket families and kinds allowed beyond the base set (`sock::*`).
     pub sockets: u64,
+    /// Capabilities (bit `CAP_*`) a confined task may use; every other capability check of a
+    /// confined task fails.
+    pub caps: u64,
 }
 
 /// Key of the `VERDICTS` map: a decision the daemon wrote for one agent (an approval, a
@@ -379,6 +389,8 @@ pub struct KernelOffsets {
     pub task_real_parent: u32,
     pub task_tgid: u32,
     pub task_fs: u32,
+    /// `struct task_struct.cred` (the task's effective credentials).
+    pub task_cred: u32,
     pub fs_struct_root: u32,
     pub msghdr_msg_name: u32,
     pub msghdr_msg_namelen: u32,
@@ -426,10 +438,10 @@ const _: () = assert!(core::mem::size_of::<InodeRule>() == 24);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
 const _: () = assert!(core::mem::size_of::<NetRule>() == 16 + 8 * MAX_PORT_RULES);
 const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
-const _: () = assert!(core::mem::size_of::<AgentConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<AgentConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 27 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]

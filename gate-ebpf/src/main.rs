@@ -9,6 +9,7 @@
 #![no_main]
 
 mod bpf;
+mod capable;
 mod decide;
 mod event;
 mod exec;

@@ -51,6 +51,7 @@ null_program!(socket_sendmsg, "socket_sendmsg", 3);
 null_program!(socket_create, "socket_create", 4);
 null_program!(bpf, "bpf", 3);
 null_program!(bpf_kernel, "bpf", 4);
+null_program!(capable, "capable", 4);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -265,6 +265,7 @@ pub const PROGRAMS: &[(&str, &str, usize)] = &[
     ("socket_create", "socket_create", 4),
     ("bpf", "bpf", 3),
     ("bpf_kernel", "bpf", 4),
+    ("capable", "capable", 4),
 ];
 
 /// The programs to load on this kernel: (program, hook). Every hook must have at least one
@@ -321,6 +322,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_real_parent: f("task_struct", "real_parent")?,
         task_tgid: f("task_struct", "tgid")?,
         task_fs: f("task_struct", "fs")?,
+        task_cred: f("task_struct", "cred")?,
         fs_struct_root: f("fs_struct", "root")?,
         msghdr_msg_name: f("msghdr", "msg_name")?,
         msghdr_msg_namelen: f("msghdr", "msg_namelen")?,

@@ -511,6 +511,7 @@ mod tests {
             net6: Default::default(),
             has_read_rules: false,
             sockets: 0,
+            caps: 0,
             lockdown_keep: 1 << op::READ,
             digest: [0; 32],
             warnings: Vec::new(),

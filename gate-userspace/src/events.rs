@@ -25,6 +25,9 @@ pub struct Decision {
     /// A system call refused as a whole (`bpf BPF_MAP_CREATE`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscall: Option<String>,
+    /// A capability a confined task was refused (`CAP_SYS_ADMIN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capability: Option<String>,
     pub pid: u32,
     pub tgid: u32,
     pub ppid: u32,
@@ -44,7 +47,12 @@ impl Decision {
 
     /// The object in human terms: a path or address:port.
     pub fn object(&self) -> String {
-        if let Some(s) = self.socket.as_ref().or(self.syscall.as_ref()) {
+        if let Some(s) = self
+            .socket
+            .as_ref()
+            .or(self.syscall.as_ref())
+            .or(self.capability.as_ref())
+        {
             return s.clone();
         }
         match (&self.path, &self.addr, self.port) {
@@ -97,6 +105,7 @@ pub fn op_name(o: u8) -> &'static str {
         op::CONNECT => "connect",
         op::SOCKET => "socket",
         op::BPF => "bpf",
+        op::CAPABILITY => "capability",
         _ => "unknown",
     }
 }
@@ -119,6 +128,7 @@ pub fn rule_name(policy: Option<&CompiledPolicy>, r: u16) -> String {
         rule::GATE_SELF => "gate-self".into(),
         rule::SOCKET_FAMILY => "socket-family".into(),
         rule::BPF => "bpf".into(),
+        rule::CAPABILITY => "capability".into(),
         rule::INTERNAL => "internal".into(),
         rule::SELFTEST => "gate-selftest".into(),
         rule::AUDIT_REQUIRED => "audit-required".into(),
@@ -211,11 +221,13 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         decision: decision_name(e.decision),
         enforced: sev == decision::ALLOW || e.flags & flag::AUDIT_MODE == 0,
         rule: rule_name(policy, e.rule),
-        path: (!net && socket.is_none() && e.op != op::BPF).then(|| path_of(e)),
+        path: (!net && socket.is_none() && e.op != op::BPF && e.op != op::CAPABILITY)
+            .then(|| path_of(e)),
         addr,
         port: net.then_some(e.port),
         socket,
         syscall: (e.op == op::BPF).then(|| format!("bpf {}", bpf_cmd_name(e.port))),
+        capability: (e.op == op::CAPABILITY).then(|| crate::policy::capability_name(e.port)),
         pid: e.pid,
         tgid: e.tgid,
         ppid: e.ppid,

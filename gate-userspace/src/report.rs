@@ -121,7 +121,15 @@ impl Summary {
             .unwrap_or_default();
         let mut s = format!("gate: {cmd} exited with status {}\n", self.exit_code);
         let mut ops: Vec<String> = Vec::new();
-        for op in ["exec", "write", "read", "connect", "socket", "bpf"] {
+        for op in [
+            "exec",
+            "write",
+            "read",
+            "connect",
+            "socket",
+            "bpf",
+            "capability",
+        ] {
             let n = |d| self.counts.get(&(op, d)).copied().unwrap_or(0);
             let (a, d) = (n("allow"), n("deny") + n("ask"));
             if a + d > 0 {
@@ -199,6 +207,9 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         _ if d.syscall.is_some() => Object::Syscall {
             syscall: d.syscall.clone().unwrap_or_default(),
         },
+        _ if d.capability.is_some() => Object::Capability {
+            capability: d.capability.clone().unwrap_or_default(),
+        },
         (_, Some(a), Some(port)) => match a.parse() {
             Ok(addr) => Object::Socket { addr, port },
             Err(_) => Object::Path {
@@ -216,6 +227,7 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         "read" => AuditOp::Read,
         "socket" => AuditOp::Socket,
         "bpf" => AuditOp::Bpf,
+        "capability" => AuditOp::Capability,
         _ => AuditOp::Connect,
     };
     let decision = match d.decision {

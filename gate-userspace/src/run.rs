@@ -443,15 +443,19 @@ fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup, who: &RunAs) -> Result<i32, Ru
     let (switch, uid, gid, groups) = (who.switch, who.uid, who.gid, who.groups.clone());
     // SAFETY: the closure only makes syscalls (getpid, write, setgroups, setgid, setuid).
     unsafe {
+        // Identity first, then the cgroup: a confined task has no capabilities its policy
+        // does not grant (setuid needs CAP_SETUID). The cgroup is joined through a
+        // `cgroup.procs` opened by gate before the fork: the kernel checks the opener's
+        // credentials, not the writer's.
         cmd.pre_exec(move || {
-            if !write_pid(fd, libc::getpid()) {
-                return Err(io::Error::last_os_error());
-            }
             if switch
                 && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(gid) != 0
                     || libc::setuid(uid) != 0)
             {
+                return Err(io::Error::last_os_error());
+            }
+            if !write_pid(fd, libc::getpid()) {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -127,6 +127,8 @@ pub struct EventMatcher {
     pub socket: Option<String>,
     /// A system call refused as a whole: `bpf BPF_MAP_CREATE`.
     pub syscall: Option<String>,
+    /// A capability a confined task was refused: `CAP_CHOWN`.
+    pub capability: Option<String>,
 }
 
 fn str_field<'a>(e: &'a Value, k: &str) -> Option<&'a str> {
@@ -154,6 +156,7 @@ impl EventMatcher {
             && eq("comm", &self.comm)
             && eq("socket", &self.socket)
             && eq("syscall", &self.syscall)
+            && eq("capability", &self.capability)
             && self
                 .enforced
                 .is_none_or(|w| e.get("enforced").and_then(Value::as_bool) == Some(w))
@@ -182,6 +185,7 @@ impl EventMatcher {
             comm: x(&self.comm)?,
             socket: x(&self.socket)?,
             syscall: x(&self.syscall)?,
+            capability: x(&self.capability)?,
         })
     }
 }
@@ -204,6 +208,7 @@ impl fmt::Display for EventMatcher {
         s("comm", &self.comm);
         s("socket", &self.socket);
         s("syscall", &self.syscall);
+        s("capability", &self.capability);
         if let Some(p) = self.port {
             parts.push(format!("port={p}"));
         }

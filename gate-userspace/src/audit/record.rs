@@ -47,6 +47,7 @@ pub enum Op {
     Connect,
     Socket,
     Bpf,
+    Capability,
 }
 
 impl Op {
@@ -58,6 +59,7 @@ impl Op {
             Op::Connect => "connect",
             Op::Socket => "socket",
             Op::Bpf => "bpf",
+            Op::Capability => "capability",
         }
     }
 }
@@ -101,6 +103,10 @@ pub enum Object {
     Syscall {
         syscall: String,
     },
+    /// A capability a confined task was refused.
+    Capability {
+        capability: String,
+    },
 }
 
 impl std::fmt::Display for Object {
@@ -114,6 +120,7 @@ impl std::fmt::Display for Object {
             Object::Socket { addr, port } => write!(f, "{addr}:{port}"),
             Object::Kind { socket } => f.write_str(socket),
             Object::Syscall { syscall } => f.write_str(syscall),
+            Object::Capability { capability } => f.write_str(capability),
         }
     }
 }
@@ -195,6 +202,10 @@ impl Decision {
             Object::Syscall { syscall } => {
                 field(buf, b"syscall");
                 write_json_str(buf, syscall);
+            }
+            Object::Capability { capability } => {
+                field(buf, b"capability");
+                write_json_str(buf, capability);
             }
         }
         field(buf, b"decision");

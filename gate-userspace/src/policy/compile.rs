@@ -57,6 +57,8 @@ pub struct CompiledPolicy {
     pub has_read_rules: bool,
     /// `AgentConfig::sockets`: the socket families and kinds allowed beyond the base set.
     pub sockets: u64,
+    /// `AgentConfig::caps`: the capabilities a confined task may use.
+    pub caps: u64,
     /// Operations (`1 << op::*`) still decided by the policy when the daemon's heartbeat is
     /// stale; every other operation is denied then. Default: reads only.
     pub lockdown_keep: u8,
@@ -105,6 +107,7 @@ impl CompiledPolicy {
             lockdown_keep: self.lockdown_keep,
             defaults: self.defaults,
             sockets: self.sockets,
+            caps: self.caps,
         }
     }
 
@@ -226,6 +229,11 @@ pub fn compile(
             .sockets
             .iter()
             .filter_map(|s| super::socket_bit(s))
+            .fold(0, |a, b| a | b),
+        caps: policy
+            .capabilities
+            .iter()
+            .filter_map(|c| super::capability_bit(c))
             .fold(0, |a, b| a | b),
         lockdown_keep: 1 << op::READ,
         digest: policy.digest(),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use gate_common::{decision, op};
 use serde::Deserialize;
 
+mod caps;
 mod compile;
 mod dump;
 mod error;
@@ -25,6 +26,7 @@ mod sockets;
 #[cfg(test)]
 mod tests;
 
+pub use caps::{CAPABILITIES, capability_bit, capability_name};
 pub use compile::{
     CompiledPolicy, HARDLINK_WALK_LIMIT, MAX_RULES, MapSizes, Protected, RuleMeta, compile,
     protect, protect_into, protected,
@@ -187,6 +189,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// `[sockets] allow`: the socket families and kinds allowed beyond the base set, sorted.
     pub sockets: Vec<String>,
+    /// `[capabilities] allow`: the capabilities a confined task may use, sorted.
+    pub capabilities: Vec<String>,
 }
 
 impl Policy {

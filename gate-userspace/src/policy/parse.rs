@@ -27,6 +27,8 @@ struct RawPolicy {
     rule: Vec<RawRule>,
     #[serde(default)]
     sockets: RawSockets,
+    #[serde(default)]
+    capabilities: RawSockets,
 }
 
 #[derive(Deserialize, Default)]
@@ -175,6 +177,22 @@ impl Checker<'_> {
         }
         sockets.sort();
         sockets.dedup();
+        let mut capabilities = Vec::new();
+        for c in raw.capabilities.allow.iter().flat_map(|l| l.get_ref()) {
+            if super::capability_bit(c.get_ref()).is_none() {
+                return Err(PolicyError::Invalid {
+                    at: self.at(c),
+                    message: format!(
+                        "unknown capability {:?} (names as in capabilities(7), e.g. \
+                         \"CAP_CHOWN\")",
+                        c.get_ref()
+                    ),
+                });
+            }
+            capabilities.push(c.get_ref().clone());
+        }
+        capabilities.sort();
+        capabilities.dedup();
         let file = self.file.to_path_buf();
         Ok(Policy {
             file,
@@ -184,6 +202,7 @@ impl Checker<'_> {
             defaults,
             rules,
             sockets,
+            capabilities,
         })
     }
 
@@ -401,6 +420,9 @@ impl Policy {
         // Only when present: the digests of policies without the section stay as they were.
         if !self.sockets.is_empty() {
             out += &format!("sockets {}\n", self.sockets.join(","));
+        }
+        if !self.capabilities.is_empty() {
+            out += &format!("capabilities {}\n", self.capabilities.join(","));
         }
         let mut rules: Vec<String> = self.rules.iter().map(|r| canonical_rule(r, &q)).collect();
         rules.sort();

@@ -853,3 +853,16 @@ fn sockets_section_names_kinds_and_rejects_unknown_ones_where_they_are() {
     let with = compile_ok("[sockets]\nallow = [\"packet\"]\n");
     assert_ne!(plain.digest, with.digest);
 }
+
+#[test]
+fn capabilities_section_grants_named_capabilities_only() {
+    let c = compile_ok("[capabilities]\nallow = [\"CAP_CHOWN\", \"CAP_NET_RAW\"]\n");
+    assert_eq!(c.caps, (1 << 0) | (1 << 13));
+    assert_eq!(c.agent_config(1, 1).caps, c.caps);
+    assert_eq!(compile_ok("").caps, 0, "no section: no capabilities");
+    let e = compile_err("[capabilities]\nallow = [\"chown\"]\n");
+    assert!(
+        e.starts_with("p.toml:5:10: unknown capability \"chown\""),
+        "{e}"
+    );
+}
