@@ -115,7 +115,8 @@ for line in open(sys.argv[1]):
         continue
     if e.get("kind") != "decision":
         continue
-    what = e.get("path") or "%s port %s" % (e.get("addr", "?"), e.get("port", "?"))
+    what = (e.get("path") or e.get("capability") or e.get("socket") or e.get("syscall")
+            or "%s port %s" % (e.get("addr", "?"), e.get("port", "?")))
     mark = "" if e.get("enforced", True) else " (not enforced)"
     rows.append((e["decision"].upper() + mark, e["op"], e["hook"], e["rule"], e.get("comm", ""), what))
 if not rows:
