@@ -248,6 +248,11 @@ fn stamp_of(child: &mut Child, t0: u64) -> Result<u64> {
     Ok(t1 - t0)
 }
 
+/// `path` opened for appending (created if missing): where the clients' stderr goes.
+fn append_to(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new().create(true).append(true).open(path)
+}
+
 fn tail(path: &Path) -> String {
     let s = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
@@ -411,12 +416,7 @@ pub fn run(o: &Options<'_>) -> Result<Value> {
             .env("GATE_SOCKET", SOCKET)
             .stdin(Stdio::from(rd.try_clone()?))
             .stdout(Stdio::piped())
-            .stderr(
-                fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&client_log)?,
-            );
+            .stderr(append_to(&client_log)?);
         root.enter(&mut c);
         let t0 = now_ns();
         let mut child = c.spawn().context("starting gate run")?;
@@ -473,12 +473,7 @@ pub fn run(o: &Options<'_>) -> Result<Value> {
         .arg(w.join("bin/gate-stamp"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(
-            fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&client_log)?,
-        );
+        .stderr(append_to(&client_log)?);
         root.enter(&mut c);
         say(&format!("daemon: gate run --no-daemon {}", k + 1));
         let t0 = now_ns();

@@ -140,10 +140,7 @@ impl Cgroup {
     }
 
     pub fn populated(&self) -> bool {
-        let p = self.path.join("cgroup.events");
-        fs::read_to_string(p)
-            .map(|s| s.lines().any(|l| l == "populated 1"))
-            .unwrap_or(false)
+        populated(&self.path)
     }
 
     /// Kills every process in the subtree and waits until it is empty.
@@ -183,7 +180,17 @@ impl Cgroup {
     }
 }
 
-fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
+/// Whether the cgroup directory `dir` or one below it has a process (`cgroup.events`); false
+/// when it cannot be read.
+pub fn populated(dir: &Path) -> bool {
+    fs::read_to_string(dir.join("cgroup.events"))
+        .map(|s| s.lines().any(|l| l == "populated 1"))
+        .unwrap_or(false)
+}
+
+/// Removes the cgroup directory `dir` and the cgroups below it (all must be empty); one that is
+/// gone already is not an error.
+pub fn remove_tree(dir: &Path) -> Result<(), CgroupError> {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {

@@ -690,29 +690,14 @@ fn reap(core: &mut Core) {
         if a.origin != Origin::Run {
             continue;
         }
-        let events = a.cgroup.join("cgroup.events");
-        let populated = fs::read_to_string(&events)
-            .map(|s| s.lines().any(|l| l == "populated 1"))
-            .unwrap_or(false);
-        if populated {
+        if cgroup::populated(&a.cgroup) {
             continue;
         }
         if core.remove(&name, "its processes have exited").is_ok() {
-            let _ = remove_cgroup_tree(&a.cgroup);
+            let _ = cgroup::remove_tree(&a.cgroup);
             tracing::info!(agent = name, "agent ended");
         }
     }
-}
-
-fn remove_cgroup_tree(dir: &Path) -> io::Result<()> {
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                remove_cgroup_tree(&e.path())?;
-            }
-        }
-    }
-    fs::remove_dir(dir)
 }
 
 /// Recompiles each agent's policy from its file, then swaps it in; a policy that does not
@@ -991,7 +976,7 @@ fn handle_stop(owner: &Owner, peer: &Peer, agent: String) -> Response {
         root: "/".into(),
     };
     if let Ok(cg) = Cgroup::open(&root, &cgroup)
-        && let Err(e) = cg.kill_all(Duration::from_secs(10))
+        && let Err(e) = cg.kill_all(crate::session::KILL_TIMEOUT)
     {
         return Response::Error {
             message: format!("could not end agent {agent:?}'s processes (it stays confined): {e}"),
@@ -1004,7 +989,7 @@ fn handle_stop(owner: &Owner, peer: &Peer, agent: String) -> Response {
         }
         match c.remove(&agent, "stopped with gate stop") {
             Ok(_) => {
-                let _ = remove_cgroup_tree(&cgroup);
+                let _ = cgroup::remove_tree(&cgroup);
                 Response::Stopped { agent, killed }
             }
             Err(message) => Response::Error { message },
