@@ -11,6 +11,7 @@ mod fsprep;
 mod gatecond;
 mod lockdown;
 mod micro;
+mod pysuite;
 mod suite;
 mod userspace;
 mod util;
@@ -41,7 +42,7 @@ fn run(args: &[String]) -> Result<()> {
         }
         _ => bail!(
             "usage: gate-bench suite [--quick] [--repo DIR] [--gate PATH] [--stamp PATH] \
-             [--only micro,workload,gate,events,agents,daemon]"
+             [--only micro,workload,gate,events,agents,daemon,pysuite]"
         ),
     }
 }

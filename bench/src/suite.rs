@@ -35,6 +35,7 @@ use crate::{
     gatecond::{self, Gate},
     lockdown,
     micro::{self, Fixture, Op, Plan},
+    pysuite::{self, PySuite},
     userspace,
     util::{self, Holder, now_ns, say},
     workload::{self, Workload},
@@ -43,7 +44,7 @@ use crate::{
 pub struct Options {
     pub quick: bool,
     pub repo: PathBuf,
-    /// micro, workload, gate (phase B), events, agents, daemon.
+    /// micro, workload, gate (phase B), events, agents, daemon, pysuite.
     pub parts: BTreeSet<String>,
     /// Which gate policies get a phase-B block: ca, 1k, 10k.
     pub policies: BTreeSet<String>,
@@ -66,7 +67,7 @@ impl Options {
         let mut o = Options {
             quick: false,
             repo: PathBuf::from("/work/main"),
-            parts: set("micro,workload,gate,events,agents,daemon"),
+            parts: set("micro,workload,gate,events,agents,daemon,pysuite"),
             policies: set("ca,1k,10k"),
             rounds_a: 4,
             rounds_b: 3,
@@ -155,6 +156,8 @@ struct Bench<'a> {
     plans: Vec<(Op, Plan)>,
     workload: Option<Workload>,
     runs: Vec<Value>,
+    pysuite: Option<PySuite>,
+    pysuite_runs: Vec<Value>,
 }
 
 pub fn run(opts: &Options) -> Result<Value> {
@@ -189,6 +192,12 @@ pub fn run(opts: &Options) -> Result<Value> {
     } else {
         None
     };
+    let pysuite = if opts.parts.contains("pysuite") {
+        say("copying python and its test suite into the workspace");
+        Some(pysuite::prepare(&layout.ws)?)
+    } else {
+        None
+    };
     let mut b = Bench {
         fx: Fixture::new(&layout.ws),
         plans: opts.plans(),
@@ -196,6 +205,8 @@ pub fn run(opts: &Options) -> Result<Value> {
         layout,
         workload,
         runs: Vec::new(),
+        pysuite,
+        pysuite_runs: Vec::new(),
     };
     let micro = opts.parts.contains("micro");
     let wl = b.workload.is_some();
@@ -261,6 +272,12 @@ pub fn run(opts: &Options) -> Result<Value> {
         }
     }
 
+    // The CPython suite unconfined (once: it takes minutes of virtual time); confined in the
+    // coding-agent block below.
+    if b.pysuite.is_some() {
+        b.measure_pysuite("none", Confine::Nothing)?;
+    }
+
     // Phase B. A policy whose programs the kernel refuses is recorded, not fatal: the rest of
     // the benchmark still runs, and the later blocks are skipped (same programs, and a refusal
     // after a million verifier steps costs minutes of wall time each under TCG).
@@ -272,7 +289,8 @@ pub fn run(opts: &Options) -> Result<Value> {
     for (i, p) in policies.iter().enumerate() {
         let last = i + 1 == policies.len();
         let run_events = last && want_events;
-        if !gate_on && !run_events {
+        let run_pysuite = p.0 == "ca" && b.pysuite.is_some();
+        if !gate_on && !run_events && !run_pysuite {
             continue;
         }
         let wl_rounds = match p.0 {
@@ -280,7 +298,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             "10k" => opts.workload_rounds.min(1),
             _ => 0,
         };
-        match b.gate_block(i, p, gate_on, wl_rounds, run_events) {
+        match b.gate_block(i, p, gate_on, wl_rounds, run_events, run_pysuite) {
             Ok((setup, ev)) => {
                 setups.insert(p.2.to_owned(), setup);
                 if ev.is_some() {
@@ -346,6 +364,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         "gate_setups": setups,
         "null_attach_ns": null_attach,
         "workload": b.workload.as_ref().map(|w| w.info.clone()),
+        "pysuite": b.pysuite.as_ref().map(|p| json!({ "info": p.info, "runs": b.pysuite_runs })),
         "events": events,
         "agents": agents,
         "daemon": daemon_doc,
@@ -423,6 +442,27 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// One run of the CPython suite in a worker confined as `confine` says.
+    fn measure_pysuite(&mut self, cond: &str, confine: Confine<'_>) -> Result<()> {
+        let py = self.pysuite.as_ref().context("no python prepared")?;
+        let denied = &self.layout.denied;
+        let v = util::in_worker(|| {
+            let expect = match confine {
+                Confine::Cgroup(procs) => {
+                    gatecond::join(procs)?;
+                    libc::EPERM
+                }
+                Confine::Landlock => bail!("the CPython suite has no Landlock condition"),
+                Confine::Nothing => 0,
+            };
+            check_confinement(denied, expect)?;
+            pysuite::run_once(py, cond)
+        })
+        .with_context(|| format!("the CPython suite, condition {cond}"))?;
+        self.pysuite_runs.push(v);
+        Ok(())
+    }
+
     fn worker(&self, confine: Confine<'_>, task: Task) -> Result<Value> {
         let plans = match task {
             Task::Settle => vec![(
@@ -475,6 +515,7 @@ impl Bench<'_> {
         gate_on: bool,
         wl_rounds: usize,
         run_events: bool,
+        run_pysuite: bool,
     ) -> Result<(Value, Option<Value>)> {
         let micro = self.opts.parts.contains("micro");
         let wl = self.workload.is_some();
@@ -527,6 +568,11 @@ impl Bench<'_> {
                     }
                 }
             }
+        }
+        if result.is_ok() && run_pysuite {
+            result = self
+                .measure_pysuite(cond, Confine::Cgroup(&procs))
+                .map(|()| None);
         }
         if result.is_ok() && run_events {
             result = self

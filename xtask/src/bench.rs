@@ -123,7 +123,12 @@ pub fn run(options: &Options) -> Result<()> {
                 let summary = summarize(&run.doc);
                 kernels.insert(
                     series.name().to_owned(),
-                    json!({ "wall_seconds": run.wall.as_secs_f64(), "summary": summary, "guest": run.doc }),
+                    json!({
+                        "wall_seconds": run.wall.as_secs_f64(),
+                        "host_marks": run.marks,
+                        "summary": summary,
+                        "guest": run.doc,
+                    }),
                 );
             }
             Err(e) => {
@@ -134,6 +139,9 @@ pub fn run(options: &Options) -> Result<()> {
     }
     if kernels.is_empty() {
         bail!("no benchmark finished: {}", failures.join("; "));
+    }
+    if only_pysuite(&options.suite_args) {
+        return merge_pysuite(kernels, &failures);
     }
     let doc = json!({
         "generated_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -169,6 +177,105 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// Whether the run measured only the CPython suite (`-- --only pysuite`).
+fn only_pysuite(args: &[String]) -> bool {
+    args.windows(2)
+        .any(|w| w[0] == "--only" && w[1].trim() == "pysuite")
+}
+
+/// A `--only pysuite` run updates the suite's figures in the existing benchmarks.json (and
+/// re-renders BENCHMARKS.md) instead of replacing every other figure with nothing.
+fn merge_pysuite(kernels: serde_json::Map<String, Value>, failures: &[String]) -> Result<()> {
+    let root = paths::repo_root();
+    let path = root.join("benchmarks.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "`--only pysuite` updates {}, which is missing: run the whole `cargo xtask bench` first",
+            path.display()
+        )
+    })?;
+    let mut doc: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    for (k, new) in kernels {
+        let Some(old) = doc["kernels"].get_mut(&k) else {
+            bail!("benchmarks.json has no Linux {k} results to add the CPython suite's to");
+        };
+        old["guest"]["pysuite"] = new["guest"]["pysuite"].clone();
+        old["host_marks"] = new["host_marks"].clone();
+        old["pysuite_date"] = json!(utc_date());
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+        .context("writing benchmarks.json")?;
+    std::fs::write(root.join("BENCHMARKS.md"), render(&doc)).context("writing BENCHMARKS.md")?;
+    println!("updated the CPython suite's figures in BENCHMARKS.md and benchmarks.json");
+    if !failures.is_empty() {
+        bail!("some kernels failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// The CPython suite's runs: virtual time (icount) and host wall time per condition.
+fn render_pysuite(md: &mut String, k: &Value) {
+    let p = &k["guest"]["pysuite"];
+    let runs = p["runs"].as_array().cloned().unwrap_or_default();
+    if runs.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "### Third-party test suite\n");
+    let _ = writeln!(
+        md,
+        "{}{}. The same modules run in the kernel suite (`workload/cpython`), where every test \
+         that passes unconfined must pass confined.\n",
+        p["info"]["description"].as_str().unwrap_or(""),
+        k["pysuite_date"]
+            .as_str()
+            .map(|d| format!(" (measured {d})"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(
+        md,
+        "| condition | virtual s | overhead | wall s (host, icount guest) | regrtest |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    let base = runs
+        .iter()
+        .find(|r| r["condition"] == "none")
+        .and_then(|r| r["virtual_ns"].as_f64());
+    for r in &runs {
+        let cond = r["condition"].as_str().unwrap_or("?");
+        let label = CONDITIONS
+            .iter()
+            .find(|(c, _)| *c == cond)
+            .map_or(cond, |(_, l)| *l);
+        let v = r["virtual_ns"].as_f64().unwrap_or(0.0);
+        let marks = &k["host_marks"];
+        let wall = match (
+            marks[format!("pysuite-{cond}-begin")].as_f64(),
+            marks[format!("pysuite-{cond}-end")].as_f64(),
+        ) {
+            (Some(a), Some(b)) => format!("{:.0}", b - a),
+            _ => "—".to_owned(),
+        };
+        let verdict = r["result"]
+            .as_array()
+            .and_then(|l| l.last())
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        let _ = writeln!(
+            md,
+            "| {label} | {:.2} | {} | {wall} | {verdict} |",
+            v / 1e9,
+            match (cond, base) {
+                ("none", _) => "—".to_owned(),
+                (_, Some(b)) => pct(Some(v / b - 1.0)),
+                _ => "—".to_owned(),
+            }
+        );
+    }
+    let _ = writeln!(md);
+}
+
 /// `gate-stamp` (bench/src/stamp.c): a static program without libc that prints its clock at
 /// its first instruction, for the time from `gate run` to the command's start.
 fn build_stamp() -> Result<std::path::PathBuf> {
@@ -194,6 +301,7 @@ fn build_stamp() -> Result<std::path::PathBuf> {
 struct GuestRun {
     doc: Value,
     wall: Duration,
+    marks: Value,
 }
 
 /// Boots one guest with icount through `cargo xtask guest` (this binary's own `guest`
@@ -214,6 +322,8 @@ fn run_guest(series: Series, suite_cmd: &[String], timeout: Duration) -> Result<
     let stdout = child.stdout.take().context("piped stdout")?;
     let mut json_text: Option<String> = None;
     let mut inside = false;
+    // Host wall-clock seconds (since boot started) at each `GATE-BENCH-MARK id` line.
+    let mut marks = serde_json::Map::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading the guest's output")?;
         // The guest runner prefixes every console line with `[series] `.
@@ -234,6 +344,9 @@ fn run_guest(series: Series, suite_cmd: &[String], timeout: Duration) -> Result<
             json_text.get_or_insert_with(String::new).push_str(body);
             continue;
         }
+        if let Some((_, id)) = body.split_once("GATE-BENCH-MARK ") {
+            marks.insert(id.trim().to_owned(), json!(started.elapsed().as_secs_f64()));
+        }
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
     }
@@ -249,6 +362,7 @@ fn run_guest(series: Series, suite_cmd: &[String], timeout: Duration) -> Result<
     Ok(GuestRun {
         doc,
         wall: started.elapsed(),
+        marks: Value::Object(marks),
     })
 }
 
@@ -801,6 +915,7 @@ fn render(doc: &Value) -> String {
             }
             let _ = writeln!(md);
         }
+        render_pysuite(&mut md, k);
         render_userspace(&mut md, g);
         render_daemon(&mut md, g, s);
     }

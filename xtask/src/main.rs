@@ -121,7 +121,7 @@ struct TestArgs {
     #[arg(long)]
     no_host: bool,
     /// Seconds each guest may run before it is killed and its suite fails.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 2700)]
     timeout: u64,
 }
 

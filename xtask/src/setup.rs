@@ -14,6 +14,8 @@ use crate::{paths, toolchain, vmlinux};
 
 /// zstd: the 6.12 kernel image is zstd-compressed (see vmlinux.rs). systemd: one guest per
 /// kernel boots the host's systemd as PID 1 to test gate.service under it (test.rs).
+/// libpython3.11-testsuite: CPython's own tests, a real workload the kernel suite runs
+/// confined (tests/workloads/cpython.toml).
 const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
@@ -23,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "git",
     "make",
     "systemd",
+    "libpython3.11-testsuite",
 ];
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 

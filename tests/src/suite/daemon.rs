@@ -70,7 +70,7 @@ pub fn scenarios_through_the_daemon(ctx: &Ctx, rep: &mut super::Reporter) {
     drop(d);
 }
 
-const DEV_UID: u32 = 4711;
+pub(crate) const DEV_UID: u32 = 4711;
 const OUT_UID: u32 = 4712;
 const GATE_GID: u32 = 4700;
 const SOCKET: &str = "/run/gate-test/gate.sock";
@@ -97,8 +97,13 @@ fn user_probe() -> String {
     user_bin("gate-probe").display().to_string()
 }
 
+/// The home directory of a test user.
+pub(crate) fn user_home(name: &str) -> PathBuf {
+    Path::new(SCRATCH).join("users").join(name)
+}
+
 /// Adds the test users and group, and installs the binaries they run, once per boot.
-fn ensure_users(ctx: &Ctx) -> Result<(), Failure> {
+pub(crate) fn ensure_users(ctx: &Ctx) -> Result<(), Failure> {
     let etc = Path::new(SCRATCH).join("etc");
     if etc.join("done").exists() {
         return Ok(());
@@ -120,7 +125,7 @@ fn ensure_users(ctx: &Ctx) -> Result<(), Failure> {
     let mut passwd = std::fs::read_to_string("/etc/passwd").or_fail("read /etc/passwd")?;
     let mut group = std::fs::read_to_string("/etc/group").or_fail("read /etc/group")?;
     for (name, uid) in [("gate-dev", DEV_UID), ("gate-out", OUT_UID)] {
-        let home = Path::new(SCRATCH).join("users").join(name);
+        let home = user_home(name);
         std::fs::create_dir_all(&home).or_fail("mkdir home")?;
         std::os::unix::fs::chown(&home, Some(uid), Some(uid)).or_fail("chown home")?;
         let _ = writeln!(passwd, "{name}:x:{uid}:{uid}::{}:/bin/sh", home.display());

@@ -11,6 +11,7 @@ pub mod process_tree;
 pub mod scenarios;
 pub mod single;
 pub mod systemd;
+pub mod workloads;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -518,6 +519,7 @@ pub fn list(repo: &Path, rep: &mut Reporter) {
     for (name, _) in rust_tests() {
         rep.wants(name);
     }
+    workloads::list(repo, rep);
 }
 
 /// Runs everything: scenarios first (the real workload), then the Rust tests.
@@ -526,4 +528,6 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
     run_tests(ctx, rep, rust_tests());
     // Last: the scenarios again, every `gate run` through a daemon.
     daemon::scenarios_through_the_daemon(ctx, rep);
+    // Then third-party test suites, unconfined and under each shipped policy.
+    workloads::run_all(ctx, rep);
 }

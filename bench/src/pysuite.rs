@@ -1,0 +1,187 @@
+//! A third-party test suite as a workload: CPython 3.11's own regression tests (the modules the
+//! kernel suite's `workload/cpython` tests run, tests/workloads/cpython.toml), run once
+//! unconfined and once confined under coding-agent, as an unprivileged user.
+//!
+//! Python and its standard library (tests included) are copied into the workspace's tmpfs
+//! first, times kept so the compiled `.pyc` files stay valid: reading them over the host's 9p
+//! root would make the icount clock jump. It runs with `-j1` (one process, tests in order), so
+//! its virtual time is its instruction count; sleeps cost nothing (`sleep=off`).
+use std::{
+    ffi::CString,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::util::{errno, now_ns, say};
+
+/// The same modules as tests/workloads/cpython.toml.
+pub const MODULES: &[&str] = &[
+    "test_subprocess",
+    "test_os",
+    "test_shutil",
+    "test_tempfile",
+    "test_pathlib",
+    "test_glob",
+    "test_fileio",
+    "test_zipfile",
+    "test_tarfile",
+    "test_posix",
+    "test_stat",
+    "test_filecmp",
+    "test_socket",
+    "test_fcntl",
+];
+
+/// The user it runs as (nobody).
+const UID: u32 = 65534;
+
+pub struct PySuite {
+    /// PYTHONHOME: bin/python3.11 and lib/python3.11 below it.
+    pub home: PathBuf,
+    pub info: Value,
+}
+
+pub fn prepare(ws: &Path) -> Result<PySuite> {
+    let home = ws.join("python");
+    let lib = home.join("lib");
+    let bin = home.join("bin");
+    fs::create_dir_all(&lib)?;
+    fs::create_dir_all(&bin)?;
+    if !Path::new("/usr/lib/python3.11/test/test_os.py").exists() {
+        bail!(
+            "CPython's test suite is missing (/usr/lib/python3.11/test/test_os.py): \
+             `cargo xtask setup` installs Debian's libpython3.11-testsuite"
+        );
+    }
+    let t0 = now_ns();
+    let status = Command::new("cp")
+        .args(["-a", "/usr/lib/python3.11"])
+        .arg(&lib)
+        .status()
+        .context("running cp")?;
+    if !status.success() {
+        bail!("copying /usr/lib/python3.11 into the workspace failed ({status})");
+    }
+    crate::workload::copy_big(Path::new("/usr/bin/python3.11"), &bin.join("python3.11"))?;
+    say(&format!(
+        "python copied into the workspace ({:.1} virtual s)",
+        (now_ns() - t0) as f64 / 1e9
+    ));
+    Ok(PySuite {
+        info: json!({
+            "description": format!(
+                "CPython 3.11's own regression tests (Debian's libpython3.11-testsuite), {} modules \
+                 about files, paths, permissions, processes, pidfds, temp files, archives, loopback \
+                 sockets and locks: python3.11 -m test -j1 {}; as an unprivileged user, Python and \
+                 its library copied into the workspace's tmpfs",
+                MODULES.len(),
+                MODULES.join(" ")
+            ),
+            "modules": MODULES,
+        }),
+        home,
+    })
+}
+
+/// A fresh directory the suite runs in, writable by its user.
+fn rundir(py: &PySuite, cond: &str) -> Result<PathBuf> {
+    let d = py.home.with_file_name(format!("pyrun-{cond}"));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d)?;
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o1777))?;
+    Ok(d)
+}
+
+/// Runs the suite once in this (already confined or not) worker; returns its virtual time and
+/// the last lines regrtest printed.
+pub fn run_once(py: &PySuite, cond: &str) -> Result<Value> {
+    let dir = rundir(py, cond)?;
+    let out_path = dir.join("regrtest.out");
+    let exe = py.home.join("bin/python3.11");
+    let argv: Vec<CString> = [exe.to_string_lossy().as_ref(), "-m", "test", "-j1"]
+        .iter()
+        .chain(MODULES)
+        .map(|a| CString::new(*a).unwrap())
+        .collect();
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let envs: Vec<CString> = [
+        format!("PYTHONHOME={}", py.home.display()),
+        format!("HOME={}", dir.display()),
+        "PATH=/usr/bin:/bin".into(),
+        "LANG=C.UTF-8".into(),
+        "TMPDIR=/tmp".into(),
+    ]
+    .into_iter()
+    .map(|e| CString::new(e).unwrap())
+    .collect();
+    let mut env_ptrs: Vec<*const libc::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
+    let dir_c = CString::new(dir.to_string_lossy().as_bytes()).unwrap();
+    let out_c = CString::new(out_path.to_string_lossy().as_bytes()).unwrap();
+
+    say(&format!("GATE-BENCH-MARK pysuite-{cond}-begin"));
+    let t0 = now_ns();
+    // SAFETY: the child only makes async-signal-safe calls before execve.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        bail!("fork failed: errno {}", errno());
+    }
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            let fd = libc::open(
+                out_c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+                0o644,
+            );
+            if fd >= 0 {
+                libc::dup2(fd, 1);
+                libc::dup2(fd, 2);
+            }
+            if libc::chdir(dir_c.as_ptr()) != 0
+                || libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(UID) != 0
+                || libc::setuid(UID) != 0
+            {
+                libc::_exit(126);
+            }
+            libc::execve(ptrs[0], ptrs.as_ptr(), env_ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let t = now_ns() - t0;
+    say(&format!("GATE-BENCH-MARK pysuite-{cond}-end"));
+    let out = fs::read_to_string(&out_path).unwrap_or_default();
+    let tail: Vec<&str> = out
+        .lines()
+        .rev()
+        .filter(|l| !l.trim().is_empty())
+        .take(6)
+        .collect();
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    say(&format!(
+        "{cond} pysuite: {:.2} virtual s, {}",
+        t as f64 / 1e9,
+        if ok { "all modules passed" } else { "FAILED" }
+    ));
+    if !ok {
+        bail!(
+            "the CPython suite failed under condition {cond} (status {status:#x}): {}",
+            tail.iter().rev().cloned().collect::<Vec<_>>().join(" | ")
+        );
+    }
+    Ok(json!({
+        "condition": cond,
+        "virtual_ns": t,
+        "result": tail.iter().rev().cloned().collect::<Vec<_>>(),
+    }))
+}
