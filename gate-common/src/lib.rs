@@ -22,6 +22,10 @@ pub mod op {
     /// A capability a confined task used (its kernel capability check), decided by
     /// `AgentConfig::caps`: a confined root is no stronger than its policy.
     pub const CAPABILITY: u8 = 6;
+    /// Reaching another process: ptrace access (attach, seize, process_vm_readv/writev,
+    /// `/proc/PID/mem` and the other ptrace-guarded /proc files, pidfd_getfd, kcmp) and
+    /// signals. A confined task may reach only tasks of its own agent.
+    pub const PROCESS: u8 = 7;
 }
 
 /// Socket families and kinds a policy may allow (`AgentConfig::sockets`). A confined task
@@ -75,6 +79,10 @@ pub mod rule {
     pub const BPF: u16 = 0xfff7;
     /// A capability the policy does not grant (`[capabilities]`).
     pub const CAPABILITY: u16 = 0xfff6;
+    /// A confined task reaching a process outside its agent (ptrace, signals).
+    pub const OUTSIDE_AGENT: u16 = 0xfff5;
+    /// A confined task starting a child in another cgroup (`clone3(CLONE_INTO_CGROUP)`).
+    pub const CGROUP_MOVE: u16 = 0xfff4;
 }
 
 /// Which kernel hook produced an event.
@@ -99,7 +107,10 @@ pub mod hook {
     pub const SOCKET_CREATE: u8 = 17;
     pub const BPF: u8 = 18;
     pub const CAPABLE: u8 = 19;
-    pub const NAMES: [&str; 20] = [
+    pub const PTRACE_ACCESS_CHECK: u8 = 20;
+    pub const TASK_KILL: u8 = 21;
+    pub const TASK_ALLOC: u8 = 22;
+    pub const NAMES: [&str; 23] = [
         "exec",
         "open",
         "mknod",
@@ -120,6 +131,9 @@ pub mod hook {
         "socket",
         "bpf",
         "capable",
+        "ptrace",
+        "kill",
+        "clone",
     ];
 }
 
@@ -391,6 +405,16 @@ pub struct KernelOffsets {
     pub task_fs: u32,
     /// `struct task_struct.cred` (the task's effective credentials).
     pub task_cred: u32,
+    /// `task_struct.cgroups` → `css_set.dfl_cgrp` → `cgroup.level`, `cgroup.ancestors[]`,
+    /// `cgroup.kn` → `kernfs_node.id`: the cgroup v2 ancestry of another task.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// `task_struct.comm` (another task's command name, for the record).
+    pub task_comm: u32,
     pub fs_struct_root: u32,
     pub msghdr_msg_name: u32,
     pub msghdr_msg_namelen: u32,
@@ -441,7 +465,7 @@ const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AgentConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 35 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]

@@ -139,6 +139,9 @@ pub struct Agent {
     pub cfg: &'static AgentConfig,
     /// 1: the engine's owner missed its heartbeat (lockdown decisions apply).
     pub locked: u32,
+    /// The agent's cgroup (its kernfs id) and its level in the hierarchy.
+    pub cgroup_id: u64,
+    pub level: u32,
 }
 
 impl Agent {
@@ -172,7 +175,12 @@ pub fn confined() -> Option<Agent> {
                     locked = 1;
                 }
             }
-            return Some(Agent { cfg, locked });
+            return Some(Agent {
+                cfg,
+                locked,
+                cgroup_id: id,
+                level: host.levels[i],
+            });
         }
     }
     None
@@ -215,6 +223,11 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
             req.family = *family;
             req.port = *port;
             req.addr = *addr;
+        }
+        Object::Task { tgid, code, comm } => {
+            req.dentry = *tgid as u64;
+            req.port = *code;
+            req.addr = *comm;
         }
     }
     // SAFETY: reads this program's own stack.

@@ -23,6 +23,12 @@ pub enum Object {
         port: u16,
         addr: [u8; 16],
     },
+    /// Another task: its thread-group id, its command name, and the signal or ptrace mode.
+    Task {
+        tgid: u32,
+        code: u16,
+        comm: [u8; 16],
+    },
 }
 
 /// Sends one event; false when the ring buffer had no room (counted as lost).
@@ -62,6 +68,8 @@ pub fn emit(o: &Offs, r: &Request) -> bool {
             (*e).family = r.family;
             (*e).port = r.port;
             (*e).addr = r.addr;
+            // A task object's tgid travels in the dentry slot (see decide::finish).
+            (*e).ino = r.dentry;
         }
     }
     entry.submit(0);

@@ -18,6 +18,7 @@ mod kernel;
 mod maps;
 mod net;
 mod path_ops;
+mod process;
 mod socket;
 mod walk;
 

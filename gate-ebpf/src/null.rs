@@ -52,6 +52,9 @@ null_program!(socket_create, "socket_create", 4);
 null_program!(bpf, "bpf", 3);
 null_program!(bpf_kernel, "bpf", 4);
 null_program!(capable, "capable", 4);
+null_program!(ptrace_access_check, "ptrace_access_check", 2);
+null_program!(task_kill, "task_kill", 4);
+null_program!(task_alloc, "task_alloc", 2);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -266,6 +266,9 @@ pub const PROGRAMS: &[(&str, &str, usize)] = &[
     ("bpf", "bpf", 3),
     ("bpf_kernel", "bpf", 4),
     ("capable", "capable", 4),
+    ("ptrace_access_check", "ptrace_access_check", 2),
+    ("task_kill", "task_kill", 4),
+    ("task_alloc", "task_alloc", 2),
 ];
 
 /// The programs to load on this kernel: (program, hook). Every hook must have at least one
@@ -323,6 +326,13 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_tgid: f("task_struct", "tgid")?,
         task_fs: f("task_struct", "fs")?,
         task_cred: f("task_struct", "cred")?,
+        task_cgroups: f("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: f("css_set", "dfl_cgrp")?,
+        cgroup_level: f("cgroup", "level")?,
+        cgroup_ancestors: f("cgroup", "ancestors")?,
+        cgroup_kn: f("cgroup", "kn")?,
+        kernfs_node_id: f("kernfs_node", "id")?,
+        task_comm: f("task_struct", "comm")?,
         fs_struct_root: f("fs_struct", "root")?,
         msghdr_msg_name: f("msghdr", "msg_name")?,
         msghdr_msg_namelen: f("msghdr", "msg_namelen")?,

@@ -28,6 +28,9 @@ pub struct Decision {
     /// A capability a confined task was refused (`CAP_SYS_ADMIN`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capability: Option<String>,
+    /// Another process a confined task tried to reach (ptrace, a signal).
+    #[serde(flatten)]
+    pub target: Option<Target>,
     pub pid: u32,
     pub tgid: u32,
     pub ppid: u32,
@@ -38,6 +41,43 @@ pub struct Decision {
     /// The kernel's decision came from the fail-closed rule for internal errors.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub internal_error: bool,
+}
+
+/// The process a ptrace access or a signal was aimed at, and what was tried.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Target {
+    pub target_pid: u32,
+    pub target_comm: String,
+    /// `signal SIGTERM`, `ptrace attach`, `ptrace read`.
+    pub action: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.target_pid == 0 {
+            return f.write_str(&self.action);
+        }
+        write!(
+            f,
+            "{} to pid {} ({})",
+            self.action, self.target_pid, self.target_comm
+        )
+    }
+}
+
+/// `SIGTERM`, `SIGRTMIN+3`, or the number.
+pub fn signal_name(sig: u16) -> String {
+    match nix::sys::signal::Signal::try_from(i32::from(sig)) {
+        Ok(s) => s.as_str().to_owned(),
+        Err(_) if (34..=64).contains(&sig) => format!("SIGRTMIN+{}", sig - 34),
+        Err(_) => format!("signal {sig}"),
+    }
+}
+
+/// A ptrace access mode (`PTRACE_MODE_*`): `ptrace attach`, `ptrace read`.
+pub fn ptrace_mode_name(mode: u16) -> String {
+    let kind = if mode & 0x02 != 0 { "attach" } else { "read" };
+    format!("ptrace {kind}")
 }
 
 impl Decision {
@@ -54,6 +94,9 @@ impl Decision {
             .or(self.capability.as_ref())
         {
             return s.clone();
+        }
+        if let Some(t) = &self.target {
+            return t.to_string();
         }
         match (&self.path, &self.addr, self.port) {
             (Some(p), _, _) => p.clone(),
@@ -106,6 +149,7 @@ pub fn op_name(o: u8) -> &'static str {
         op::SOCKET => "socket",
         op::BPF => "bpf",
         op::CAPABILITY => "capability",
+        op::PROCESS => "process",
         _ => "unknown",
     }
 }
@@ -129,6 +173,8 @@ pub fn rule_name(policy: Option<&CompiledPolicy>, r: u16) -> String {
         rule::SOCKET_FAMILY => "socket-family".into(),
         rule::BPF => "bpf".into(),
         rule::CAPABILITY => "capability".into(),
+        rule::OUTSIDE_AGENT => "outside-agent".into(),
+        rule::CGROUP_MOVE => "cgroup-move".into(),
         rule::INTERNAL => "internal".into(),
         rule::SELFTEST => "gate-selftest".into(),
         rule::AUDIT_REQUIRED => "audit-required".into(),
@@ -221,13 +267,26 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         decision: decision_name(e.decision),
         enforced: sev == decision::ALLOW || e.flags & flag::AUDIT_MODE == 0,
         rule: rule_name(policy, e.rule),
-        path: (!net && socket.is_none() && e.op != op::BPF && e.op != op::CAPABILITY)
+        path: (!net
+            && socket.is_none()
+            && e.op != op::BPF
+            && e.op != op::CAPABILITY
+            && e.op != op::PROCESS)
             .then(|| path_of(e)),
         addr,
         port: net.then_some(e.port),
         socket,
         syscall: (e.op == op::BPF).then(|| format!("bpf {}", bpf_cmd_name(e.port))),
         capability: (e.op == op::CAPABILITY).then(|| crate::policy::capability_name(e.port)),
+        target: (e.op == op::PROCESS).then(|| Target {
+            target_pid: e.ino as u32,
+            target_comm: cstr(&e.addr),
+            action: match e.hook {
+                hook::TASK_KILL => format!("signal {}", signal_name(e.port)),
+                hook::TASK_ALLOC => "clone into another cgroup".to_owned(),
+                _ => ptrace_mode_name(e.port),
+            },
+        }),
         pid: e.pid,
         tgid: e.tgid,
         ppid: e.ppid,

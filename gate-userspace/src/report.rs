@@ -129,6 +129,7 @@ impl Summary {
             "socket",
             "bpf",
             "capability",
+            "process",
         ] {
             let n = |d| self.counts.get(&(op, d)).copied().unwrap_or(0);
             let (a, d) = (n("allow"), n("deny") + n("ask"));
@@ -210,6 +211,11 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         _ if d.capability.is_some() => Object::Capability {
             capability: d.capability.clone().unwrap_or_default(),
         },
+        _ if let Some(t) = &d.target => Object::Process {
+            action: t.action.clone(),
+            target_pid: t.target_pid,
+            target_comm: t.target_comm.clone(),
+        },
         (_, Some(a), Some(port)) => match a.parse() {
             Ok(addr) => Object::Socket { addr, port },
             Err(_) => Object::Path {
@@ -228,6 +234,7 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         "socket" => AuditOp::Socket,
         "bpf" => AuditOp::Bpf,
         "capability" => AuditOp::Capability,
+        "process" => AuditOp::Process,
         _ => AuditOp::Connect,
     };
     let decision = match d.decision {

@@ -129,6 +129,10 @@ pub struct EventMatcher {
     pub syscall: Option<String>,
     /// A capability a confined task was refused: `CAP_CHOWN`.
     pub capability: Option<String>,
+    /// Another process reached: what was tried (`signal SIGCONT`, `ptrace attach`) and the
+    /// target's command name.
+    pub action: Option<String>,
+    pub target_comm: Option<String>,
 }
 
 fn str_field<'a>(e: &'a Value, k: &str) -> Option<&'a str> {
@@ -157,6 +161,8 @@ impl EventMatcher {
             && eq("socket", &self.socket)
             && eq("syscall", &self.syscall)
             && eq("capability", &self.capability)
+            && eq("action", &self.action)
+            && eq("target_comm", &self.target_comm)
             && self
                 .enforced
                 .is_none_or(|w| e.get("enforced").and_then(Value::as_bool) == Some(w))
@@ -184,6 +190,8 @@ impl EventMatcher {
             port: self.port,
             comm: x(&self.comm)?,
             socket: x(&self.socket)?,
+            action: x(&self.action)?,
+            target_comm: x(&self.target_comm)?,
             syscall: x(&self.syscall)?,
             capability: x(&self.capability)?,
         })
@@ -209,6 +217,8 @@ impl fmt::Display for EventMatcher {
         s("socket", &self.socket);
         s("syscall", &self.syscall);
         s("capability", &self.capability);
+        s("action", &self.action);
+        s("target_comm", &self.target_comm);
         if let Some(p) = self.port {
             parts.push(format!("port={p}"));
         }

@@ -48,6 +48,7 @@ pub enum Op {
     Socket,
     Bpf,
     Capability,
+    Process,
 }
 
 impl Op {
@@ -60,6 +61,7 @@ impl Op {
             Op::Socket => "socket",
             Op::Bpf => "bpf",
             Op::Capability => "capability",
+            Op::Process => "process",
         }
     }
 }
@@ -107,6 +109,13 @@ pub enum Object {
     Capability {
         capability: String,
     },
+    /// Another process a confined task tried to reach: what it tried (`signal SIGTERM`,
+    /// `ptrace attach`) and the target's pid and command name.
+    Process {
+        action: String,
+        target_pid: u32,
+        target_comm: String,
+    },
 }
 
 impl std::fmt::Display for Object {
@@ -121,6 +130,11 @@ impl std::fmt::Display for Object {
             Object::Kind { socket } => f.write_str(socket),
             Object::Syscall { syscall } => f.write_str(syscall),
             Object::Capability { capability } => f.write_str(capability),
+            Object::Process {
+                action,
+                target_pid,
+                target_comm,
+            } => write!(f, "{action} to pid {target_pid} ({target_comm})"),
         }
     }
 }
@@ -206,6 +220,18 @@ impl Decision {
             Object::Capability { capability } => {
                 field(buf, b"capability");
                 write_json_str(buf, capability);
+            }
+            Object::Process {
+                action,
+                target_pid,
+                target_comm,
+            } => {
+                field(buf, b"action");
+                write_json_str(buf, action);
+                field(buf, b"target_pid");
+                write_u64(buf, (*target_pid).into());
+                field(buf, b"target_comm");
+                write_json_str(buf, target_comm);
             }
         }
         field(buf, b"decision");

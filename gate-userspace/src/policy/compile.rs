@@ -80,19 +80,8 @@ impl CompiledPolicy {
     }
 
     /// The rule a kernel event names: a rule id, or the name of a reserved index.
-    pub fn rule_name(&self, index: u16) -> &str {
-        match index {
-            rule_idx::DEFAULT => "default",
-            rule_idx::INTERNAL => "internal-error",
-            rule_idx::SELFTEST => "selftest",
-            rule_idx::AUDIT_REQUIRED => "audit-required",
-            rule_idx::LOCKDOWN => "lockdown",
-            rule_idx::GATE_SELF => "gate-self",
-            i => self
-                .rules
-                .get(usize::from(i))
-                .map_or("unknown", |r| r.id.as_str()),
-        }
+    pub fn rule_name(&self, index: u16) -> String {
+        crate::events::rule_name(Some(self), index)
     }
 
     /// The `AGENTS` map value for this policy, its rules written under `slot`, for the agent

@@ -555,8 +555,8 @@ fn rules_are_indexed_by_sorted_id() {
     assert_eq!(ids, ["a-deny", "b-ask", "c-allow"]);
     assert_eq!(c.rule_name(1), "b-ask");
     assert_eq!(c.rule_name(rule_idx::DEFAULT), "default");
-    assert_eq!(c.rule_name(rule_idx::INTERNAL), "internal-error");
-    assert_eq!(c.rule_name(77), "unknown");
+    assert_eq!(c.rule_name(rule_idx::INTERNAL), "internal");
+    assert_eq!(c.rule_name(77), "#77");
 }
 
 #[test]

@@ -88,6 +88,25 @@ fn text(a: &OsString) -> Result<&str, String> {
         .ok_or_else(|| format!("argument {a:?} is not UTF-8"))
 }
 
+fn int(a: &OsString) -> Result<i32, String> {
+    text(a)?
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a number"))
+}
+
+/// The start of a process's stack (field 28 of /proc/PID/stat; 0 when the kernel withholds
+/// it from the reader).
+fn stack_start(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    rest.split_whitespace()
+        .nth(25)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
 fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -234,6 +253,92 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
             // SAFETY: fd was just returned and is owned here.
             unsafe { libc::close(fd as libc::c_int) };
             Ok(Ok(()))
+        }
+        // Another process: a signal, a ptrace seize, a read of its memory (process_vm_readv
+        // at its stack start, or an open of /proc/PID/mem), an fd taken with pidfd_getfd.
+        "kill" => {
+            let (sig, pid) = (int(&a[0])?, int(&a[1])?);
+            // SAFETY: plain syscall.
+            Ok(check(unsafe { libc::kill(pid, sig) }))
+        }
+        "ptrace-seize" => {
+            let pid = int(&a[0])?;
+            // SAFETY: plain syscall; the tracee is released when the probe exits.
+            let r = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) };
+            Ok(check(r as libc::c_int))
+        }
+        "vm-read" => {
+            let pid = int(&a[0])?;
+            let at = stack_start(pid);
+            let mut buf = [0u8; 8];
+            let local = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            let remote = libc::iovec {
+                iov_base: at as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            // SAFETY: one local iovec over `buf`; the remote one is only read by the kernel.
+            let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+            Ok(check(n as libc::c_int))
+        }
+        "proc-mem" => open_with(
+            &OsString::from(format!("/proc/{}/mem", int(&a[0])?)),
+            libc::O_RDONLY,
+        ),
+        "pidfd-getfd" => {
+            let (pid, target_fd) = (int(&a[0])?, int(&a[1])?);
+            // SAFETY: plain syscalls; descriptors returned are closed here.
+            unsafe {
+                let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+                if pidfd < 0 {
+                    return Ok(Err(last_errno()));
+                }
+                let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, target_fd, 0);
+                let r = if fd < 0 { Err(last_errno()) } else { Ok(()) };
+                if fd >= 0 {
+                    libc::close(fd as libc::c_int);
+                }
+                libc::close(pidfd as libc::c_int);
+                Ok(r)
+            }
+        }
+        // clone3(CLONE_INTO_CGROUP): a child started in another cgroup; it exits at once.
+        "clone-into-cgroup" => {
+            let dir = cstr(&a[0])?;
+            // SAFETY: a NUL-terminated path.
+            let cg = unsafe { libc::open(dir.as_ptr(), libc::O_PATH | libc::O_DIRECTORY) };
+            if cg < 0 {
+                return Ok(Err(last_errno()));
+            }
+            // struct clone_args, version 2 (with `cgroup`): 11 u64 fields.
+            let mut args = [0u64; 11];
+            args[0] = 0x2_0000_0000; // CLONE_INTO_CGROUP
+            args[4] = libc::SIGCHLD as u64; // exit_signal
+            args[10] = cg as u64;
+            // SAFETY: clone3 with a valid args block and no new stack: the child runs on a copy
+            // of this one and only calls _exit.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    args.as_ptr(),
+                    std::mem::size_of_val(&args),
+                )
+            };
+            if pid == 0 {
+                // SAFETY: the child leaves at once.
+                unsafe { libc::_exit(0) };
+            }
+            let r = if pid < 0 { Err(last_errno()) } else { Ok(()) };
+            if pid > 0 {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+            }
+            // SAFETY: cg is ours.
+            unsafe { libc::close(cg) };
+            Ok(r)
         }
         // memfd_create, then ftruncate and a write-open of it through /proc/self/fd.
         "memfd-truncate" => {
