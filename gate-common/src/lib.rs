@@ -392,6 +392,11 @@ pub struct KernelOffsets {
     pub qstr_name: u32,
     pub inode_i_ino: u32,
     pub sb_s_dev: u32,
+    /// `super_block.s_magic` (cgroup2: `CGROUP2_SUPER_MAGIC`), `inode.i_private` (a kernfs
+    /// inode's `kernfs_node`), `kernfs_node.priv` (a cgroup directory's `struct cgroup`).
+    pub sb_s_magic: u32,
+    pub inode_i_private: u32,
+    pub kernfs_node_priv: u32,
     pub mount_mnt: u32,
     pub mount_mnt_parent: u32,
     pub mount_mnt_mountpoint: u32,
@@ -465,7 +470,7 @@ const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AgentConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 35 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]

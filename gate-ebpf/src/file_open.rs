@@ -2,13 +2,14 @@
 //! opens are `read`. Creation itself is checked earlier by `path_mknod`. Files on
 //! kernel-internal mounts (pidfds, pipes, sockets, memfds) are not decided here.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use gate_common::{hook, op, rule};
+use gate_common::{decision, hook, op, rule};
 
 use crate::{
-    decide::{Verdict, confined, finish},
+    decide::{Agent, Verdict, confined, finish},
     event::Object,
     exec::file_start,
-    kernel::{internal_mount, load, offsets},
+    kernel::{Offs, ReadError, internal_mount, load, offsets, ptr, read},
+    process::cgroup_in_agent,
     walk::{Start, file_verdict},
 };
 
@@ -62,10 +63,41 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         Ok(s) if o.valid() != 0 => file_verdict(&o, fop as usize, s, a.cfg.slot),
         _ => Verdict::internal(rule::INTERNAL, false),
     };
-    let v = v.or_default(&a, fop as usize);
+    let mut v = v.or_default(&a, fop as usize);
+    // Files of cgroups outside the agent (another cgroup's cgroup.procs: moving a task out of
+    // the agent; cgroup.kill, cgroup.freeze, limits of gate's own cgroup) are never writable,
+    // whatever the policy allows: only the agent's own subtree is.
+    if fop == op::WRITE
+        && let Ok(s) = start
+    {
+        match cgroup_file_outside(&o, &a, s.dentry) {
+            Ok(false) => {}
+            Ok(true) => v.merge(decision::DENY, rule::OUTSIDE_AGENT),
+            Err(_) => v.merge(decision::DENY, rule::INTERNAL),
+        }
+    }
     let obj = Object::File(start.unwrap_or(Start {
         dentry: 0,
         vfsmnt: 0,
     }));
     finish(&a, &o, fop, hook::FILE_OPEN, v, &obj)
+}
+
+/// `CGROUP2_SUPER_MAGIC` (include/uapi/linux/magic.h).
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+
+/// Whether `dentry` is a file of a cgroup v2 directory outside the agent's subtree: its
+/// parent directory's inode holds the kernfs node whose `priv` is the `struct cgroup`.
+#[inline(always)]
+fn cgroup_file_outside(o: &Offs, a: &Agent, dentry: u64) -> Result<bool, ReadError> {
+    let sb = ptr(dentry, o.dentry_d_sb())?;
+    let magic: u64 = read(sb, o.sb_s_magic())?;
+    if magic != CGROUP2_SUPER_MAGIC {
+        return Ok(false);
+    }
+    let dir = ptr(dentry, o.dentry_d_parent())?;
+    let inode = ptr(dir, o.dentry_d_inode())?;
+    let kn = ptr(inode, o.inode_i_private())?;
+    let cg = ptr(kn, o.kernfs_node_priv())?;
+    cgroup_in_agent(o, a, cg).map(|inside| !inside)
 }

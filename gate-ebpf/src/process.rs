@@ -116,6 +116,12 @@ fn reach(a: &Agent, task: u64, hook: u8, code: u16, quiet: bool) -> i32 {
 fn same_agent(o: &Offs, a: &Agent, task: u64) -> Result<bool, ReadError> {
     let css = ptr(task, o.task_cgroups())?;
     let cg = ptr(css, o.css_set_dfl_cgrp())?;
+    cgroup_in_agent(o, a, cg)
+}
+
+/// Whether the cgroup `cg` (a `struct cgroup *`) is the agent's root cgroup or below it.
+#[inline(always)]
+pub fn cgroup_in_agent(o: &Offs, a: &Agent, cg: u64) -> Result<bool, ReadError> {
     let level: i32 = read(cg, o.cgroup_level())?;
     if level < 0 || (level as u32) < a.level {
         return Ok(false);
