@@ -363,13 +363,6 @@ fn run_confined(
             .log(&log, &audit));
         }
     }
-    if confined.count(Verdict::Passed) + meant.len() < reference.results.count(Verdict::Passed) {
-        return Err(Failure::new(format!(
-            "fewer tests passed confined ({}) than unconfined ({})",
-            confined.summary(),
-            reference.results.summary()
-        )));
-    }
     Ok(())
 }
 
