@@ -2,9 +2,10 @@
 //! kernel suite's `workload/cpython` tests run, tests/workloads/cpython.toml), run once
 //! unconfined and once confined under coding-agent, as an unprivileged user.
 //!
-//! Python and its standard library (tests included) are copied into the workspace's tmpfs
-//! first, times kept so the compiled `.pyc` files stay valid: reading them over the host's 9p
-//! root would make the icount clock jump. It runs with `-j1` (one process, tests in order), so
+//! Python and its standard library (tests included) are unpacked into the workspace's tmpfs
+//! first from an archive `cargo xtask bench` makes on the host, times kept so the compiled
+//! `.pyc` files stay valid: reading them over the host's 9p root would make the icount clock
+//! jump. It runs with `-j1` (one process, tests in order), so
 //! its virtual time is its instruction count; sleeps cost nothing (`sleep=off`).
 use std::{
     ffi::CString,
@@ -41,17 +42,14 @@ pub const MODULES: &[&str] = &[
 const UID: u32 = 65534;
 
 pub struct PySuite {
-    /// PYTHONHOME: bin/python3.11 and lib/python3.11 below it.
+    /// PYTHONHOME: bin/python3.11 and lib/python3.11 below it (the archive's usr/).
     pub home: PathBuf,
     pub info: Value,
 }
 
-pub fn prepare(ws: &Path) -> Result<PySuite> {
-    let home = ws.join("python");
-    let lib = home.join("lib");
-    let bin = home.join("bin");
-    fs::create_dir_all(&lib)?;
-    fs::create_dir_all(&bin)?;
+pub fn prepare(ws: &Path, tar: &Path) -> Result<PySuite> {
+    let root = ws.join("python");
+    fs::create_dir_all(&root)?;
     if !Path::new("/usr/lib/python3.11/test/test_os.py").exists() {
         bail!(
             "CPython's test suite is missing (/usr/lib/python3.11/test/test_os.py): \
@@ -59,26 +57,32 @@ pub fn prepare(ws: &Path) -> Result<PySuite> {
         );
     }
     let t0 = now_ns();
-    let status = Command::new("cp")
-        .args(["-a", "/usr/lib/python3.11"])
-        .arg(&lib)
+    // One archive read with 1 MiB records: 9p round trips are what the icount clock pays for.
+    let status = Command::new("tar")
+        .args(["-b", "2048", "-xpf"])
+        .arg(tar)
+        .arg("-C")
+        .arg(&root)
         .status()
-        .context("running cp")?;
+        .context("running tar")?;
     if !status.success() {
-        bail!("copying /usr/lib/python3.11 into the workspace failed ({status})");
+        bail!(
+            "unpacking {} into the workspace failed ({status})",
+            tar.display()
+        );
     }
-    crate::workload::copy_big(Path::new("/usr/bin/python3.11"), &bin.join("python3.11"))?;
     say(&format!(
-        "python copied into the workspace ({:.1} virtual s)",
+        "python unpacked into the workspace ({:.1} virtual s)",
         (now_ns() - t0) as f64 / 1e9
     ));
+    let home = root.join("usr");
     Ok(PySuite {
         info: json!({
             "description": format!(
                 "CPython 3.11's own regression tests (Debian's libpython3.11-testsuite), {} modules \
                  about files, paths, permissions, processes, pidfds, temp files, archives, loopback \
                  sockets and locks: python3.11 -m test -j1 {}; as an unprivileged user, Python and \
-                 its library copied into the workspace's tmpfs",
+                 its library unpacked into the workspace's tmpfs",
                 MODULES.len(),
                 MODULES.join(" ")
             ),

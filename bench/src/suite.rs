@@ -58,6 +58,8 @@ pub struct Options {
     /// The `gate` binary and `gate-stamp` (for the daemon part).
     pub gate: Option<PathBuf>,
     pub stamp: Option<PathBuf>,
+    /// Python and its library as one tar archive (made by `cargo xtask bench`).
+    pub python_tar: Option<PathBuf>,
     pub no_daemon_runs: usize,
 }
 
@@ -77,6 +79,7 @@ impl Options {
             rounds_agents: 4,
             gate: None,
             stamp: None,
+            python_tar: None,
             no_daemon_runs: 3,
         };
         let mut it = args.iter();
@@ -107,6 +110,7 @@ impl Options {
                 "--agents-rounds" => o.rounds_agents = val()?.parse()?,
                 "--gate" => o.gate = Some(PathBuf::from(val()?)),
                 "--stamp" => o.stamp = Some(PathBuf::from(val()?)),
+                "--python-tar" => o.python_tar = Some(PathBuf::from(val()?)),
                 "--no-daemon-runs" => o.no_daemon_runs = val()?.parse()?,
                 other => bail!("unknown option {other}"),
             }
@@ -194,7 +198,11 @@ pub fn run(opts: &Options) -> Result<Value> {
     };
     let pysuite = if opts.parts.contains("pysuite") {
         say("copying python and its test suite into the workspace");
-        Some(pysuite::prepare(&layout.ws)?)
+        let tar = opts
+            .python_tar
+            .as_deref()
+            .context("the CPython suite needs --python-tar (cargo xtask bench passes it)")?;
+        Some(pysuite::prepare(&layout.ws, tar)?)
     } else {
         None
     };
