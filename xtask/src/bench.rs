@@ -259,12 +259,20 @@ fn render_pysuite(md: &mut String, k: &Value) {
             (Some(a), Some(b)) => format!("{:.0}", b - a),
             _ => "—".to_owned(),
         };
+        // regrtest's summary: "13 tests OK. 1 test failed: test_subprocess".
         let verdict = r["result"]
             .as_array()
-            .and_then(|l| l.last())
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_owned();
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::trim)
+            .filter(|l| {
+                !l.starts_with("Total duration")
+                    && !l.starts_with("==")
+                    && !l.starts_with("Tests result")
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
         let _ = writeln!(
             md,
             "| {label} | {:.2} | {} | {wall} | {verdict} |",
