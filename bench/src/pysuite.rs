@@ -92,8 +92,22 @@ pub fn prepare(ws: &Path, tar: &Path) -> Result<PySuite> {
     })
 }
 
+/// Becomes nobody (groups, gid, uid), before any confinement.
+pub fn drop_privileges() -> Result<()> {
+    // SAFETY: plain syscalls.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(UID) != 0
+            || libc::setuid(UID) != 0
+        {
+            bail!("dropping privileges to uid {UID} failed: errno {}", errno());
+        }
+    }
+    Ok(())
+}
+
 /// A fresh directory the suite runs in, writable by its user.
-fn rundir(py: &PySuite, cond: &str) -> Result<PathBuf> {
+pub fn rundir(py: &PySuite, cond: &str) -> Result<PathBuf> {
     let d = py.home.with_file_name(format!("pyrun-{cond}"));
     let _ = fs::remove_dir_all(&d);
     fs::create_dir_all(&d)?;
@@ -103,8 +117,7 @@ fn rundir(py: &PySuite, cond: &str) -> Result<PathBuf> {
 
 /// Runs the suite once in this (already confined or not) worker; returns its virtual time and
 /// the last lines regrtest printed.
-pub fn run_once(py: &PySuite, cond: &str) -> Result<Value> {
-    let dir = rundir(py, cond)?;
+pub fn run_once(py: &PySuite, cond: &str, dir: &Path) -> Result<Value> {
     let out_path = dir.join("regrtest.out");
     let exe = py.home.join("bin/python3.11");
     let argv: Vec<CString> = [exe.to_string_lossy().as_ref(), "-m", "test", "-j1"]
@@ -148,11 +161,7 @@ pub fn run_once(py: &PySuite, cond: &str) -> Result<Value> {
                 libc::dup2(fd, 1);
                 libc::dup2(fd, 2);
             }
-            if libc::chdir(dir_c.as_ptr()) != 0
-                || libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(UID) != 0
-                || libc::setuid(UID) != 0
-            {
+            if libc::chdir(dir_c.as_ptr()) != 0 {
                 libc::_exit(126);
             }
             libc::execve(ptrs[0], ptrs.as_ptr(), env_ptrs.as_ptr());
