@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::util::{errno, now_ns, say};
+use crate::util::{cstring, errno, now_ns, say};
 
 /// The same modules as tests/workloads/cpython.toml.
 pub const MODULES: &[&str] = &[
@@ -139,8 +139,8 @@ pub fn run_once(py: &PySuite, cond: &str, dir: &Path) -> Result<Value> {
     .collect();
     let mut env_ptrs: Vec<*const libc::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
-    let dir_c = CString::new(dir.to_string_lossy().as_bytes()).unwrap();
-    let out_c = CString::new(out_path.to_string_lossy().as_bytes()).unwrap();
+    let dir_c = cstring(dir);
+    let out_c = cstring(&out_path);
 
     say(&format!("GATE-BENCH-MARK pysuite-{cond}-begin"));
     let t0 = now_ns();
