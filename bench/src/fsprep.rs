@@ -49,6 +49,12 @@ impl Layout {
         crate::workload::copy_big(Path::new("/bin/busybox"), &bb)
             .context("copying /bin/busybox (install busybox-static)")?;
         fs::set_permissions(&bb, fs::Permissions::from_mode(0o755))?;
+        // A shared library in the workspace, for the executable-mapping loop.
+        crate::workload::copy_big(
+            Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            &self.ws.join("bin/libc.so.6"),
+        )
+        .context("copying libc.so.6 into the workspace")?;
         let src = self.ws.join("src");
         for name in ["written.txt", "read.txt", "rename-a.txt"] {
             fs::write(src.join(name), b"gate bench\n")?;

@@ -20,6 +20,7 @@ pub enum Op {
     Rename,
     TcpConnect,
     UdpSendto,
+    MmapExec,
 }
 
 impl Op {
@@ -31,6 +32,7 @@ impl Op {
             Op::Rename => "rename",
             Op::TcpConnect => "tcp_connect",
             Op::UdpSendto => "udp_sendto",
+            Op::MmapExec => "mmap_exec",
         }
     }
 
@@ -44,6 +46,10 @@ impl Op {
                 "socket + connect to a 127.0.0.1 listener + accept + close both (RST, no TIME_WAIT)"
             }
             Op::UdpSendto => "sendto of 32 bytes to a bound 127.0.0.1 socket + recv of it",
+            Op::MmapExec => {
+                "mmap of a shared library's first page with PROT_READ|PROT_EXEC + munmap (what a \
+                 dynamic loader does per segment; the descriptor stays open)"
+            }
         }
     }
 }
@@ -59,6 +65,7 @@ pub struct Plan {
 /// Paths the operations use (all in tmpfs, inside the workspace).
 pub struct Fixture {
     pub busybox: CString,
+    pub library: CString,
     pub write_file: CString,
     pub read_file: CString,
     pub rename_a: CString,
@@ -70,6 +77,7 @@ impl Fixture {
         let src = ws.join("src");
         Fixture {
             busybox: cstring(&ws.join("bin/busybox")),
+            library: cstring(&ws.join("bin/libc.so.6")),
             write_file: cstring(&src.join("written.txt")),
             read_file: cstring(&src.join("read.txt")),
             rename_a: cstring(&src.join("rename-a.txt")),
@@ -122,6 +130,15 @@ fn run_op(fx: &Fixture, op: Op, plan: Plan) -> Result<Vec<f64>> {
             let u = Udp::new()?;
             timed(plan, || u.send_recv())
         }
+        Op::MmapExec => {
+            // SAFETY: plain syscall on a valid C string.
+            let fd = unsafe { libc::open(fx.library.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                bail!("open {:?} failed: errno {}", fx.library, errno());
+            }
+            let fd = Fd(fd);
+            timed(plan, || map_exec(fd.0))
+        }
     }
 }
 
@@ -148,6 +165,25 @@ fn open_close(path: &CString, flags: i32) -> Result<()> {
     }
     // SAFETY: closing the fd we opened.
     unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn map_exec(fd: i32) -> Result<()> {
+    // SAFETY: a private read-only mapping of an open file, unmapped at once.
+    unsafe {
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE,
+            fd,
+            0,
+        );
+        if m == libc::MAP_FAILED {
+            bail!("mmap(PROT_EXEC) failed: errno {}", errno());
+        }
+        libc::munmap(m, 4096);
+    }
     Ok(())
 }
 

@@ -132,6 +132,7 @@ impl Options {
             (Op::Rename, p(200, 500, 4)),
             (Op::TcpConnect, p(20, 100, 4)),
             (Op::UdpSendto, p(100, 500, 4)),
+            (Op::MmapExec, p(200, 500, 4)),
         ]
     }
 }

@@ -26,6 +26,23 @@ pub mod op {
     /// `/proc/PID/mem` and the other ptrace-guarded /proc files, pidfd_getfd, kcmp) and
     /// signals. A confined task may reach only tasks of its own agent.
     pub const PROCESS: u8 = 7;
+    /// Changing the mount table: mount (new, bind, move, remount, propagation), umount,
+    /// pivot_root, move_mount. Denied to every confined task.
+    pub const MOUNT: u8 = 8;
+    /// Creating a namespace the policy does not allow (`AgentConfig::grants`): user
+    /// namespaces, inside which an unprivileged task gets capabilities of its own.
+    pub const NAMESPACE: u8 = 9;
+    /// Kernel modules and what the kernel loads for a task: module autoload requests (the
+    /// kernel would start modprobe outside every cgroup), module, firmware, kexec and policy
+    /// loads from files or memory. Denied to every confined task.
+    pub const MODULE: u8 = 10;
+}
+
+/// Switches a policy may turn on (`AgentConfig::grants`); everything they guard is denied to
+/// a confined task by default.
+pub mod grant {
+    /// Creating user namespaces (`[namespaces] allow = ["user"]`).
+    pub const USER_NAMESPACE: u64 = 1 << 0;
 }
 
 /// Socket families and kinds a policy may allow (`AgentConfig::sockets`). A confined task
@@ -68,6 +85,10 @@ pub mod rule {
     pub const AUDIT_REQUIRED: u16 = 0xfffc;
     /// Kernel-internal: the path was deeper than the walk (reported as `INTERNAL`).
     pub const INTERNAL_DEPTH: u16 = 0xfffb;
+    /// Kernel-internal: the object's dentry is not connected to its file system's root (a
+    /// file opened by handle): its path, and so its rules, are unknown (reported as
+    /// `INTERNAL`).
+    pub const INTERNAL_DISCONNECTED: u16 = 0xfff0;
     /// The engine's owner missed its heartbeat: the agent's lockdown decisions applied.
     pub const LOCKDOWN: u16 = 0xfffa;
     /// gate's own state (its keys, binary, config, logs, pins): built into every policy,
@@ -83,6 +104,12 @@ pub mod rule {
     pub const OUTSIDE_AGENT: u16 = 0xfff5;
     /// A confined task starting a child in another cgroup (`clone3(CLONE_INTO_CGROUP)`).
     pub const CGROUP_MOVE: u16 = 0xfff4;
+    /// A confined task changing the mount table.
+    pub const MOUNT: u16 = 0xfff3;
+    /// A confined task creating a user namespace the policy does not allow (`[namespaces]`).
+    pub const USER_NAMESPACE: u16 = 0xfff2;
+    /// A confined task loading kernel code or making the kernel load a module for it.
+    pub const MODULE: u16 = 0xfff1;
 }
 
 /// Which kernel hook produced an event.
@@ -110,7 +137,21 @@ pub mod hook {
     pub const PTRACE_ACCESS_CHECK: u8 = 20;
     pub const TASK_KILL: u8 = 21;
     pub const TASK_ALLOC: u8 = 22;
-    pub const NAMES: [&str; 23] = [
+    pub const SB_MOUNT: u8 = 23;
+    pub const SB_UMOUNT: u8 = 24;
+    pub const SB_PIVOTROOT: u8 = 25;
+    pub const MOVE_MOUNT: u8 = 26;
+    pub const USERNS_CREATE: u8 = 27;
+    pub const KERNEL_MODULE_REQUEST: u8 = 28;
+    pub const KERNEL_READ_FILE: u8 = 29;
+    pub const KERNEL_LOAD_DATA: u8 = 30;
+    pub const INODE_SETXATTR: u8 = 31;
+    pub const INODE_REMOVEXATTR: u8 = 32;
+    pub const INODE_SET_ACL: u8 = 33;
+    pub const INODE_REMOVE_ACL: u8 = 34;
+    pub const MMAP_FILE: u8 = 35;
+    pub const FILE_MPROTECT: u8 = 36;
+    pub const NAMES: [&str; 37] = [
         "exec",
         "open",
         "mknod",
@@ -134,6 +175,20 @@ pub mod hook {
         "ptrace",
         "kill",
         "clone",
+        "mount",
+        "umount",
+        "pivot_root",
+        "move_mount",
+        "userns",
+        "module-request",
+        "kernel-read-file",
+        "kernel-load-data",
+        "setxattr",
+        "removexattr",
+        "set-acl",
+        "remove-acl",
+        "mmap",
+        "mprotect",
     ];
 }
 
@@ -161,6 +216,9 @@ pub mod counter {
     pub const DECISIONS: u32 = 3;
     /// Decisions taken in lockdown (stale heartbeat).
     pub const LOCKDOWN: u32 = 4;
+    /// Objects whose dentry is not connected to their file system's root (resolved by
+    /// denying).
+    pub const DISCONNECTED: u32 = 5;
     pub const COUNT: u32 = 8;
 }
 
@@ -274,7 +332,7 @@ impl Default for NetRule {
 /// Version of the kernel ABI: the maps, their key and value layouts, their pin names and what
 /// the programs read from them. Pinned state is adopted only by a gate of the same version.
 /// Bump it with any change to a type or map in this file.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Cgroup levels at which agents' root cgroups may sit at once (`HostConfig::levels`).
 pub const MAX_LEVELS: usize = 4;
@@ -329,6 +387,8 @@ pub struct AgentConfig {
     /// Capabilities (bit `CAP_*`) a confined task may use; every other capability check of a
     /// confined task fails.
     pub caps: u64,
+    /// Switches the policy turns on (`grant::*`).
+    pub grants: u64,
 }
 
 /// Key of the `VERDICTS` map: a decision the daemon wrote for one agent (an approval, a
@@ -404,6 +464,15 @@ pub struct KernelOffsets {
     pub vfsmount_mnt_sb: u32,
     /// `struct vfsmount.mnt_flags` (`MNT_INTERNAL`: a kernel-internal mount no path reaches).
     pub vfsmount_mnt_flags: u32,
+    /// `struct vfsmount.mnt_root` (a mount's root dentry: where an umount's path starts).
+    pub vfsmount_mnt_root: u32,
+    /// `super_block.s_root`: a walk that ends elsewhere than here or at its mount's root
+    /// started from a disconnected dentry.
+    pub sb_s_root: u32,
+    /// `super_block.s_flags` (`SB_KERNMOUNT`: a file system the kernel mounted for itself).
+    pub sb_s_flags: u32,
+    /// `vm_area_struct.vm_file` (the file a mapping made executable by mprotect maps).
+    pub vma_vm_file: u32,
     pub bprm_file: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
@@ -467,10 +536,10 @@ const _: () = assert!(core::mem::size_of::<InodeRule>() == 24);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
 const _: () = assert!(core::mem::size_of::<NetRule>() == 16 + 8 * MAX_PORT_RULES);
 const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
-const _: () = assert!(core::mem::size_of::<AgentConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<AgentConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 42 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]

@@ -205,7 +205,7 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
         port: 0,
         mode: cfg.mode,
         audit_required: cfg.audit_required,
-        is_file: 0,
+        is_file: event::kind::PLAIN,
         _pad: [0; 5],
         agent_id: cfg.agent_id,
         slot: cfg.slot,
@@ -215,9 +215,32 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
     };
     match obj {
         Object::File(s) => {
-            req.is_file = 1;
+            req.is_file = event::kind::FILE;
             req.dentry = s.dentry;
             req.vfsmnt = s.vfsmnt;
+        }
+        Object::FileAction {
+            start,
+            code,
+            string,
+        } => {
+            req.is_file = if *string != 0 {
+                event::kind::FILE_STRING
+            } else {
+                event::kind::FILE
+            };
+            req.dentry = start.dentry;
+            req.vfsmnt = start.vfsmnt;
+            req.port = *code;
+            req.addr[..8].copy_from_slice(&string.to_ne_bytes());
+        }
+        Object::Named { code } => {
+            req.port = *code;
+        }
+        Object::KernelString { code, ptr } => {
+            req.is_file = event::kind::STRING;
+            req.port = *code;
+            req.dentry = *ptr;
         }
         Object::Net { family, port, addr } => {
             req.family = *family;
@@ -243,7 +266,7 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
     }
     let wanted = denied
         || req.decision & decision::AUDIT != 0
-        || req.op == gate_common::op::EXEC
+        || (req.op == gate_common::op::EXEC && req.hook == gate_common::hook::BPRM_CHECK)
         || req.op == gate_common::op::CONNECT;
     if wanted && !event::emit(o, &req) && req.audit_required != 0 {
         // The action cannot be recorded and the policy requires a record: deny it.

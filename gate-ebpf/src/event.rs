@@ -29,6 +29,36 @@ pub enum Object {
         code: u16,
         comm: [u8; 16],
     },
+    /// A file or directory and what was done to it (a mount point and the kind of mount),
+    /// with a kernel string (a file system type; 0: none) read into the event's address
+    /// bytes when the event is sent.
+    FileAction {
+        start: Start,
+        code: u16,
+        string: u64,
+    },
+    /// An action without a file, named by a code.
+    Named {
+        code: u16,
+    },
+    /// An action named by a kernel string (a module the kernel was asked to load), read into
+    /// the event's first name slot.
+    KernelString {
+        code: u16,
+        ptr: u64,
+    },
+}
+
+/// `Request::is_file` values: what `Request::dentry` holds.
+pub mod kind {
+    /// Nothing to rebuild (a task's tgid, or 0).
+    pub const PLAIN: u8 = 0;
+    /// A file: the walk starts at `dentry`/`vfsmnt`.
+    pub const FILE: u8 = 1;
+    /// A kernel string's address.
+    pub const STRING: u8 = 2;
+    /// A file, and a kernel string's address in the first 8 bytes of `Request::addr`.
+    pub const FILE_STRING: u8 = 3;
 }
 
 /// Sends one event; false when the ring buffer had no room (counted as lost).
@@ -52,10 +82,10 @@ pub fn emit(o: &Offs, r: &Request) -> bool {
         (*e).name_count = 0;
         (*e).ino = 0;
         (*e).dev = 0;
-        (*e).port = 0;
-        (*e).family = 0;
-        (*e).addr = [0; 16];
-        if r.is_file != 0 {
+        (*e).family = r.family;
+        (*e).port = r.port;
+        (*e).addr = r.addr;
+        if r.is_file == kind::FILE || r.is_file == kind::FILE_STRING {
             fill_path(
                 e,
                 o,
@@ -64,10 +94,23 @@ pub fn emit(o: &Offs, r: &Request) -> bool {
                     vfsmnt: r.vfsmnt,
                 },
             );
+            if r.is_file == kind::FILE_STRING {
+                let s = core::ptr::read_unaligned(r.addr.as_ptr().cast::<u64>());
+                (*e).addr = [0; 16];
+                bpf_probe_read_kernel_str(
+                    (*e).addr.as_mut_ptr().cast(),
+                    16,
+                    s as *const core::ffi::c_void,
+                );
+            }
+        } else if r.is_file == kind::STRING {
+            (*e).names[0][0] = 0;
+            bpf_probe_read_kernel_str(
+                (*e).names[0].as_mut_ptr().cast(),
+                EVENT_NAME_LEN as u32,
+                r.dentry as *const core::ffi::c_void,
+            );
         } else {
-            (*e).family = r.family;
-            (*e).port = r.port;
-            (*e).addr = r.addr;
             // A task object's tgid travels in the dentry slot (see decide::finish).
             (*e).ino = r.dentry;
         }

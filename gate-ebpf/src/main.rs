@@ -20,6 +20,7 @@ mod net;
 mod path_ops;
 mod process;
 mod socket;
+mod system;
 mod walk;
 
 #[cfg(not(test))]

@@ -55,6 +55,20 @@ null_program!(capable, "capable", 4);
 null_program!(ptrace_access_check, "ptrace_access_check", 2);
 null_program!(task_kill, "task_kill", 4);
 null_program!(task_alloc, "task_alloc", 2);
+null_program!(sb_mount, "sb_mount", 5);
+null_program!(sb_umount, "sb_umount", 2);
+null_program!(sb_pivotroot, "sb_pivotroot", 2);
+null_program!(move_mount, "move_mount", 2);
+null_program!(userns_create, "userns_create", 1);
+null_program!(kernel_module_request, "kernel_module_request", 1);
+null_program!(kernel_read_file, "kernel_read_file", 3);
+null_program!(kernel_load_data, "kernel_load_data", 2);
+null_program!(inode_setxattr, "inode_setxattr", 6);
+null_program!(inode_removexattr, "inode_removexattr", 3);
+null_program!(inode_set_acl, "inode_set_acl", 4);
+null_program!(inode_remove_acl, "inode_remove_acl", 3);
+null_program!(mmap_file, "mmap_file", 4);
+null_program!(file_mprotect, "file_mprotect", 3);
 
 #[cfg(not(test))]
 #[panic_handler]

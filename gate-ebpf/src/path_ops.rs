@@ -249,3 +249,38 @@ fn setattr(ret: i32, dentry: u64, attr: u64) -> i32 {
     let o = offsets();
     check_write(&a, &o, hook::INODE_SETATTR, Start { dentry, vfsmnt: 0 })
 }
+
+/// Extended attributes and POSIX ACLs (`inode_setxattr`, `inode_removexattr`, and from 6.2
+/// `inode_set_acl`, `inode_remove_acl`; before 6.2 ACLs pass through the xattr hooks): each
+/// is a write to its file (an ACL can widen who may write it; `security.capability` gives a
+/// binary capabilities). Like `inode_setattr` they have no vfsmount: the walk stops at the
+/// file system's root.
+#[inline(always)]
+fn xattr(ret: i32, dentry: u64, hook: u8) -> i32 {
+    if ret != 0 {
+        return crate::decide::pass_on(ret);
+    }
+    let Some(a) = confined() else { return 0 };
+    let o = offsets();
+    check_write(&a, &o, hook, Start { dentry, vfsmnt: 0 })
+}
+
+#[lsm(hook = "inode_setxattr")]
+pub fn inode_setxattr(ctx: LsmContext) -> i32 {
+    xattr(ctx.arg(6), ctx.arg(1), hook::INODE_SETXATTR)
+}
+
+#[lsm(hook = "inode_removexattr")]
+pub fn inode_removexattr(ctx: LsmContext) -> i32 {
+    xattr(ctx.arg(3), ctx.arg(1), hook::INODE_REMOVEXATTR)
+}
+
+#[lsm(hook = "inode_set_acl")]
+pub fn inode_set_acl(ctx: LsmContext) -> i32 {
+    xattr(ctx.arg(4), ctx.arg(1), hook::INODE_SET_ACL)
+}
+
+#[lsm(hook = "inode_remove_acl")]
+pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
+    xattr(ctx.arg(3), ctx.arg(1), hook::INODE_REMOVE_ACL)
+}

@@ -130,10 +130,10 @@ pub fn file_verdict(o: &Offs, op: usize, start: Start, slot: u32) -> Verdict {
     let packed = walk_rules(o, op & 3, start, slot);
     let v = Verdict::unpack(packed);
     if v.flags & flag::INTERNAL_ERROR != 0 {
-        count(if v.rule == rule::INTERNAL_DEPTH {
-            counter::DEPTH_EXCEEDED
-        } else {
-            counter::INTERNAL_ERROR
+        count(match v.rule {
+            rule::INTERNAL_DEPTH => counter::DEPTH_EXCEEDED,
+            rule::INTERNAL_DISCONNECTED => counter::DISCONNECTED,
+            _ => counter::INTERNAL_ERROR,
         });
         return Verdict {
             decision: decision::DENY,
@@ -148,6 +148,9 @@ const FAILED: u64 =
     (decision::DENY as u64) | (rule::INTERNAL as u64) << 8 | (flag::INTERNAL_ERROR as u64) << 24;
 const TOO_DEEP: u64 = (decision::DENY as u64)
     | (rule::INTERNAL_DEPTH as u64) << 8
+    | (flag::INTERNAL_ERROR as u64) << 24;
+const DISCONNECTED: u64 = (decision::DENY as u64)
+    | (rule::INTERNAL_DISCONNECTED as u64) << 8
     | (flag::INTERNAL_ERROR as u64) << 24;
 
 /// Merges the rule of `key`, if any, into `v`: the object's exact rule at level 0, subtree
@@ -207,6 +210,15 @@ fn walk_rules(o: &Offs, op: usize, start: Start, slot: u32) -> u64 {
     if own.above == 0 {
         return own.result;
     }
+    // Where the walk stopped must be the file system's root or the root of the mount the
+    // object was reached through (a file system may expose several roots, as NFS does). A
+    // dentry with no parent anywhere else is disconnected (opened by handle): the
+    // directories above it, and their rules, are unknown.
+    match connected(sb, own.dentry, start.vfsmnt) {
+        CONNECTED => {}
+        NOT_CONNECTED => return DISCONNECTED,
+        _ => return FAILED,
+    }
     // The root of this file system: on to the mount point, if any.
     walk_above(
         o,
@@ -215,6 +227,40 @@ fn walk_rules(o: &Offs, op: usize, start: Start, slot: u32) -> u64 {
         Verdict::unpack(own.packed),
         own.above as u32,
     )
+}
+
+const CONNECTED: u64 = 0;
+const NOT_CONNECTED: u64 = 1;
+
+/// Whether `top`, a dentry that is its own parent, is the root of the file system `sb` or
+/// of the mount `vfsmnt` (0: unknown): `CONNECTED`, `NOT_CONNECTED`, or 2 when a read
+/// failed. Objects of the kernel's own file systems (a memfd, a pipe: every one its own
+/// root) have no path to be disconnected from: the policy's defaults decide them, as before.
+/// A function of its own (a BPF subprogram): its locals stay out of the hooks' stack frames,
+/// which are near the verifier's limit.
+#[inline(never)]
+fn connected(sb: u64, top: u64, vfsmnt: u64) -> u64 {
+    /// `SB_KERNMOUNT` (include/linux/fs.h).
+    const SB_KERNMOUNT: u64 = 1 << 22;
+    let o = crate::kernel::offsets();
+    let Ok(root) = ptr(sb, o.sb_s_root()) else {
+        return 2;
+    };
+    if top == root {
+        return CONNECTED;
+    }
+    if vfsmnt != 0 {
+        match ptr(vfsmnt, o.vfsmount_mnt_root()) {
+            Ok(r) if r == top => return CONNECTED,
+            Ok(_) => {}
+            Err(_) => return 2,
+        }
+    }
+    match read::<u64>(sb, o.sb_s_flags()) {
+        Ok(f) if f & SB_KERNMOUNT != 0 => CONNECTED,
+        Ok(_) => NOT_CONNECTED,
+        Err(_) => 2,
+    }
 }
 
 /// What `own_level` works on. `dentry` holds a BTF-typed pointer: the verifier keeps its type

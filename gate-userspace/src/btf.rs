@@ -269,7 +269,26 @@ pub const PROGRAMS: &[(&str, &str, usize)] = &[
     ("ptrace_access_check", "ptrace_access_check", 2),
     ("task_kill", "task_kill", 4),
     ("task_alloc", "task_alloc", 2),
+    ("sb_mount", "sb_mount", 5),
+    ("sb_umount", "sb_umount", 2),
+    ("sb_pivotroot", "sb_pivotroot", 2),
+    ("move_mount", "move_mount", 2),
+    ("userns_create", "userns_create", 1),
+    ("kernel_module_request", "kernel_module_request", 1),
+    ("kernel_read_file", "kernel_read_file", 3),
+    ("kernel_load_data", "kernel_load_data", 2),
+    ("inode_setxattr", "inode_setxattr", 6),
+    ("inode_removexattr", "inode_removexattr", 3),
+    ("inode_set_acl", "inode_set_acl", 4),
+    ("inode_remove_acl", "inode_remove_acl", 3),
+    ("mmap_file", "mmap_file", 4),
+    ("file_mprotect", "file_mprotect", 3),
 ];
+
+/// Hooks a kernel may lack because it routes what they see through another hook gate also
+/// uses: before 6.2, POSIX ACLs are set and removed as extended attributes
+/// (`inode_setxattr`, `inode_removexattr`).
+pub const OPTIONAL_HOOKS: &[&str] = &["inode_set_acl", "inode_remove_acl"];
 
 /// The programs to load on this kernel: (program, hook). Every hook must have at least one
 /// program whose signature matches, or the kernel is refused.
@@ -278,7 +297,10 @@ pub fn programs_for(btf: &Btf) -> Result<Vec<(&'static str, &'static str)>, BtfE
     let mut hooks: Vec<&str> = PROGRAMS.iter().map(|p| p.1).collect();
     hooks.dedup();
     for hook in hooks {
-        let n = btf.func_params(&format!("bpf_lsm_{hook}"))?;
+        let n = match btf.func_params(&format!("bpf_lsm_{hook}")) {
+            Err(BtfError::Missing(_)) if OPTIONAL_HOOKS.contains(&hook) => continue,
+            n => n?,
+        };
         let candidates: Vec<_> = PROGRAMS.iter().filter(|p| p.1 == hook).collect();
         let matching: Vec<_> = candidates.iter().filter(|p| p.2 == n).collect();
         if matching.is_empty() {
@@ -324,6 +346,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         mount_mnt_mountpoint: f("mount", "mnt_mountpoint")?,
         vfsmount_mnt_sb: f("vfsmount", "mnt_sb")?,
         vfsmount_mnt_flags: f("vfsmount", "mnt_flags")?,
+        vfsmount_mnt_root: f("vfsmount", "mnt_root")?,
+        sb_s_root: f("super_block", "s_root")?,
+        sb_s_flags: f("super_block", "s_flags")?,
+        vma_vm_file: f("vm_area_struct", "vm_file")?,
         bprm_file: f("linux_binprm", "file")?,
         task_real_parent: f("task_struct", "real_parent")?,
         task_tgid: f("task_struct", "tgid")?,

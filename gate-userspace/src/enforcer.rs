@@ -512,6 +512,7 @@ mod tests {
             has_read_rules: false,
             sockets: 0,
             caps: 0,
+            grants: 0,
             lockdown_keep: 1 << op::READ,
             digest: [0; 32],
             warnings: Vec::new(),

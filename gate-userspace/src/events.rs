@@ -87,6 +87,9 @@ impl Decision {
 
     /// The object in human terms: a path or address:port.
     pub fn object(&self) -> String {
+        if let (Some(s), Some(p)) = (&self.syscall, &self.path) {
+            return format!("{s} {p}");
+        }
         if let Some(s) = self
             .socket
             .as_ref()
@@ -150,6 +153,9 @@ pub fn op_name(o: u8) -> &'static str {
         op::BPF => "bpf",
         op::CAPABILITY => "capability",
         op::PROCESS => "process",
+        op::MOUNT => "mount",
+        op::NAMESPACE => "namespace",
+        op::MODULE => "module",
         _ => "unknown",
     }
 }
@@ -175,6 +181,9 @@ pub fn rule_name(policy: Option<&CompiledPolicy>, r: u16) -> String {
         rule::CAPABILITY => "capability".into(),
         rule::OUTSIDE_AGENT => "outside-agent".into(),
         rule::CGROUP_MOVE => "cgroup-move".into(),
+        rule::MOUNT => "mount".into(),
+        rule::USER_NAMESPACE => "user-namespace".into(),
+        rule::MODULE => "module".into(),
         rule::INTERNAL => "internal".into(),
         rule::SELFTEST => "gate-selftest".into(),
         rule::AUDIT_REQUIRED => "audit-required".into(),
@@ -242,6 +251,61 @@ pub fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: i32) {
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
 }
 
+/// Whether the event's object is (or has) a file: its path was sent.
+fn has_path(e: &Event) -> bool {
+    match e.op {
+        op::EXEC | op::WRITE | op::READ | op::MOUNT => true,
+        op::MODULE => e.hook == hook::KERNEL_READ_FILE,
+        _ => false,
+    }
+}
+
+/// A system call or kernel action refused as a whole: `bpf BPF_MAP_CREATE`, `mount tmpfs`,
+/// `module autoload binfmt-4d5a`.
+fn syscall_of(e: &Event) -> Option<String> {
+    Some(match e.op {
+        op::BPF => format!("bpf {}", bpf_cmd_name(e.port)),
+        op::MOUNT => mount_action(e.port, &cstr(&e.addr)),
+        op::NAMESPACE => "create a user namespace".to_owned(),
+        op::MODULE => match e.hook {
+            hook::KERNEL_MODULE_REQUEST => format!("module autoload {}", cstr(&e.names[0])),
+            hook::KERNEL_READ_FILE => format!("kernel reads a {} file", kernel_load_kind(e.port)),
+            _ => format!("kernel loads a {} from memory", kernel_load_kind(e.port)),
+        },
+        _ => return None,
+    })
+}
+
+/// What a mount-table change was (`mount_kind` in the programs' `system.rs`).
+fn mount_action(code: u16, fstype: &str) -> String {
+    match code {
+        0 if fstype.is_empty() => "mount".to_owned(),
+        0 => format!("mount {fstype}"),
+        1 => "bind mount".to_owned(),
+        2 => "move mount".to_owned(),
+        3 => "remount".to_owned(),
+        4 => "mount propagation change".to_owned(),
+        5 => "umount".to_owned(),
+        6 => "pivot_root".to_owned(),
+        7 => "move_mount".to_owned(),
+        n => format!("mount (kind {n})"),
+    }
+}
+
+/// What the kernel was to load (`enum kernel_read_file_id`, `enum kernel_load_data_id`: the
+/// same order).
+fn kernel_load_kind(id: u16) -> &'static str {
+    match id {
+        1 => "firmware",
+        2 => "module",
+        3 => "kexec image",
+        4 => "kexec initramfs",
+        5 => "security policy",
+        6 => "X.509 certificate",
+        _ => "kernel data",
+    }
+}
+
 pub fn decode(e: &Event, policy: &CompiledPolicy) -> Decision {
     decode_in(e, Some(policy))
 }
@@ -267,16 +331,11 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         decision: decision_name(e.decision),
         enforced: sev == decision::ALLOW || e.flags & flag::AUDIT_MODE == 0,
         rule: rule_name(policy, e.rule),
-        path: (!net
-            && socket.is_none()
-            && e.op != op::BPF
-            && e.op != op::CAPABILITY
-            && e.op != op::PROCESS)
-            .then(|| path_of(e)),
+        path: has_path(e).then(|| path_of(e)),
         addr,
         port: net.then_some(e.port),
         socket,
-        syscall: (e.op == op::BPF).then(|| format!("bpf {}", bpf_cmd_name(e.port))),
+        syscall: syscall_of(e),
         capability: (e.op == op::CAPABILITY).then(|| crate::policy::capability_name(e.port)),
         target: (e.op == op::PROCESS).then(|| Target {
             target_pid: e.ino as u32,

@@ -130,6 +130,9 @@ impl Summary {
             "bpf",
             "capability",
             "process",
+            "mount",
+            "namespace",
+            "module",
         ] {
             let n = |d| self.counts.get(&(op, d)).copied().unwrap_or(0);
             let (a, d) = (n("allow"), n("deny") + n("ask"));
@@ -160,7 +163,8 @@ impl Summary {
             ));
         }
         let internal = self.counters[counter::INTERNAL_ERROR as usize]
-            + self.counters[counter::DEPTH_EXCEEDED as usize];
+            + self.counters[counter::DEPTH_EXCEEDED as usize]
+            + self.counters[counter::DISCONNECTED as usize];
         if internal > 0 {
             s.push_str(&format!(
                 "gate: {internal} actions were denied by internal errors (fail-closed)\n"
@@ -205,6 +209,10 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         _ if d.socket.is_some() => Object::Kind {
             socket: d.socket.clone().unwrap_or_default(),
         },
+        (Some(p), _, _) if let Some(syscall) = &d.syscall => Object::Action {
+            syscall: syscall.clone(),
+            path: p.clone(),
+        },
         _ if d.syscall.is_some() => Object::Syscall {
             syscall: d.syscall.clone().unwrap_or_default(),
         },
@@ -235,6 +243,9 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         "bpf" => AuditOp::Bpf,
         "capability" => AuditOp::Capability,
         "process" => AuditOp::Process,
+        "mount" => AuditOp::Mount,
+        "namespace" => AuditOp::Namespace,
+        "module" => AuditOp::Module,
         _ => AuditOp::Connect,
     };
     let decision = match d.decision {

@@ -16,6 +16,7 @@
 //! expect = "EPERM"                                # "ok" | errno name | "exit:N"
 //! expect_event = { op = "write", decision = "deny", path_suffix = ".ssh/id_rsa" }
 //! unconfined = true      # also run it outside gate and require success
+//! unconfined_expect = "ENOEXEC"  # or outside gate, this outcome (the kernel's own refusal)
 //! new_run = true         # start a new `gate run` here (default: one run for all steps)
 //! expect_no_event = { path = "${workspace}/x" }   # no decision of this step may match
 //! ```
@@ -111,6 +112,11 @@ pub struct Step {
     /// Also run the step outside gate and require that it succeeds.
     #[serde(default)]
     pub unconfined: bool,
+    /// Also run the step outside gate and require this outcome instead: where the kernel
+    /// itself refuses the attempt later, for its own reason (a module image that is not a
+    /// module), a different errno outside proves that the refusal inside was gate's.
+    #[serde(default)]
+    pub unconfined_expect: Option<Expect>,
     /// Seconds before the step is killed (default 120: guests run under TCG).
     #[serde(default)]
     pub timeout: Option<u64>,

@@ -422,6 +422,7 @@ const OPS: &[(&str, &str)] = &[
     ("rename", "rename"),
     ("tcp_connect", "TCP connect (loopback)"),
     ("udp_sendto", "UDP sendto (loopback)"),
+    ("mmap_exec", "mmap PROT_EXEC (a library)"),
 ];
 
 #[derive(Clone, Copy)]

@@ -160,7 +160,12 @@ END
 }
 
 [ "$MODE" = systemd ] && boot_systemd
-chroot $H /bin/sh /tmp/.gate/run.sh
+# The command runs with the host root as the real root of a mount namespace of its own (moved
+# onto /, as switch_root does, but in a child namespace: this shell keeps the initramfs to
+# report and power off). A plain chroot would leave every process "chrooted", and the kernel
+# refuses user namespaces to chrooted processes.
+unshare -m sh -c 'cd "$1" && mount -o move . / && exec chroot . /bin/sh /tmp/.gate/run.sh' \
+    sh "$H"
 rc=$?
 echo
 echo "GATE-GUEST-EXIT=$rc nonce=$NONCE"

@@ -49,6 +49,9 @@ pub enum Op {
     Bpf,
     Capability,
     Process,
+    Mount,
+    Namespace,
+    Module,
 }
 
 impl Op {
@@ -62,6 +65,9 @@ impl Op {
             Op::Bpf => "bpf",
             Op::Capability => "capability",
             Op::Process => "process",
+            Op::Mount => "mount",
+            Op::Namespace => "namespace",
+            Op::Module => "module",
         }
     }
 }
@@ -90,6 +96,13 @@ impl Verdict {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Object {
+    /// A kernel action on a file or directory (`mount tmpfs` on its mount point, `kernel
+    /// reads a module file`). First: the untagged form is read back by trying variants in
+    /// order, and `Path` alone would drop the action.
+    Action {
+        syscall: String,
+        path: String,
+    },
     Path {
         path: String,
     },
@@ -122,6 +135,7 @@ impl std::fmt::Display for Object {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Object::Path { path } => f.write_str(path),
+            Object::Action { syscall, path } => write!(f, "{syscall} {path}"),
             Object::Socket {
                 addr: IpAddr::V6(a),
                 port,
@@ -200,6 +214,12 @@ impl Decision {
         write_json_str(buf, &self.hook);
         match &self.object {
             Object::Path { path } => {
+                field(buf, b"path");
+                write_json_str(buf, path);
+            }
+            Object::Action { syscall, path } => {
+                field(buf, b"syscall");
+                write_json_str(buf, syscall);
                 field(buf, b"path");
                 write_json_str(buf, path);
             }

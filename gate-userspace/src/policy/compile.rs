@@ -59,6 +59,8 @@ pub struct CompiledPolicy {
     pub sockets: u64,
     /// `AgentConfig::caps`: the capabilities a confined task may use.
     pub caps: u64,
+    /// `AgentConfig::grants`: the switches the policy turns on (`[namespaces]`).
+    pub grants: u64,
     /// Operations (`1 << op::*`) still decided by the policy when the daemon's heartbeat is
     /// stale; every other operation is denied then. Default: reads only.
     pub lockdown_keep: u8,
@@ -97,6 +99,7 @@ impl CompiledPolicy {
             defaults: self.defaults,
             sockets: self.sockets,
             caps: self.caps,
+            grants: self.grants,
         }
     }
 
@@ -223,6 +226,11 @@ pub fn compile(
             .capabilities
             .iter()
             .filter_map(|c| super::capability_bit(c))
+            .fold(0, |a, b| a | b),
+        grants: policy
+            .namespaces
+            .iter()
+            .filter_map(|n| super::namespace_grant(n))
             .fold(0, |a, b| a | b),
         lockdown_keep: 1 << op::READ,
         digest: policy.digest(),

@@ -191,6 +191,18 @@ pub struct Policy {
     pub sockets: Vec<String>,
     /// `[capabilities] allow`: the capabilities a confined task may use, sorted.
     pub capabilities: Vec<String>,
+    /// `[namespaces] allow`: the namespaces a confined task may create, sorted.
+    pub namespaces: Vec<String>,
+}
+
+/// `[namespaces]` names and the switch each turns on (`AgentConfig::grants`). Without one, a
+/// confined task cannot create a user namespace (inside one, an unprivileged task holds
+/// every capability over its own mounts and network).
+pub const NAMESPACES: [(&str, u64); 1] = [("user", gate_common::grant::USER_NAMESPACE)];
+
+/// The `AgentConfig::grants` bit of a `[namespaces]` name.
+pub fn namespace_grant(name: &str) -> Option<u64> {
+    NAMESPACES.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
 }
 
 impl Policy {

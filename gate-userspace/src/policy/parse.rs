@@ -29,6 +29,8 @@ struct RawPolicy {
     sockets: RawSockets,
     #[serde(default)]
     capabilities: RawSockets,
+    #[serde(default)]
+    namespaces: RawSockets,
 }
 
 #[derive(Deserialize, Default)]
@@ -193,6 +195,26 @@ impl Checker<'_> {
         }
         capabilities.sort();
         capabilities.dedup();
+        let mut namespaces = Vec::new();
+        for n in raw.namespaces.allow.iter().flat_map(|l| l.get_ref()) {
+            if super::namespace_grant(n.get_ref()).is_none() {
+                return Err(PolicyError::Invalid {
+                    at: self.at(n),
+                    message: format!(
+                        "unknown namespace {:?}; known: {}",
+                        n.get_ref(),
+                        super::NAMESPACES
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+            namespaces.push(n.get_ref().clone());
+        }
+        namespaces.sort();
+        namespaces.dedup();
         let file = self.file.to_path_buf();
         Ok(Policy {
             file,
@@ -203,6 +225,7 @@ impl Checker<'_> {
             rules,
             sockets,
             capabilities,
+            namespaces,
         })
     }
 
@@ -423,6 +446,9 @@ impl Policy {
         }
         if !self.capabilities.is_empty() {
             out += &format!("capabilities {}\n", self.capabilities.join(","));
+        }
+        if !self.namespaces.is_empty() {
+            out += &format!("namespaces {}\n", self.namespaces.join(","));
         }
         let mut rules: Vec<String> = self.rules.iter().map(|r| canonical_rule(r, &q)).collect();
         rules.sort();

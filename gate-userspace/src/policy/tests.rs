@@ -866,3 +866,18 @@ fn capabilities_section_grants_named_capabilities_only() {
         "{e}"
     );
 }
+
+#[test]
+fn namespaces_section_turns_on_user_namespaces_only_when_named() {
+    let c = compile_ok("[namespaces]\nallow = [\"user\"]\n");
+    assert_eq!(c.grants, gate_common::grant::USER_NAMESPACE);
+    assert_eq!(c.agent_config(1, 1).grants, c.grants);
+    let plain = compile_ok("");
+    assert_eq!(plain.grants, 0, "no section: no user namespaces");
+    assert_ne!(plain.digest, c.digest, "the switch is part of the digest");
+    let e = compile_err("[namespaces]\nallow = [\"user\", \"net\"]\n");
+    assert!(
+        e.starts_with("p.toml:5:18: unknown namespace \"net\"; known: user"),
+        "{e}"
+    );
+}

@@ -365,6 +365,225 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
             unsafe { libc::close(fd) };
             Ok(reopened)
         }
+        // Code without exec: a file's first page mapped executable (mmap with PROT_EXEC, or
+        // mapped readable, then mprotect to PROT_EXEC), and anonymous executable memory.
+        "mmap-exec" | "mprotect-exec" => {
+            let p = cstr(&a[0])?;
+            let direct = op == "mmap-exec";
+            // SAFETY: a NUL-terminated path; the mapping and descriptor are released here.
+            unsafe {
+                let fd = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Ok(Err(last_errno()));
+                }
+                let prot = if direct {
+                    libc::PROT_READ | libc::PROT_EXEC
+                } else {
+                    libc::PROT_READ
+                };
+                let m = libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_PRIVATE, fd, 0);
+                let r = if m == libc::MAP_FAILED {
+                    Err(last_errno())
+                } else if direct {
+                    Ok(())
+                } else {
+                    check(libc::mprotect(m, 4096, libc::PROT_READ | libc::PROT_EXEC))
+                };
+                if m != libc::MAP_FAILED {
+                    libc::munmap(m, 4096);
+                }
+                libc::close(fd);
+                Ok(r)
+            }
+        }
+        "mmap-anon-exec" => {
+            // SAFETY: an anonymous mapping, released here.
+            unsafe {
+                let m = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if m == libc::MAP_FAILED {
+                    return Ok(Err(last_errno()));
+                }
+                libc::munmap(m, 4096);
+                Ok(Ok(()))
+            }
+        }
+        // Extended attributes, and a POSIX ACL that lets user nobody (65534) read and write.
+        "setxattr" => {
+            let (p, name) = (cstr(&a[0])?, cstr(&a[1])?);
+            let value = a[2].as_bytes();
+            // SAFETY: NUL-terminated path and name; the value outlives the call.
+            Ok(check(unsafe {
+                libc::setxattr(
+                    p.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            }))
+        }
+        "removexattr" => {
+            let (p, name) = (cstr(&a[0])?, cstr(&a[1])?);
+            // SAFETY: NUL-terminated path and name.
+            Ok(check(unsafe {
+                libc::removexattr(p.as_ptr(), name.as_ptr())
+            }))
+        }
+        "set-acl" => {
+            let p = cstr(&a[0])?;
+            // posix_acl_xattr (include/uapi/linux/posix_acl_xattr.h): version 2, then (tag,
+            // perm, id) entries sorted by tag: user::rw- user:65534:rw- group::r-- mask::rw-
+            // other::---.
+            const UNDEFINED: u32 = u32::MAX;
+            let entries: [(u16, u16, u32); 5] = [
+                (0x01, 6, UNDEFINED),
+                (0x02, 6, 65534),
+                (0x04, 4, UNDEFINED),
+                (0x10, 6, UNDEFINED),
+                (0x20, 0, UNDEFINED),
+            ];
+            let mut value = 2u32.to_le_bytes().to_vec();
+            for (tag, perm, id) in entries {
+                value.extend_from_slice(&tag.to_le_bytes());
+                value.extend_from_slice(&perm.to_le_bytes());
+                value.extend_from_slice(&id.to_le_bytes());
+            }
+            let name = c"system.posix_acl_access";
+            // SAFETY: NUL-terminated path and name; the value outlives the call.
+            Ok(check(unsafe {
+                libc::setxattr(
+                    p.as_ptr(),
+                    name.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            }))
+        }
+        // The mount table, in a mount namespace of the probe's own (its mounts are private
+        // first, so nothing reaches the caller's namespace): a tmpfs, a bind mount, an umount,
+        // pivot_root, the new mount API's move_mount. Each reports the call it is named for;
+        // the set-up calls before it (making mounts private, a bind to make a mount point) are
+        // best effort.
+        "mount-tmpfs" => {
+            let dir = cstr(&a[0])?;
+            if let Err(e) = private_mount_ns(false) {
+                return Ok(Err(e));
+            }
+            Ok(mount(c"none", &dir, Some(c"tmpfs"), 0))
+        }
+        "bind-mount" => {
+            let (src, dst) = (cstr(&a[0])?, cstr(&a[1])?);
+            if let Err(e) = private_mount_ns(false) {
+                return Ok(Err(e));
+            }
+            Ok(mount(&src, &dst, None, libc::MS_BIND))
+        }
+        "umount" => {
+            let dir = cstr(&a[0])?;
+            if let Err(e) = private_mount_ns(false) {
+                return Ok(Err(e));
+            }
+            // SAFETY: a NUL-terminated path.
+            Ok(check(unsafe { libc::umount2(dir.as_ptr(), 0) }))
+        }
+        "pivot-root" => {
+            let dir = cstr(&a[0])?;
+            if let Err(e) = private_mount_ns(false) {
+                return Ok(Err(e));
+            }
+            // pivot_root needs the new root to be a mount point.
+            let _ = mount(&dir, &dir, None, libc::MS_BIND);
+            // SAFETY: NUL-terminated paths; the pivot happens in the probe's own namespace.
+            unsafe {
+                if libc::chdir(dir.as_ptr()) < 0 {
+                    return Ok(Err(last_errno()));
+                }
+                let dot = c".";
+                Ok(check(
+                    libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as libc::c_int,
+                ))
+            }
+        }
+        "move-mount" => {
+            let (src, dst) = (cstr(&a[0])?, cstr(&a[1])?);
+            if let Err(e) = private_mount_ns(false) {
+                return Ok(Err(e));
+            }
+            const OPEN_TREE_CLONE: libc::c_long = 1;
+            const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 4;
+            // SAFETY: NUL-terminated paths; the detached tree's descriptor is closed here.
+            unsafe {
+                let fd = libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    src.as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+                );
+                if fd < 0 {
+                    return Ok(Err(last_errno()));
+                }
+                let r = libc::syscall(
+                    libc::SYS_move_mount,
+                    fd,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    dst.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                );
+                let r = check(r as libc::c_int);
+                libc::close(fd as libc::c_int);
+                Ok(r)
+            }
+        }
+        // A user namespace, and a tmpfs mounted inside one (with a mount namespace of its own).
+        "unshare-user" => {
+            // SAFETY: plain syscall; the probe is single-threaded.
+            Ok(check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }))
+        }
+        "userns-mount" => {
+            let dir = cstr(&a[0])?;
+            if let Err(e) = private_mount_ns(true) {
+                return Ok(Err(e));
+            }
+            Ok(mount(c"none", &dir, Some(c"tmpfs"), 0))
+        }
+        // Kernel code: a module image from memory (init_module) or from a file
+        // (finit_module).
+        "init-module" => {
+            let image = std::fs::read(&a[0]).map_err(|e| format!("reading {:?}: {e}", a[0]))?;
+            // SAFETY: the image buffer and the empty parameter string outlive the call.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_init_module,
+                    image.as_ptr(),
+                    image.len(),
+                    c"".as_ptr(),
+                )
+            };
+            Ok(check(r as libc::c_int))
+        }
+        "finit-module" => {
+            let p = cstr(&a[0])?;
+            // SAFETY: a NUL-terminated path; the descriptor is closed here.
+            unsafe {
+                let fd = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Ok(Err(last_errno()));
+                }
+                let r = libc::syscall(libc::SYS_finit_module, fd, c"".as_ptr(), 0);
+                let r = check(r as libc::c_int);
+                libc::close(fd);
+                Ok(r)
+            }
+        }
         "connect" => connect(sockaddr_arg(&a[0], &a[1])?),
         "sendto" => sendto_udp(sockaddr_arg(&a[0], &a[1])?),
         "fastopen" => fastopen(sockaddr_arg(&a[0], &a[1])?),
@@ -376,6 +595,33 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
         }
         other => Err(format!("operation {other:?} not implemented")),
     }
+}
+
+/// Moves the probe into a mount namespace of its own (and a user namespace first with
+/// `user`), whose mounts are then made private (best effort) so that nothing done in it
+/// reaches the caller's namespace.
+fn private_mount_ns(user: bool) -> Result<(), i32> {
+    let flags = if user {
+        libc::CLONE_NEWUSER | libc::CLONE_NEWNS
+    } else {
+        libc::CLONE_NEWNS
+    };
+    // SAFETY: plain syscall; the probe is single-threaded.
+    check(unsafe { libc::unshare(flags) })?;
+    let _ = mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE);
+    Ok(())
+}
+
+/// mount(2) without data.
+fn mount(
+    src: &std::ffi::CStr,
+    dst: &std::ffi::CStr,
+    fstype: Option<&std::ffi::CStr>,
+    flags: libc::c_ulong,
+) -> Result<(), i32> {
+    let t = fstype.map_or(std::ptr::null(), |t| t.as_ptr());
+    // SAFETY: NUL-terminated strings (or NULL for the type), no data.
+    check(unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), t, flags, std::ptr::null()) })
 }
 
 /// `seq`: each part (`N OP ARGS...`, parts separated by `+`) runs N times; one tally line each.

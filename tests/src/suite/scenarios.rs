@@ -411,7 +411,8 @@ fn check_step(
             return Err(fail(format!("expected no event matching {m}, found {e}")));
         }
     }
-    if step.unconfined {
+    if step.unconfined || step.unconfined_expect.is_some() {
+        let want = step.unconfined_expect.clone().unwrap_or(Expect::Ok);
         // As the scenario's user, when it has one.
         let mut a: Vec<String> = Vec::new();
         if let Some(u) = user {
@@ -437,9 +438,9 @@ fn check_step(
             .plain_cmd(&a, ws)
             .timeout(Duration::from_secs(step.timeout.unwrap_or(STEP_TIMEOUT)));
         let o = cmd.run();
-        if !Expect::Ok.matches(&o) {
+        if !want.matches(&o) {
             return Err(Failure::new(format!(
-                "confined run was right, but outside gate expected ok, got {}",
+                "confined run was right, but outside gate expected {want}, got {}",
                 o.summary()
             ))
             .command(&cmd, &o));
