@@ -43,6 +43,9 @@ pub mod op {
 pub mod grant {
     /// Creating user namespaces (`[namespaces] allow = ["user"]`).
     pub const USER_NAMESPACE: u64 = 1 << 0;
+    /// Reaching unix sockets created outside the agent that no `unix` rule names
+    /// (`[default] unix = "allow"`).
+    pub const UNIX_OUTSIDE: u64 = 1 << 1;
 }
 
 /// Socket families and kinds a policy may allow (`AgentConfig::sockets`). A confined task
@@ -151,7 +154,10 @@ pub mod hook {
     pub const INODE_REMOVE_ACL: u8 = 34;
     pub const MMAP_FILE: u8 = 35;
     pub const FILE_MPROTECT: u8 = 36;
-    pub const NAMES: [&str; 37] = [
+    pub const UNIX_STREAM_CONNECT: u8 = 37;
+    pub const UNIX_MAY_SEND: u8 = 38;
+    pub const FILE_SEND_SIGIOTASK: u8 = 39;
+    pub const NAMES: [&str; 40] = [
         "exec",
         "open",
         "mknod",
@@ -189,6 +195,9 @@ pub mod hook {
         "remove-acl",
         "mmap",
         "mprotect",
+        "unix-connect",
+        "unix-send",
+        "sigio",
     ];
 }
 
@@ -473,6 +482,15 @@ pub struct KernelOffsets {
     pub sb_s_flags: u32,
     /// `vm_area_struct.vm_file` (the file a mapping made executable by mprotect maps).
     pub vma_vm_file: u32,
+    /// `sock.sk_cgrp_data` + `sock_cgroup_data.cgroup`: the cgroup of a socket's creator.
+    pub sock_cgroup: u32,
+    /// `socket.sk`, `unix_sock.path` (a bound unix socket's file).
+    pub socket_sk: u32,
+    pub unix_sock_path: u32,
+    /// `fown_struct.file` (6.12: the owner is allocated apart from its file), or `file.f_owner`
+    /// (the owner embedded in its file) with `fown_file` = `u32::MAX`.
+    pub fown_file: u32,
+    pub file_f_owner: u32,
     pub bprm_file: u32,
     pub task_real_parent: u32,
     pub task_tgid: u32,
@@ -539,7 +557,7 @@ const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AgentConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 42 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 47 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]

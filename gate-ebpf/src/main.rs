@@ -21,6 +21,7 @@ mod path_ops;
 mod process;
 mod socket;
 mod system;
+mod unix;
 mod walk;
 
 #[cfg(not(test))]

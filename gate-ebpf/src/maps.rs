@@ -25,6 +25,12 @@ pub static AGENTS: HashMap<u64, AgentConfig> = HashMap::with_max_entries(1, NO_P
 #[map]
 pub static INODES: HashMap<InodeKey, InodeRule> = HashMap::with_max_entries(1, NO_PREALLOC);
 
+/// Files whose signal owner (`F_SETOWN`) a confined task set, by the `struct file` address:
+/// the agent's cgroup id and its level, so that the kernel's SIGIO to the owner can be checked against the
+/// agent that chose it. Kernel-only; an owner set by anyone else removes the entry.
+#[map]
+pub static FOWNERS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(16384, 0);
+
 /// Verdicts the daemon writes for one agent (approvals, rejections, quotas); not read yet.
 #[map]
 pub static VERDICTS: HashMap<VerdictKey, VerdictValue> = HashMap::with_max_entries(1, NO_PREALLOC);

@@ -69,6 +69,10 @@ null_program!(inode_set_acl, "inode_set_acl", 4);
 null_program!(inode_remove_acl, "inode_remove_acl", 3);
 null_program!(mmap_file, "mmap_file", 4);
 null_program!(file_mprotect, "file_mprotect", 3);
+null_program!(unix_stream_connect, "unix_stream_connect", 3);
+null_program!(unix_may_send, "unix_may_send", 2);
+null_program!(file_set_fowner, "file_set_fowner", 1);
+null_program!(file_send_sigiotask, "file_send_sigiotask", 3);
 
 #[cfg(not(test))]
 #[panic_handler]

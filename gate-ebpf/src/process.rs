@@ -11,12 +11,13 @@
 //! pass through this hook. Probes the kernel makes without auditing
 //! (`PTRACE_MODE_NOAUDIT`: the wait channel in `/proc/PID/stat`) are refused silently.
 use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
-use gate_common::{MODE_AUDIT, decision, hook, op, rule};
+use gate_common::{MODE_AUDIT, counter, decision, hook, op, rule};
 
 use crate::{
     decide::{Agent, Verdict, confined, eperm, finish},
     event::Object,
     kernel::{Offs, ReadError, offsets, ptr, read},
+    maps::{AGENTS, FOWNERS, count},
 };
 
 /// `PTRACE_MODE_NOAUDIT` (include/linux/ptrace.h).
@@ -81,6 +82,67 @@ pub fn task_alloc(ctx: LsmContext) -> i32 {
         comm: [0; 16],
     };
     finish(&a, &offsets(), op::PROCESS, hook::TASK_ALLOC, v, &obj)
+}
+
+/// `F_SETOWN` (and the ioctls and leases that set a file's signal owner): remembers which
+/// agent chose the owner of `file`, or forgets it when anyone else sets it. The hook cannot
+/// refuse (the kernel ignores its result); `file_send_sigiotask` decides the signals.
+#[lsm(hook = "file_set_fowner")]
+pub fn file_set_fowner(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    match confined() {
+        Some(a) => {
+            if FOWNERS
+                .insert(&file, &[a.cgroup_id, u64::from(a.level)], 0)
+                .is_err()
+            {
+                count(counter::INTERNAL_ERROR);
+            }
+        }
+        None => {
+            let _ = FOWNERS.remove(&file);
+        }
+    }
+    0
+}
+
+/// The kernel's SIGIO/SIGURG to a file's owner: if a confined task chose that owner, it must
+/// be a task of the same agent, like any signal it sends. Runs in whatever context the I/O
+/// completes in, so the agent is the one recorded by `file_set_fowner`, not the current
+/// task's; an agent that has ended takes its signals with it.
+#[lsm(hook = "file_send_sigiotask")]
+pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
+    let ret: i32 = ctx.arg(3);
+    if ret != 0 {
+        return crate::decide::pass_on(ret);
+    }
+    let o = offsets();
+    let fown: u64 = ctx.arg(1);
+    let file = if o.fown_file() == u32::MAX {
+        fown.wrapping_sub(o.file_f_owner() as u64)
+    } else {
+        match ptr(fown, o.fown_file()) {
+            Ok(f) => f,
+            Err(_) => return 0,
+        }
+    };
+    // SAFETY: the value is copied out at once.
+    let Some([cgroup_id, level]) = (unsafe { FOWNERS.get(&file) }).copied() else {
+        return 0;
+    };
+    // SAFETY: entries are replaced, not written into, and freed after a grace period.
+    let Some(cfg) = (unsafe { AGENTS.get(&cgroup_id) }) else {
+        return eperm();
+    };
+    let a = Agent {
+        cfg,
+        locked: 0,
+        cgroup_id,
+        level: level as u32,
+    };
+    let task: u64 = ctx.arg(0);
+    let sig: i32 = ctx.arg(2);
+    reach(&a, task, hook::FILE_SEND_SIGIOTASK, sig as u16, false)
 }
 
 /// Hook argument `n` as a plain number (see `task_kill`); a failed read counts as non-zero.

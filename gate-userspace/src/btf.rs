@@ -283,6 +283,10 @@ pub const PROGRAMS: &[(&str, &str, usize)] = &[
     ("inode_remove_acl", "inode_remove_acl", 3),
     ("mmap_file", "mmap_file", 4),
     ("file_mprotect", "file_mprotect", 3),
+    ("unix_stream_connect", "unix_stream_connect", 3),
+    ("unix_may_send", "unix_may_send", 2),
+    ("file_set_fowner", "file_set_fowner", 1),
+    ("file_send_sigiotask", "file_send_sigiotask", 3),
 ];
 
 /// Hooks a kernel may lack because it routes what they see through another hook gate also
@@ -350,6 +354,11 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         sb_s_root: f("super_block", "s_root")?,
         sb_s_flags: f("super_block", "s_flags")?,
         vma_vm_file: f("vm_area_struct", "vm_file")?,
+        sock_cgroup: f("sock", "sk_cgrp_data")? + f("sock_cgroup_data", "cgroup")?,
+        socket_sk: f("socket", "sk")?,
+        unix_sock_path: f("unix_sock", "path")?,
+        fown_file: f("fown_struct", "file").unwrap_or(u32::MAX),
+        file_f_owner: f("file", "f_owner")?,
         bprm_file: f("linux_binprm", "file")?,
         task_real_parent: f("task_struct", "real_parent")?,
         task_tgid: f("task_struct", "tgid")?,

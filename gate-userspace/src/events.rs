@@ -251,10 +251,16 @@ pub fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: i32) {
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
 }
 
+/// Whether the event is about a unix socket (its object is the socket's file, if any).
+fn is_unix(e: &Event) -> bool {
+    e.hook == hook::UNIX_STREAM_CONNECT || e.hook == hook::UNIX_MAY_SEND
+}
+
 /// Whether the event's object is (or has) a file: its path was sent.
 fn has_path(e: &Event) -> bool {
     match e.op {
         op::EXEC | op::WRITE | op::READ | op::MOUNT => true,
+        op::CONNECT => is_unix(e),
         op::MODULE => e.hook == hook::KERNEL_READ_FILE,
         _ => false,
     }
@@ -312,7 +318,7 @@ pub fn decode(e: &Event, policy: &CompiledPolicy) -> Decision {
 
 /// As [`decode`]; `None` when the policy that decided is not known (rules by number).
 pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
-    let net = e.op == op::CONNECT;
+    let net = e.op == op::CONNECT && !is_unix(e);
     let socket = (e.op == op::SOCKET).then(|| {
         let protocol = i32::from_le_bytes([e.addr[0], e.addr[1], e.addr[2], e.addr[3]]);
         crate::policy::socket_kind_name(e.family, e.port, protocol)
@@ -331,7 +337,13 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         decision: decision_name(e.decision),
         enforced: sev == decision::ALLOW || e.flags & flag::AUDIT_MODE == 0,
         rule: rule_name(policy, e.rule),
-        path: has_path(e).then(|| path_of(e)),
+        path: has_path(e).then(|| {
+            if is_unix(e) && e.ino == 0 {
+                "(abstract or unnamed unix socket)".to_owned()
+            } else {
+                path_of(e)
+            }
+        }),
         addr,
         port: net.then_some(e.port),
         socket,
@@ -342,6 +354,15 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
             target_comm: cstr(&e.addr),
             action: match e.hook {
                 hook::TASK_KILL => format!("signal {}", signal_name(e.port)),
+                // Signal 0: the default, SIGIO (F_SETSIG chooses another).
+                hook::FILE_SEND_SIGIOTASK => {
+                    let sig = if e.port == 0 {
+                        libc::SIGIO as u16
+                    } else {
+                        e.port
+                    };
+                    format!("signal {} (F_SETOWN)", signal_name(sig))
+                }
                 hook::TASK_ALLOC => "clone into another cgroup".to_owned(),
                 _ => ptrace_mode_name(e.port),
             },

@@ -132,7 +132,7 @@ fn coding_agent_means_what_it_says() {
         ("/home/dev/.gitconfig", Op::Exec, "deny"),
         ("/home/dev/project/src/main.c", Op::Exec, "allow"),
         ("/home/dev/project/src/main.c", Op::Write, "allow"),
-        ("/home/dev/project/.git/hooks", Op::Write, "allow"),
+        ("/home/dev/project/.git/hooks", Op::Write, "deny"),
         ("/home/dev/project/.git/config", Op::Write, "deny"),
         ("/tmp/innocent-looking", Op::Read, "deny"),
         ("/home/dev/.ssh/id_ed25519", Op::Read, "deny"),
@@ -152,10 +152,11 @@ fn coding_agent_means_what_it_says() {
     for (path, op, expected) in cases {
         assert_eq!(decide(&c, &r, path, op), expected, "{op} {path}");
     }
-    // `dir/**` covers what is below the directory, not the directory itself.
+    // A write deny on `dir/**` covers the directory itself too: it cannot be moved away and
+    // replaced by an unprotected one.
     assert_eq!(
         decide(&c, &r, &format!("{ws}/.git/hooks"), Op::Write),
-        "allow"
+        "deny"
     );
     for (addr, port, expected) in [
         ("127.0.0.1", 8080, "allow"),

@@ -231,7 +231,12 @@ pub fn compile(
             .namespaces
             .iter()
             .filter_map(|n| super::namespace_grant(n))
-            .fold(0, |a, b| a | b),
+            .fold(0, |a, b| a | b)
+            | if policy.unix_default == Decision::Allow {
+                gate_common::grant::UNIX_OUTSIDE
+            } else {
+                0
+            },
         lockdown_keep: 1 << op::READ,
         digest: policy.digest(),
         warnings,
@@ -394,6 +399,12 @@ impl<'a> Compiler<'a> {
             });
         }
         self.set(&resolved, spec.subtree, rule.op, byte, index);
+        // A write deny (or ask) on `dir/**` protects the directory's own name too: moved away
+        // (its contents keep their rules) and replaced by a new directory of the same name,
+        // it would leave that name unprotected.
+        if spec.subtree && rule.decision != Decision::Allow && rule.op == Op::Write {
+            self.set(&resolved, false, rule.op, byte, index);
+        }
         if spec.subtree && rule.decision != Decision::Allow {
             let (dir, op, rule_id) = (resolved.canonical, rule.op, rule.id.clone());
             self.jobs.push(HardlinkJob {

@@ -193,6 +193,9 @@ pub struct Policy {
     pub capabilities: Vec<String>,
     /// `[namespaces] allow`: the namespaces a confined task may create, sorted.
     pub namespaces: Vec<String>,
+    /// `[default] unix`: unix sockets created outside the agent that no `unix` rule names
+    /// (allow or deny; deny when omitted).
+    pub unix_default: Decision,
 }
 
 /// `[namespaces]` names and the switch each turns on (`AgentConfig::grants`). Without one, a
@@ -232,7 +235,8 @@ pub struct Rule {
 /// What a rule matches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// File operations: exact paths and `dir/**` subtrees.
+    /// File operations: exact paths and `dir/**` subtrees; for `connect`, unix socket files
+    /// (`unix = [...]`).
     Paths(Vec<PathSpec>),
     /// `connect`: every combination of these prefixes and port ranges.
     Net {

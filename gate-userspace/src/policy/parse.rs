@@ -46,6 +46,7 @@ struct RawDefaults {
     write: Option<Decision>,
     read: Option<Decision>,
     connect: Option<Decision>,
+    unix: Option<Spanned<Decision>>,
 }
 
 type SpannedList<T> = Spanned<Vec<Spanned<T>>>;
@@ -63,6 +64,7 @@ struct RawRule {
     path: Option<SpannedList<String>>,
     addr: Option<SpannedList<String>>,
     port: Option<SpannedList<RawPort>>,
+    unix: Option<SpannedList<String>>,
 }
 
 /// A port as written: an integer or a `"N"` / `"N-M"` string.
@@ -147,6 +149,18 @@ impl Checker<'_> {
             d.read.unwrap_or(fallback[2]),
             d.connect.unwrap_or(fallback[3]),
         ];
+        let unix_default = match &d.unix {
+            None => Decision::Deny,
+            Some(u) if *u.get_ref() == Decision::Ask => {
+                return Err(PolicyError::Invalid {
+                    at: self.at(u),
+                    message: "`unix` takes \"allow\" or \"deny\" (nobody is asked about a \
+                              local socket yet)"
+                        .to_owned(),
+                });
+            }
+            Some(u) => *u.get_ref(),
+        };
         let mut first_seen: HashMap<String, Pos> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
         for r in &raw.rule {
@@ -226,6 +240,7 @@ impl Checker<'_> {
             sockets,
             capabilities,
             namespaces,
+            unix_default,
         })
     }
 
@@ -262,6 +277,7 @@ impl Checker<'_> {
         for (key, span) in [
             ("addr", r.addr.as_ref().map(Spanned::span)),
             ("port", r.port.as_ref().map(Spanned::span)),
+            ("unix", r.unix.as_ref().map(Spanned::span)),
         ] {
             if let Some(span) = span {
                 let message =
@@ -289,9 +305,13 @@ impl Checker<'_> {
     }
 
     fn net_target(&self, r: &RawRule, rule_pos: Pos) -> Result<Target, PolicyError> {
+        if let Some(unix) = &r.unix {
+            return self.unix_target(r, unix);
+        }
         if let Some(path) = &r.path {
-            let message =
-                "`path` does not apply to connect rules (they take `addr` and `port`)".to_owned();
+            let message = "`path` does not apply to connect rules (they take `addr` and `port`, \
+                           or `unix` for local sockets)"
+                .to_owned();
             return Err(PolicyError::WrongField {
                 at: self.at(path),
                 message,
@@ -323,6 +343,41 @@ impl Checker<'_> {
             }
         };
         Ok(Target::Net { addrs, ports })
+    }
+
+    /// A connect rule for unix sockets: the socket files (or directories of them, `dir/**`)
+    /// it names, decided like file paths.
+    fn unix_target(&self, r: &RawRule, unix: &SpannedList<String>) -> Result<Target, PolicyError> {
+        for (key, span) in [
+            ("addr", r.addr.as_ref().map(Spanned::span)),
+            ("port", r.port.as_ref().map(Spanned::span)),
+            ("path", r.path.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                let message = format!(
+                    "`{key}` does not go with `unix` in one rule: a rule is about unix sockets \
+                     or about addresses"
+                );
+                return Err(PolicyError::WrongField {
+                    at: Location::new(self.file, self.pos(span)),
+                    message,
+                });
+            }
+        }
+        self.non_empty(unix, "unix")?;
+        let mut specs = Vec::new();
+        for u in unix.get_ref() {
+            if u.get_ref().starts_with('@') {
+                return Err(PolicyError::Invalid {
+                    at: self.at(u),
+                    message: "abstract socket names are not supported yet: `[default] unix` \
+                              decides abstract sockets outside the agent"
+                        .to_owned(),
+                });
+            }
+            specs.push(self.path_spec(u)?);
+        }
+        Ok(Target::Paths(specs))
     }
 
     fn non_empty<T>(&self, list: &SpannedList<T>, key: &str) -> Result<(), PolicyError> {
@@ -450,6 +505,9 @@ impl Policy {
         if !self.namespaces.is_empty() {
             out += &format!("namespaces {}\n", self.namespaces.join(","));
         }
+        if self.unix_default == Decision::Allow {
+            out += "default unix allow\n";
+        }
         let mut rules: Vec<String> = self.rules.iter().map(|r| canonical_rule(r, &q)).collect();
         rules.sort();
         for r in rules {
@@ -470,10 +528,13 @@ impl Policy {
 
 fn canonical_rule(r: &Rule, q: &dyn Fn(&str) -> String) -> String {
     let mut items: Vec<String> = match &r.target {
-        Target::Paths(paths) => paths
-            .iter()
-            .map(|p| format!("path {}", q(&p.raw)))
-            .collect(),
+        Target::Paths(paths) => {
+            let key = if r.op.is_file() { "path" } else { "unix" };
+            paths
+                .iter()
+                .map(|p| format!("{key} {}", q(&p.raw)))
+                .collect()
+        }
         Target::Net { addrs, ports } => {
             let a = addrs.iter().map(|a| format!("addr {}", a.cidr));
             a.chain(ports.iter().map(|p| format!("port {p}"))).collect()

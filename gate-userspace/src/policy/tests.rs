@@ -191,7 +191,7 @@ fn keys_that_do_not_fit_the_op() {
         rule_err("[[rule]]\nid = \"a\"\nop = \"connect\"\npath = [\"/x\"]\ndecision = \"allow\"\n");
     assert_eq!(
         e,
-        "p.toml:7:8: `path` does not apply to connect rules (they take `addr` and `port`)"
+        "p.toml:7:8: `path` does not apply to connect rules (they take `addr` and `port`, or `unix` for local sockets)"
     );
     let e = rule_err(
         "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/x\"]\naddr = [\"::1\"]\ndecision = \"allow\"\n",
@@ -880,4 +880,62 @@ fn namespaces_section_turns_on_user_namespaces_only_when_named() {
         e.starts_with("p.toml:5:18: unknown namespace \"net\"; known: user"),
         "{e}"
     );
+}
+
+#[test]
+fn unix_rules_name_socket_files_and_the_default_decides_the_rest() {
+    let body = "[[rule]]\nid = \"agent-socket\"\nop = \"connect\"\ndecision = \"allow\"\n\
+                unix = [\"/tmp/**\", \"/usr/bin/git\"]\n";
+    let c = compile_ok(body);
+    let r = fs();
+    let i = usize::from(op::CONNECT);
+    let idx = rule_index(&c, "agent-socket");
+    let tmp = inode(&c, &r, "/tmp");
+    assert_eq!(
+        (tmp.subtree[i], tmp.subtree_rule[i]),
+        (decision::ALLOW, idx)
+    );
+    assert_eq!(tmp.exact[usize::from(op::WRITE)], decision::NONE);
+    let exact = inode(&c, &r, "/usr/bin/git");
+    assert_eq!(
+        (exact.exact[i], exact.exact_rule[i]),
+        (decision::ALLOW, idx)
+    );
+    assert_eq!(
+        c.grants & gate_common::grant::UNIX_OUTSIDE,
+        0,
+        "deny by default"
+    );
+    let open = compile_ok("[default]\nunix = \"allow\"\n");
+    assert_ne!(open.grants & gate_common::grant::UNIX_OUTSIDE, 0);
+    assert_ne!(open.digest, compile_ok("").digest);
+    assert_eq!(
+        compile_ok("[default]\nunix = \"deny\"\n").digest,
+        compile_ok("").digest,
+        "an explicit deny is the default"
+    );
+    let e = compile_err("[default]\nunix = \"ask\"\n");
+    assert!(
+        e.starts_with("p.toml:5:8: `unix` takes \"allow\" or \"deny\""),
+        "{e}"
+    );
+    let e = compile_err(
+        "[[rule]]\nid = \"x\"\nop = \"connect\"\ndecision = \"allow\"\nunix = [\"@bus\"]\n",
+    );
+    assert!(
+        e.starts_with("p.toml:8:9: abstract socket names are not supported"),
+        "{e}"
+    );
+    let e = compile_err(
+        "[[rule]]\nid = \"x\"\nop = \"connect\"\ndecision = \"allow\"\nunix = [\"/tmp\"]\n\
+         port = [80]\n",
+    );
+    assert!(
+        e.starts_with("p.toml:9:8: `port` does not go with `unix`"),
+        "{e}"
+    );
+    let e = compile_err(
+        "[[rule]]\nid = \"x\"\nop = \"write\"\ndecision = \"allow\"\nunix = [\"/tmp\"]\n",
+    );
+    assert!(e.contains("`unix` only applies to connect rules"), "{e}");
 }

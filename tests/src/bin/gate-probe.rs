@@ -365,6 +365,59 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
             unsafe { libc::close(fd) };
             Ok(reopened)
         }
+        // renameat2(RENAME_EXCHANGE): the two names swap their files.
+        "rename-exchange" => {
+            let (x, y) = (cstr(&a[0])?, cstr(&a[1])?);
+            const RENAME_EXCHANGE: libc::c_uint = 2;
+            // SAFETY: NUL-terminated paths.
+            Ok(check(unsafe {
+                libc::renameat2(
+                    libc::AT_FDCWD,
+                    x.as_ptr(),
+                    libc::AT_FDCWD,
+                    y.as_ptr(),
+                    RENAME_EXCHANGE,
+                )
+            }))
+        }
+        // SIGIO by F_SETOWN: a socket pair whose first end signals PID when data arrives
+        // (O_ASYNC), then data sent to it. The kernel sends the signal; the probe reports
+        // whether the set-up calls succeeded.
+        "sigio" => {
+            let pid = int(&a[0])?;
+            let mut fds = [0; 2];
+            // SAFETY: plain syscalls on descriptors made and closed here.
+            unsafe {
+                if libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) < 0 {
+                    return Ok(Err(last_errno()));
+                }
+                let r = check(libc::fcntl(fds[0], libc::F_SETOWN, pid))
+                    .and_then(|()| check(libc::fcntl(fds[0], libc::F_SETFL, libc::O_ASYNC)))
+                    .and_then(|()| check(libc::write(fds[1], b"x".as_ptr().cast(), 1) as i32));
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+                Ok(r)
+            }
+        }
+        // Unix sockets: a stream connect, a datagram sent (to a path, or `@name` for an
+        // abstract socket), and a socket of the probe's own (bound in DIR, then connected to).
+        "unix-connect" => Ok(unix_to(&a[0], libc::SOCK_STREAM)?),
+        "unix-send" => Ok(unix_to(&a[0], libc::SOCK_DGRAM)?),
+        "unix-self" => {
+            let path =
+                std::path::Path::new(&a[0]).join(format!("probe-{}.sock", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let listener = match std::os::unix::net::UnixListener::bind(&path) {
+                Ok(l) => l,
+                Err(e) => return Ok(Err(e.raw_os_error().unwrap_or(libc::EIO))),
+            };
+            let r = std::os::unix::net::UnixStream::connect(&path)
+                .map(drop)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+            drop(listener);
+            let _ = std::fs::remove_file(&path);
+            Ok(r)
+        }
         // Code without exec: a file's first page mapped executable (mmap with PROT_EXEC, or
         // mapped readable, then mprotect to PROT_EXEC), and anonymous executable memory.
         "mmap-exec" | "mprotect-exec" => {
@@ -594,6 +647,52 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
             listen(sockaddr_arg(&a[0], &a[1])?, Duration::from_secs(secs))
         }
         other => Err(format!("operation {other:?} not implemented")),
+    }
+}
+
+/// A unix socket of type `ty` connected to `target` (a path, or `@name`: abstract); for a
+/// datagram socket, one datagram sent to it instead.
+fn unix_to(target: &OsString, ty: libc::c_int) -> ProbeResult {
+    let name = target.as_bytes();
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let (bytes, abstract_) = match name.strip_prefix(b"@") {
+        Some(rest) => (rest, true),
+        None => (name, false),
+    };
+    let start = usize::from(abstract_);
+    if bytes.len() + start >= addr.sun_path.len() {
+        return Err(format!("{target:?} is too long for a unix socket address"));
+    }
+    for (i, b) in bytes.iter().enumerate() {
+        addr.sun_path[start + i] = *b as libc::c_char;
+    }
+    let len =
+        std::mem::size_of::<libc::sa_family_t>() + start + bytes.len() + usize::from(!abstract_);
+    // SAFETY: plain syscalls with a valid address of `len` bytes; the socket is closed here.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Ok(Err(last_errno()));
+        }
+        let sa = (&addr as *const libc::sockaddr_un).cast::<libc::sockaddr>();
+        let r = if ty == libc::SOCK_DGRAM {
+            let msg = b"gate-probe";
+            let n = libc::sendto(
+                fd,
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                sa,
+                len as libc::socklen_t,
+            );
+            check(n as libc::c_int)
+        } else {
+            check(libc::connect(fd, sa, len as libc::socklen_t))
+        };
+        libc::close(fd);
+        Ok(r)
     }
 }
 
