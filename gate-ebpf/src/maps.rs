@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gate_common::{
     AgentConfig, HostConfig, InodeKey, InodeRule, NetRule, VerdictKey, VerdictValue, counter,
@@ -26,10 +26,12 @@ pub static AGENTS: HashMap<u64, AgentConfig> = HashMap::with_max_entries(1, NO_P
 pub static INODES: HashMap<InodeKey, InodeRule> = HashMap::with_max_entries(1, NO_PREALLOC);
 
 /// Files whose signal owner (`F_SETOWN`) a confined task set, by the `struct file` address:
-/// the agent's cgroup id and its level, so that the kernel's SIGIO to the owner can be checked against the
-/// agent that chose it. Kernel-only; an owner set by anyone else removes the entry.
+/// the agent's cgroup id and its level, so that the kernel's SIGIO to the owner can be
+/// checked against the agent that chose it. Kernel-only; an owner set by anyone else removes
+/// the entry. Entries outlive their files (nothing is run when a file is freed, which every
+/// process on the host would pay for): least recently used ones give way to new ones.
 #[map]
-pub static FOWNERS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(16384, 0);
+pub static FOWNERS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(8192, 0);
 
 /// Verdicts the daemon writes for one agent (approvals, rejections, quotas); not read yet.
 #[map]
