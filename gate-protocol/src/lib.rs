@@ -167,6 +167,11 @@ pub enum ClientError {
          USER, then log in again)"
     )]
     Denied { path: PathBuf },
+    #[error(
+        "{path}: refused by gate: this process is confined by gate, and confined processes may \
+         not use the gate daemon; run gate commands from outside the agent"
+    )]
+    Confined { path: PathBuf },
     #[error("talking to the gate daemon: {0}")]
     Io(#[from] io::Error),
     #[error("the gate daemon sent something this client does not understand: {0}")]
@@ -214,7 +219,14 @@ pub struct Client {
 impl Client {
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| {
-            if source.kind() == io::ErrorKind::PermissionDenied {
+            // EPERM: gate's own unix-socket hook (a confined caller); EACCES: the socket's
+            // file permissions.
+            const EPERM: i32 = 1;
+            if source.raw_os_error() == Some(EPERM) {
+                ClientError::Confined {
+                    path: path.to_path_buf(),
+                }
+            } else if source.kind() == io::ErrorKind::PermissionDenied {
                 ClientError::Denied {
                     path: path.to_path_buf(),
                 }

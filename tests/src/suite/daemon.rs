@@ -74,9 +74,12 @@ pub(crate) const DEV_UID: u32 = 4711;
 const OUT_UID: u32 = 4712;
 const GATE_GID: u32 = 4700;
 const SOCKET: &str = "/run/gate-test/gate.sock";
-/// The daemon's pins: `host-v` and the kernel ABI version (`gate_common::ABI_VERSION`).
 const PIN_ROOT: &str = "/sys/fs/bpf/gate";
-const PINS: &str = "host-v3";
+
+/// The daemon's pins: `host-v` and the kernel ABI version.
+fn pins() -> String {
+    format!("host-v{}", gate_common::ABI_VERSION)
+}
 
 fn base() -> PathBuf {
     Path::new(SCRATCH).join("daemon")
@@ -391,7 +394,8 @@ fn refusals(ctx: &Ctx, _: &mut Notes) -> TestResult {
             Failure::new("a policy outside the allowed ones was not refused").command(&cmd, &o),
         );
     }
-    // A confined process must never be able to ask the daemon for anything.
+    // A confined process must never be able to ask the daemon for anything: the kernel refuses
+    // its connect (the socket is not its agent's), and the daemon would refuse it by cgroup.
     let script = format!("{} status; echo STATUS=$?", user_gate());
     let cmd = gate_run(ctx, DEV_UID, "daemon-a", None, &script);
     let o = cmd.run();
@@ -831,7 +835,7 @@ fn lockdown(ctx: &Ctx, _: &mut Notes) -> TestResult {
 }
 
 fn links_dir() -> PathBuf {
-    Path::new(PIN_ROOT).join(PINS).join("links")
+    Path::new(PIN_ROOT).join(pins()).join("links")
 }
 
 fn counter(status: &serde_json::Value, name: &str) -> u64 {
@@ -906,7 +910,7 @@ fn kill_daemon(ctx: &Ctx, notes: &mut Notes) -> TestResult {
             "the restarted daemon did not adopt the pinned engine".into(),
         ));
     }
-    if links == 0 || links_after != links || pins != [PINS] {
+    if links == 0 || links_after != links || pins != [self::pins()] {
         return Err(fail(format!(
             "expected the same {links} links and one pin directory after the restart, got \
              {links_after} links and {pins:?}"
