@@ -880,31 +880,59 @@ fn attach_all(
     btf: &aya::Btf,
     hooks: &[(&'static str, &'static str)],
 ) -> Result<Vec<(&'static str, FdLink)>, EngineError> {
-    let mut links = Vec::new();
+    let err = |name: &str, source| EngineError::Program {
+        program: name.to_string(),
+        source,
+    };
+    // The programs, in the order of `hooks`.
+    let mut progs: Vec<(&'static str, &'static str, &mut Lsm)> = Vec::new();
+    let mut by_name: BTreeMap<&str, &mut aya::programs::Program> = ebpf.programs_mut().collect();
     for &(name, hook) in hooks {
-        let err = |source| EngineError::Program {
-            program: name.to_string(),
-            source,
-        };
-        let prog: &mut Lsm = ebpf
-            .program_mut(name)
-            .ok_or(EngineError::Missing("an LSM program"))?
-            .try_into()
-            .map_err(err)?;
-        let p = std::time::Instant::now();
-        prog.load(hook, btf).map_err(err)?;
-        tracing::debug!(
-            program = name,
-            ms = p.elapsed().as_millis() as u64,
-            insns = prog
-                .info()
-                .ok()
-                .and_then(|i| i.verified_instruction_count()),
-            xlated = prog.info().ok().and_then(|i| i.size_translated()),
-            "verified"
-        );
-        let id = prog.attach().map_err(err)?;
-        links.push((name, prog.take_link(id).map_err(err)?.into()));
+        let prog = by_name
+            .remove(name)
+            .ok_or(EngineError::Missing("an LSM program"))?;
+        let prog: &mut Lsm = prog.try_into().map_err(|e| err(name, e))?;
+        progs.push((name, hook, prog));
+    }
+    // Loading is the kernel's verifier at work, one program per call and CPU: spread over the
+    // CPUs, the start takes a fraction of the time. Nothing is attached before every program
+    // is loaded.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let per = progs.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = progs
+            .chunks_mut(per)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    for (name, hook, prog) in chunk.iter_mut() {
+                        let p = std::time::Instant::now();
+                        prog.load(hook, btf).map_err(|e| err(name, e))?;
+                        tracing::debug!(
+                            program = *name,
+                            ms = p.elapsed().as_millis() as u64,
+                            insns = prog
+                                .info()
+                                .ok()
+                                .and_then(|i| i.verified_instruction_count()),
+                            xlated = prog.info().ok().and_then(|i| i.size_translated()),
+                            "verified"
+                        );
+                    }
+                    Ok::<(), EngineError>(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(EngineError::Missing("a program loader thread")))
+        })
+    })?;
+    let mut links = Vec::new();
+    for (name, _, prog) in progs {
+        let id = prog.attach().map_err(|e| err(name, e))?;
+        links.push((name, prog.take_link(id).map_err(|e| err(name, e))?.into()));
     }
     Ok(links)
 }

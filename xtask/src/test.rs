@@ -91,45 +91,13 @@ fn run_guest_suites(env: &Environment, options: &Options, results: &mut Vec<Suit
             return;
         }
     };
-    // One thread per kernel: a guest keeps about one host CPU busy (one test at a time), so
-    // the kernels' suites side by side take little longer than the longest one. Each line a
-    // guest prints carries its kernel's name.
-    let per_kernel: Vec<Vec<SuiteResult>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = options
-            .kernels
-            .iter()
-            .map(|series| {
-                let binaries = &binaries;
-                scope.spawn(move || {
-                    Boot::ALL
-                        .iter()
-                        .map(|boot| {
-                            timed(&boot.suite_name(*series), || {
-                                guest_suite(env, *series, *boot, binaries, options.timeout)
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .zip(&options.kernels)
-            .map(|(h, series)| {
-                h.join().unwrap_or_else(|_| {
-                    Boot::ALL
-                        .iter()
-                        .map(|boot| SuiteResult {
-                            name: boot.suite_name(*series),
-                            verdict: Verdict::Failed("the suite's thread panicked".into()),
-                            duration: Duration::ZERO,
-                        })
-                        .collect()
-                })
-            })
-            .collect()
-    });
-    results.extend(per_kernel.into_iter().flatten());
+    for series in &options.kernels {
+        for boot in Boot::ALL {
+            results.push(timed(&boot.suite_name(*series), || {
+                guest_suite(env, *series, boot, &binaries, options.timeout)
+            }));
+        }
+    }
 }
 
 /// How a kernel is booted for a suite.
