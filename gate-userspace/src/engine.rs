@@ -864,12 +864,58 @@ impl Engine {
         Ok(())
     }
 
-    /// Stops enforcing: unpins and detaches every link.
+    /// Stops enforcing: unpins every link, then lets the kernel detach them.
+    ///
+    /// The kernel's release of an LSM link waits, under a mutex all hooks share, for every
+    /// task to pass a voluntary context switch (an RCU-tasks grace period: 0.1 s per link in a
+    /// guest without hardware virtualisation, 41 links). Only the last reference to a link
+    /// pays that, so a child process takes over this process's open files, waits until this
+    /// process has closed its own references, and closes them in the background: `gate run`
+    /// returns as soon as the agent's processes are gone (they are, before this is called),
+    /// and the hooks it leaves behind for those seconds have no agent to decide for.
     pub fn detach(mut self) -> Result<(), std::io::Error> {
+        let mut unpinned = Vec::with_capacity(self.links.len());
         for link in self.links.drain(..) {
-            drop(link.unpin()?);
+            unpinned.push(link.unpin()?);
         }
+        let releaser = release_in_background();
+        drop(unpinned);
+        drop(self);
+        drop(releaser);
         Ok(())
+    }
+}
+
+/// Forks the process that closes the last references to this process's open files (see
+/// [`Engine::detach`]); returns the pipe end whose closing tells it to start. None when the
+/// fork fails: the references are then closed here, just more slowly.
+fn release_in_background() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd as _;
+    let (read_end, write_end) = nix::unistd::pipe().ok()?;
+    // SAFETY: the child makes async-signal-safe calls only, then _exit.
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            let r = read_end.as_raw_fd();
+            // Whoever reads gate's output must not wait for this process: its standard
+            // streams go first.
+            for fd in 0..3 {
+                if fd != r {
+                    libc::close(fd);
+                }
+            }
+            libc::close(write_end.as_raw_fd());
+            let mut byte = 0u8;
+            while libc::read(r, (&raw mut byte).cast(), 1) < 0
+                && *libc::__errno_location() == libc::EINTR
+            {}
+            libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32);
+            libc::_exit(0)
+        },
+        pid if pid > 0 => {
+            drop(read_end);
+            Some(write_end)
+        }
+        _ => None,
     }
 }
 
@@ -897,6 +943,7 @@ fn attach_all(
     // Loading is the kernel's verifier at work, one program per call and CPU: spread over the
     // CPUs, the start takes a fraction of the time. Nothing is attached before every program
     // is loaded.
+    let started = std::time::Instant::now();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
@@ -929,11 +976,20 @@ fn attach_all(
                 .unwrap_or_else(|_| Err(EngineError::Missing("a program loader thread")))
         })
     })?;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        threads,
+        "programs loaded"
+    );
     let mut links = Vec::new();
     for (name, _, prog) in progs {
         let id = prog.attach().map_err(|e| err(name, e))?;
         links.push((name, prog.take_link(id).map_err(|e| err(name, e))?.into()));
     }
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "programs attached"
+    );
     Ok(links)
 }
 
