@@ -253,6 +253,56 @@ pub struct InodeKey {
     pub ino: u64,
 }
 
+/// Abstract unix socket names (`@name` in a policy's `unix` list) are kept in the inode rule
+/// map under this device, which no file system has (major 4095, minor 2^20 - 1), with a
+/// hash of the name as the inode number.
+pub mod unix_name {
+    use super::InodeKey;
+
+    pub const DEV: u32 = u32::MAX;
+    /// An event's `port` for a peer bound to an abstract name (low byte; the name's length in
+    /// the high byte), the name's first bytes in `names[0]`.
+    pub const EVENT_CODE: u16 = 1;
+    /// The longest abstract name: `sun_path` (108 bytes) less its leading NUL.
+    pub const MAX_LEN: usize = 107;
+    /// 64-bit words a name is hashed in (zero-padded).
+    pub const WORDS: usize = MAX_LEN.div_ceil(8);
+
+    /// The hash of a name, as zero-padded little-endian words: one multiply and rotate per
+    /// word, no branches (the programs run it over a fixed number of words). Trailing NUL
+    /// bytes are not part of a name: a program that binds the whole `sun_path` pads its name
+    /// with them, and a rule names the socket all the same.
+    #[inline(always)]
+    pub fn hash(words: &[u64; WORDS]) -> u64 {
+        let mut h = 0x243f_6a88_85a3_08d3u64;
+        let mut i = 0;
+        while i < WORDS {
+            h = (h ^ words[i])
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(29);
+            i += 1;
+        }
+        h ^ (h >> 32)
+    }
+
+    /// The rule map key of `name` (without the `@`), or None when it is empty (or all NUL)
+    /// or longer than [`MAX_LEN`].
+    pub fn key(name: &[u8]) -> Option<InodeKey> {
+        if name.is_empty() || name.len() > MAX_LEN || name.iter().all(|b| *b == 0) {
+            return None;
+        }
+        let mut words = [0u64; WORDS];
+        for (i, b) in name.iter().enumerate() {
+            words[i / 8] |= u64::from(*b) << (8 * (i % 8));
+        }
+        Some(InodeKey {
+            dev: DEV,
+            slot: 0,
+            ino: hash(&words),
+        })
+    }
+}
+
 /// The inode filter: a one-hash Bloom filter over every `InodeKey` in the rule map, so that
 /// the walk skips the hash lookup for the ancestors that have no rule (almost all of them).
 /// `FILTER` is an array of `u64` words; bit `bit(key, mask)` of it (`slot`: word `bit / 64`,
@@ -341,7 +391,7 @@ impl Default for NetRule {
 /// Version of the kernel ABI: the maps, their key and value layouts, their pin names and what
 /// the programs read from them. Pinned state is adopted only by a gate of the same version.
 /// Bump it with any change to a type or map in this file.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Cgroup levels at which agents' root cgroups may sit at once (`HostConfig::levels`).
 pub const MAX_LEVELS: usize = 4;
@@ -487,6 +537,11 @@ pub struct KernelOffsets {
     /// `socket.sk`, `unix_sock.path` (a bound unix socket's file).
     pub socket_sk: u32,
     pub unix_sock_path: u32,
+    /// `unix_sock.addr` (the bound address, NULL for none), `unix_address.len` (bytes of the
+    /// `sockaddr_un` used) and `unix_address.name` (the `sockaddr_un`).
+    pub unix_sock_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
     /// `fown_struct.file` (6.12: the owner is allocated apart from its file), or `file.f_owner`
     /// (the owner embedded in its file) with `fown_file` = `u32::MAX`.
     pub fown_file: u32,
@@ -557,7 +612,7 @@ const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AgentConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 47 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 50 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
 #[cfg(feature = "user")]

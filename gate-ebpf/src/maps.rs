@@ -61,6 +61,12 @@ pub static NET4: LpmTrie<[u8; 8], NetRule> = LpmTrie::with_max_entries(1, NO_PRE
 #[map]
 pub static NET6: LpmTrie<[u8; 20], NetRule> = LpmTrie::with_max_entries(1, NO_PREALLOC);
 
+/// Scratch space for an abstract unix socket name being hashed (`unix::abstract_verdict`):
+/// too large for the programs' stack.
+#[map]
+pub static UNIX_NAME: PerCpuArray<[u64; gate_common::unix_name::WORDS]> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Decision events for userspace (size set at load time).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);

@@ -156,7 +156,7 @@ const DISCONNECTED: u64 = (decision::DENY as u64)
 /// Merges the rule of `key`, if any, into `v`: the object's exact rule at level 0, subtree
 /// rules above. Returns true when the verdict is final (a deny).
 #[inline(always)]
-fn apply(v: &mut Verdict, key: &InodeKey, op: usize, level: u32) -> bool {
+pub fn apply(v: &mut Verdict, key: &InodeKey, op: usize, level: u32) -> bool {
     if !may_have_rule(key) {
         return false;
     }

@@ -185,6 +185,7 @@ pub fn rule_name(policy: Option<&CompiledPolicy>, r: u16) -> String {
         rule::USER_NAMESPACE => "user-namespace".into(),
         rule::MODULE => "module".into(),
         rule::INTERNAL => "internal".into(),
+        rule::INTERNAL_DISCONNECTED => "internal-disconnected".into(),
         rule::SELFTEST => "gate-selftest".into(),
         rule::AUDIT_REQUIRED => "audit-required".into(),
         i => policy
@@ -254,6 +255,28 @@ pub fn wait_readable(fd: std::os::fd::RawFd, timeout_ms: i32) {
 /// Whether the event is about a unix socket (its object is the socket's file, if any).
 fn is_unix(e: &Event) -> bool {
     e.hook == hook::UNIX_STREAM_CONNECT || e.hook == hook::UNIX_MAY_SEND
+}
+
+/// `@name` of a unix socket's abstract name (its length in the high byte of `port`; the
+/// kernel sent its bytes up to the first NUL, as many as fit in `names[0]`), bytes other than
+/// printable ASCII escaped, `…` for what was not sent.
+fn abstract_name(e: &Event) -> String {
+    let sent = e.names[0]
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(e.names[0].len());
+    let len = usize::from(e.port >> 8).min(sent);
+    let name: String = e.names[0][..len]
+        .iter()
+        .flat_map(|b| b.escape_ascii())
+        .map(char::from)
+        .collect();
+    let more = if usize::from(e.port >> 8) > len {
+        "…"
+    } else {
+        ""
+    };
+    format!("@{name}{more}")
 }
 
 /// Whether the event's object is (or has) a file: its path was sent.
@@ -338,8 +361,10 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         enforced: sev == decision::ALLOW || e.flags & flag::AUDIT_MODE == 0,
         rule: rule_name(policy, e.rule),
         path: has_path(e).then(|| {
-            if is_unix(e) && e.ino == 0 {
-                "(abstract or unnamed unix socket)".to_owned()
+            if is_unix(e) && e.port & 0xff == gate_common::unix_name::EVENT_CODE {
+                abstract_name(e)
+            } else if is_unix(e) && e.ino == 0 {
+                "(unnamed unix socket)".to_owned()
             } else {
                 path_of(e)
             }
@@ -401,6 +426,24 @@ mod tests {
         e.name_count = 0;
         e.flags = 0;
         assert_eq!(path_of(&e), "/");
+    }
+
+    #[test]
+    fn abstract_socket_names_are_shown_with_an_at_sign() {
+        let mut e = event();
+        e.op = op::CONNECT;
+        e.hook = hook::UNIX_STREAM_CONNECT;
+        e.port = gate_common::unix_name::EVENT_CODE | 7 << 8;
+        e.names[0][..7].copy_from_slice(b"x11/\x01ab");
+        assert_eq!(decode_in(&e, None).path.as_deref(), Some("@x11/\\x01ab"));
+        // A NUL inside the name ends what the kernel sent.
+        e.names[0][2] = 0;
+        assert_eq!(decode_in(&e, None).path.as_deref(), Some("@x1…"));
+        e.port = 0;
+        assert_eq!(
+            decode_in(&e, None).path.as_deref(),
+            Some("(unnamed unix socket)")
+        );
     }
 
     #[test]

@@ -364,6 +364,22 @@ impl<'a> Compiler<'a> {
         spec: &PathSpec,
     ) -> Result<(), PolicyError> {
         let at = Location::new(&self.policy.file, spec.pos);
+        if let Some(name) = spec.raw.strip_prefix('@') {
+            // An abstract unix socket name (checked when parsed): no file to resolve.
+            let key = gate_common::unix_name::key(name.as_bytes()).ok_or_else(|| {
+                PolicyError::Invalid {
+                    at: at.clone(),
+                    message: "not an abstract socket name".to_owned(),
+                }
+            })?;
+            let resolved = Resolved {
+                canonical: PathBuf::from(&spec.raw),
+                key,
+                is_dir: false,
+            };
+            self.set(&resolved, false, rule.op, byte, index);
+            return Ok(());
+        }
         let text = self.substitute(spec.base(), &at)?;
         if !Path::new(&text).is_absolute() {
             return Err(PolicyError::NotAbsolute { at, path: text });

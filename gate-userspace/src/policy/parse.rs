@@ -367,17 +367,45 @@ impl Checker<'_> {
         self.non_empty(unix, "unix")?;
         let mut specs = Vec::new();
         for u in unix.get_ref() {
-            if u.get_ref().starts_with('@') {
-                return Err(PolicyError::Invalid {
-                    at: self.at(u),
-                    message: "abstract socket names are not supported yet: `[default] unix` \
-                              decides abstract sockets outside the agent"
-                        .to_owned(),
-                });
+            if let Some(name) = u.get_ref().strip_prefix('@') {
+                specs.push(self.abstract_name(u, name)?);
+                continue;
             }
             specs.push(self.path_spec(u)?);
         }
         Ok(Target::Paths(specs))
+    }
+
+    /// An abstract socket name (`@name`), matched exactly: no patterns, no variables.
+    fn abstract_name(&self, u: &Spanned<String>, name: &str) -> Result<PathSpec, PolicyError> {
+        let message = if name.bytes().all(|b| b == 0) {
+            Some("an abstract socket name is empty: write `@` and the name".to_owned())
+        } else if name.len() > gate_common::unix_name::MAX_LEN {
+            Some(format!(
+                "an abstract socket name is {} bytes long; the kernel allows at most {}",
+                name.len(),
+                gate_common::unix_name::MAX_LEN
+            ))
+        } else if name.contains(['*', '?', '[', '{']) || name.contains("${") {
+            Some(
+                "abstract socket names are matched exactly: patterns and variables do not \
+                 apply to them (a `unix` rule for a directory of socket files takes `dir/**`)"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        if let Some(message) = message {
+            return Err(PolicyError::Invalid {
+                at: self.at(u),
+                message,
+            });
+        }
+        Ok(PathSpec {
+            raw: u.get_ref().clone(),
+            subtree: false,
+            pos: self.at(u).pos,
+        })
     }
 
     fn non_empty<T>(&self, list: &SpannedList<T>, key: &str) -> Result<(), PolicyError> {

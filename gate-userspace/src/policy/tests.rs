@@ -920,10 +920,25 @@ fn unix_rules_name_socket_files_and_the_default_decides_the_rest() {
         "{e}"
     );
     let e = compile_err(
-        "[[rule]]\nid = \"x\"\nop = \"connect\"\ndecision = \"allow\"\nunix = [\"@bus\"]\n",
+        "[[rule]]\nid = \"x\"\nop = \"connect\"\ndecision = \"allow\"\nunix = [\"@bus-*\"]\n",
     );
     assert!(
-        e.starts_with("p.toml:8:9: abstract socket names are not supported"),
+        e.starts_with("p.toml:8:9: abstract socket names are matched exactly"),
+        "{e}"
+    );
+    let e = compile_err(
+        "[[rule]]\nid = \"x\"\nop = \"connect\"\ndecision = \"allow\"\nunix = [\"@\"]\n",
+    );
+    assert!(
+        e.starts_with("p.toml:8:9: an abstract socket name is empty"),
+        "{e}"
+    );
+    let long = format!("@{}", "n".repeat(108));
+    let e = compile_err(&format!(
+        "[[rule]]\nid = \"x\"\nop = \"connect\"\ndecision = \"allow\"\nunix = [\"{long}\"]\n"
+    ));
+    assert!(
+        e.contains("108 bytes long; the kernel allows at most 107"),
         "{e}"
     );
     let e = compile_err(
@@ -938,4 +953,99 @@ fn unix_rules_name_socket_files_and_the_default_decides_the_rest() {
         "[[rule]]\nid = \"x\"\nop = \"write\"\ndecision = \"allow\"\nunix = [\"/tmp\"]\n",
     );
     assert!(e.contains("`unix` only applies to connect rules"), "{e}");
+}
+
+#[test]
+fn abstract_unix_names_are_exact_keys_and_deny_wins() {
+    let body = "[[rule]]\nid = \"bus\"\nop = \"connect\"\ndecision = \"allow\"\n\
+                unix = [\"@/tmp/dbus-session\", \"@x11\"]\n\
+                [[rule]]\nid = \"no-x11\"\nop = \"connect\"\ndecision = \"deny\"\n\
+                unix = [\"@x11\"]\n";
+    let c = compile_ok(body);
+    let i = usize::from(op::CONNECT);
+    let key = |n: &str| gate_common::unix_name::key(n.as_bytes()).unwrap();
+    let bus = c.inodes[&key("/tmp/dbus-session")];
+    assert_eq!(
+        (bus.exact[i], bus.exact_rule[i], bus.subtree[i]),
+        (decision::ALLOW, rule_index(&c, "bus"), decision::NONE)
+    );
+    let x11 = c.inodes[&key("x11")];
+    assert_eq!(
+        (x11.exact[i], x11.exact_rule[i]),
+        (decision::DENY, rule_index(&c, "no-x11"))
+    );
+    assert_eq!(c.inode_paths[&key("x11")], std::path::PathBuf::from("@x11"));
+    assert!(!c.inodes.contains_key(&key("x1")));
+    assert_eq!(key("x11").dev, gate_common::unix_name::DEV);
+    assert_ne!(key("x11").ino, key("x12").ino);
+    assert_eq!(
+        key("ab").ino,
+        key("ab\0\0").ino,
+        "trailing NULs (a whole sun_path bound) are not part of the name"
+    );
+    assert_ne!(key("ab").ino, key("a\0b").ino);
+}
+
+#[test]
+fn diff_lists_what_a_new_policy_allows_beyond_the_old() {
+    let old = parse_str(&format!(
+        "{HEAD}[[rule]]\nid = \"ssh\"\nop = \"read\"\ndecision = \"deny\"\npath = [\"~/.ssh/**\"]\n\
+         [[rule]]\nid = \"git\"\nop = \"exec\"\ndecision = \"allow\"\npath = [\"/usr/bin/git\"]\n"
+    ))
+    .unwrap();
+    let same = super::diff(&old, &old);
+    assert!(same.is_empty(), "{same:?}");
+    assert_eq!(
+        super::render_diff("a", "b", &same),
+        "b allows and denies what a does\n"
+    );
+    let new = parse_str(
+        "version = 1\nname = \"t\"\nmode = \"audit\"\n[default]\nexec = \"deny\"\nwrite = \"allow\"\n\
+         [capabilities]\nallow = [\"CAP_CHOWN\"]\n\
+         [[rule]]\nid = \"git\"\nop = \"exec\"\ndecision = \"ask\"\npath = [\"/usr/bin/git\"]\n\
+         [[rule]]\nid = \"web\"\nop = \"connect\"\ndecision = \"allow\"\naddr = [\"0.0.0.0/0\"]\nport = [443]\n\
+         [[rule]]\nid = \"no-curl\"\nop = \"exec\"\ndecision = \"deny\"\npath = [\"/usr/bin/curl\"]\n"
+    )
+    .unwrap();
+    let changes = super::diff(&old, &new);
+    let text: Vec<(bool, &str)> = changes
+        .iter()
+        .map(|c| (c.widens, c.text.as_str()))
+        .collect();
+    let has = |widens: bool, s: &str| text.iter().any(|(w, t)| *w == widens && t.contains(s));
+    assert!(has(true, "mode enforce → audit"), "{text:?}");
+    assert!(has(true, "capability CAP_CHOWN allowed"), "{text:?}");
+    assert!(
+        has(
+            true,
+            "allow connect addr 0.0.0.0/0 port 443 (rule `web`, new"
+        ),
+        "{text:?}"
+    );
+    assert!(
+        has(
+            true,
+            "read path ~/.ssh/**: deny (rule `ssh`) → allow by default"
+        ),
+        "{text:?}"
+    );
+    assert!(
+        has(
+            false,
+            "exec path /usr/bin/git: allow (rule `git`) → ask (rule `git`)"
+        ),
+        "{text:?}"
+    );
+    // Denied before by default, denied now by a rule: no difference.
+    assert!(!text.iter().any(|(_, t)| t.contains("curl")), "{text:?}");
+    assert!(changes.first().is_some_and(|c| c.widens), "widening first");
+    let shown = super::render_diff("old.toml", "new.toml", &changes);
+    assert!(
+        shown.starts_with("new.toml allows what old.toml does not:\n  + "),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("new.toml allows less than old.toml:\n  - "),
+        "{shown}"
+    );
 }
