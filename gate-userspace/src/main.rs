@@ -164,6 +164,9 @@ enum PolicyCmd {
         #[arg(long)]
         dump: bool,
     },
+    /// What NEW allows that OLD does not (and what it no longer allows), rule item by rule
+    /// item, as written. Exit status 1 when NEW allows anything OLD does not.
+    Diff { old: PathBuf, new: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -223,6 +226,9 @@ fn main() -> ExitCode {
                     dump,
                 },
         } => policy_check(&file, workspace, dump),
+        Cmd::Policy {
+            cmd: PolicyCmd::Diff { old, new },
+        } => policy_diff(&old, &new),
         Cmd::Doctor => gate::doctor::report(),
         Cmd::Audit {
             cmd:
@@ -250,6 +256,27 @@ fn main() -> ExitCode {
         },
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn policy_diff(old: &std::path::Path, new: &std::path::Path) -> i32 {
+    match (policy::read(old), policy::read(new)) {
+        (Ok(o), Ok(n)) => {
+            let changes = policy::diff(&o, &n);
+            print!(
+                "{}",
+                policy::render_diff(
+                    &old.display().to_string(),
+                    &new.display().to_string(),
+                    &changes
+                )
+            );
+            i32::from(changes.iter().any(|c| c.widens))
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("{e}");
+            2
+        }
+    }
 }
 
 fn policy_check(file: &std::path::Path, workspace: Option<PathBuf>, dump: bool) -> i32 {

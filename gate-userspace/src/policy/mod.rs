@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 mod caps;
 mod compile;
+mod diff;
 mod dump;
 mod error;
 mod net;
@@ -31,6 +32,7 @@ pub use compile::{
     CompiledPolicy, HARDLINK_WALK_LIMIT, MAX_RULES, MapSizes, Protected, RuleMeta, compile,
     protect, protect_into, protected,
 };
+pub use diff::{Change, diff, render as render_diff};
 pub use error::{LineIndex, Location, PolicyError, Pos};
 pub use net::{Cidr, Net4, Net6, PortRange, evaluate_ports};
 pub use parse::parse;
@@ -322,13 +324,18 @@ fn invoking_home() -> io::Result<PathBuf> {
     }
 }
 
-/// Reads, parses and compiles the policy in `file` against the real filesystem.
-pub fn load(file: &Path, vars: &Vars) -> Result<CompiledPolicy, PolicyError> {
+/// Reads and parses the policy in `file` (paths keep their variables).
+pub fn read(file: &Path) -> Result<Policy, PolicyError> {
     let source = std::fs::read_to_string(file).map_err(|source| PolicyError::Read {
         file: file.to_path_buf(),
         source,
     })?;
-    let policy = parse(&source, file)?;
+    parse(&source, file)
+}
+
+/// Reads, parses and compiles the policy in `file` against the real filesystem.
+pub fn load(file: &Path, vars: &Vars) -> Result<CompiledPolicy, PolicyError> {
+    let policy = read(file)?;
     let mut c = compile(&policy, vars, &FsResolver)?;
     // gate's own state, and the policy file itself, whatever the policy says.
     let mut list = protected();
