@@ -21,6 +21,8 @@ pub enum Op {
     TcpConnect,
     UdpSendto,
     MmapExec,
+    UnixConnect,
+    Signal,
 }
 
 impl Op {
@@ -33,6 +35,8 @@ impl Op {
             Op::TcpConnect => "tcp_connect",
             Op::UdpSendto => "udp_sendto",
             Op::MmapExec => "mmap_exec",
+            Op::UnixConnect => "unix_connect",
+            Op::Signal => "signal",
         }
     }
 
@@ -50,6 +54,11 @@ impl Op {
                 "mmap of a shared library's first page with PROT_READ|PROT_EXEC + munmap (what a \
                  dynamic loader does per segment; the descriptor stays open)"
             }
+            Op::UnixConnect => {
+                "socket(AF_UNIX) + connect to a listener of the benchmark's own (an abstract \
+                 name) + accept + close both"
+            }
+            Op::Signal => "kill(2) of signal 0 to the benchmark's own process (checked, not sent)",
         }
     }
 }
@@ -139,7 +148,84 @@ fn run_op(fx: &Fixture, op: Op, plan: Plan) -> Result<Vec<f64>> {
             let fd = Fd(fd);
             timed(plan, || map_exec(fd.0))
         }
+        Op::UnixConnect => {
+            let l = Unix::listener()?;
+            timed(plan, || l.connect_accept())
+        }
+        Op::Signal => {
+            // SAFETY: plain syscall.
+            let me = unsafe { libc::getpid() };
+            timed(plan, || {
+                // SAFETY: signal 0 checks the permission and sends nothing.
+                if unsafe { libc::kill(me, 0) } != 0 {
+                    bail!("kill(self, 0) failed: errno {}", errno());
+                }
+                Ok(())
+            })
+        }
     }
+}
+
+/// A unix stream listener bound to an abstract name of this process's own.
+struct Unix {
+    listener: Fd,
+    addr: libc::sockaddr_un,
+    len: libc::socklen_t,
+}
+
+impl Unix {
+    fn listener() -> Result<Unix> {
+        // SAFETY: an all-zero sockaddr_un is valid.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as u16;
+        // SAFETY: plain syscall.
+        let name = format!("gate-bench-{}", unsafe { libc::getpid() });
+        for (d, b) in addr.sun_path[1..].iter_mut().zip(name.bytes()) {
+            *d = b as libc::c_char;
+        }
+        let len = (std::mem::size_of::<libc::sa_family_t>() + 1 + name.len()) as libc::socklen_t;
+        let listener = unix_socket()?;
+        // SAFETY: valid address buffer of `len` bytes.
+        unsafe {
+            if libc::bind(listener.0, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                bail!("bind @{name} failed: errno {}", errno());
+            }
+            if libc::listen(listener.0, 64) != 0 {
+                bail!("listen @{name} failed: errno {}", errno());
+            }
+        }
+        Ok(Unix {
+            listener,
+            addr,
+            len,
+        })
+    }
+
+    fn connect_accept(&self) -> Result<()> {
+        let c = unix_socket()?;
+        // SAFETY: valid address buffer.
+        unsafe {
+            if libc::connect(
+                c.0,
+                (&self.addr as *const libc::sockaddr_un).cast(),
+                self.len,
+            ) != 0
+            {
+                bail!("unix connect failed: errno {}", errno());
+            }
+        }
+        drop(accept(&self.listener)?);
+        Ok(())
+    }
+}
+
+fn unix_socket() -> Result<Fd> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket(AF_UNIX) failed: errno {}", errno());
+    }
+    Ok(Fd(fd))
 }
 
 fn timed(plan: Plan, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
@@ -233,6 +319,23 @@ impl Drop for Fd {
     }
 }
 
+/// The next connection on `listener`.
+fn accept(listener: &Fd) -> Result<Fd> {
+    // SAFETY: accepting on a listener we own, without the peer's address.
+    let a = unsafe {
+        libc::accept4(
+            listener.0,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if a < 0 {
+        bail!("accept failed: errno {}", errno());
+    }
+    Ok(Fd(a))
+}
+
 fn socket(ty: i32) -> Result<Fd> {
     // SAFETY: plain syscall.
     let fd = unsafe { libc::socket(libc::AF_INET, ty | libc::SOCK_CLOEXEC, 0) };
@@ -279,21 +382,15 @@ impl Tcp {
     fn connect_accept(&self) -> Result<()> {
         let c = socket(libc::SOCK_STREAM)?;
         let addr = sockaddr(TCP_PORT);
-        // SAFETY: valid address buffer; fds we own.
+        // SAFETY: valid address buffer.
         unsafe {
             if libc::connect(c.0, (&addr as *const libc::sockaddr_in).cast(), SOCKLEN) != 0 {
                 bail!("connect 127.0.0.1:{TCP_PORT} failed: errno {}", errno());
             }
-            let a = libc::accept4(
-                self.listener.0,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            );
-            if a < 0 {
-                bail!("accept failed: errno {}", errno());
-            }
-            let a = Fd(a);
+        }
+        let a = accept(&self.listener)?;
+        // SAFETY: fds we own.
+        unsafe {
             // Abortive close: no TIME_WAIT, so thousands of connects do not exhaust ports.
             let linger = libc::linger {
                 l_onoff: 1,

@@ -20,23 +20,27 @@ use serde_json::{Value, json};
 
 use crate::util::{cstring, errno, now_ns, say};
 
-/// The same modules as tests/workloads/cpython.toml.
-pub const MODULES: &[&str] = &[
-    "test_subprocess",
-    "test_os",
-    "test_shutil",
-    "test_tempfile",
-    "test_pathlib",
-    "test_glob",
-    "test_fileio",
-    "test_zipfile",
-    "test_tarfile",
-    "test_posix",
-    "test_stat",
-    "test_filecmp",
-    "test_socket",
-    "test_fcntl",
-];
+/// The kernel suite's CPython workload (its command names the modules).
+const WORKLOAD: &str = include_str!("../../tests/workloads/cpython.toml");
+
+/// The modules tests/workloads/cpython.toml runs: the benchmark measures the same suite.
+pub fn modules() -> Result<Vec<String>> {
+    let v: toml::Value =
+        toml::from_str(WORKLOAD).context("tests/workloads/cpython.toml is not valid TOML")?;
+    let modules: Vec<String> = v
+        .get("command")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(toml::Value::as_str)
+        .filter(|a| a.starts_with("test_"))
+        .map(str::to_owned)
+        .collect();
+    if modules.is_empty() {
+        bail!("tests/workloads/cpython.toml's command names no test_* module");
+    }
+    Ok(modules)
+}
 
 /// The user it runs as (nobody).
 const UID: u32 = 65534;
@@ -45,6 +49,8 @@ pub struct PySuite {
     /// PYTHONHOME: bin/python3.11 and lib/python3.11 below it (the archive's usr/).
     pub home: PathBuf,
     pub info: Value,
+    /// The test modules, in the order regrtest is given them.
+    pub modules: Vec<String>,
 }
 
 pub fn prepare(ws: &Path, tar: &Path) -> Result<PySuite> {
@@ -76,6 +82,7 @@ pub fn prepare(ws: &Path, tar: &Path) -> Result<PySuite> {
         (now_ns() - t0) as f64 / 1e9
     ));
     let home = root.join("usr");
+    let modules = modules()?;
     Ok(PySuite {
         info: json!({
             "description": format!(
@@ -83,12 +90,13 @@ pub fn prepare(ws: &Path, tar: &Path) -> Result<PySuite> {
                  about files, paths, permissions, processes, pidfds, temp files, archives, loopback \
                  sockets and locks: python3.11 -m test -j1 {}; as an unprivileged user, Python and \
                  its library unpacked into the workspace's tmpfs",
-                MODULES.len(),
-                MODULES.join(" ")
+                modules.len(),
+                modules.join(" ")
             ),
-            "modules": MODULES,
+            "modules": modules,
         }),
         home,
+        modules,
     })
 }
 
@@ -115,15 +123,15 @@ pub fn rundir(py: &PySuite, cond: &str) -> Result<PathBuf> {
     Ok(d)
 }
 
-/// Runs the suite once in this (already confined or not) worker; returns its virtual time and
-/// the last lines regrtest printed.
-pub fn run_once(py: &PySuite, cond: &str, dir: &Path) -> Result<Value> {
+/// Runs the suite once (round `round` of condition `cond`) in this (already confined or not)
+/// worker; returns its virtual time and the last lines regrtest printed.
+pub fn run_once(py: &PySuite, cond: &str, round: usize, dir: &Path) -> Result<Value> {
     let out_path = dir.join("regrtest.out");
     let exe = py.home.join("bin/python3.11");
     let argv: Vec<CString> = [exe.to_string_lossy().as_ref(), "-m", "test", "-j1"]
-        .iter()
-        .chain(MODULES)
-        .map(|a| CString::new(*a).unwrap())
+        .into_iter()
+        .chain(py.modules.iter().map(String::as_str))
+        .map(|a| CString::new(a).unwrap())
         .collect();
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
@@ -142,7 +150,7 @@ pub fn run_once(py: &PySuite, cond: &str, dir: &Path) -> Result<Value> {
     let dir_c = cstring(dir);
     let out_c = cstring(&out_path);
 
-    say(&format!("GATE-BENCH-MARK pysuite-{cond}-begin"));
+    say(&format!("GATE-BENCH-MARK pysuite-{cond}-{round}-begin"));
     let t0 = now_ns();
     // SAFETY: the child only makes async-signal-safe calls before execve.
     let pid = unsafe { libc::fork() };
@@ -172,7 +180,7 @@ pub fn run_once(py: &PySuite, cond: &str, dir: &Path) -> Result<Value> {
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     let t = now_ns() - t0;
-    say(&format!("GATE-BENCH-MARK pysuite-{cond}-end"));
+    say(&format!("GATE-BENCH-MARK pysuite-{cond}-{round}-end"));
     let out = fs::read_to_string(&out_path).unwrap_or_default();
     let tail: Vec<&str> = out
         .lines()
@@ -182,7 +190,7 @@ pub fn run_once(py: &PySuite, cond: &str, dir: &Path) -> Result<Value> {
         .collect();
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
     say(&format!(
-        "{cond} pysuite: {:.2} virtual s, {}",
+        "{cond} pysuite (round {round}): {:.2} virtual s, {}",
         t as f64 / 1e9,
         if ok {
             "all modules passed"
@@ -201,8 +209,20 @@ pub fn run_once(py: &PySuite, cond: &str, dir: &Path) -> Result<Value> {
     }
     Ok(json!({
         "condition": cond,
+        "round": round,
         "virtual_ns": t,
         "all_passed": ok,
         "result": tail.iter().rev().cloned().collect::<Vec<_>>(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_modules_are_the_kernel_suites() {
+        let m = super::modules().unwrap();
+        assert_eq!(m.first().map(String::as_str), Some("test_subprocess"));
+        assert!(m.iter().all(|t| t.starts_with("test_")), "{m:?}");
+        assert!(m.len() >= 12, "{m:?}");
+    }
 }
