@@ -347,6 +347,91 @@ pub struct InodeRule {
     pub subtree: [u8; op::FILE_OPS],
     pub exact_rule: [u16; op::FILE_OPS],
     pub subtree_rule: [u16; op::FILE_OPS],
+    /// Names below this directory that rules name but that did not exist when the policy was
+    /// compiled: the node whose children `PENDING` holds (`PendingKey::node`); 0: none.
+    pub pending: u32,
+}
+
+/// Key of the pending-name map: a name below a node (an existing directory's `pending`, or a
+/// pending name's own), in one policy slot, by its length and [`pending::hash`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PendingKey {
+    pub slot: u32,
+    pub node: u32,
+    pub len: u32,
+    pub _pad: u32,
+    pub hash: u64,
+}
+
+/// Value of the pending-name map: the rules of the path ending in that name (`rule.exact`
+/// when the name is the object, `rule.subtree` when it is above it; `rule.pending`: the node
+/// of the names below it), and `guard`: the deny or ask rule by which no existing object nor
+/// symlink may be given this name (rename, hard link, symlink), `rule::DEFAULT` for none. A
+/// symlink put there would lead the path, and the rules on it, elsewhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PendingRule {
+    pub rule: InodeRule,
+    pub guard: u16,
+    pub _pad: u16,
+}
+
+/// Rules on paths that do not exist yet. The deepest existing directory of such a path gets
+/// an `INODES` entry whose `pending` node leads, name by name (`PENDING`), to the rules of the
+/// path: the kernel compares the names of the object's ancestors below that directory as it
+/// decides, so the rules apply to whatever is created there, by whomever, however.
+pub mod pending {
+    /// Components a path may have below its deepest existing directory.
+    pub const MAX_DEPTH: u32 = 8;
+    /// The longest name (`NAME_MAX`).
+    pub const MAX_NAME: usize = 255;
+    /// 64-bit words of a name that are hashed: its first 64 bytes (with its length in the
+    /// key, two names that differ only after them match alike, which can only deny more).
+    pub const WORDS: usize = 8;
+    /// Pending directories a walk remembers (the lowest first); a walk that meets more on
+    /// one path denies (fail closed).
+    pub const HITS: usize = 4;
+    /// `op` bit for an operation that gives an existing object a new name (rename, link,
+    /// symlink): refused where names below are watched (`PendingRule::guard`).
+    pub const NEW_NAME: usize = 0x10;
+
+    pub const SEED: u64 = 0x452821e6_38d01377;
+
+    /// The hash of a name's first bytes as `WORDS` little-endian words, zero-padded (the
+    /// programs hash the whole buffer, with no branch; the name's length is in the map key).
+    #[inline(always)]
+    pub fn hash_words(words: &[u64; WORDS]) -> u64 {
+        let mut h = SEED;
+        let mut i = 0;
+        while i < WORDS {
+            h = mix(h, words[i]);
+            i += 1;
+        }
+        finish(h)
+    }
+
+    /// One word into the hash.
+    #[inline(always)]
+    pub fn mix(h: u64, word: u64) -> u64 {
+        (h ^ word)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(31)
+    }
+
+    #[inline(always)]
+    pub fn finish(h: u64) -> u64 {
+        h ^ (h >> 29)
+    }
+
+    /// The hash of a name (its first `8 * WORDS` bytes).
+    pub fn hash(name: &[u8]) -> u64 {
+        let mut words = [0u64; WORDS];
+        for (i, b) in name.iter().take(8 * WORDS).enumerate() {
+            words[i / 8] |= u64::from(*b) << (8 * (i % 8));
+        }
+        hash_words(&words)
+    }
 }
 
 /// One port range with its decision, inside a `NetRule`.
@@ -391,7 +476,7 @@ impl Default for NetRule {
 /// Version of the kernel ABI: the maps, their key and value layouts, their pin names and what
 /// the programs read from them. Pinned state is adopted only by a gate of the same version.
 /// Bump it with any change to a type or map in this file.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Cgroup levels at which agents' root cgroups may sit at once (`HostConfig::levels`).
 pub const MAX_LEVELS: usize = 4;
@@ -605,7 +690,9 @@ pub struct Event {
 }
 
 const _: () = assert!(core::mem::size_of::<InodeKey>() == 16);
-const _: () = assert!(core::mem::size_of::<InodeRule>() == 24);
+const _: () = assert!(core::mem::size_of::<InodeRule>() == 28);
+const _: () = assert!(core::mem::size_of::<PendingKey>() == 24);
+const _: () = assert!(core::mem::size_of::<PendingRule>() == 32);
 const _: () = assert!(core::mem::size_of::<PortRule>() == 8);
 const _: () = assert!(core::mem::size_of::<NetRule>() == 16 + 8 * MAX_PORT_RULES);
 const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
@@ -620,6 +707,8 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, with explicit padding and no pointers.
     unsafe impl aya::Pod for super::InodeKey {}
     unsafe impl aya::Pod for super::InodeRule {}
+    unsafe impl aya::Pod for super::PendingKey {}
+    unsafe impl aya::Pod for super::PendingRule {}
     unsafe impl aya::Pod for super::NetRule {}
     unsafe impl aya::Pod for super::HostConfig {}
     unsafe impl aya::Pod for super::AgentConfig {}
@@ -633,6 +722,19 @@ mod tests {
     extern crate std;
     use super::{InodeKey, filter};
     use std::vec;
+
+    #[test]
+    fn pending_name_hash_is_the_programs_word_hash() {
+        use super::pending::{WORDS, hash, hash_words};
+        let mut words = [0u64; WORDS];
+        words[0] = u64::from_le_bytes(*b"pre-comm");
+        words[1] = u64::from(b'i') | u64::from(b't') << 8;
+        assert_eq!(hash(b"pre-commit"), hash_words(&words));
+        assert_ne!(hash(b"pre-commit"), hash(b"pre-commiu"));
+        // Only the first 64 bytes count (the length, in the key, tells longer names apart).
+        let (a, b) = ([b'a'; 100], [b'a'; 64]);
+        assert_eq!(hash(&a), hash(&b));
+    }
 
     #[test]
     fn filter_sizes() {

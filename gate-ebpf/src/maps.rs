@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gate_common::{
-    AgentConfig, HostConfig, InodeKey, InodeRule, NetRule, VerdictKey, VerdictValue, counter,
+    AgentConfig, HostConfig, InodeKey, InodeRule, NetRule, PendingKey, PendingRule, VerdictKey,
+    VerdictValue, counter, pending,
 };
 
 /// Entries of hash maps that userspace updates while programs read them are freed only after
@@ -24,6 +25,41 @@ pub static AGENTS: HashMap<u64, AgentConfig> = HashMap::with_max_entries(1, NO_P
 /// File rules keyed by (device, policy slot, inode).
 #[map]
 pub static INODES: HashMap<InodeKey, InodeRule> = HashMap::with_max_entries(1, NO_PREALLOC);
+
+/// Rules on names that did not exist when the policy was compiled (`gate_common::pending`).
+#[map]
+pub static PENDING: HashMap<PendingKey, PendingRule> = HashMap::with_max_entries(1, NO_PREALLOC);
+
+/// One pending directory a walk met: its node and its level.
+#[repr(C)]
+pub struct Hit {
+    pub node: u32,
+    pub level: u32,
+}
+
+/// What a file walk keeps beyond the programs' stack (which is full): the pending
+/// directories it met, and the comparison of the names below them. Per CPU; a program runs to
+/// its end on its CPU before another uses it.
+#[repr(C)]
+pub struct WalkScratch {
+    /// The object's dentry (level 0).
+    pub start: u64,
+    pub hits: u64,
+    pub hit: [Hit; pending::HITS],
+    /// The comparison in progress: its key, the packed verdict, the op (and slot, high 32
+    /// bits), which hit and name (`pending_step`), and the climb to that name's dentry.
+    pub key: PendingKey,
+    pub packed: u64,
+    pub op: u64,
+    pub current: u64,
+    pub dentry: u64,
+    pub climb: u64,
+    /// The name being hashed, zero-padded.
+    pub name: [u64; pending::WORDS],
+}
+
+#[map]
+pub static WALK: PerCpuArray<WalkScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Files whose signal owner (`F_SETOWN`) a confined task set, by the `struct file` address:
 /// the agent's cgroup id and its level, so that the kernel's SIGIO to the owner can be

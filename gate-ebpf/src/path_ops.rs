@@ -3,7 +3,7 @@
 //! Each is a `write` on its object; link and rename check both ends.
 use crate::kernel::Offs;
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use gate_common::{hook, op, rule};
+use gate_common::{hook, op, pending, rule};
 
 use crate::{
     decide::{Agent, Verdict, confined, finish},
@@ -33,6 +33,18 @@ fn at_path(o: &Offs, path: u64) -> Start {
 /// Checks a write to `start` for a confined task; 0 for everyone else.
 #[inline(always)]
 fn check_write(a: &Agent, o: &Offs, hook: u8, start: Start) -> i32 {
+    check_write_as(a, o, hook, start, op::WRITE as usize)
+}
+
+/// Checks a write that puts an existing object (or a symlink) at the name `start`: also
+/// refused where the policy watches names below that one (`gate_common::PendingRule`).
+#[inline(always)]
+fn check_new_name(a: &Agent, o: &Offs, hook: u8, start: Start) -> i32 {
+    check_write_as(a, o, hook, start, op::WRITE as usize | pending::NEW_NAME)
+}
+
+#[inline(always)]
+fn check_write_as(a: &Agent, o: &Offs, hook: u8, start: Start, walk_op: usize) -> i32 {
     // ftruncate, fchmod, fchown of a memfd, pipe or socket: no file a policy names.
     if start.vfsmnt != 0 && internal_mount(o, start.vfsmnt) {
         return 0;
@@ -40,7 +52,7 @@ fn check_write(a: &Agent, o: &Offs, hook: u8, start: Start) -> i32 {
     let v = if o.valid() == 0 || start.dentry == 0 {
         Verdict::internal(rule::INTERNAL, false)
     } else {
-        file_verdict(o, op::WRITE as usize, start, a.cfg.slot)
+        file_verdict(o, walk_op, start, a.cfg.slot)
     };
     let v = v.or_default(&a, op::WRITE as usize);
     finish(&a, o, op::WRITE, hook, v, &Object::File(start))
@@ -103,7 +115,7 @@ pub fn path_symlink(ctx: LsmContext) -> i32 {
     }
     let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(
+    check_new_name(
         &a,
         &o,
         hook::PATH_SYMLINK,
@@ -123,7 +135,7 @@ pub fn path_link(ctx: LsmContext) -> i32 {
     }
     let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(
+    check_new_name(
         &a,
         &o,
         hook::PATH_LINK_DST,
@@ -156,7 +168,7 @@ pub fn path_rename(ctx: LsmContext) -> i32 {
     }
     let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_write(
+    check_new_name(
         &a,
         &o,
         hook::PATH_RENAME_DST,

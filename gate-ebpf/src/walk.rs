@@ -7,12 +7,12 @@
 //! directory, and rules on directories above a mount point still apply below it.
 use aya_ebpf::helpers::generated::bpf_loop;
 use core::ffi::c_void;
-use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, counter, decision, flag, rule};
+use gate_common::{EVENT_NAMES, InodeKey, MAX_PATH_DEPTH, counter, decision, flag, pending, rule};
 
 use crate::{
     decide::Verdict,
     kernel::{Offs, ReadError, load, ptr, read, read_into},
-    maps::{INODES, count, may_have_rule},
+    maps::{INODES, PENDING, WALK, WalkScratch, count, may_have_rule},
 };
 
 /// Where a walk starts: the object's dentry (may be negative, for a name being created) and
@@ -127,7 +127,7 @@ struct WalkState {
 /// `MAX_PATH_DEPTH`, gives the fail-closed verdict.
 #[inline(always)]
 pub fn file_verdict(o: &Offs, op: usize, start: Start, slot: u32) -> Verdict {
-    let packed = walk_rules(o, op & 3, start, slot);
+    let packed = walk_rules(o, op & (3 | pending::NEW_NAME), start, slot);
     let v = Verdict::unpack(packed);
     if v.flags & flag::INTERNAL_ERROR != 0 {
         count(match v.rule {
@@ -187,6 +187,9 @@ fn walk_rules(o: &Offs, op: usize, start: Start, slot: u32) -> u64 {
         return FAILED;
     }
     let dev: u32 = load(sb, o.sb_s_dev());
+    if !forget_hits(start.dentry) {
+        return FAILED;
+    }
     let mut own = Own {
         dentry: start.dentry,
         packed: Verdict::none().pack(),
@@ -219,12 +222,18 @@ fn walk_rules(o: &Offs, op: usize, start: Start, slot: u32) -> u64 {
         NOT_CONNECTED => return DISCONNECTED,
         _ => return FAILED,
     }
+    // Names below the pending directories met on the way (rare: read from the scratch map).
+    let packed = pending_rules(op as u64 | (slot as u64) << 32, own.packed);
+    let v = Verdict::unpack(packed);
+    if packed == FAILED || v.severity() == decision::DENY {
+        return packed;
+    }
     // The root of this file system: on to the mount point, if any.
     walk_above(
         o,
-        op | (slot as usize) << 32,
+        (op & 3) | (slot as usize) << 32,
         start.vfsmnt,
-        Verdict::unpack(own.packed),
+        v,
         own.above as u32,
     )
 }
@@ -296,9 +305,25 @@ extern "C" fn own_level(level: u64, ctx: *mut c_void) -> i64 {
             slot: (w.op >> 32) as u32,
             ino,
         };
-        if apply(&mut v, &key, (w.op & 3) as usize, level as u32) {
-            w.result = v.pack();
-            return 1;
+        if may_have_rule(&key) {
+            // SAFETY: the value is only read, within this program run.
+            if let Some(r) = unsafe { INODES.get(&key) } {
+                let op = (w.op & 3) as usize;
+                if level == 0 {
+                    v.merge(r.exact[op], r.exact_rule[op]);
+                } else {
+                    v.merge(r.subtree[op], r.subtree_rule[op]);
+                }
+                if v.severity() == decision::DENY {
+                    w.result = v.pack();
+                    return 1;
+                }
+                if r.pending != 0 && level != 0 && !remember(r.pending, level) {
+                    // More pending directories on one path than a walk keeps: fail closed.
+                    w.result = FAILED;
+                    return 1;
+                }
+            }
         }
     }
     w.packed = v.pack();
@@ -308,6 +333,243 @@ extern "C" fn own_level(level: u64, ctx: *mut c_void) -> i64 {
     }
     w.dentry = parent;
     0
+}
+
+/// Notes a pending directory at `level` (above the object); false when the walk already
+/// holds as many as it keeps.
+#[inline(always)]
+fn remember(node: u32, level: u64) -> bool {
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run alone.
+    let s = unsafe { &mut *s };
+    let i = s.hits as usize;
+    if i >= pending::HITS {
+        return false;
+    }
+    s.hit[i & (pending::HITS - 1)] = crate::maps::Hit {
+        node,
+        level: level as u32,
+    };
+    s.hits = i as u64 + 1;
+    true
+}
+
+/// Starts a walk's record of pending directories; false when the scratch map is missing.
+#[inline(always)]
+fn forget_hits(start: u64) -> bool {
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run alone.
+    unsafe {
+        (*s).hits = 0;
+        (*s).start = start;
+    }
+    true
+}
+
+/// Merges the rules of the names below the pending directories the walk met (`WALK.hit`)
+/// into the packed verdict `packed`: from each such directory down, name by name, as far as
+/// the names match. `op` carries the slot in its high 32 bits.
+#[inline(always)]
+fn pending_rules(op: u64, packed: u64) -> u64 {
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return FAILED;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run alone.
+    let s = unsafe { &mut *s };
+    if s.hits == 0 {
+        return packed;
+    }
+    s.packed = packed;
+    s.op = op;
+    s.current = 0;
+    // SAFETY: the callback takes no context; it works on this CPU's scratch entry.
+    let r = unsafe {
+        bpf_loop(
+            pending::HITS as u32 * (pending::MAX_DEPTH + 1),
+            pending_step as *const () as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if r < 0 { FAILED } else { s.packed }
+}
+
+/// `WalkScratch::current` once every pending directory is done.
+const ALL_DONE: u64 = u64::MAX;
+
+/// One name of `pending_rules`: `current` is the hit (high bits) and how many names below it
+/// matched so far (low 8 bits; 0: none looked at yet). 0 to go on, 1 when done.
+#[inline(never)]
+extern "C" fn pending_step(_: u64, _: *mut c_void) -> i64 {
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run alone.
+    let s = unsafe { &mut *s };
+    let (i, j) = (s.current >> 8, s.current & 0xff);
+    if i >= s.hits || i >= pending::HITS as u64 {
+        return 1;
+    }
+    let next_hit = |s: &mut WalkScratch| {
+        s.current = (i + 1) << 8;
+        0
+    };
+    let hit = i as usize & (pending::HITS - 1);
+    let level = s.hit[hit].level as u64;
+    if j == 0 {
+        s.key.node = s.hit[hit].node;
+    }
+    let j = j + 1;
+    if j > level || j > pending::MAX_DEPTH as u64 {
+        return next_hit(s);
+    }
+    // The name's dentry: `level - j` levels above the object.
+    s.dentry = s.start;
+    s.climb = level - j;
+    // SAFETY: the callback takes no context; it works on this CPU's scratch entry.
+    let r = unsafe {
+        bpf_loop(
+            MAX_PATH_DEPTH,
+            climb_step as *const () as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: as above.
+    let s = unsafe { &mut *s };
+    if r < 0 || s.climb != 0 || s.dentry == 0 {
+        s.packed = FAILED;
+        return 1;
+    }
+    let dentry = s.dentry;
+    let o = crate::kernel::offsets();
+    let (Ok(hash_len), Ok(name)) = (
+        read::<u64>(dentry, o.dentry_d_name()),
+        ptr(dentry, o.dentry_d_name() + o.qstr_name()),
+    ) else {
+        s.packed = FAILED;
+        return 1;
+    };
+    let len = hash_len >> 32;
+    if len == 0 || len > pending::MAX_NAME as u64 {
+        return next_hit(s);
+    }
+    let Some(h) = name_hash(s, name, len) else {
+        s.packed = FAILED;
+        return 1;
+    };
+    s.key.slot = (s.op >> 32) as u32;
+    s.key.len = len as u32;
+    s.key._pad = 0;
+    s.key.hash = h;
+    // SAFETY: the value is only read, within this program run.
+    let Some(p) = (unsafe { PENDING.get(&s.key) }) else {
+        return next_hit(s);
+    };
+    let op = (s.op & 3) as usize;
+    let mut v = Verdict::unpack(s.packed);
+    if j == level {
+        // The name is the object's own.
+        v.merge(p.rule.exact[op], p.rule.exact_rule[op]);
+        if s.op & pending::NEW_NAME as u64 != 0 && p.guard != rule::DEFAULT {
+            v.merge(decision::DENY, p.guard);
+        }
+    } else {
+        v.merge(p.rule.subtree[op], p.rule.subtree_rule[op]);
+    }
+    s.packed = v.pack();
+    if v.severity() == decision::DENY {
+        s.current = ALL_DONE;
+        return 1;
+    }
+    if p.rule.pending == 0 {
+        return next_hit(s);
+    }
+    s.key.node = p.rule.pending;
+    s.current = i << 8 | j;
+    0
+}
+
+/// One level up from `WalkScratch::dentry` while `climb` levels remain: 0 to go on, 1 when
+/// done (`dentry` 0 when a read failed).
+#[inline(never)]
+extern "C" fn climb_step(_: u64, _: *mut c_void) -> i64 {
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's scratch entry, used by this program run alone.
+    let s = unsafe { &mut *s };
+    if s.climb == 0 {
+        return 1;
+    }
+    match ptr(s.dentry, crate::kernel::offsets().dentry_d_parent()) {
+        Ok(parent) => {
+            s.dentry = parent;
+            s.climb -= 1;
+            0
+        }
+        Err(_) => {
+            s.dentry = 0;
+            1
+        }
+    }
+}
+
+/// `gate_common::pending::hash` of the `len` (1 to `MAX_NAME`) bytes at `name` (kernel
+/// memory): its first bytes read in one go into the zeroed scratch buffer, then hashed word
+/// by word over the whole buffer, with no branch for the verifier to follow. None when the
+/// read fails.
+#[inline(always)]
+fn name_hash(s: &mut WalkScratch, name: u64, len: u64) -> Option<u64> {
+    let mut i = 0usize;
+    while i < pending::WORDS {
+        s.name[i] = 0;
+        i += 1;
+    }
+    let n = if len > 8 * pending::WORDS as u64 {
+        8 * pending::WORDS as u64
+    } else {
+        len
+    };
+    // Through memory and checked again: the verifier must see the bound on the very register
+    // passed (the compiler would fold the check above into one on the unshifted word).
+    s.key.hash = n;
+    // SAFETY: a plain read of this CPU's scratch entry.
+    let n = unsafe { core::ptr::read_volatile(&s.key.hash) };
+    if n > 8 * pending::WORDS as u64 {
+        return None;
+    }
+    let n = n as u32;
+    // SAFETY: the helper writes at most `n` bytes, the size of `s.name`, into it.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            s.name.as_mut_ptr().cast(),
+            n,
+            name as *const c_void,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // In place (`pending::hash_words`, without a copy of the buffer on the stack).
+    let mut h = pending::SEED;
+    let mut i = 0usize;
+    while i < pending::WORDS {
+        // A volatile load per word, at its use: else the compiler loads them all up front and
+        // spills them to the stack, which has no room.
+        // SAFETY: a plain read of this CPU's scratch entry.
+        let w = unsafe { core::ptr::read_volatile(&s.name[i]) };
+        h = pending::mix(h, w);
+        i += 1;
+    }
+    Some(pending::finish(h))
 }
 
 /// From the root of the file system mounted at `vfsmnt` up through the mount points above

@@ -507,6 +507,8 @@ mod tests {
             rules: Vec::new(),
             inodes,
             inode_paths: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_paths: Vec::new(),
             net4,
             net6: Default::default(),
             has_read_rules: false,

@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use gate_common::{
-    AgentConfig, HostConfig, InodeKey, InodeRule, KernelOffsets, MAX_LEVELS, NetRule, VerdictKey,
-    VerdictValue, counter,
+    AgentConfig, HostConfig, InodeKey, InodeRule, KernelOffsets, MAX_LEVELS, NetRule, PendingKey,
+    PendingRule, VerdictKey, VerdictValue, counter,
 };
 
 use crate::{
@@ -95,7 +95,7 @@ impl Capacity {
         let room = |n: usize| ((n as u32).saturating_mul(2)).max(2);
         Capacity {
             agents: 1,
-            inodes: room(policy.inodes.len() + extra),
+            inodes: room(policy.inodes.len() + policy.pending.len() + extra),
             net4: room(policy.net4.len()),
             net6: room(policy.net6.len()),
             verdicts: 1,
@@ -108,6 +108,7 @@ impl Capacity {
 struct SlotRules {
     slot: u32,
     inodes: Vec<InodeKey>,
+    pending: Vec<PendingKey>,
     net4: Vec<Key<[u8; 8]>>,
     net6: Vec<Key<[u8; 20]>>,
 }
@@ -204,14 +205,15 @@ pub fn place_levels(host: &HostConfig, want: &BTreeSet<u32>) -> Result<HostConfi
 
 /// The maps userspace works with, by name and kind. They are what gets pinned under
 /// `<dir>/maps/` and adopted back (the programs' read-only data stays with the programs).
-pub const SHARED_MAPS: [&str; 9] = [
-    "HOST", "AGENTS", "INODES", "VERDICTS", "FILTER", "NET4", "NET6", "EVENTS", "COUNTERS",
+pub const SHARED_MAPS: [&str; 10] = [
+    "HOST", "AGENTS", "INODES", "PENDING", "VERDICTS", "FILTER", "NET4", "NET6", "EVENTS",
+    "COUNTERS",
 ];
 
 fn wrap(name: &str, data: MapData) -> Map {
     match name {
         "HOST" | "FILTER" => Map::Array(data),
-        "AGENTS" | "INODES" | "VERDICTS" => Map::HashMap(data),
+        "AGENTS" | "INODES" | "PENDING" | "VERDICTS" => Map::HashMap(data),
         "NET4" | "NET6" => Map::LpmTrie(data),
         "EVENTS" => Map::RingBuf(data),
         _ => Map::PerCpuArray(data),
@@ -284,6 +286,7 @@ impl Engine {
             .map_max_entries("FILTER", (filter_bits / 64) as u32)
             .map_max_entries("AGENTS", capacity.agents.max(1))
             .map_max_entries("INODES", capacity.inodes.max(1))
+            .map_max_entries("PENDING", capacity.inodes.max(1))
             .map_max_entries("NET4", capacity.net4.max(1))
             .map_max_entries("NET6", capacity.net6.max(1))
             .map_max_entries("VERDICTS", capacity.verdicts.max(1))
@@ -397,6 +400,14 @@ impl Engine {
             map.insert(k, v, 0).map_err(full("INODES", cap.inodes))?;
             w.inodes.push(*k);
         }
+        let mut pending: HashMap<_, PendingKey, PendingRule> = self.map("PENDING")?;
+        for (k, v) in &policy.pending {
+            let k = PendingKey { slot, ..*k };
+            pending
+                .insert(k, v, 0)
+                .map_err(full("PENDING", cap.inodes))?;
+            w.pending.push(k);
+        }
         let mut net4: LpmTrie<_, [u8; 8], NetRule> = self.map("NET4")?;
         for ((prefix, addr), v) in &policy.net4 {
             let key = net4_key(slot, *prefix, *addr);
@@ -418,6 +429,13 @@ impl Engine {
         let mut failed = 0usize;
         if let Ok(mut m) = self.map::<HashMap<_, InodeKey, InodeRule>>("INODES") {
             failed += rules.inodes.iter().filter(|k| m.remove(k).is_err()).count();
+        }
+        if let Ok(mut m) = self.map::<HashMap<_, PendingKey, PendingRule>>("PENDING") {
+            failed += rules
+                .pending
+                .iter()
+                .filter(|k| m.remove(k).is_err())
+                .count();
         }
         if let Ok(mut m) = self.map::<LpmTrie<_, [u8; 8], NetRule>>("NET4") {
             failed += rules.net4.iter().filter(|k| m.remove(k).is_err()).count();
@@ -819,6 +837,11 @@ impl Engine {
         for k in inodes.keys() {
             let k = k.map_err(err("INODES"))?;
             by_slot.entry(k.slot).or_default().inodes.push(k);
+        }
+        let pending: HashMap<_, PendingKey, PendingRule> = self.map("PENDING")?;
+        for k in pending.keys() {
+            let k = k.map_err(err("PENDING"))?;
+            by_slot.entry(k.slot).or_default().pending.push(k);
         }
         let net4: LpmTrie<_, [u8; 8], NetRule> = self.map("NET4")?;
         for k in net4.keys() {

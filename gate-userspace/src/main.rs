@@ -288,14 +288,15 @@ fn policy_check(file: &std::path::Path, workspace: Option<PathBuf>, dump: bool) 
     match policy::load(file, &vars) {
         Ok(p) => {
             for w in &p.warnings {
-                eprintln!("warning: {w}");
+                eprintln!("{w}");
             }
             println!(
-                "{}: ok — policy {:?}, {} rules, {} file entries, {} network prefixes, digest {}",
+                "{}: ok — policy {:?}, {} rules, {} file entries, {} paths watched for, {} network prefixes, digest {}",
                 file.display(),
                 p.name,
                 p.rules.len(),
                 p.inodes.len(),
+                p.pending_paths.len(),
                 p.net4.len() + p.net6.len(),
                 hex::encode(p.digest)
             );

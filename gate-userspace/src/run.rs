@@ -213,12 +213,18 @@ fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
         policy.mode = mode;
     }
     if !policy.warnings.is_empty() && !opts.quiet {
-        eprintln!(
-            "gate: note: {} policy entries have no effect on this host (paths that do not exist); \
-             `gate policy check {}` lists them",
-            policy.warnings.len(),
-            opts.policy.display()
-        );
+        let watched = policy.pending_paths.len();
+        let other = policy.warnings.len().saturating_sub(watched);
+        let check = format!("`gate policy check {}` lists them", opts.policy.display());
+        if watched > 0 {
+            eprintln!(
+                "gate: note: {watched} paths the policy names do not exist yet: their rules \
+                 apply once they are created; {check}"
+            );
+        }
+        if other > 0 {
+            eprintln!("gate: note: the policy has {other} warnings; {check}");
+        }
     }
     let policy = Arc::new(policy);
     let h = cgroup::hierarchy()?;

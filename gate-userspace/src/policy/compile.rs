@@ -3,7 +3,10 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use gate_common::{AgentConfig, InodeKey, InodeRule, decision, op, rule as rule_idx};
+use gate_common::{
+    AgentConfig, InodeKey, InodeRule, PendingKey, PendingRule, decision, op, pending,
+    rule as rule_idx,
+};
 
 use super::error::{Location, PolicyError};
 use super::net::{Net4, Net6, NetEntry, compile_net};
@@ -47,6 +50,11 @@ pub struct CompiledPolicy {
     pub rules: Vec<RuleMeta>,
     /// Inode map contents.
     pub inodes: BTreeMap<InodeKey, InodeRule>,
+    /// Pending-name map contents: rules on paths that did not exist when compiled, below the
+    /// nodes that `inodes` entries of their deepest existing directories point to.
+    pub pending: BTreeMap<PendingKey, PendingRule>,
+    /// Each path a pending rule watches, and the directory it hangs from (for humans).
+    pub pending_paths: Vec<(PathBuf, PathBuf)>,
     /// A path of each inode in `inodes` (for humans: dumps and messages).
     pub inode_paths: BTreeMap<InodeKey, PathBuf>,
     /// IPv4 LPM trie contents, keyed by (prefix length, address).
@@ -194,10 +202,14 @@ pub fn compile(
     c.harden_hardlinks();
     let (net4, net6) = compile_net(&c.net, &policy.file)?;
     let warnings = c.take_warnings();
-    let has_read_rules = c.inodes.values().any(|v| {
-        v.exact[usize::from(op::READ)] != decision::NONE
-            || v.subtree[usize::from(op::READ)] != decision::NONE
-    });
+    let has_read_rules = c
+        .inodes
+        .values()
+        .chain(c.pending.values().map(|p| &p.rule))
+        .any(|v| {
+            v.exact[usize::from(op::READ)] != decision::NONE
+                || v.subtree[usize::from(op::READ)] != decision::NONE
+        });
     Ok(CompiledPolicy {
         name: policy.name.clone(),
         mode: policy.mode,
@@ -214,6 +226,8 @@ pub fn compile(
             .collect(),
         inodes: c.inodes,
         inode_paths: c.paths,
+        pending: c.pending,
+        pending_paths: c.pending_paths,
         net4,
         net6,
         has_read_rules,
@@ -299,6 +313,10 @@ struct Compiler<'a> {
     paths: BTreeMap<InodeKey, PathBuf>,
     net: Vec<NetEntry>,
     jobs: Vec<HardlinkJob>,
+    pending: BTreeMap<PendingKey, PendingRule>,
+    pending_paths: Vec<(PathBuf, PathBuf)>,
+    /// The last pending node handed out.
+    last_node: u32,
     /// Warnings with where they point, sorted by position at the end.
     warnings: Vec<(Location, String)>,
     workspace_checked: bool,
@@ -314,6 +332,9 @@ impl<'a> Compiler<'a> {
             paths: BTreeMap::new(),
             net: Vec::new(),
             jobs: Vec::new(),
+            pending: BTreeMap::new(),
+            pending_paths: Vec::new(),
+            last_node: 0,
             warnings: Vec::new(),
             workspace_checked: false,
         }
@@ -387,17 +408,7 @@ impl<'a> Compiler<'a> {
         let resolved = match self.resolver.resolve(Path::new(&text)) {
             Ok(resolved) => resolved,
             Err(e) if is_missing(&e) => {
-                let (id, raw) = (&rule.id, &spec.raw);
-                let from = if *raw == text {
-                    String::new()
-                } else {
-                    format!(" (from `{raw}`)")
-                };
-                self.warn(
-                    &at,
-                    format!("rule `{id}`: `{text}`{from} does not exist, skipped"),
-                );
-                return Ok(());
+                return self.pending_path(index, rule, byte, spec, &text, &at);
             }
             Err(source) => {
                 return Err(PolicyError::Resolve {
@@ -432,6 +443,132 @@ impl<'a> Compiler<'a> {
                 at,
             });
         }
+        Ok(())
+    }
+
+    /// A rule on a path that does not exist (yet): kept by name below its deepest existing
+    /// directory, for the kernel to compare as it decides (`gate_common::pending`).
+    fn pending_path(
+        &mut self,
+        index: u16,
+        rule: &Rule,
+        byte: u8,
+        spec: &PathSpec,
+        text: &str,
+        at: &Location,
+    ) -> Result<(), PolicyError> {
+        let path = Path::new(text);
+        let mut names: Vec<&std::ffi::OsStr> = Vec::new();
+        let mut dir = path;
+        let base = loop {
+            let Some(name) = dir.file_name() else {
+                return Err(PolicyError::Invalid {
+                    at: at.clone(),
+                    message: format!(
+                        "`{text}` does not exist and cannot be watched for: name it without `.` or `..`"
+                    ),
+                });
+            };
+            names.push(name);
+            dir = dir.parent().unwrap_or(Path::new("/"));
+            match self.resolver.resolve(dir) {
+                Ok(resolved) => break resolved,
+                Err(e) if is_missing(&e) => continue,
+                Err(source) => {
+                    return Err(PolicyError::Resolve {
+                        at: at.clone(),
+                        path: dir.into(),
+                        source,
+                    });
+                }
+            }
+        };
+        let id = &rule.id;
+        if !base.is_dir {
+            let message = format!(
+                "rule `{id}`: `{text}` cannot exist (`{}` is not a directory), skipped",
+                base.canonical.display()
+            );
+            self.warn(at, message);
+            return Ok(());
+        }
+        names.reverse();
+        if names.iter().any(|n| *n == ".." || *n == ".") {
+            return Err(PolicyError::Invalid {
+                at: at.clone(),
+                message: format!(
+                    "`{text}` does not exist and cannot be watched for: name it without `.` or `..`"
+                ),
+            });
+        }
+        if names.len() > pending::MAX_DEPTH as usize {
+            return Err(PolicyError::Invalid {
+                at: at.clone(),
+                message: format!(
+                    "`{text}` has {} components below `{}`, its deepest existing directory; \
+                     gate watches for at most {} (create some of them first)",
+                    names.len(),
+                    base.canonical.display(),
+                    pending::MAX_DEPTH
+                ),
+            });
+        }
+        let watched = names.iter().fold(base.canonical.clone(), |p, n| p.join(n));
+        // The deepest existing directory points to the first node.
+        let entry = self.inodes.entry(base.key).or_insert_with(empty_inode_rule);
+        self.paths
+            .entry(base.key)
+            .or_insert_with(|| base.canonical.clone());
+        if entry.pending == 0 {
+            self.last_node += 1;
+            entry.pending = self.last_node;
+        }
+        let mut node = entry.pending;
+        let i = rule.op.index();
+        let guard = rule.decision != Decision::Allow;
+        for (depth, name) in names.iter().enumerate() {
+            let bytes = name.as_encoded_bytes();
+            let key = PendingKey {
+                slot: 0,
+                node,
+                len: bytes.len() as u32,
+                _pad: 0,
+                hash: pending::hash(bytes),
+            };
+            let p = self.pending.entry(key).or_insert_with(|| PendingRule {
+                rule: empty_inode_rule(),
+                guard: rule_idx::DEFAULT,
+                _pad: 0,
+            });
+            if guard && (p.guard == rule_idx::DEFAULT || index < p.guard) {
+                p.guard = index;
+            }
+            if depth + 1 == names.len() {
+                let r = &mut p.rule;
+                if spec.subtree {
+                    merge(&mut r.subtree[i], &mut r.subtree_rule[i], byte, index);
+                    if rule.decision != Decision::Allow && rule.op == Op::Write {
+                        merge(&mut r.exact[i], &mut r.exact_rule[i], byte, index);
+                    }
+                } else {
+                    merge(&mut r.exact[i], &mut r.exact_rule[i], byte, index);
+                }
+                break;
+            }
+            if p.rule.pending == 0 {
+                self.last_node += 1;
+                p.rule.pending = self.last_node;
+            }
+            node = p.rule.pending;
+        }
+        self.pending_paths
+            .push((watched.clone(), base.canonical.clone()));
+        let message = format!(
+            "rule `{id}`: `{}` does not exist yet; the rule applies to it once created (its name is watched below `{}`)",
+            watched.display(),
+            base.canonical.display()
+        );
+        self.warn(at, message);
         Ok(())
     }
 

@@ -23,7 +23,8 @@ pub(super) fn decision_text(byte: u8) -> String {
 
 impl CompiledPolicy {
     /// Every setting and map entry as text, one item per line, in a stable order:
-    /// header, rules (by index), inodes (by device and inode number), IPv4 then IPv6 prefixes
+    /// header, rules (by index), inodes (by device and inode number), the paths watched for
+    /// (pending-name entries, by the count), IPv4 then IPv6 prefixes
     /// (by length then address), warnings. Device numbers print as `major:minor`.
     pub fn dump(&self) -> String {
         let mut out = String::new();
@@ -36,6 +37,15 @@ impl CompiledPolicy {
         let _ = writeln!(out, "inodes {}", self.inodes.len());
         for (key, value) in &self.inodes {
             self.dump_inode(&mut out, key, value);
+        }
+        let _ = writeln!(out, "pending {}", self.pending.len());
+        for (watched, below) in &self.pending_paths {
+            let _ = writeln!(
+                out,
+                "  {} (watched below {})",
+                watched.display(),
+                below.display()
+            );
         }
         let _ = writeln!(out, "net4 {}", self.net4.len());
         for ((len, addr), value) in &self.net4 {
@@ -86,6 +96,9 @@ impl CompiledPolicy {
             .map_or("?".into(), |p| p.display().to_string());
         let (major, minor) = (key.dev >> 20, key.dev & 0xf_ffff);
         let _ = writeln!(out, "  {major}:{minor}/{} {path}", key.ino);
+        if value.pending != 0 {
+            let _ = writeln!(out, "    names watched below (node {})", value.pending);
+        }
         for (label, decisions, rules) in [
             ("exact", &value.exact, &value.exact_rule),
             ("subtree", &value.subtree, &value.subtree_rule),

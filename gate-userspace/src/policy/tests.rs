@@ -2,7 +2,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use gate_common::{InodeKey, InodeRule, decision, op, rule as rule_idx};
+use gate_common::{InodeKey, InodeRule, PendingKey, PendingRule, decision, op, rule as rule_idx};
 
 use super::*;
 
@@ -399,15 +399,92 @@ fn unresolvable_path_is_an_error_but_a_missing_one_is_not() {
         .to_string();
     assert_eq!(e, "p.toml:7:9: cannot resolve `/secret`: permission denied");
     let c = compile_ok(body);
-    assert!(c.inodes.is_empty());
     assert_eq!(
         c.warnings,
-        ["p.toml:7:9: warning: rule `a`: `/secret` does not exist, skipped"]
+        [
+            "p.toml:7:9: warning: rule `a`: `/secret` does not exist yet; the rule applies to it once created (its name is watched below `/`)"
+        ]
     );
     let through_file = compile_ok(
         "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/usr/bin/curl/x\"]\ndecision = \"deny\"\n",
     );
     assert_eq!(through_file.warnings.len(), 1);
+}
+
+/// The pending entry of `names` below the existing directory `base`, following the nodes.
+fn pending_rule(c: &CompiledPolicy, r: &MemResolver, base: &str, names: &[&str]) -> PendingRule {
+    let mut node = inode(c, r, base).pending;
+    assert_ne!(node, 0, "{base} has no pending node");
+    let mut found = None;
+    for name in names {
+        assert_ne!(node, 0, "no node below {name}");
+        let key = PendingKey {
+            slot: 0,
+            node,
+            len: name.len() as u32,
+            _pad: 0,
+            hash: gate_common::pending::hash(name.as_bytes()),
+        };
+        let p = *c
+            .pending
+            .get(&key)
+            .unwrap_or_else(|| panic!("no pending entry for {name}"));
+        node = p.rule.pending;
+        found = Some(p);
+    }
+    found.expect("at least one name")
+}
+
+#[test]
+fn rules_on_missing_paths_are_watched_by_name_below_their_deepest_existing_directory() {
+    let body = "[[rule]]\nid = \"hooks\"\nop = \"write\"\npath = [\"${workspace}/.git/hooks/pre-commit\", \"${home}/.config/autostart/**\"]\ndecision = \"deny\"\n\n[[rule]]\nid = \"build\"\nop = \"exec\"\npath = [\"${home}/.config/tools/**\"]\ndecision = \"allow\"\n";
+    let c = compile_ok(body);
+    let r = fs();
+    let (hooks, build) = (rule_index(&c, "hooks"), rule_index(&c, "build"));
+    let w = usize::from(op::WRITE);
+    let x = usize::from(op::EXEC);
+    // An exact name below an existing directory: its exact rule, guarded.
+    let p = pending_rule(&c, &r, "/work/ws/.git/hooks", &["pre-commit"]);
+    assert_eq!(p.rule.exact[w], decision::DENY);
+    assert_eq!(p.rule.exact_rule[w], hooks);
+    assert_eq!(p.rule.subtree[w], decision::NONE);
+    assert_eq!(p.guard, hooks);
+    assert_eq!(p.rule.pending, 0);
+    // Two missing levels: the first is a node on the way, guarded, with no rule of its own;
+    // the last protects its own name and everything below.
+    let mid = pending_rule(&c, &r, "/home/u", &[".config"]);
+    assert_eq!(mid.rule.exact, [decision::NONE; 4]);
+    assert_eq!(mid.guard, hooks);
+    let p = pending_rule(&c, &r, "/home/u", &[".config", "autostart"]);
+    assert_eq!(
+        (p.rule.exact[w], p.rule.subtree[w]),
+        (decision::DENY, decision::DENY)
+    );
+    // An allow rule shares the nodes on the way and guards nothing.
+    let p = pending_rule(&c, &r, "/home/u", &[".config", "tools"]);
+    assert_eq!(
+        (p.rule.subtree[x], p.rule.subtree_rule[x]),
+        (decision::ALLOW, build)
+    );
+    assert_eq!(p.guard, rule_idx::DEFAULT);
+    assert_eq!(c.pending.len(), 4);
+    assert_eq!(c.pending_paths.len(), 3);
+}
+
+#[test]
+fn missing_paths_too_deep_or_with_dots_are_errors() {
+    let deep = "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/tmp/1/2/3/4/5/6/7/8/9\"]\ndecision = \"deny\"\n";
+    assert_eq!(
+        compile_err(deep),
+        "p.toml:7:9: `/tmp/1/2/3/4/5/6/7/8/9` has 9 components below `/tmp`, its deepest existing directory; gate watches for at most 8 (create some of them first)"
+    );
+    let dots =
+        "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/tmp/x/../y\"]\ndecision = \"deny\"\n";
+    assert!(
+        compile_err(dots).contains("without `.` or `..`"),
+        "{}",
+        compile_err(dots)
+    );
 }
 
 #[test]
@@ -788,8 +865,8 @@ fn has_read_rules_follows_compiled_read_entries() {
         "[[rule]]\nid = \"a\"\nop = \"read\"\npath = [\"/gone\"]\ndecision = \"deny\"\n",
     );
     assert!(
-        !missing.has_read_rules,
-        "a read rule whose paths are all missing needs no walk"
+        missing.has_read_rules,
+        "a read rule on a missing path is watched for: reads need the walk"
     );
 }
 
