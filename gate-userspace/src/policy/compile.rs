@@ -288,6 +288,29 @@ fn empty_inode_rule() -> InodeRule {
     }
 }
 
+/// Merges a rule into an entry's exact or subtree slot for `op`.
+fn merge_rule(r: &mut InodeRule, subtree: bool, op: Op, byte: u8, index: u16) {
+    let i = op.index();
+    if subtree {
+        merge(&mut r.subtree[i], &mut r.subtree_rule[i], byte, index);
+    } else {
+        merge(&mut r.exact[i], &mut r.exact_rule[i], byte, index);
+    }
+}
+
+/// A write deny (or ask) on `dir/**` protects the directory's own name too: moved away (its
+/// contents keep their rules) and replaced by a new directory of the same name, it would
+/// leave that name unprotected.
+fn protects_own_name(rule: &Rule, spec: &PathSpec) -> bool {
+    spec.subtree && rule.decision != Decision::Allow && rule.op == Op::Write
+}
+
+/// The next pending node after `last` (which it becomes).
+fn next_node(last: &mut u32) -> u32 {
+    *last += 1;
+    *last
+}
+
 fn is_missing(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -426,10 +449,7 @@ impl<'a> Compiler<'a> {
             });
         }
         self.set(&resolved, spec.subtree, rule.op, byte, index);
-        // A write deny (or ask) on `dir/**` protects the directory's own name too: moved away
-        // (its contents keep their rules) and replaced by a new directory of the same name,
-        // it would leave that name unprotected.
-        if spec.subtree && rule.decision != Decision::Allow && rule.op == Op::Write {
+        if protects_own_name(rule, spec) {
             self.set(&resolved, false, rule.op, byte, index);
         }
         if spec.subtree && rule.decision != Decision::Allow {
@@ -461,6 +481,7 @@ impl<'a> Compiler<'a> {
         let mut names: Vec<&std::ffi::OsStr> = Vec::new();
         let mut dir = path;
         let base = loop {
+            // The last normal component (`Path` drops `.`; a `..` ends the path's names).
             let Some(name) = dir.file_name() else {
                 return Err(PolicyError::Invalid {
                     at: at.clone(),
@@ -493,14 +514,6 @@ impl<'a> Compiler<'a> {
             return Ok(());
         }
         names.reverse();
-        if names.iter().any(|n| *n == ".." || *n == ".") {
-            return Err(PolicyError::Invalid {
-                at: at.clone(),
-                message: format!(
-                    "`{text}` does not exist and cannot be watched for: name it without `.` or `..`"
-                ),
-            });
-        }
         if names.len() > pending::MAX_DEPTH as usize {
             return Err(PolicyError::Invalid {
                 at: at.clone(),
@@ -520,11 +533,9 @@ impl<'a> Compiler<'a> {
             .entry(base.key)
             .or_insert_with(|| base.canonical.clone());
         if entry.pending == 0 {
-            self.last_node += 1;
-            entry.pending = self.last_node;
+            entry.pending = next_node(&mut self.last_node);
         }
         let mut node = entry.pending;
-        let i = rule.op.index();
         let guard = rule.decision != Decision::Allow;
         for (depth, name) in names.iter().enumerate() {
             let bytes = name.as_encoded_bytes();
@@ -544,20 +555,14 @@ impl<'a> Compiler<'a> {
                 p.guard = index;
             }
             if depth + 1 == names.len() {
-                let r = &mut p.rule;
-                if spec.subtree {
-                    merge(&mut r.subtree[i], &mut r.subtree_rule[i], byte, index);
-                    if rule.decision != Decision::Allow && rule.op == Op::Write {
-                        merge(&mut r.exact[i], &mut r.exact_rule[i], byte, index);
-                    }
-                } else {
-                    merge(&mut r.exact[i], &mut r.exact_rule[i], byte, index);
+                merge_rule(&mut p.rule, spec.subtree, rule.op, byte, index);
+                if protects_own_name(rule, spec) {
+                    merge_rule(&mut p.rule, false, rule.op, byte, index);
                 }
                 break;
             }
             if p.rule.pending == 0 {
-                self.last_node += 1;
-                p.rule.pending = self.last_node;
+                p.rule.pending = next_node(&mut self.last_node);
             }
             node = p.rule.pending;
         }
@@ -621,17 +626,7 @@ impl<'a> Compiler<'a> {
         self.paths
             .entry(resolved.key)
             .or_insert_with(|| resolved.canonical.clone());
-        let i = op.index();
-        if subtree {
-            merge(
-                &mut entry.subtree[i],
-                &mut entry.subtree_rule[i],
-                byte,
-                index,
-            );
-        } else {
-            merge(&mut entry.exact[i], &mut entry.exact_rule[i], byte, index);
-        }
+        merge_rule(entry, subtree, op, byte, index);
     }
 
     /// Gives every multiply-linked file below a deny/ask subtree an exact entry, so that its
