@@ -387,7 +387,8 @@ pub mod pending {
     /// The longest name (`NAME_MAX`).
     pub const MAX_NAME: usize = 255;
     /// 64-bit words of a name that are hashed: its first 64 bytes (with its length in the
-    /// key, two names that differ only after them match alike, which can only deny more).
+    /// key, two names that differ only after them match alike: a deny rule on a longer name
+    /// denies more; the compiler refuses such names in allow rules).
     pub const WORDS: usize = 8;
     /// Pending directories a walk remembers (the lowest first); a walk that meets more on
     /// one path denies (fail closed).

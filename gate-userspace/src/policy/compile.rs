@@ -514,6 +514,21 @@ impl<'a> Compiler<'a> {
             return Ok(());
         }
         names.reverse();
+        // Names are told apart by their length and a hash of their first bytes: a longer name
+        // in an allow rule would allow every name of its length that starts the same.
+        let hashed = 8 * pending::WORDS;
+        if rule.decision == Decision::Allow
+            && let Some(long) = names.iter().find(|n| n.len() > hashed)
+        {
+            return Err(PolicyError::Invalid {
+                at: at.clone(),
+                message: format!(
+                    "`{text}` does not exist and its name `{}` is longer than {hashed} bytes: \
+                     an allow rule can watch only names up to {hashed} bytes (create the path first)",
+                    long.display()
+                ),
+            });
+        }
         if names.len() > pending::MAX_DEPTH as usize {
             return Err(PolicyError::Invalid {
                 at: at.clone(),

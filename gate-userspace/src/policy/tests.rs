@@ -472,12 +472,23 @@ fn rules_on_missing_paths_are_watched_by_name_below_their_deepest_existing_direc
 }
 
 #[test]
-fn missing_paths_too_deep_or_with_dots_are_errors() {
+fn missing_paths_too_deep_with_dots_or_long_allowed_names_are_errors() {
     let deep = "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/tmp/1/2/3/4/5/6/7/8/9\"]\ndecision = \"deny\"\n";
     assert_eq!(
         compile_err(deep),
         "p.toml:7:9: `/tmp/1/2/3/4/5/6/7/8/9` has 9 components below `/tmp`, its deepest existing directory; gate watches for at most 8 (create some of them first)"
     );
+    let long = "x".repeat(65);
+    let allow = format!(
+        "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/tmp/{long}\"]\ndecision = \"allow\"\n"
+    );
+    assert!(
+        compile_err(&allow).contains("longer than 64 bytes"),
+        "{}",
+        compile_err(&allow)
+    );
+    let deny = allow.replace("\"allow\"", "\"deny\"");
+    assert_eq!(compile_ok(&deny).pending.len(), 1);
     let dots =
         "[[rule]]\nid = \"a\"\nop = \"write\"\npath = [\"/tmp/x/../y\"]\ndecision = \"deny\"\n";
     assert!(
