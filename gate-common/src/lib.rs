@@ -211,6 +211,11 @@ pub mod flag {
     pub const INTERNAL_ERROR: u8 = 0x04;
     /// Decided in lockdown (stale heartbeat); enforced even in audit mode.
     pub const LOCKDOWN: u8 = 0x08;
+    /// An `ask` decision turned into an allow by a verdict the daemon wrote (an approval).
+    pub const APPROVED: u8 = 0x10;
+    /// An `ask` decision turned into a deny by a verdict the daemon wrote (a rejection, whose
+    /// request is not raised again until it expires).
+    pub const REJECTED: u8 = 0x20;
 }
 
 /// Per-CPU counter slots (`COUNTERS` map).
@@ -477,7 +482,7 @@ impl Default for NetRule {
 /// Version of the kernel ABI: the maps, their key and value layouts, their pin names and what
 /// the programs read from them. Pinned state is adopted only by a gate of the same version.
 /// Bump it with any change to a type or map in this file.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Cgroup levels at which agents' root cgroups may sit at once (`HostConfig::levels`).
 pub const MAX_LEVELS: usize = 4;
@@ -537,8 +542,10 @@ pub struct AgentConfig {
 }
 
 /// Key of the `VERDICTS` map: a decision the daemon wrote for one agent (an approval, a
-/// rejection, a used-up quota), for one object or for a whole rule. Laid out now so that
-/// approvals and quotas come without an ABI change; the programs do not read it yet.
+/// rejection, a used-up quota), for one object or for a whole rule. The programs look it up
+/// when a rule's decision is `ask`: first for the object (`verdict_kind::OBJECT`), then for
+/// the rule (`verdict_kind::RULE`, every object field zero); a verdict applies while
+/// `bpf_ktime_get_boot_ns` is below its `expires_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VerdictKey {
@@ -547,8 +554,10 @@ pub struct VerdictKey {
     pub op: u8,
     /// `verdict_kind::*`.
     pub kind: u8,
-    /// File objects: device (kernel encoding) and inode number in `obj[..8]`. Network
-    /// objects: `family`, `port` and the address in `obj`.
+    /// File objects: device (kernel encoding) and inode number (native byte order) in
+    /// `obj[..8]`. Network objects: `family`, `port` (host byte order) and the address in
+    /// `obj` (v4-mapped IPv6 addresses as AF_INET, the address in `obj[..4]`), as in events.
+    /// Other objects have no object verdicts: only rule verdicts apply to them.
     pub dev: u32,
     pub port: u16,
     pub family: u16,

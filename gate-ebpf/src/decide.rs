@@ -7,11 +7,13 @@ use aya_ebpf::{
         bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, generated::bpf_ktime_get_boot_ns,
     },
 };
-use gate_common::{AgentConfig, MAX_LEVELS, MODE_AUDIT, counter, decision, flag, rule};
+use gate_common::{
+    AgentConfig, MAX_LEVELS, MODE_AUDIT, counter, decision, flag, rule, verdict_kind,
+};
 
 use crate::{
     event::{self, Object},
-    maps::{AGENTS, HOST, count},
+    maps::{AGENTS, HOST, VERDICTS, WALK, count},
 };
 
 /// `-EPERM` and the lowest errno, as read-only data: the compiler cannot fold them into
@@ -257,6 +259,18 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
     let Ok(mut req) = (unsafe { bpf_probe_read_kernel(&req as *const Request) }) else {
         return eperm();
     };
+    if req.decision & decision::MASK == decision::ASK {
+        // A person's answer the daemon wrote into VERDICTS, while it lasts: an approval lets
+        // the action through (and records it), a rejection keeps it denied without a new
+        // request.
+        let answer = answered(o, &req) & decision::MASK;
+        if answer == decision::ALLOW {
+            req.decision = decision::ALLOW | decision::AUDIT;
+            req.flags |= flag::APPROVED;
+        } else if answer == decision::DENY {
+            req.flags |= flag::REJECTED;
+        }
+    }
     let sev = req.decision & decision::MASK;
     let denied = sev == decision::DENY || sev == decision::ASK;
     // Lockdown and gate's own state are enforced whatever the policy's mode.
@@ -276,6 +290,64 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
         eperm()
     } else {
         0
+    }
+}
+
+/// The decision of an unexpired verdict the daemon wrote for this agent and the request's
+/// rule: for its object (a file by device and inode, an address and port) first, then for the
+/// whole rule; `decision::NONE` when there is none. The key is built in the per-CPU scratch
+/// (the programs' stack is full) and the expiry is checked here, against the boot-time clock,
+/// so an approval ends on time whether or not the daemon runs.
+#[inline(always)]
+fn answered(o: &Offs, req: &Request) -> u8 {
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return decision::NONE;
+    };
+    // SAFETY: the per-CPU scratch is this program run's alone until it ends; the walk that
+    // also uses it is over.
+    let k = unsafe { &mut (*s).verdict };
+    k.agent_id = req.agent_id;
+    k.rule = req.rule;
+    k.op = req.op;
+    k.kind = verdict_kind::RULE;
+    k.dev = 0;
+    k.port = 0;
+    k.family = 0;
+    k.obj = [0; 16];
+    let mut object = false;
+    if req.is_file == event::kind::FILE || req.is_file == event::kind::FILE_STRING {
+        if let Ok(Some(id)) = crate::walk::identity(o, req.dentry) {
+            k.dev = id.dev;
+            // SAFETY: `obj` is 16 bytes; the write is unaligned-safe.
+            unsafe { core::ptr::write_unaligned(k.obj.as_mut_ptr().cast::<u64>(), id.ino) };
+            object = true;
+        }
+    } else if req.family != 0 {
+        k.family = req.family;
+        k.port = req.port;
+        k.obj = req.addr;
+        object = true;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if object {
+        k.kind = verdict_kind::OBJECT;
+        // SAFETY: entries are replaced, not written into, and freed after a grace period.
+        if let Some(v) = unsafe { VERDICTS.get(&*k) } {
+            if now < v.expires_ns {
+                return v.decision;
+            }
+        }
+        k.kind = verdict_kind::RULE;
+        k.dev = 0;
+        k.port = 0;
+        k.family = 0;
+        k.obj = [0; 16];
+    }
+    // SAFETY: as above.
+    match unsafe { VERDICTS.get(&*k) } {
+        Some(v) if now < v.expires_ns => v.decision,
+        _ => decision::NONE,
     }
 }
 

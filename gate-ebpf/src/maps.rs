@@ -56,6 +56,8 @@ pub struct WalkScratch {
     pub climb: u64,
     /// The name being hashed, zero-padded.
     pub name: [u64; pending::WORDS],
+    /// The key of a `VERDICTS` lookup (`decide::answered`), after the walk.
+    pub verdict: VerdictKey,
 }
 
 #[map]
@@ -69,7 +71,8 @@ pub static WALK: PerCpuArray<WalkScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static FOWNERS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(8192, 0);
 
-/// Verdicts the daemon writes for one agent (approvals, rejections, quotas); not read yet.
+/// Verdicts the daemon writes for one agent (approvals, rejections), read for `ask`
+/// decisions (`decide::answered`), each with its expiry.
 #[map]
 pub static VERDICTS: HashMap<VerdictKey, VerdictValue> = HashMap::with_max_entries(1, NO_PREALLOC);
 

@@ -46,6 +46,24 @@ pub enum Request {
     },
     /// Prometheus text exposition of the daemon's metrics.
     Metrics {},
+    /// The pending requests for approval (raised by `ask` rules).
+    Approvals {},
+    /// Approves a pending request: the kernel lets the agent's retries through for `ttl_s`
+    /// seconds, for that object or (`scope_rule`) everything the request's rule matches.
+    Approve {
+        id: String,
+        ttl_s: u64,
+        #[serde(default)]
+        scope_rule: bool,
+    },
+    /// Rejects a pending request: the agent's retries stay denied for `ttl_s` seconds without
+    /// raising a new request.
+    Reject {
+        id: String,
+        ttl_s: u64,
+        #[serde(default)]
+        scope_rule: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +113,46 @@ pub enum Response {
     Metrics {
         text: String,
     },
+    Approvals {
+        requests: Vec<ApprovalRequest>,
+    },
+    /// The answer is in the kernel until `expires` (unix seconds); `closed` lists the requests
+    /// it answered (more than one for a rule-wide answer).
+    Answered {
+        id: String,
+        allow: bool,
+        expires: u64,
+        closed: Vec<String>,
+    },
+    /// Sent on a run's connection (to `gate run`, which prints it on the agent's terminal).
+    Notice {
+        message: String,
+    },
+}
+
+/// A request for approval, raised by an `ask` rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequest {
+    pub id: String,
+    pub agent: String,
+    /// The agent's run (`boot id/cgroup id`).
+    pub run: String,
+    pub policy_digest: String,
+    pub op: String,
+    pub rule: String,
+    /// A path, `addr:port`, or what was attempted.
+    pub object: String,
+    /// False when only the whole rule can be approved (no single file or address).
+    pub has_object: bool,
+    pub pid: u32,
+    pub comm: String,
+    /// The process's command line, then its parents' (nearest first).
+    pub process: Vec<String>,
+    /// Unix seconds of the first and latest attempt, and how many there were.
+    pub first: u64,
+    pub last: u64,
+    pub attempts: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

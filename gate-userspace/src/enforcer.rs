@@ -43,6 +43,8 @@ pub trait Enforcer: Send {
     fn remove_agent(&mut self, cgroup_id: u64) -> Result<(), EngineError>;
     /// Writes a verdict for one agent (approvals, rejections, quotas).
     fn write_verdict(&mut self, key: VerdictKey, value: VerdictValue) -> Result<(), EngineError>;
+    /// Removes a verdict (absent is not an error).
+    fn remove_verdict(&mut self, key: VerdictKey) -> Result<(), EngineError>;
     /// Writes the heartbeat; `lockdown_after`: when a missed heartbeat means lockdown.
     fn heartbeat(&mut self, lockdown_after: Option<Duration>) -> Result<(), EngineError>;
     /// The kernel's counters, summed over CPUs.
@@ -84,6 +86,9 @@ impl Enforcer for Engine {
     }
     fn write_verdict(&mut self, key: VerdictKey, value: VerdictValue) -> Result<(), EngineError> {
         Engine::write_verdict(self, key, value)
+    }
+    fn remove_verdict(&mut self, key: VerdictKey) -> Result<(), EngineError> {
+        Engine::remove_verdict(self, key)
     }
     fn heartbeat(&mut self, lockdown_after: Option<Duration>) -> Result<(), EngineError> {
         Engine::heartbeat(self, lockdown_after)
@@ -139,6 +144,8 @@ pub struct MemDecision {
     pub rule: u16,
     pub agent_id: u32,
     pub slot: u32,
+    /// `flag::APPROVED` / `flag::REJECTED` when a verdict answered an `ask`.
+    pub flags: u8,
 }
 
 impl MemEnforcer {
@@ -317,6 +324,47 @@ impl MemEnforcer {
             r = rule::LOCKDOWN;
             lockdown = true;
         }
+        let mut flags = 0;
+        if d & decision::MASK == decision::ASK {
+            // As `decide::answered`: the object's verdict first, then the rule's.
+            let mut key = VerdictKey {
+                agent_id: cfg.agent_id,
+                rule: r,
+                op,
+                kind: gate_common::verdict_kind::OBJECT,
+                ..Default::default()
+            };
+            match obj {
+                MemObject::File(chain) => {
+                    if let Some((dev, ino)) = chain.first() {
+                        key.dev = *dev;
+                        key.obj[..8].copy_from_slice(&ino.to_ne_bytes());
+                    }
+                }
+                MemObject::V4(a, port) => {
+                    key.family = libc::AF_INET as u16;
+                    key.port = *port;
+                    key.obj[..4].copy_from_slice(a);
+                }
+                MemObject::V6(a, port) => {
+                    key.family = libc::AF_INET6 as u16;
+                    key.port = *port;
+                    key.obj = *a;
+                }
+            }
+            let rule_key = crate::daemon::asks::rule_key(&key);
+            let now = self.now_ns;
+            let answer = [key, rule_key]
+                .iter()
+                .find_map(|k| self.verdicts.get(k).filter(|v| now < v.expires_ns))
+                .map(|v| v.decision & decision::MASK);
+            if answer == Some(decision::ALLOW) {
+                d = decision::ALLOW | decision::AUDIT;
+                flags = gate_common::flag::APPROVED;
+            } else if answer == Some(decision::DENY) {
+                flags = gate_common::flag::REJECTED;
+            }
+        }
         self.counters[counter::DECISIONS as usize] += 1;
         let sev = d & decision::MASK;
         let denied = sev == decision::DENY || sev == decision::ASK;
@@ -331,6 +379,7 @@ impl MemEnforcer {
             rule: r,
             agent_id: cfg.agent_id,
             slot: cfg.slot,
+            flags,
         })
     }
 }
@@ -420,6 +469,11 @@ impl Enforcer for MemEnforcer {
             return Err(full("VERDICTS", self.cap().verdicts));
         }
         self.verdicts.insert(k, value);
+        Ok(())
+    }
+
+    fn remove_verdict(&mut self, key: VerdictKey) -> Result<(), EngineError> {
+        self.verdicts.remove(&key);
         Ok(())
     }
 

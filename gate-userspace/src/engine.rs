@@ -659,6 +659,19 @@ impl Engine {
             })
     }
 
+    /// Removes a verdict from `VERDICTS` (absent is not an error).
+    pub fn remove_verdict(&mut self, key: VerdictKey) -> Result<(), EngineError> {
+        let mut map: HashMap<_, VerdictKey, VerdictValue> = self.map("VERDICTS")?;
+        match map.remove(&key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(EngineError::Map {
+                map: "VERDICTS",
+                source,
+            }),
+        }
+    }
+
     /// The counters, summed over CPUs (unless taken with [`Engine::take_counters`]).
     pub fn read_counters(&self) -> Result<[u64; counter::COUNT as usize], EngineError> {
         let map = self

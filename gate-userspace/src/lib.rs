@@ -9,7 +9,9 @@
 //! - [`run`]: `gate run`, confining one command tree in a fresh cgroup.
 //! - [`events`], [`report`]: decoding kernel events; the decision log and the summary.
 //! - [`doctor`]: can this host enforce?
+//! - [`approval`]: approvals of `ask` rules: durations, signed tokens, the replay store.
 
+pub mod approval;
 pub mod audit;
 pub mod btf;
 pub mod cgroup;

@@ -108,6 +108,23 @@ enum Cmd {
         socket: PathBuf,
     },
     /// Work with policy files.
+    /// Requests for approval raised by `ask` rules, pending an answer.
+    Approvals {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new requests as they come.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Approve a pending request: the kernel lets the agent's retries through until the
+    /// approval ends (also if the daemon stops).
+    Approve(AnswerArgs),
+    /// Reject a pending request: the agent's retries stay denied, without a new request,
+    /// until the rejection ends.
+    Reject(AnswerArgs),
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
@@ -119,6 +136,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+}
+
+/// What `gate approve` and `gate reject` take.
+#[derive(clap::Args)]
+struct AnswerArgs {
+    /// The request's id (`gate approvals`).
+    id: String,
+    /// How long the answer lasts: 90s, 10m, 2h, 1d (at most 7d).
+    #[arg(long, default_value = "10m")]
+    ttl: String,
+    /// `object`: that file or address only; `rule`: everything the request's rule matches.
+    #[arg(long, default_value = "object")]
+    scope: String,
+    #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -218,6 +250,13 @@ fn main() -> ExitCode {
         Cmd::Stop { agent, socket } => gate::daemon::client::stop(&socket, agent),
         Cmd::Metrics { socket } => gate::daemon::client::metrics(&socket),
         Cmd::Unload { socket } => gate::daemon::server::unload(&socket),
+        Cmd::Approvals {
+            json,
+            follow,
+            socket,
+        } => gate::daemon::client::approvals(&socket, json, follow),
+        Cmd::Approve(a) => gate::daemon::client::answer(&a.socket, a.id, true, &a.ttl, &a.scope),
+        Cmd::Reject(a) => gate::daemon::client::answer(&a.socket, a.id, false, &a.ttl, &a.scope),
         Cmd::Policy {
             cmd:
                 PolicyCmd::Check {

@@ -226,6 +226,18 @@ fn run_inner(opts: &RunOptions) -> Result<i32, RunError> {
             eprintln!("gate: note: the policy has {other} warnings; {check}");
         }
     }
+    let asks = policy
+        .rules
+        .iter()
+        .filter(|r| r.decision == policy::Decision::Ask)
+        .count();
+    if asks > 0 && !opts.quiet {
+        eprintln!(
+            "gate: note: without the gate daemon, the policy's {asks} `ask` rules only deny \
+             (nobody can approve); start `gate daemon` (or the gate service) to answer them \
+             with `gate approve`"
+        );
+    }
     let policy = Arc::new(policy);
     let h = cgroup::hierarchy()?;
     state::ensure_bpffs()?;

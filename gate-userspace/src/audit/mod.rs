@@ -25,6 +25,16 @@
 //! let a would-be denial through), `rule` (rule id, `default` or `internal`), `policy_digest`
 //! and `correlation` (optional, links an `ask` to its `approval` and the retried action).
 //!
+//! An `approval` is a step of an `ask`'s life: `correlation` (the request's id), `agent`,
+//! `decision` (`ask` for a request, `allow` for an approval, `deny` otherwise), `by` (the
+//! approver's user name and uid, `kernel` for a request, `expiry`), `reason`, `step`
+//! (`request|approve|reject|expire|refuse`), `run` (the agent's run, `boot/cgroup id`), `op`,
+//! `object`, `rule`, `policy_digest`, `scope` (`object|rule`), `expires` (unix seconds; the
+//! kernel ends the answer then), `process` (the asking process's command line and its
+//! parents'), `signatures` (the approval tokens that carried it); all but the first four
+//! optional. The decisions an approval lets through are `allow` records with its
+//! `correlation`.
+//!
 //! # Canonical encoding and chain
 //!
 //! The canonical encoding of a record is **its line exactly as written, without the final

@@ -270,18 +270,70 @@ impl Decision {
     }
 }
 
-/// A person's (or a timeout's) answer to an `ask`.
+/// A step of an `ask`'s life: the request the kernel's denial raised, a person's approval
+/// or rejection, the end of its time, or a refused approval token. `correlation` is the
+/// request's id; the decisions it was raised by and those its approval let through carry the
+/// same `correlation`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     /// The `correlation` of the `ask` decision this answers.
     pub correlation: String,
     pub agent: String,
-    /// `allow` or `deny`.
+    /// `allow` (approved), `deny` (rejected, expired, refused) or `ask` (a new request).
     pub decision: Verdict,
-    /// Who answered: a user name, `uid:N`, or `timeout`.
+    /// Who answered: a user name, `uid:N`, the signing keys, `kernel` (a request), `expiry`.
     pub by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `request`, `approve`, `reject`, `expire` or `refuse` (absent in older streams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The agent's run (`boot id/cgroup id`): an approval is bound to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// What was asked for: a path, `addr:port`, or what the rule names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_digest: Option<String>,
+    /// `object` (that object only) or `rule` (everything the rule matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Unix time (s) at which the approval or rejection ends, enforced by the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    /// The process that asked: its command line, then its parents' (nearest first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub process: Vec<String>,
+    /// The signed statements that approved it (each a token as submitted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<String>,
+}
+
+impl Approval {
+    pub fn new(correlation: &str, agent: &str, decision: Verdict, by: &str, step: &str) -> Self {
+        Approval {
+            correlation: correlation.to_owned(),
+            agent: agent.to_owned(),
+            decision,
+            by: by.to_owned(),
+            reason: None,
+            step: Some(step.to_owned()),
+            run: None,
+            op: None,
+            object: None,
+            rule: None,
+            policy_digest: None,
+            scope: None,
+            expires: None,
+            process: Vec::new(),
+            signatures: Vec::new(),
+        }
+    }
 }
 
 /// Enforcement mode of a loaded policy.

@@ -280,6 +280,13 @@ impl SigningKey {
         self.public.id
     }
 
+    /// Signs any message (approval statements; checkpoints use [`Self::sign_checkpoint`]).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let mut sig = [0; 64];
+        sig.copy_from_slice(self.pair.sign(message).as_ref());
+        sig
+    }
+
     /// Signs a checkpoint (see [`checkpoint_message`]).
     pub fn sign_checkpoint(
         &self,

@@ -343,7 +343,16 @@ pub fn format_record(rec: &Record, color: bool) -> String {
         RecordBody::Approval(a) => (
             "approval",
             YELLOW,
-            format!("{} {} by {}", a.decision.as_str(), a.correlation, a.by),
+            match (&a.step, &a.object) {
+                (Some(step), Some(obj)) => format!(
+                    "{step} {} {} {obj} by {}{}",
+                    a.correlation,
+                    a.op.as_deref().unwrap_or(""),
+                    a.by,
+                    a.expires.map(|e| format!(" until {e}")).unwrap_or_default()
+                ),
+                _ => format!("{} {} by {}", a.decision.as_str(), a.correlation, a.by),
+            },
         ),
         RecordBody::Start(l) | RecordBody::Stop(l) => {
             let label = if matches!(rec.body, RecordBody::Start(_)) {

@@ -90,6 +90,14 @@ fn run_inner(socket: &Path, opts: &RunOptions, name: Option<String>) -> Result<i
             );
         }
     }
+    // The daemon sends a notice for each new approval request of this agent: print it
+    // where the agent (and its user) can read it.
+    if let Ok(conn) = c.stream().try_clone() {
+        let _ = conn.set_read_timeout(None);
+        let _ = std::thread::Builder::new()
+            .name("notices".into())
+            .spawn(move || print_notices(conn));
+    }
     let (prog, args) = opts.command.split_first().ok_or("no command given")?;
     let mut command = Command::new(prog);
     command.args(args);
@@ -125,10 +133,22 @@ fn run_inner(socket: &Path, opts: &RunOptions, name: Option<String>) -> Result<i
     let status = child
         .wait()
         .map_err(|e| format!("waiting for the command: {e}"))?;
+    // Closes the connection for the notice thread's copy too: the daemon takes the close
+    // as the end of the run.
+    let _ = c.stream().shutdown(std::net::Shutdown::Both);
     drop(c);
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+fn print_notices(conn: std::os::unix::net::UnixStream) {
+    let mut r = std::io::BufReader::new(conn);
+    while let Ok(Some(line)) = gate_protocol::read_line(&mut r) {
+        if let Ok(Response::Notice { message }) = serde_json::from_str(&line) {
+            eprintln!("gate: {message}");
+        }
+    }
 }
 
 static CHILD: AtomicI32 = AtomicI32::new(0);
@@ -249,6 +269,140 @@ pub fn metrics(socket: &Path) -> i32 {
     match r {
         Ok(Response::Metrics { text }) => {
             print!("{text}");
+            0
+        }
+        Ok(other) => fail(&unexpected(&other).to_string()),
+        Err(e) => fail(&e),
+    }
+}
+
+fn ago(t: u64) -> String {
+    let d = crate::approval::unix_now().saturating_sub(t);
+    match d {
+        0..=119 => format!("{d}s ago"),
+        120..=7199 => format!("{}m ago", d / 60),
+        _ => format!("{}h ago", d / 3600),
+    }
+}
+
+fn print_request(a: &gate_protocol::ApprovalRequest) {
+    println!(
+        "{}  {}  {} {}  (rule {}, {} attempt{}, first {}, last {})",
+        a.id,
+        a.agent,
+        a.op,
+        a.object,
+        a.rule,
+        a.attempts,
+        if a.attempts == 1 { "" } else { "s" },
+        ago(a.first),
+        ago(a.last)
+    );
+    for p in &a.process {
+        println!("        {p}");
+    }
+    if !a.has_object {
+        println!("        (no single object: approve with --scope rule)");
+    }
+}
+
+/// `gate approvals [--json] [-f]`: the pending requests; with `-f`, new ones as they come.
+pub fn approvals(socket: &Path, json: bool, follow: bool) -> i32 {
+    let mut c = match connect(socket) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let mut shown = std::collections::HashSet::new();
+    loop {
+        let reqs = match c.call(&Request::Approvals {}) {
+            Ok(Response::Approvals { requests }) => requests,
+            Ok(other) => return fail(&unexpected(&other).to_string()),
+            Err(e) => return fail(&e.to_string()),
+        };
+        if !follow {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reqs).unwrap_or_default()
+                );
+            } else if reqs.is_empty() {
+                println!("no pending requests");
+            } else {
+                for a in &reqs {
+                    print_request(a);
+                }
+                println!(
+                    "approve: gate approve ID [--ttl 10m] [--scope object|rule]; reject: gate reject ID"
+                );
+            }
+            return 0;
+        }
+        for a in reqs {
+            if shown.insert(a.id.clone()) {
+                if json {
+                    println!("{}", serde_json::to_string(&a).unwrap_or_default());
+                } else {
+                    print_request(&a);
+                }
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// `gate approve ID` / `gate reject ID`.
+pub fn answer(socket: &Path, id: String, allow: bool, ttl: &str, scope: &str) -> i32 {
+    let ttl = match crate::approval::parse_ttl(ttl) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("--ttl: {e}")),
+    };
+    let scope_rule = match scope {
+        "object" => false,
+        "rule" => true,
+        other => {
+            return fail(&format!(
+                "--scope {other:?}: use object (that file or address only) or rule (everything                  the request's rule matches)"
+            ));
+        }
+    };
+    let ttl_s = ttl.as_secs();
+    let req = if allow {
+        Request::Approve {
+            id,
+            ttl_s,
+            scope_rule,
+        }
+    } else {
+        Request::Reject {
+            id,
+            ttl_s,
+            scope_rule,
+        }
+    };
+    let r = connect(socket).and_then(|mut c| c.call(&req).map_err(|e| e.to_string()));
+    match r {
+        Ok(Response::Answered {
+            id,
+            allow,
+            expires,
+            closed,
+        }) => {
+            let left = expires.saturating_sub(crate::approval::unix_now());
+            println!(
+                "gate: {} {id} for {left} s (the kernel ends it on time, daemon or not){}",
+                if allow { "approved" } else { "rejected" },
+                if closed.len() > 1 {
+                    format!(
+                        "; it answers {} requests: {}",
+                        closed.len(),
+                        closed.join(" ")
+                    )
+                } else {
+                    String::new()
+                }
+            );
             0
         }
         Ok(other) => fail(&unexpected(&other).to_string()),

@@ -131,6 +131,8 @@ pub enum AuditMsg {
         agent: String,
         reason: String,
     },
+    /// A step of an `ask`'s life (request, answer, expiry).
+    Approval(Box<crate::audit::Approval>),
 }
 
 /// Agents by id, for the event thread (which decodes with each agent's policy).
@@ -155,6 +157,30 @@ pub struct Core {
     pub heartbeat_error: Option<String>,
     /// Where the agents are saved after every change (None in tests).
     pub state_file: Option<PathBuf>,
+    /// Requests raised by `ask` rules and the answers in the kernel (shared with the event
+    /// thread, which raises the requests).
+    pub asks: Arc<std::sync::Mutex<super::asks::Asks>>,
+    /// Where the answers are saved after every change (None in tests).
+    pub answers_file: Option<PathBuf>,
+    /// Runs' connections by agent id, to tell `gate run` (and so the agent's terminal) about
+    /// new requests.
+    pub notices: Notices,
+}
+
+/// Runs' connections by agent id.
+pub type Notices = Arc<std::sync::Mutex<BTreeMap<u32, std::os::unix::net::UnixStream>>>;
+
+/// `CLOCK_BOOTTIME` in nanoseconds: the kernel's `bpf_ktime_get_boot_ns`.
+pub fn boot_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: plain clock_gettime(2) into a local.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut t) } != 0 {
+        return 0;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 impl Core {
@@ -178,6 +204,142 @@ impl Core {
             last_heartbeat: std::time::Instant::now(),
             heartbeat_error: None,
             state_file: None,
+            asks: Arc::default(),
+            answers_file: None,
+            notices: Arc::default(),
+        }
+    }
+
+    /// Answers a pending request: writes the verdict into the kernel (with its expiry), then
+    /// records it. Nothing changes when the kernel write fails.
+    pub fn answer(
+        &mut self,
+        id: &str,
+        allow: bool,
+        scope_rule: bool,
+        ttl_s: u64,
+        by: &str,
+    ) -> Result<gate_protocol::Response, String> {
+        let (now_boot, now) = (boot_ns(), crate::approval::unix_now());
+        let asks = self.asks.clone();
+        let mut asks = asks.lock().unwrap_or_else(|e| e.into_inner());
+        let (key, value, answer) = asks.answer(id, allow, scope_rule, ttl_s, by, now_boot, now)?;
+        let req = asks
+            .get(id)
+            .map(|a| a.info.clone())
+            .unwrap_or_else(|| unreachable!("answer() found the request under the same lock"));
+        self.enforcer.write_verdict(key, value).map_err(|e| {
+            format!("writing the answer into the kernel failed: {e}; nothing changed")
+        })?;
+        let mut rec = crate::audit::Approval::new(
+            id,
+            &answer.agent,
+            if allow {
+                crate::audit::Verdict::Allow
+            } else {
+                crate::audit::Verdict::Deny
+            },
+            by,
+            if allow { "approve" } else { "reject" },
+        );
+        rec.run = Some(req.run.clone());
+        rec.op = Some(answer.op.clone());
+        rec.object = Some(req.object.clone());
+        rec.rule = Some(answer.rule.clone());
+        rec.policy_digest = Some(req.policy_digest.clone());
+        rec.scope = Some(answer.scope.clone());
+        rec.expires = Some(answer.expires);
+        self.audit(AuditMsg::Approval(Box::new(rec)));
+        let expires = answer.expires;
+        let closed = asks.settle(answer);
+        self.persist_answers(&asks);
+        Ok(gate_protocol::Response::Answered {
+            id: id.to_owned(),
+            allow,
+            expires,
+            closed,
+        })
+    }
+
+    /// Removes the kernel entries of answers that ended and records their end.
+    pub fn expire_answers(&mut self) {
+        let asks = self.asks.clone();
+        let mut asks = asks.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = asks.expire(boot_ns());
+        if gone.is_empty() {
+            return;
+        }
+        for a in &gone {
+            self.end_answer(
+                a,
+                "expiry",
+                "its time ended; the kernel stopped applying it on time",
+            );
+        }
+        self.persist_answers(&asks);
+    }
+
+    fn end_answer(&mut self, a: &super::asks::Answer, by: &str, reason: &str) {
+        if let Err(e) = self.enforcer.remove_verdict(a.key.0) {
+            tracing::warn!(id = a.id, error = %e, "removing an ended answer from the kernel failed (it no longer applies: the kernel checks its expiry)");
+        }
+        let mut rec =
+            crate::audit::Approval::new(&a.id, &a.agent, crate::audit::Verdict::Deny, by, "expire");
+        rec.reason = Some(format!(
+            "the {} of {} {} ({}) ended: {reason}",
+            if a.allow { "approval" } else { "rejection" },
+            a.op,
+            a.object,
+            a.scope
+        ));
+        rec.op = Some(a.op.clone());
+        rec.object = Some(a.object.clone());
+        rec.rule = Some(a.rule.clone());
+        rec.scope = Some(a.scope.clone());
+        rec.expires = Some(a.expires);
+        self.audit(AuditMsg::Approval(Box::new(rec)));
+    }
+
+    fn persist_answers(&self, asks: &super::asks::Asks) {
+        let Some(path) = &self.answers_file else {
+            return;
+        };
+        let tmp = path.with_extension("tmp");
+        let r = serde_json::to_vec_pretty(asks.answers())
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = r {
+            tracing::error!(file = %path.display(), error = %e, "saving the answers failed; a restarted daemon would not record their expiry");
+        }
+    }
+
+    /// Takes back the answers a previous daemon wrote (their entries are in the pinned map).
+    pub fn restore_answers(&mut self) {
+        let Some(path) = &self.answers_file else {
+            return;
+        };
+        let Ok(text) = std::fs::read(path) else {
+            return;
+        };
+        match serde_json::from_slice::<Vec<super::asks::Answer>>(&text) {
+            Ok(v) => {
+                let known: Vec<super::asks::Answer> = v
+                    .into_iter()
+                    .filter(|a| {
+                        self.directory
+                            .read()
+                            .is_ok_and(|d| d.contains_key(&a.agent_id))
+                    })
+                    .collect();
+                self.asks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .restore(known);
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "the saved answers cannot be read; their kernel entries still end on time")
+            }
         }
     }
 
@@ -467,6 +629,17 @@ impl Core {
             .remove_agent(meta.cgroup_id)
             .map_err(|e| format!("removing agent {name:?} failed: {e}"))?;
         self.agents.remove(name);
+        {
+            let asks = self.asks.clone();
+            let mut asks = asks.lock().unwrap_or_else(|e| e.into_inner());
+            for a in asks.forget_agent(meta.agent_id) {
+                self.end_answer(&a, "stop", "its agent ended");
+            }
+            self.persist_answers(&asks);
+        }
+        if let Ok(mut n) = self.notices.lock() {
+            n.remove(&meta.agent_id);
+        }
         // Events the agent queued before it was removed may still be in the ring buffer:
         // the event thread keeps finding its name and policy for a while.
         self.retired
@@ -731,6 +904,12 @@ path = ["/home/u/**"]
         ) -> Result<(), crate::engine::EngineError> {
             self.0.lock().unwrap().write_verdict(k, v)
         }
+        fn remove_verdict(
+            &mut self,
+            k: gate_common::VerdictKey,
+        ) -> Result<(), crate::engine::EngineError> {
+            self.0.lock().unwrap().remove_verdict(k)
+        }
         fn heartbeat(&mut self, d: Option<Duration>) -> Result<(), crate::engine::EngineError> {
             self.0.lock().unwrap().heartbeat(d)
         }
@@ -788,6 +967,78 @@ path = ["/home/u/**"]
             .map_or(0, |d| d.ret)
     }
 
+    /// An approval written for one object lets exactly that object through until the
+    /// kernel's clock passes its expiry; a rejection keeps it denied and marked; other
+    /// objects of the rule stay asked.
+    #[test]
+    fn answers_go_into_the_kernel_with_their_expiry() {
+        let (mut core, mem, res, rx) = setup(64);
+        let ask = DENY_SSH.replace("decision = \"deny\"", "decision = \"ask\"");
+        core.add(new_agent("a", 50), compiled(&ask, &res), &[])
+            .unwrap();
+        let dev = crate::policy::MemResolver::DEV;
+        let decide = |mem: &std::sync::Mutex<MemEnforcer>, chain: &[u64]| {
+            mem.lock()
+                .unwrap()
+                .decide(
+                    &[1, 2, 50],
+                    op::WRITE,
+                    &MemObject::File(chain.iter().map(|i| (dev, *i)).collect()),
+                )
+                .unwrap()
+        };
+        let d = decide(&mem, SSH_KEY);
+        assert_eq!(
+            (d.ret, d.decision),
+            (-libc::EPERM, gate_common::decision::ASK)
+        );
+        // The event the kernel sends, as the event thread sees it.
+        // SAFETY: Event is plain old data; all-zero is a valid value.
+        let mut e: gate_common::Event = unsafe { std::mem::zeroed() };
+        e.agent_id = d.agent_id;
+        e.rule = d.rule;
+        e.op = op::WRITE;
+        e.decision = d.decision;
+        e.dev = dev;
+        e.ino = SSH_KEY[0];
+        let key = super::super::asks::object_key(&e, true).unwrap();
+        let seen = core.asks.lock().unwrap().observe(&e, key, 0, 0, |id| {
+            let mut a = super::super::asks::tests::ask(id);
+            a.agent_id = d.agent_id;
+            a
+        });
+        let super::super::asks::Seen::New(a) = seen else {
+            panic!("a new request")
+        };
+        let now = boot_ns();
+        mem.lock().unwrap().now_ns = now;
+        assert!(core.answer("nope", true, false, 60, "root").is_err());
+        core.answer(&a.info.id, true, false, 60, "root (uid 0)")
+            .unwrap();
+        let d = decide(&mem, SSH_KEY);
+        assert_eq!(d.ret, 0);
+        assert_eq!(d.flags, gate_common::flag::APPROVED);
+        // Another object under the same rule is still asked.
+        assert_eq!(decide(&mem, &[7, 5, 4, 3, 2]).ret, -libc::EPERM);
+        // The kernel's clock passes the expiry: denied again, daemon or not.
+        mem.lock().unwrap().now_ns = now + 61_000_000_000;
+        assert_eq!(decide(&mem, SSH_KEY).ret, -libc::EPERM);
+        assert!(core.asks.lock().unwrap().pending().is_empty());
+        let steps: Vec<String> = rx
+            .try_iter()
+            .filter_map(|m| match m {
+                AuditMsg::Approval(a) => Some(format!(
+                    "{} {} {}",
+                    a.step.unwrap_or_default(),
+                    a.by,
+                    a.scope.unwrap_or_default()
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, ["approve root (uid 0) object"]);
+    }
+
     #[test]
     fn a_hundred_agents_with_alternating_policies_each_decided_by_their_own() {
         let (mut core, mem, res, _rx) = setup(4096);
@@ -834,6 +1085,7 @@ path = ["/home/u/**"]
                 AuditMsg::PolicyLoad { .. } => "load",
                 AuditMsg::Start { .. } => "start",
                 AuditMsg::Stop { .. } => "stop",
+                AuditMsg::Approval(_) => "approval",
             })
             .collect();
         assert_eq!(kinds, ["load", "start", "stop"]);

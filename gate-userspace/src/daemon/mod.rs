@@ -1,5 +1,6 @@
 //! `gate daemon`: one engine for every agent on the host, a control socket, and the host's
 //! audit stream.
+pub mod asks;
 pub mod client;
 pub mod config;
 pub mod core;

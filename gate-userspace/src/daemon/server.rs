@@ -171,11 +171,17 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
     let mut core = Core::new(Box::new(engine), cfg.lockdown_after, Some(audit_tx));
     core.ring = Some(fill.clone());
     core.state_file = Some(PathBuf::from(STATE_FILE));
+    core.answers_file = Some(PathBuf::from(ANSWERS_FILE));
     core.heartbeat();
     if adopted {
         adopt_agents(&mut core, saved);
+        core.restore_answers();
     }
     let directory = core.directory();
+    let asks = AskSink {
+        asks: core.asks.clone(),
+        notices: core.notices.clone(),
+    };
     let shared_counters = core.counters.clone();
     let stop_events = Arc::new(AtomicBool::new(false));
     let event_thread = {
@@ -189,6 +195,7 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
                     audit,
                     audit_rx,
                     directory,
+                    asks,
                     shared_counters,
                     fill,
                     &stop,
@@ -242,6 +249,7 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
             reap(&mut core);
             recheck_config_agents(&mut core, &h, &cfg.agents, &mut failing);
             core.expire_retired(Duration::from_secs(30));
+            core.expire_answers();
             last_reap = Instant::now();
             if cfg.watch_policies {
                 for r in watched.changed(&mut core) {
@@ -351,6 +359,9 @@ fn serve_metrics(l: std::net::TcpListener, owner: Owner) {
 
 /// Where the daemon saves its agents for a restart.
 pub const STATE_FILE: &str = "/run/gate/daemon/agents.json";
+
+/// The answers to `ask` requests in the kernel, for a restarted daemon to record their end.
+pub const ANSWERS_FILE: &str = "/run/gate/daemon/answers.json";
 
 /// The host engine's pins: `/sys/fs/bpf/gate/host-v<ABI>/{maps,links}`. The ABI version is in
 /// the name, so a daemon of another version never opens maps laid out differently.
@@ -866,10 +877,26 @@ fn serve(
                 let (resp, session) = handle_run(owner, cfg, h, &peer, req);
                 if let (Response::Started { agent, .. }, Some(session)) = (&resp, session) {
                     write_line(&mut w, &resp)?;
-                    return hold_run(r, owner, agent, peer.pid, session);
+                    return hold_run(r, w, owner, agent, peer.pid, session);
                 }
                 resp
             }
+            Request::Approvals {} => Response::Approvals {
+                requests: owner.call(|c| {
+                    let asks = c.asks.lock().unwrap_or_else(|e| e.into_inner());
+                    asks.pending().into_iter().map(|a| a.info).collect()
+                }),
+            },
+            Request::Approve {
+                id,
+                ttl_s,
+                scope_rule,
+            } => handle_answer(owner, &peer, id, true, ttl_s, scope_rule),
+            Request::Reject {
+                id,
+                ttl_s,
+                scope_rule,
+            } => handle_answer(owner, &peer, id, false, ttl_s, scope_rule),
             Request::Reload { agent } if peer.uid == 0 => {
                 let names = agent.map(|a| vec![a]);
                 Response::Reloaded {
@@ -894,16 +921,24 @@ fn serve(
 /// the agent's tree is ended and the agent removed.
 fn hold_run(
     mut r: BufReader<UnixStream>,
+    w: UnixStream,
     owner: &Owner,
     agent: &str,
     caller: i32,
     session: Session,
 ) -> io::Result<()> {
     // The agent this connection started, by id: its name may be taken by another agent
-    // once this one is reaped.
+    // once this one is reaped. Its connection carries notices of new approval requests.
     let started = owner.call({
         let agent = agent.to_string();
-        move |c| c.agent(&agent).map(|a| a.agent_id)
+        move |c| {
+            let id = c.agent(&agent).map(|a| a.agent_id);
+            if let (Some(id), Ok(mut n)) = (id, c.notices.lock()) {
+                let _ = w.set_write_timeout(Some(Duration::from_millis(200)));
+                n.insert(id, w);
+            }
+            id
+        }
     });
     let mut ignored = 0u64;
     while let Ok(Some(_)) = read_line(&mut r) {
@@ -945,6 +980,34 @@ fn hold_run(
         tracing::error!(error = %e, "could not end a run's agent");
     }
     Ok(())
+}
+
+/// `gate approve` / `gate reject`: by root or a member of the daemon's group (the
+/// connection was let in only then), named in the record by user name and uid.
+fn handle_answer(
+    owner: &Owner,
+    peer: &Peer,
+    id: String,
+    allow: bool,
+    ttl_s: u64,
+    scope_rule: bool,
+) -> Response {
+    if ttl_s == 0 || ttl_s > crate::approval::MAX_TTL.as_secs() {
+        return Response::Error {
+            message: format!(
+                "a time of {ttl_s} s is out of range: between 1 s and {} days",
+                crate::approval::MAX_TTL.as_secs() / 86400
+            ),
+        };
+    }
+    let by = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) {
+        Ok(Some(u)) => format!("{} (uid {})", u.name, peer.uid),
+        _ => format!("uid:{}", peer.uid),
+    };
+    match owner.call(move |c| c.answer(&id, allow, scope_rule, ttl_s, &by)) {
+        Ok(r) => r,
+        Err(message) => Response::Error { message },
+    }
 }
 
 /// `gate stop AGENT`: the agent is found by name once; from then on it is that agent (its
@@ -1334,6 +1397,7 @@ fn event_loop(
     audit: Option<(AuditLog, AuditTarget)>,
     rx: mpsc::Receiver<AuditMsg>,
     directory: Directory,
+    asks: AskSink,
     shared: Arc<RwLock<[u64; gate_common::counter::COUNT as usize]>>,
     fill: Arc<super::ringfill::RingFill>,
     stop: &AtomicBool,
@@ -1376,7 +1440,13 @@ fn event_loop(
             let policy = meta.policy();
             let d = events::decode(&e, &policy);
             meta.count(e.op, d.denied());
-            records.push(decision_record(&d, &meta.name, &policy.digest_hex()));
+            let digest = policy.digest_hex();
+            let correlation = asks.observe(&e, &d, &meta, &digest, &mut records);
+            let mut rec = decision_record(&d, &meta.name, &digest);
+            if let RecordBody::Decision(r) = &mut rec {
+                r.correlation = correlation;
+            }
+            records.push(rec);
         }
         let now = counters.read().unwrap_or_default();
         if let Ok(mut s) = shared.write() {
@@ -1406,6 +1476,114 @@ fn event_loop(
     }
 }
 
+/// The event thread's side of `ask` requests.
+struct AskSink {
+    asks: Arc<std::sync::Mutex<super::asks::Asks>>,
+    notices: super::core::Notices,
+}
+
+impl AskSink {
+    /// Raises, joins or links a request for an `ask` decision (enforced ones only: in audit
+    /// mode the action went through). Returns the request's id for the decision's record,
+    /// after pushing the request's own record when it is new.
+    fn observe(
+        &self,
+        e: &gate_common::Event,
+        d: &events::Decision,
+        meta: &super::core::AgentMeta,
+        digest: &str,
+        records: &mut Vec<RecordBody>,
+    ) -> Option<String> {
+        use super::asks::{Ask, Seen, object_key, rule_key};
+        let answered = e.flags & (gate_common::flag::APPROVED | gate_common::flag::REJECTED) != 0;
+        if !answered && (e.decision & decision::MASK != decision::ASK || !d.enforced) {
+            return None;
+        }
+        let object = object_key(e, d.path.is_some());
+        let key = object.unwrap_or_else(|| {
+            rule_key(&gate_common::VerdictKey {
+                agent_id: e.agent_id,
+                rule: e.rule,
+                op: e.op,
+                ..Default::default()
+            })
+        });
+        let what = d.object();
+        let seen = self.asks.lock().unwrap_or_else(|p| p.into_inner()).observe(
+            e,
+            key,
+            super::core::boot_ns(),
+            crate::approval::unix_now(),
+            |id| Ask {
+                info: gate_protocol::ApprovalRequest {
+                    id,
+                    agent: meta.name.clone(),
+                    run: super::asks::run_id(meta.cgroup_id),
+                    policy_digest: digest.to_owned(),
+                    op: d.op.to_owned(),
+                    rule: d.rule.clone(),
+                    object: what.clone(),
+                    has_object: object.is_some(),
+                    pid: e.tgid,
+                    comm: d.comm.clone(),
+                    process: super::asks::process_chain(e.tgid),
+                    first: 0,
+                    last: 0,
+                    attempts: 0,
+                },
+                agent_id: meta.agent_id,
+                key,
+            },
+        );
+        match seen {
+            Seen::New(ask) => {
+                let a = &ask.info;
+                let mut rec = crate::audit::Approval::new(
+                    &a.id,
+                    &a.agent,
+                    crate::audit::Verdict::Ask,
+                    "kernel",
+                    "request",
+                );
+                rec.run = Some(a.run.clone());
+                rec.op = Some(a.op.clone());
+                rec.object = Some(a.object.clone());
+                rec.rule = Some(a.rule.clone());
+                rec.policy_digest = Some(a.policy_digest.clone());
+                rec.process = a.process.clone();
+                records.push(RecordBody::Approval(rec));
+                self.notify(&ask);
+                Some(ask.info.id)
+            }
+            Seen::Repeat(id) => Some(id),
+            Seen::Answered(id) => id,
+        }
+    }
+
+    /// One line on the agent's terminal (through `gate run`'s connection), never blocking
+    /// the event thread for long.
+    fn notify(&self, ask: &super::asks::Ask) {
+        let a = &ask.info;
+        let message = format!(
+            "approval needed [{id}]: {op} {object} (rule {rule}, pid {pid} {comm}) was denied;              to allow it, run outside the agent: gate approve {id}  (or: gate reject {id})",
+            id = a.id,
+            op = a.op,
+            object = a.object,
+            rule = a.rule,
+            pid = a.pid,
+            comm = a.comm,
+        );
+        let Ok(mut n) = self.notices.lock() else {
+            return;
+        };
+        if let Some(w) = n.get_mut(&ask.agent_id)
+            && write_line(w, &Response::Notice { message }).is_err()
+        {
+            n.remove(&ask.agent_id);
+        }
+    }
+}
+
 fn lifecycle_record(m: AuditMsg) -> RecordBody {
     match m {
         AuditMsg::PolicyLoad {
@@ -1430,6 +1608,7 @@ fn lifecycle_record(m: AuditMsg) -> RecordBody {
             l.reason = Some(reason);
             RecordBody::Stop(l)
         }
+        AuditMsg::Approval(a) => RecordBody::Approval(*a),
     }
 }
 

@@ -37,6 +37,10 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
             "daemon/kill-9-of-the-daemon-never-lets-a-write-through",
             kill_daemon,
         ),
+        (
+            "daemon/ask-reject-approve-and-expiry-enforced-by-the-kernel-after-kill-9",
+            ask_round_trip,
+        ),
     ]
 }
 
@@ -271,19 +275,20 @@ fn targets() -> Result<(PathBuf, PathBuf), Failure> {
 }
 
 fn status_json(ctx: &Ctx) -> Result<serde_json::Value, Failure> {
+    gate_json(ctx, "status")
+}
+
+/// `gate SUBCOMMAND --json` as root, parsed.
+fn gate_json(ctx: &Ctx, sub: &str) -> Result<serde_json::Value, Failure> {
     let cmd = as_uid(
         0,
-        &[
-            ctx.gate.display().to_string(),
-            "status".into(),
-            "--json".into(),
-        ],
+        &[ctx.gate.display().to_string(), sub.into(), "--json".into()],
     );
     let o = cmd.run();
     if o.code() != Some(0) {
-        return Err(Failure::new("gate status failed").command(&cmd, &o));
+        return Err(Failure::new(format!("gate {sub} failed")).command(&cmd, &o));
     }
-    serde_json::from_str(&o.stdout).or_fail("gate status --json output")
+    serde_json::from_str(&o.stdout).or_fail(&format!("gate {sub} --json output"))
 }
 
 fn as_user(ctx: &Ctx, _: &mut Notes) -> TestResult {
@@ -783,6 +788,21 @@ fn watch_and_metrics(ctx: &Ctx, _: &mut Notes) -> TestResult {
     Ok(())
 }
 
+/// Lets a scripted agent take step `n` (it waits for `MARKS/goN`) and returns the line it
+/// reports for it (`RN ...`).
+fn step_agent(m: &Path, bg: &mut crate::run::Background, n: u32) -> Result<String, Failure> {
+    std::fs::write(m.join(format!("go{n}")), "").or_fail("go")?;
+    if !bg.wait_for_stdout(&format!("R{n} "), Duration::from_secs(120)) {
+        return Err(Failure::new(format!("step {n} never ran")).detail(bg.stderr()));
+    }
+    Ok(bg
+        .stdout()
+        .lines()
+        .find(|l| l.starts_with(&format!("R{n} ")))
+        .unwrap_or_default()
+        .to_string())
+}
+
 fn lockdown(ctx: &Ctx, _: &mut Notes) -> TestResult {
     let d = Daemon::start(ctx, "heartbeat = \"300ms\"\nlockdown_after = \"2s\"\n")?;
     let (fa, _) = targets()?;
@@ -801,18 +821,7 @@ fn lockdown(ctx: &Ctx, _: &mut Notes) -> TestResult {
     );
     let cmd = gate_run(ctx, DEV_UID, "daemon-a", Some("locked"), &script);
     let mut bg = cmd.spawn()?;
-    let mut step = |n: u32| -> Result<String, Failure> {
-        std::fs::write(m.join(format!("go{n}")), "").or_fail("go")?;
-        if !bg.wait_for_stdout(&format!("R{n} "), Duration::from_secs(120)) {
-            return Err(Failure::new(format!("step {n} never ran")).detail(bg.stderr()));
-        }
-        Ok(bg
-            .stdout()
-            .lines()
-            .find(|l| l.starts_with(&format!("R{n} ")))
-            .unwrap_or_default()
-            .to_string())
-    };
+    let mut step = |n: u32| step_agent(&m, &mut bg, n);
     let r1 = step(1)?;
     // SAFETY: plain kill(2) of the daemon this test started.
     unsafe { libc::kill(d.pid(), libc::SIGSTOP) };
@@ -831,6 +840,192 @@ fn lockdown(ctx: &Ctx, _: &mut Notes) -> TestResult {
         ))
         .detail(d.log()));
     }
+    Ok(())
+}
+
+/// `gate approvals --json` as root.
+fn approvals_json(ctx: &Ctx) -> Result<Vec<serde_json::Value>, Failure> {
+    Ok(gate_json(ctx, "approvals")?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// The request ids `gate run` printed on the agent's terminal, in order.
+fn notice_ids(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("approval needed [").nth(1))
+        .filter_map(|r| r.split(']').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An `ask` rule end to end: the kernel denies at once and the daemon raises a request that
+/// `gate run` shows on the agent's terminal; the agent itself cannot approve it; a rejection
+/// keeps retries denied without a new request until it ends; an approval lets the retry
+/// through, also after the daemon was killed with SIGKILL, and the kernel ends it on time.
+fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    // No lockdown during the test: what ends the approval must be its own expiry.
+    let mut d = Daemon::start(ctx, "lockdown_after = \"600s\"\n")?;
+    let dir = base().join("ask");
+    let f = dir.join("file");
+    let m = base().join("marks-ask");
+    for p in [&dir, &m] {
+        super::remove_tree(p);
+        std::fs::create_dir_all(p).or_fail("mkdir")?;
+        std::os::unix::fs::chown(p, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+    }
+    std::fs::write(&f, "x\n").or_fail("write target")?;
+    std::os::unix::fs::chown(&f, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+    let gate = user_gate();
+    let script = format!(
+        "for step in 1 2 3 4 5 6 7; do while [ ! -e {m}/go$step ]; do sleep 0.05; done; \
+         if [ $step = 2 ]; then {gate} approve $(cat {m}/id) --ttl 1h > {m}/self 2>&1; \
+         echo \"R2 self=$?\"; continue; fi; \
+         if (echo x >> {f}) 2>&-; then W=ok; else W=denied; fi; echo \"R$step W=$W\"; done",
+        m = m.display(),
+        f = f.display(),
+    );
+    let cmd = gate_run(ctx, DEV_UID, "daemon-ask", Some("asker"), &script);
+    let mut bg = cmd.spawn()?;
+    let step = |n: u32, bg: &mut crate::run::Background| step_agent(&m, bg, n);
+    let approve = |verb: &str, id: &str, ttl: &str| -> Result<(), Failure> {
+        let c = as_uid(
+            DEV_UID,
+            &[
+                gate.clone(),
+                verb.into(),
+                id.into(),
+                "--ttl".into(),
+                ttl.into(),
+            ],
+        );
+        let o = c.run();
+        if o.code() != Some(0) {
+            return Err(Failure::new(format!("gate {verb} {id} failed")).command(&c, &o));
+        }
+        Ok(())
+    };
+    let expect = |what: &str, got: &str, want: &str, bg: &crate::run::Background| {
+        if got == want {
+            Ok(())
+        } else {
+            Err(Failure::new(format!("{what}: expected {want:?}, got {got:?}")).detail(bg.stderr()))
+        }
+    };
+    // 1: denied at once; one request, shown on the agent's terminal.
+    let r1 = step(1, &mut bg)?;
+    expect("first write", &r1, "R1 W=denied", &bg)?;
+    if !bg.wait_for_stdout_or_stderr("approval needed [", Duration::from_secs(30)) {
+        return Err(Failure::new("gate run never showed the approval request").detail(bg.stderr()));
+    }
+    let id = notice_ids(&bg.stderr())
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    let pending = approvals_json(ctx)?;
+    let listed = pending.iter().any(|a| {
+        a["id"] == id.as_str()
+            && a["op"] == "write"
+            && a["object"] == f.display().to_string().as_str()
+            && a["agent"] == "asker"
+            && a["process"].as_array().is_some_and(|p| !p.is_empty())
+    });
+    if pending.len() != 1 || !listed {
+        return Err(Failure::new(format!(
+            "expected one pending request {id} for writing {}, got {pending:?}",
+            f.display()
+        )));
+    }
+    // 2: the agent tries to approve its own request: refused (a confined process cannot
+    // reach the daemon).
+    std::fs::write(m.join("id"), &id).or_fail("write id")?;
+    let r2 = step(2, &mut bg)?;
+    let said = std::fs::read_to_string(m.join("self")).unwrap_or_default();
+    if r2 == "R2 self=0" || !said.contains("confined") || approvals_json(ctx)?.len() != 1 {
+        return Err(Failure::new(format!(
+            "the agent's own `gate approve` must be refused, got {r2:?}: {said}"
+        )));
+    }
+    // 3: rejected for 3 s: denied, and no new request.
+    approve("reject", &id, "3s")?;
+    let rejected_at = std::time::Instant::now();
+    let r3 = step(3, &mut bg)?;
+    expect("write after the rejection", &r3, "R3 W=denied", &bg)?;
+    if !approvals_json(ctx)?.is_empty() {
+        return Err(Failure::new("a rejected attempt raised a new request"));
+    }
+    // 4: the rejection ended: denied again, with a new request.
+    std::thread::sleep(Duration::from_millis(3500).saturating_sub(rejected_at.elapsed()));
+    let r4 = step(4, &mut bg)?;
+    expect("write after the rejection ended", &r4, "R4 W=denied", &bg)?;
+    if !bg.wait_for_stdout_or_stderr("approval needed [", Duration::from_secs(30))
+        || notice_ids(&bg.stderr()).len() < 2
+    {
+        let _ = wait_until(Duration::from_secs(10), || {
+            notice_ids(&bg.stderr()).len() >= 2
+        });
+    }
+    let ids = notice_ids(&bg.stderr());
+    let Some(id2) = ids.get(1).cloned() else {
+        return Err(
+            Failure::new(format!("no new request after the rejection ended: {ids:?}"))
+                .detail(bg.stderr()),
+        );
+    };
+    // 5: approved for 10 s: the retry goes through.
+    approve("approve", &id2, "10s")?;
+    let approved_at = std::time::Instant::now();
+    let r5 = step(5, &mut bg)?;
+    expect("write after the approval", &r5, "R5 W=ok", &bg)?;
+    // 6: the daemon is killed: the approval still holds (the kernel has it).
+    if let Some(dbg) = d.bg.as_mut() {
+        dbg.signal(libc::SIGKILL);
+        let _ = dbg.wait(Duration::from_secs(10));
+    }
+    let log = d.log();
+    d.bg = None;
+    let r6 = step(6, &mut bg)?;
+    expect("write after the daemon's SIGKILL", &r6, "R6 W=ok", &bg)?;
+    // 7: its time is over: the kernel denies again, with no daemon to tell it.
+    std::thread::sleep(Duration::from_millis(10_500).saturating_sub(approved_at.elapsed()));
+    let r7 = step(7, &mut bg)?;
+    expect("write after the approval ended", &r7, "R7 W=denied", &bg)?;
+    let _ = bg.wait(Duration::from_secs(60));
+    // The stream has the whole story.
+    let audit =
+        std::fs::read_to_string(base().join("audit.jsonl")).or_fail("read the audit stream")?;
+    let approvals: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "approval")
+        .collect();
+    let has = |step: &str, id: &str| {
+        approvals
+            .iter()
+            .any(|r| r["step"] == step && r["correlation"] == id)
+    };
+    let allowed_write = audit.lines().any(|l| {
+        l.contains("\"decision\":\"allow\"") && l.contains(&format!("\"correlation\":\"{id2}\""))
+    });
+    let complete = has("request", &id)
+        && has("reject", &id)
+        && has("expire", &id)
+        && has("request", &id2)
+        && has("approve", &id2)
+        && allowed_write;
+    if !complete {
+        return Err(Failure::new(format!(
+            "the audit stream lacks steps of {id} (request, reject, expire) or {id2} (request, \
+             approve, the allowed write): {approvals:?}"
+        ))
+        .detail(log));
+    }
+    notes.push(format!(
+        "request {id} rejected for 3 s, {id2} approved for 10 s; the write went through after the \
+         daemon's SIGKILL and was denied again once the approval ended"
+    ));
     Ok(())
 }
 
