@@ -55,6 +55,9 @@ pub enum Request {
         ttl_s: u64,
         #[serde(default)]
         scope_rule: bool,
+        /// Signed approval tokens (one JSON line each), for rules that require approvers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tokens: Vec<String>,
     },
     /// Rejects a pending request: the agent's retries stay denied for `ttl_s` seconds without
     /// raising a new request.
@@ -123,6 +126,12 @@ pub enum Response {
         allow: bool,
         expires: u64,
         closed: Vec<String>,
+    },
+    /// Signatures were accepted but fewer than the rule requires: the request stays pending.
+    Signed {
+        id: String,
+        have: u32,
+        need: u32,
     },
     /// Sent on a run's connection (to `gate run`, which prints it on the agent's terminal).
     Notice {

@@ -235,7 +235,8 @@ pub fn check_statement(
 /// and synced before a token takes effect: a token is never accepted twice, also across
 /// daemon restarts.
 pub struct ReplayStore {
-    path: PathBuf,
+    /// None: kept in memory only (tests).
+    path: Option<PathBuf>,
     used: HashMap<String, u64>,
 }
 
@@ -259,9 +260,17 @@ impl ReplayStore {
             Err(e) => return Err(e),
         }
         Ok(ReplayStore {
-            path: path.to_owned(),
+            path: Some(path.to_owned()),
             used,
         })
+    }
+
+    /// A store that is not written anywhere (for tests).
+    pub fn memory() -> ReplayStore {
+        ReplayStore {
+            path: None,
+            used: HashMap::new(),
+        }
     }
 
     pub fn seen(&self, nonce: &str) -> bool {
@@ -270,15 +279,14 @@ impl ReplayStore {
 
     /// Records a nonce as used (synced to disk before returning).
     pub fn mark(&mut self, nonce: &str, expires: u64) -> std::io::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir)?;
+        if let Some(path) = &self.path {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+            writeln!(f, "{nonce} {expires}")?;
+            f.sync_data()?;
         }
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        writeln!(f, "{nonce} {expires}")?;
-        f.sync_data()?;
         self.used.insert(nonce.to_owned(), expires);
         Ok(())
     }
@@ -288,16 +296,19 @@ impl ReplayStore {
     pub fn prune(&mut self, now: u64) -> std::io::Result<()> {
         let before = self.used.len();
         self.used.retain(|_, e| *e >= now);
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         if self.used.len() == before {
             return Ok(());
         }
-        let tmp = self.path.with_extension("new");
+        let tmp = path.with_extension("new");
         let mut f = File::create(&tmp)?;
         for (n, e) in &self.used {
             writeln!(f, "{n} {e}")?;
         }
         f.sync_all()?;
-        fs::rename(&tmp, &self.path)
+        fs::rename(&tmp, path)
     }
 }
 

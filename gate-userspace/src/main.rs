@@ -121,10 +121,13 @@ enum Cmd {
     },
     /// Approve a pending request: the kernel lets the agent's retries through until the
     /// approval ends (also if the daemon stops).
-    Approve(AnswerArgs),
+    Approve(ApproveArgs),
     /// Reject a pending request: the agent's retries stay denied, without a new request,
     /// until the rejection ends.
     Reject(AnswerArgs),
+    /// Make an approver key: the private key into FILE (mode 0600), the public key into
+    /// FILE.pub and on stdout (for the daemon's `[approvers.GROUP]`).
+    Keygen { file: PathBuf },
     Policy {
         #[command(subcommand)]
         cmd: PolicyCmd,
@@ -138,7 +141,35 @@ enum Cmd {
     },
 }
 
-/// What `gate approve` and `gate reject` take.
+/// What `gate approve` takes.
+#[derive(clap::Args)]
+struct ApproveArgs {
+    /// The request's id (`gate approvals`); not needed with --token.
+    id: Option<String>,
+    /// How long the approval lasts: 90s, 10m, 2h, 1d (at most 7d).
+    #[arg(long, default_value = "10m")]
+    ttl: String,
+    /// `object`: that file or address only; `rule`: everything the request's rule matches.
+    #[arg(long, default_value = "object")]
+    scope: String,
+    /// Sign the approval with this private key (`gate keygen`), for rules that require
+    /// approvers.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Print the signed token instead of submitting it (to carry to the agent's host).
+    #[arg(long, requires = "key")]
+    sign_only: bool,
+    /// The request as `gate approvals --json` printed it, to sign away from the agent's host.
+    #[arg(long, requires = "sign_only")]
+    request: Option<PathBuf>,
+    /// Submit signed tokens from these files (one per line).
+    #[arg(long)]
+    token: Vec<PathBuf>,
+    #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+/// What `gate reject` takes.
 #[derive(clap::Args)]
 struct AnswerArgs {
     /// The request's id (`gate approvals`).
@@ -255,8 +286,33 @@ fn main() -> ExitCode {
             follow,
             socket,
         } => gate::daemon::client::approvals(&socket, json, follow),
-        Cmd::Approve(a) => gate::daemon::client::answer(&a.socket, a.id, true, &a.ttl, &a.scope),
-        Cmd::Reject(a) => gate::daemon::client::answer(&a.socket, a.id, false, &a.ttl, &a.scope),
+        Cmd::Approve(a) => gate::daemon::client::answer(
+            &a.socket,
+            gate::daemon::client::AnswerOptions {
+                id: a.id,
+                allow: true,
+                ttl: a.ttl,
+                scope: a.scope,
+                key: a.key,
+                sign_only: a.sign_only,
+                request: a.request,
+                tokens: a.token,
+            },
+        ),
+        Cmd::Reject(a) => gate::daemon::client::answer(
+            &a.socket,
+            gate::daemon::client::AnswerOptions {
+                id: Some(a.id),
+                allow: false,
+                ttl: a.ttl,
+                scope: a.scope,
+                key: None,
+                sign_only: false,
+                request: None,
+                tokens: Vec::new(),
+            },
+        ),
+        Cmd::Keygen { file } => gate::daemon::client::keygen(&file),
         Cmd::Policy {
             cmd:
                 PolicyCmd::Check {

@@ -108,46 +108,52 @@ pub fn run_id(cgroup_id: u64) -> String {
 }
 
 /// The command line of `pid` and of its parents (nearest first, up to 6), read from /proc
-/// (best effort: a process that already ended is left out).
-pub fn process_chain(pid: u32) -> Vec<String> {
+/// (best effort). A process that ended before it could be read (a short-lived child) is named
+/// by its command name, and the chain goes on from its parent `ppid`.
+pub fn process_chain(pid: u32, comm: &str, ppid: u32) -> Vec<String> {
     let mut out = Vec::new();
     let mut p = pid;
-    for _ in 0..7 {
-        if p <= 1 {
-            break;
-        }
-        let Ok(raw) = std::fs::read(format!("/proc/{p}/cmdline")) else {
-            break;
-        };
-        let mut cmd: String = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        if cmd.len() > 512 {
-            let mut cut = 512;
-            while !cmd.is_char_boundary(cut) {
-                cut -= 1;
+    while out.len() < 7 && p > 1 {
+        let Some((cmd, parent)) = read_process(p) else {
+            if p != pid {
+                break;
             }
-            cmd.truncate(cut);
-            cmd.push('…');
-        }
+            out.push(format!("{pid}: {comm} (ended before it could be read)"));
+            p = ppid;
+            continue;
+        };
         out.push(format!("{p}: {cmd}"));
-        // Field 4 of /proc/PID/stat, after the command name in parentheses.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            break;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            break;
-        };
-        p = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0);
+        p = parent;
     }
     out
+}
+
+/// A process's command line (at most 512 bytes) and parent, from /proc; None when it is gone
+/// (or a zombie, whose command line is empty).
+fn read_process(p: u32) -> Option<(String, u32)> {
+    let raw = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+    let mut cmd: String = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if cmd.is_empty() {
+        return None;
+    }
+    if cmd.len() > 512 {
+        let mut cut = 512;
+        while !cmd.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cmd.truncate(cut);
+        cmd.push('…');
+    }
+    // Field 4 of /proc/PID/stat, after the command name in parentheses.
+    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let parent = rest.split_whitespace().nth(1)?.parse().ok()?;
+    Some((cmd, parent))
 }
 
 /// The rule-wide key of an object key.
@@ -161,10 +167,22 @@ pub fn rule_key(k: &VerdictKey) -> VerdictKey {
     }
 }
 
+/// An accepted signature of a request whose rule requires approvers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    pub key: crate::audit::PublicKey,
+    /// The token as submitted.
+    pub token: String,
+    /// Unix seconds until which it approves.
+    pub expires: u64,
+}
+
 /// Pending requests and live answers.
 #[derive(Default)]
 pub struct Asks {
     pending: BTreeMap<String, Ask>,
+    /// Signatures collected so far, by request.
+    signed: HashMap<String, Vec<Signed>>,
     index: HashMap<VerdictKey, String>,
     answers: Vec<Answer>,
     /// Requests not kept because [`MAX_PENDING`] were pending.
@@ -272,8 +290,9 @@ impl Asks {
         let (agent_id, a) = (a.agent_id, &a.info);
         if !scope_rule && !a.has_object {
             return Err(format!(
-                "request {id} has no single object to approve ({}); approve it with \
-                 --scope rule (everything rule {} matches)",
+                "request {id} has no single object to approve ({}: a file that did not exist \
+                 yet, or neither a file nor an address); approve it with --scope rule \
+                 (everything rule {} matches)",
                 a.object, a.rule
             ));
         }
@@ -325,6 +344,7 @@ impl Asks {
             .map(|a| a.info.id.clone())
             .collect();
         for id in ids {
+            self.signed.remove(&id);
             if let Some(a) = self.pending.remove(&id) {
                 self.index.remove(&a.key);
                 closed.push(id);
@@ -348,6 +368,15 @@ impl Asks {
     /// Everything of an agent that ended: its pending requests and answers (the caller
     /// deletes the answers' kernel entries).
     pub fn forget_agent(&mut self, agent_id: u32) -> Vec<Answer> {
+        let gone: Vec<String> = self
+            .pending
+            .values()
+            .filter(|a| a.agent_id == agent_id)
+            .map(|a| a.info.id.clone())
+            .collect();
+        for id in gone {
+            self.signed.remove(&id);
+        }
         self.pending.retain(|_, a| a.agent_id != agent_id);
         self.index.retain(|k, _| k.agent_id != agent_id);
         let (gone, live): (Vec<Answer>, Vec<Answer>) = std::mem::take(&mut self.answers)
@@ -355,6 +384,23 @@ impl Asks {
             .partition(|a| a.agent_id == agent_id);
         self.answers = live;
         gone
+    }
+
+    /// The signatures collected for a request.
+    pub fn signatures(&self, id: &str) -> &[Signed] {
+        self.signed.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn add_signature(&mut self, id: &str, s: Signed) {
+        self.signed.entry(id.to_owned()).or_default().push(s);
+    }
+
+    /// Drops a request (its agent's policy changed since it was raised).
+    pub fn drop_request(&mut self, id: &str) {
+        self.signed.remove(id);
+        if let Some(a) = self.pending.remove(id) {
+            self.index.remove(&a.key);
+        }
     }
 
     /// Answers kept across a daemon restart (their kernel entries stay in the pinned map).

@@ -352,27 +352,154 @@ pub fn approvals(socket: &Path, json: bool, follow: bool) -> i32 {
     }
 }
 
-/// `gate approve ID` / `gate reject ID`.
-pub fn answer(socket: &Path, id: String, allow: bool, ttl: &str, scope: &str) -> i32 {
-    let ttl = match crate::approval::parse_ttl(ttl) {
-        Ok(t) => t,
-        Err(e) => return fail(&format!("--ttl: {e}")),
-    };
-    let scope_rule = match scope {
-        "object" => false,
-        "rule" => true,
-        other => {
-            return fail(&format!(
-                "--scope {other:?}: use object (that file or address only) or rule (everything                  the request's rule matches)"
-            ));
+/// How `gate approve` / `gate reject` was asked to answer.
+pub struct AnswerOptions {
+    /// The request (optional with `tokens`: the tokens name it).
+    pub id: Option<String>,
+    pub allow: bool,
+    pub ttl: String,
+    pub scope: String,
+    /// Sign with this private key (`gate keygen`).
+    pub key: Option<PathBuf>,
+    /// Print the signed token instead of submitting it.
+    pub sign_only: bool,
+    /// The request's JSON (`gate approvals --json` on the agent's host), to sign without the
+    /// daemon.
+    pub request: Option<PathBuf>,
+    /// Token files to submit (one token per line).
+    pub tokens: Vec<PathBuf>,
+}
+
+fn parse_scope(scope: &str) -> Result<bool, String> {
+    match scope {
+        "object" => Ok(false),
+        "rule" => Ok(true),
+        other => Err(format!(
+            "--scope {other:?}: use object (that file or address only) or rule (everything \
+             the request's rule matches)"
+        )),
+    }
+}
+
+/// The request `id`, from `--request FILE` (one request or the list `gate approvals --json`
+/// prints) or from the daemon.
+fn find_request(
+    socket: &Path,
+    id: &str,
+    file: Option<&Path>,
+) -> Result<gate_protocol::ApprovalRequest, String> {
+    let all: Vec<gate_protocol::ApprovalRequest> = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            serde_json::from_str::<Vec<gate_protocol::ApprovalRequest>>(&text)
+                .or_else(|_| serde_json::from_str(&text).map(|one| vec![one]))
+                .map_err(|e| {
+                    format!(
+                        "{}: not a request as `gate approvals --json` prints it: {e}",
+                        f.display()
+                    )
+                })?
         }
+        None => match connect(socket)?.call(&Request::Approvals {}) {
+            Ok(Response::Approvals { requests }) => requests,
+            Ok(other) => return Err(unexpected(&other).to_string()),
+            Err(e) => return Err(e.to_string()),
+        },
     };
+    all.into_iter().find(|r| r.id == id).ok_or_else(|| {
+        format!("no pending request {id:?}; `gate approvals` lists the pending ones")
+    })
+}
+
+/// Signs an approval of request `r` with the key at `key`.
+fn sign(
+    r: &gate_protocol::ApprovalRequest,
+    key: &Path,
+    scope_rule: bool,
+    ttl: std::time::Duration,
+) -> Result<crate::approval::Token, String> {
+    let k = crate::audit::SigningKey::load(key).map_err(|e| e.to_string())?;
+    let st = crate::approval::Statement {
+        v: 1,
+        request: crate::approval::RequestFacts {
+            request: r.id.clone(),
+            agent: r.agent.clone(),
+            run: r.run.clone(),
+            op: r.op.clone(),
+            object: r.object.clone(),
+            rule: r.rule.clone(),
+            policy_digest: r.policy_digest.clone(),
+        },
+        scope: if scope_rule { "rule" } else { "object" }.into(),
+        expires: crate::approval::unix_now() + ttl.as_secs(),
+        nonce: crate::approval::nonce(),
+        key: String::new(),
+    };
+    Ok(crate::approval::Token::sign(st, &k))
+}
+
+/// `gate approve` / `gate reject`.
+pub fn answer(socket: &Path, o: AnswerOptions) -> i32 {
+    match answer_inner(socket, o) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+fn answer_inner(socket: &Path, o: AnswerOptions) -> Result<i32, String> {
+    let ttl = crate::approval::parse_ttl(&o.ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let mut scope_rule = parse_scope(&o.scope)?;
+    let mut tokens: Vec<String> = Vec::new();
+    let mut id = o.id.clone();
+    for f in &o.tokens {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("--token {}: {e}", f.display()))?;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (st, _) = crate::approval::Token::parse(line)
+                .and_then(|t| t.verify())
+                .map_err(|e| format!("--token {}: {e}", f.display()))?;
+            if id.as_ref().is_some_and(|i| *i != st.request.request) {
+                return Err(format!(
+                    "--token {}: the token approves request {}, not {}",
+                    f.display(),
+                    st.request.request,
+                    id.unwrap_or_default()
+                ));
+            }
+            id = Some(st.request.request.clone());
+            scope_rule = st.scope == "rule";
+            tokens.push(line.trim().to_owned());
+        }
+    }
+    let id = id.ok_or("name the request: gate approve ID (`gate approvals` lists them)")?;
+    if let Some(key) = &o.key {
+        if !o.allow {
+            return Err("--key signs approvals; a rejection needs no signature".into());
+        }
+        let r = find_request(socket, &id, o.request.as_deref())?;
+        let token = sign(&r, key, scope_rule, ttl)?;
+        if o.sign_only {
+            println!("{}", token.to_line());
+            eprintln!(
+                "gate: signed an approval of request {id} ({} {}) until unix time {}; carry the \
+                 line above to the agent's host and submit it there: gate approve --token FILE",
+                r.op,
+                r.object,
+                crate::approval::unix_now() + ttl.as_secs()
+            );
+            return Ok(0);
+        }
+        tokens.push(token.to_line());
+    } else if o.sign_only {
+        return Err("--sign-only needs --key FILE (the approver's private key)".into());
+    }
     let ttl_s = ttl.as_secs();
-    let req = if allow {
+    let req = if o.allow {
         Request::Approve {
             id,
             ttl_s,
             scope_rule,
+            tokens,
         }
     } else {
         Request::Reject {
@@ -381,14 +508,13 @@ pub fn answer(socket: &Path, id: String, allow: bool, ttl: &str, scope: &str) ->
             scope_rule,
         }
     };
-    let r = connect(socket).and_then(|mut c| c.call(&req).map_err(|e| e.to_string()));
-    match r {
-        Ok(Response::Answered {
+    match connect(socket)?.call(&req).map_err(|e| e.to_string())? {
+        Response::Answered {
             id,
             allow,
             expires,
             closed,
-        }) => {
+        } => {
             let left = expires.saturating_sub(crate::approval::unix_now());
             println!(
                 "gate: {} {id} for {left} s (the kernel ends it on time, daemon or not){}",
@@ -403,10 +529,42 @@ pub fn answer(socket: &Path, id: String, allow: bool, ttl: &str, scope: &str) ->
                     String::new()
                 }
             );
+            Ok(0)
+        }
+        Response::Signed { id, have, need } => {
+            println!(
+                "gate: signature accepted: request {id} has {have} of the {need} signatures its \
+                 rule requires; it stays denied until {} more approver(s) sign",
+                need - have
+            );
+            Ok(0)
+        }
+        other => Err(unexpected(&other).to_string()),
+    }
+}
+
+/// `gate keygen FILE`: a new approver key (private key in FILE, mode 0600; public key in
+/// FILE's `.pub`).
+pub fn keygen(file: &Path) -> i32 {
+    if file.exists() {
+        return fail(&format!(
+            "{} exists already; gate never replaces a key (remove it first if you mean to)",
+            file.display()
+        ));
+    }
+    match crate::audit::SigningKey::create(file) {
+        Ok(k) => {
+            println!("{}", k.public_key().to_base64());
+            eprintln!(
+                "gate: private key in {} (keep it to yourself), public key above and in {}; \
+                 an administrator adds the public key to an [approvers.GROUP] of the daemon's \
+                 config",
+                file.display(),
+                crate::audit::public_key_path(file).display()
+            );
             0
         }
-        Ok(other) => fail(&unexpected(&other).to_string()),
-        Err(e) => fail(&e),
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -23,6 +23,9 @@
 //! group = "gate"                   # or user = "alice"
 //! policies = ["/etc/gate/policies/*.toml"]
 //!
+//! [approvers.release-managers]     # who may sign approvals of rules naming this group
+//! keys = ["/etc/gate/approvers/alice.pub", "BASE64 OF A 32-BYTE ED25519 KEY"]
+//!
 //! [[agent]]                        # cgroups confined from the daemon's start
 //! name = "ci"
 //! slice = "agents.slice"           # or cgroup = "some/path" under the cgroup mount
@@ -98,7 +101,12 @@ pub struct DaemonConfig {
     pub audit_key: PathBuf,
     pub allow: Vec<Allow>,
     pub agents: Vec<ConfigAgent>,
+    /// Groups of approvers by name (`[approvers.NAME]`), each with its public keys.
+    pub approvers: ApproverGroups,
 }
+
+/// Approver groups by name, each with its Ed25519 public keys.
+pub type ApproverGroups = std::collections::BTreeMap<String, Vec<crate::audit::PublicKey>>;
 
 impl DaemonConfig {
     /// The configuration when no file exists: socket for root and group `gate`, no
@@ -120,6 +128,7 @@ impl DaemonConfig {
             audit_key: PathBuf::from(crate::audit::DEFAULT_KEY_PATH),
             allow: Vec::new(),
             agents: Vec::new(),
+            approvers: ApproverGroups::new(),
         }
     }
 }
@@ -136,6 +145,16 @@ struct Raw {
     allow: Vec<RawAllow>,
     #[serde(default)]
     agent: Vec<RawAgent>,
+    #[serde(default)]
+    approvers: std::collections::BTreeMap<String, RawApproverGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproverGroup {
+    /// Ed25519 public keys: base64 (or hex) of the 32 bytes, or the absolute path of a
+    /// `.pub` file (`gate keygen`).
+    keys: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -370,6 +389,29 @@ pub fn parse(source: &str, file: &Path) -> Result<DaemonConfig, ConfigError> {
             user: a.user,
         });
     }
+    for (name, g) in raw.approvers {
+        let mut keys: Vec<crate::audit::PublicKey> = Vec::new();
+        for k in &g.keys {
+            let text = k.get_ref();
+            let key = if text.starts_with('/') {
+                crate::audit::PublicKey::load(Path::new(text))
+            } else {
+                crate::audit::PublicKey::parse(text)
+            }
+            .map_err(|e| err(k.span(), format!("approver group {name:?}: {e}")))?;
+            if keys.contains(&key) {
+                return Err(err(
+                    k.span(),
+                    format!("approver group {name:?} lists this key twice"),
+                ));
+            }
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(err(0..0, format!("approver group {name:?} has no keys")));
+        }
+        c.approvers.insert(name, keys);
+    }
     Ok(c)
 }
 
@@ -505,6 +547,36 @@ user = "ci"
         assert!(e.contains("loopback only"), "{e}");
         let e = p("version = 1\n[daemon]\nmetrics = \"9464\"\n").unwrap_err();
         assert!(e.contains("not an address and port"), "{e}");
+    }
+
+    #[test]
+    fn approver_groups_take_keys_inline_or_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = crate::audit::SigningKey::create(&dir.path().join("alice.key")).unwrap();
+        let other = crate::audit::PublicKey::from_bytes([9; 32]).to_base64();
+        let text = format!(
+            "version = 1\n[approvers.release-managers]\nkeys = [\"{}\", \"{other}\"]\n",
+            dir.path().join("alice.pub").display()
+        );
+        let c = p(&text).unwrap();
+        assert_eq!(
+            c.approvers["release-managers"],
+            vec![k.public_key(), crate::audit::PublicKey::from_bytes([9; 32])]
+        );
+        let e = p("version = 1\n[approvers.rm]\nkeys = [\"not a key\"]\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/gate/gate.toml:3:9: approver group \"rm\":"),
+            "{e}"
+        );
+        let e = p(&format!(
+            "version = 1\n[approvers.rm]\nkeys = [\"{other}\", \"{other}\"]\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("lists this key twice"), "{e}");
+        let e = p("version = 1\n[approvers.rm]\nkeys = []\n").unwrap_err();
+        assert!(e.contains("has no keys"), "{e}");
+        let e = p("version = 1\n[approvers.rm]\nkey = []\n").unwrap_err();
+        assert!(e.contains("unknown field `key`"), "{e}");
     }
 
     #[test]

@@ -165,6 +165,10 @@ pub struct Core {
     /// Runs' connections by agent id, to tell `gate run` (and so the agent's terminal) about
     /// new requests.
     pub notices: Notices,
+    /// Approver groups (the daemon's `[approvers.NAME]`).
+    pub approvers: super::config::ApproverGroups,
+    /// Nonces of the approval tokens used so far.
+    pub replay: crate::approval::ReplayStore,
 }
 
 /// Runs' connections by agent id.
@@ -207,11 +211,16 @@ impl Core {
             asks: Arc::default(),
             answers_file: None,
             notices: Arc::default(),
+            approvers: Default::default(),
+            replay: crate::approval::ReplayStore::memory(),
         }
     }
 
     /// Answers a pending request: writes the verdict into the kernel (with its expiry), then
-    /// records it. Nothing changes when the kernel write fails.
+    /// records it. Nothing changes when the kernel write fails. A rule that names approvers
+    /// is approved only by `tokens` signed by enough distinct keys of its group: each token
+    /// is checked against the request (and used up), refused ones are recorded with the
+    /// reason, and the request stays pending until the threshold is met.
     pub fn answer(
         &mut self,
         id: &str,
@@ -219,36 +228,84 @@ impl Core {
         scope_rule: bool,
         ttl_s: u64,
         by: &str,
+        tokens: &[String],
     ) -> Result<gate_protocol::Response, String> {
         let (now_boot, now) = (boot_ns(), crate::approval::unix_now());
         let asks = self.asks.clone();
         let mut asks = asks.lock().unwrap_or_else(|e| e.into_inner());
-        let (key, value, answer) = asks.answer(id, allow, scope_rule, ttl_s, by, now_boot, now)?;
-        let req = asks
-            .get(id)
-            .map(|a| a.info.clone())
-            .unwrap_or_else(|| unreachable!("answer() found the request under the same lock"));
+        let Some(ask) = asks.get(id).cloned() else {
+            return Err(format!(
+                "no pending request {id:?}: it was answered already, its agent ended, or the id \
+                 is mistyped; `gate approvals` lists the pending ones"
+            ));
+        };
+        let policy = self.agents.get(&ask.info.agent).map(|m| m.policy());
+        if policy.as_ref().map(|p| p.digest_hex()) != Some(ask.info.policy_digest.clone()) {
+            asks.drop_request(id);
+            return Err(format!(
+                "request {id} is void: agent {} ended or its policy changed since it was \
+                 raised; its next attempt raises a new request",
+                ask.info.agent
+            ));
+        }
+        let approvers = policy
+            .as_ref()
+            .and_then(|p| p.rules.get(usize::from(ask.key.rule)))
+            .and_then(|r| r.approvers.clone());
+        let mut ttl_s = ttl_s;
+        let mut by = by.to_owned();
+        let mut signatures = Vec::new();
+        match (&approvers, allow) {
+            (Some(ap), true) => {
+                let have = self.take_tokens(&mut asks, &ask, ap, scope_rule, tokens, now)?;
+                if have.len() < ap.threshold as usize {
+                    return Ok(gate_protocol::Response::Signed {
+                        id: id.to_owned(),
+                        have: have.len() as u32,
+                        need: ap.threshold,
+                    });
+                }
+                let until = have.iter().map(|s| s.expires).min().unwrap_or(now);
+                ttl_s = until.saturating_sub(now).max(1);
+                by = format!(
+                    "{} of approver group {:?}: {}",
+                    have.len(),
+                    ap.group,
+                    have.iter()
+                        .map(|s| s.key.key_id().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                signatures = have.into_iter().map(|s| s.token).collect();
+            }
+            _ if !tokens.is_empty() => {
+                return Err(format!(
+                    "{}: tokens are for approving rules that name approvers; rule {} {}",
+                    if allow { "approve" } else { "reject" },
+                    ask.info.rule,
+                    if allow {
+                        "names none: approve it with `gate approve ID`"
+                    } else {
+                        "is rejected without one: `gate reject ID`"
+                    }
+                ));
+            }
+            _ => {}
+        }
+        let (key, value, answer) = asks.answer(id, allow, scope_rule, ttl_s, &by, now_boot, now)?;
         self.enforcer.write_verdict(key, value).map_err(|e| {
             format!("writing the answer into the kernel failed: {e}; nothing changed")
         })?;
-        let mut rec = crate::audit::Approval::new(
-            id,
-            &answer.agent,
-            if allow {
-                crate::audit::Verdict::Allow
-            } else {
-                crate::audit::Verdict::Deny
-            },
-            by,
-            if allow { "approve" } else { "reject" },
-        );
-        rec.run = Some(req.run.clone());
-        rec.op = Some(answer.op.clone());
-        rec.object = Some(req.object.clone());
-        rec.rule = Some(answer.rule.clone());
-        rec.policy_digest = Some(req.policy_digest.clone());
+        let mut rec = self.approval_record(&ask, if allow { "approve" } else { "reject" }, &by);
+        rec.decision = if allow {
+            crate::audit::Verdict::Allow
+        } else {
+            crate::audit::Verdict::Deny
+        };
+        rec.object = Some(answer.object.clone());
         rec.scope = Some(answer.scope.clone());
         rec.expires = Some(answer.expires);
+        rec.signatures = signatures;
         self.audit(AuditMsg::Approval(Box::new(rec)));
         let expires = answer.expires;
         let closed = asks.settle(answer);
@@ -259,6 +316,142 @@ impl Core {
             expires,
             closed,
         })
+    }
+
+    /// Every approver group a policy's rules name is configured, with at least as many keys
+    /// as the rule's threshold.
+    pub fn check_approvers(&self, p: &CompiledPolicy) -> Result<(), String> {
+        for r in &p.rules {
+            let Some(a) = &r.approvers else { continue };
+            match self.approvers.get(&a.group) {
+                None => {
+                    return Err(format!(
+                        "{}: approver group {:?} is not in the daemon's configuration: add \
+                         [approvers.{}] with its public keys (gate keygen) and restart the \
+                         daemon",
+                        a.at, a.group, a.group
+                    ));
+                }
+                Some(keys) if (keys.len() as u32) < a.threshold => {
+                    return Err(format!(
+                        "{}: rule {} requires {} signatures but approver group {:?} has {} keys",
+                        a.at,
+                        r.id,
+                        a.threshold,
+                        a.group,
+                        keys.len()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// An approval record naming the request.
+    fn approval_record(
+        &self,
+        ask: &super::asks::Ask,
+        step: &str,
+        by: &str,
+    ) -> crate::audit::Approval {
+        let a = &ask.info;
+        let mut rec =
+            crate::audit::Approval::new(&a.id, &a.agent, crate::audit::Verdict::Deny, by, step);
+        rec.run = Some(a.run.clone());
+        rec.op = Some(a.op.clone());
+        rec.object = Some(a.object.clone());
+        rec.rule = Some(a.rule.clone());
+        rec.policy_digest = Some(a.policy_digest.clone());
+        rec
+    }
+
+    /// Checks and takes the tokens for a request whose rule requires approvers: each valid
+    /// one (signature, request, agent run, object, policy, scope, time, a key of the group
+    /// not used for this request yet, a nonce never seen) is used up and kept; each refused
+    /// one is recorded with its reason. Returns the request's signatures so far; an error
+    /// when no token was given or none was accepted.
+    fn take_tokens(
+        &mut self,
+        asks: &mut super::asks::Asks,
+        ask: &super::asks::Ask,
+        ap: &crate::policy::Approvers,
+        scope_rule: bool,
+        tokens: &[String],
+        now: u64,
+    ) -> Result<Vec<super::asks::Signed>, String> {
+        use crate::approval::{Refusal, RequestFacts, Token, check_statement};
+        let a = &ask.info;
+        if tokens.is_empty() {
+            return Err(format!(
+                "rule {} requires {} signatures of approver group {:?}: sign with `gate approve \
+                 {} --key FILE` (or `--sign-only` on the approver's machine, then submit the \
+                 token here with `gate approve --token FILE`)",
+                a.rule, ap.threshold, ap.group, a.id
+            ));
+        }
+        let keys = self.approvers.get(&ap.group).cloned().unwrap_or_default();
+        let facts = RequestFacts {
+            request: a.id.clone(),
+            agent: a.agent.clone(),
+            run: a.run.clone(),
+            op: a.op.clone(),
+            object: a.object.clone(),
+            rule: a.rule.clone(),
+            policy_digest: a.policy_digest.clone(),
+        };
+        let scope = if scope_rule { "rule" } else { "object" };
+        let mut refused = Vec::new();
+        let mut accepted = 0;
+        for t in tokens {
+            let checked = Token::parse(t).and_then(|tok| {
+                let (st, key) = tok.verify()?;
+                check_statement(&st, &facts, scope, now)?;
+                if !keys.contains(&key) {
+                    return Err(Refusal::UnknownKey(key.key_id().to_string()));
+                }
+                if self.replay.seen(&st.nonce) {
+                    return Err(Refusal::Replayed);
+                }
+                if asks.signatures(&a.id).iter().any(|s| s.key == key) {
+                    return Err(Refusal::SameKey(key.key_id().to_string()));
+                }
+                self.replay.mark(&st.nonce, st.expires).map_err(|e| {
+                    Refusal::Malformed(format!("the daemon cannot record the token's use: {e}"))
+                })?;
+                Ok(super::asks::Signed {
+                    key,
+                    token: t.trim().to_owned(),
+                    expires: st.expires,
+                })
+            });
+            match checked {
+                Ok(s) => {
+                    let mut rec = self.approval_record(ask, "sign", &s.key.key_id().to_string());
+                    rec.decision = crate::audit::Verdict::Ask;
+                    rec.signatures = vec![s.token.clone()];
+                    rec.expires = Some(s.expires);
+                    self.audit(AuditMsg::Approval(Box::new(rec)));
+                    asks.add_signature(&a.id, s);
+                    accepted += 1;
+                }
+                Err(r) => {
+                    let mut rec = self.approval_record(ask, "refuse", r.code());
+                    rec.reason = Some(format!("approval token refused: {r}"));
+                    rec.signatures = vec![t.trim().to_owned()];
+                    self.audit(AuditMsg::Approval(Box::new(rec)));
+                    refused.push(r.to_string());
+                }
+            }
+        }
+        if accepted == 0 {
+            return Err(format!(
+                "request {} is still pending: {}",
+                a.id,
+                refused.join("; ")
+            ));
+        }
+        Ok(asks.signatures(&a.id).to_vec())
     }
 
     /// Removes the kernel entries of answers that ended and records their end.
@@ -504,6 +697,7 @@ impl Core {
         if self.agents.contains_key(&a.name) {
             return Err(format!("an agent named {:?} is already running", a.name));
         }
+        self.check_approvers(&policy)?;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         while self
             .directory
@@ -567,6 +761,9 @@ impl Core {
         };
         let old = meta.policy();
         let old_digest = old.digest_hex();
+        if let Err(e) = self.check_approvers(&new) {
+            return self.failed_reload(name, old_digest, e);
+        }
         match self.enforcer.replace_policy(meta.cgroup_id, &new, &[]) {
             Ok(_) => {
                 self.reloads += 1;
@@ -967,27 +1164,33 @@ path = ["/home/u/**"]
             .map_or(0, |d| d.ret)
     }
 
-    /// An approval written for one object lets exactly that object through until the
-    /// kernel's clock passes its expiry; a rejection keeps it denied and marked; other
-    /// objects of the rule stay asked.
-    #[test]
-    fn answers_go_into_the_kernel_with_their_expiry() {
-        let (mut core, mem, res, rx) = setup(64);
-        let ask = DENY_SSH.replace("decision = \"deny\"", "decision = \"ask\"");
-        core.add(new_agent("a", 50), compiled(&ask, &res), &[])
-            .unwrap();
+    fn decide_write(
+        mem: &std::sync::Mutex<MemEnforcer>,
+        chain: &[u64],
+    ) -> crate::enforcer::MemDecision {
         let dev = crate::policy::MemResolver::DEV;
-        let decide = |mem: &std::sync::Mutex<MemEnforcer>, chain: &[u64]| {
-            mem.lock()
-                .unwrap()
-                .decide(
-                    &[1, 2, 50],
-                    op::WRITE,
-                    &MemObject::File(chain.iter().map(|i| (dev, *i)).collect()),
-                )
-                .unwrap()
-        };
-        let d = decide(&mem, SSH_KEY);
+        mem.lock()
+            .unwrap()
+            .decide(
+                &[1, 2, 50],
+                op::WRITE,
+                &MemObject::File(chain.iter().map(|i| (dev, *i)).collect()),
+            )
+            .unwrap()
+    }
+
+    /// Agent "a" (cgroup 50) under `src`, denied writing the SSH key by its `ask` rule; the
+    /// request the event thread raises for it.
+    fn raise_ask(
+        core: &mut Core,
+        mem: &std::sync::Mutex<MemEnforcer>,
+        res: &MemResolver,
+        src: &str,
+    ) -> super::super::asks::Ask {
+        let policy = compiled(src, res);
+        let digest = policy.digest_hex();
+        core.add(new_agent("a", 50), policy, &[]).unwrap();
+        let d = decide_write(mem, SSH_KEY);
         assert_eq!(
             (d.ret, d.decision),
             (-libc::EPERM, gate_common::decision::ASK)
@@ -999,21 +1202,33 @@ path = ["/home/u/**"]
         e.rule = d.rule;
         e.op = op::WRITE;
         e.decision = d.decision;
-        e.dev = dev;
+        e.dev = crate::policy::MemResolver::DEV;
         e.ino = SSH_KEY[0];
         let key = super::super::asks::object_key(&e, true).unwrap();
         let seen = core.asks.lock().unwrap().observe(&e, key, 0, 0, |id| {
             let mut a = super::super::asks::tests::ask(id);
             a.agent_id = d.agent_id;
+            a.info.policy_digest = digest;
             a
         });
         let super::super::asks::Seen::New(a) = seen else {
             panic!("a new request")
         };
-        let now = boot_ns();
-        mem.lock().unwrap().now_ns = now;
-        assert!(core.answer("nope", true, false, 60, "root").is_err());
-        core.answer(&a.info.id, true, false, 60, "root (uid 0)")
+        mem.lock().unwrap().now_ns = boot_ns();
+        *a
+    }
+
+    /// An approval written for one object lets exactly that object through until the
+    /// kernel's clock passes its expiry; other objects of the rule stay asked.
+    #[test]
+    fn answers_go_into_the_kernel_with_their_expiry() {
+        let (mut core, mem, res, rx) = setup(64);
+        let src = DENY_SSH.replace("decision = \"deny\"", "decision = \"ask\"");
+        let a = raise_ask(&mut core, &mem, &res, &src);
+        let decide = decide_write;
+        let now = mem.lock().unwrap().now_ns;
+        assert!(core.answer("nope", true, false, 60, "root", &[]).is_err());
+        core.answer(&a.info.id, true, false, 60, "root (uid 0)", &[])
             .unwrap();
         let d = decide(&mem, SSH_KEY);
         assert_eq!(d.ret, 0);
@@ -1037,6 +1252,146 @@ path = ["/home/u/**"]
             })
             .collect();
         assert_eq!(steps, ["approve root (uid 0) object"]);
+    }
+
+    /// A rule requiring 2 of 3 approvers: no token, one signature, the same key again, a
+    /// replayed token, a token for another run, a forged one and an expired one do not
+    /// approve (each refusal recorded); a second distinct key does.
+    #[test]
+    fn two_of_three_signatures_approve_and_nothing_less() {
+        use crate::approval::{RequestFacts, Statement, Token, nonce, unix_now};
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<crate::audit::SigningKey> = (0..4)
+            .map(|i| crate::audit::SigningKey::create(&dir.path().join(format!("k{i}"))).unwrap())
+            .collect();
+        let (mut core, mem, res, rx) = setup(64);
+        core.approvers.insert(
+            "rm".into(),
+            keys[..3].iter().map(|k| k.public_key()).collect(),
+        );
+        let src = DENY_SSH.replace(
+            "decision = \"deny\"",
+            "decision = \"ask\"\napprovers = { group = \"rm\", threshold = 2 }",
+        );
+        let a = raise_ask(&mut core, &mem, &res, &src);
+        let id = a.info.id.clone();
+        let token = |k: usize, change: &dyn Fn(&mut Statement)| {
+            let mut st = Statement {
+                v: 1,
+                request: RequestFacts {
+                    request: id.clone(),
+                    agent: a.info.agent.clone(),
+                    run: a.info.run.clone(),
+                    op: a.info.op.clone(),
+                    object: a.info.object.clone(),
+                    rule: a.info.rule.clone(),
+                    policy_digest: a.info.policy_digest.clone(),
+                },
+                scope: "object".into(),
+                expires: unix_now() + 300,
+                nonce: nonce(),
+                key: String::new(),
+            };
+            change(&mut st);
+            Token::sign(st, &keys[k]).to_line()
+        };
+        let mut approve = |tokens: &[String]| core.answer(&id, true, false, 60, "x", tokens);
+        let e = approve(&[]).unwrap_err();
+        assert!(e.contains("requires 2 signatures"), "{e}");
+        let first = token(0, &|_| {});
+        assert_eq!(
+            approve(std::slice::from_ref(&first)).unwrap(),
+            gate_protocol::Response::Signed {
+                id: id.clone(),
+                have: 1,
+                need: 2
+            }
+        );
+        assert_eq!(decide_write(&mem, SSH_KEY).ret, -libc::EPERM);
+        let mut forged = Token::parse(&token(1, &|_| {})).unwrap();
+        forged.statement = forged
+            .statement
+            .replace("\"scope\":\"object\"", "\"scope\":\"rule\"");
+        for (t, why) in [
+            (first.clone(), "replayed"),
+            (token(0, &|_| {}), "signed this request already"),
+            (token(3, &|_| {}), "not one of the group's approvers"),
+            (
+                token(1, &|s| s.request.run = "other/1".into()),
+                "another agent run",
+            ),
+            (token(1, &|s| s.expires = unix_now() - 1), "expired"),
+            (forged.to_line(), "does not verify"),
+        ] {
+            let e = approve(&[t]).unwrap_err();
+            assert!(e.contains(why), "expected {why:?}: {e}");
+            assert_eq!(decide_write(&mem, SSH_KEY).ret, -libc::EPERM);
+        }
+        let r = approve(&[token(1, &|s| s.expires = unix_now() + 120)]).unwrap();
+        let gate_protocol::Response::Answered { expires, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert!(
+            expires <= unix_now() + 120,
+            "the earliest signature's expiry bounds it"
+        );
+        let d = decide_write(&mem, SSH_KEY);
+        assert_eq!((d.ret, d.flags), (0, gate_common::flag::APPROVED));
+        let steps: Vec<String> = rx
+            .try_iter()
+            .filter_map(|m| match m {
+                AuditMsg::Approval(a) => Some(format!(
+                    "{}:{}:{}",
+                    a.step.unwrap_or_default(),
+                    a.by.split(':').next().unwrap_or_default(),
+                    a.signatures.len()
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps.len(), 9, "{steps:?}");
+        assert_eq!(
+            steps.iter().filter(|s| s.starts_with("refuse:")).count(),
+            6,
+            "{steps:?}"
+        );
+        assert!(
+            steps
+                .last()
+                .unwrap()
+                .starts_with("approve:2 of approver group"),
+            "{steps:?}"
+        );
+        assert!(steps.last().unwrap().ends_with(":2"), "{steps:?}");
+    }
+
+    #[test]
+    fn a_policy_naming_an_unknown_group_or_too_few_keys_is_refused_with_its_location() {
+        let (mut core, _mem, res, _rx) = setup(64);
+        let src = DENY_SSH.replace(
+            "decision = \"deny\"",
+            "decision = \"ask\"\napprovers = { group = \"rm\", threshold = 2 }",
+        );
+        let e = core
+            .add(new_agent("a", 50), compiled(&src, &res), &[])
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("p.toml:8:23: approver group \"rm\" is not in"),
+            "{e}"
+        );
+        core.approvers.insert(
+            "rm".into(),
+            vec![crate::audit::PublicKey::from_bytes([7; 32])],
+        );
+        let e = core
+            .add(new_agent("a", 50), compiled(&src, &res), &[])
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("requires 2 signatures but approver group \"rm\" has 1 keys"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -172,6 +172,14 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
     core.ring = Some(fill.clone());
     core.state_file = Some(PathBuf::from(STATE_FILE));
     core.answers_file = Some(PathBuf::from(ANSWERS_FILE));
+    core.approvers = cfg.approvers.clone();
+    core.replay = crate::approval::ReplayStore::open(Path::new(USED_TOKENS_FILE)).map_err(|e| {
+        format!(
+            "{USED_TOKENS_FILE}: {e}: the daemon keeps the approval tokens used so far there \
+             (so none is accepted twice); fix or remove the file"
+        )
+    })?;
+    let _ = core.replay.prune(crate::approval::unix_now());
     core.heartbeat();
     if adopted {
         adopt_agents(&mut core, saved);
@@ -362,6 +370,10 @@ pub const STATE_FILE: &str = "/run/gate/daemon/agents.json";
 
 /// The answers to `ask` requests in the kernel, for a restarted daemon to record their end.
 pub const ANSWERS_FILE: &str = "/run/gate/daemon/answers.json";
+
+/// Nonces of the approval tokens accepted in this boot (a token names its agent's run, which
+/// names the boot, so none could be used in another).
+pub const USED_TOKENS_FILE: &str = "/run/gate/daemon/used-tokens";
 
 /// The host engine's pins: `/sys/fs/bpf/gate/host-v<ABI>/{maps,links}`. The ABI version is in
 /// the name, so a daemon of another version never opens maps laid out differently.
@@ -891,12 +903,13 @@ fn serve(
                 id,
                 ttl_s,
                 scope_rule,
-            } => handle_answer(owner, &peer, id, true, ttl_s, scope_rule),
+                tokens,
+            } => handle_answer(owner, &peer, id, true, ttl_s, scope_rule, tokens),
             Request::Reject {
                 id,
                 ttl_s,
                 scope_rule,
-            } => handle_answer(owner, &peer, id, false, ttl_s, scope_rule),
+            } => handle_answer(owner, &peer, id, false, ttl_s, scope_rule, Vec::new()),
             Request::Reload { agent } if peer.uid == 0 => {
                 let names = agent.map(|a| vec![a]);
                 Response::Reloaded {
@@ -991,6 +1004,7 @@ fn handle_answer(
     allow: bool,
     ttl_s: u64,
     scope_rule: bool,
+    tokens: Vec<String>,
 ) -> Response {
     if ttl_s == 0 || ttl_s > crate::approval::MAX_TTL.as_secs() {
         return Response::Error {
@@ -1004,7 +1018,7 @@ fn handle_answer(
         Ok(Some(u)) => format!("{} (uid {})", u.name, peer.uid),
         _ => format!("uid:{}", peer.uid),
     };
-    match owner.call(move |c| c.answer(&id, allow, scope_rule, ttl_s, &by)) {
+    match owner.call(move |c| c.answer(&id, allow, scope_rule, ttl_s, &by, &tokens)) {
         Ok(r) => r,
         Err(message) => Response::Error { message },
     }
@@ -1526,7 +1540,7 @@ impl AskSink {
                     has_object: object.is_some(),
                     pid: e.tgid,
                     comm: d.comm.clone(),
-                    process: super::asks::process_chain(e.tgid),
+                    process: super::asks::process_chain(e.tgid, &d.comm, e.ppid),
                     first: 0,
                     last: 0,
                     attempts: 0,
@@ -1565,7 +1579,8 @@ impl AskSink {
     fn notify(&self, ask: &super::asks::Ask) {
         let a = &ask.info;
         let message = format!(
-            "approval needed [{id}]: {op} {object} (rule {rule}, pid {pid} {comm}) was denied;              to allow it, run outside the agent: gate approve {id}  (or: gate reject {id})",
+            "approval needed [{id}]: {op} {object} (rule {rule}, pid {pid} {comm}) was denied; \
+             to allow it, run outside the agent: gate approve {id}  (or: gate reject {id})",
             id = a.id,
             op = a.op,
             object = a.object,

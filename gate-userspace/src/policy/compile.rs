@@ -26,6 +26,7 @@ pub struct RuleMeta {
     pub op: Op,
     pub decision: Decision,
     pub audit: bool,
+    pub approvers: Option<super::Approvers>,
 }
 
 /// Entry counts, for sizing the kernel maps.
@@ -222,6 +223,7 @@ pub fn compile(
                 op: r.op,
                 decision: r.decision,
                 audit: r.audit,
+                approvers: r.approvers.clone(),
             })
             .collect(),
         inodes: c.inodes,

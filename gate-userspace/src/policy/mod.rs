@@ -232,6 +232,22 @@ pub struct Rule {
     pub target: Target,
     /// Where the rule's id is.
     pub pos: Pos,
+    /// Who must sign an approval of an `ask` rule (none: members of the daemon's group
+    /// approve with their socket credentials).
+    pub approvers: Option<Approvers>,
+}
+
+/// The most signatures a rule may require.
+pub const MAX_APPROVERS: u32 = 16;
+
+/// `approvers = { group = "...", threshold = N }` of an `ask` rule: N distinct keys of the
+/// daemon's `[approvers.GROUP]` must sign an approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approvers {
+    pub group: String,
+    pub threshold: u32,
+    /// Where the group is named (for errors about the group).
+    pub at: Location,
 }
 
 /// What a rule matches.

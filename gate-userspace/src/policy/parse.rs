@@ -65,6 +65,15 @@ struct RawRule {
     addr: Option<SpannedList<String>>,
     port: Option<SpannedList<RawPort>>,
     unix: Option<SpannedList<String>>,
+    approvers: Option<Spanned<RawApprovers>>,
+}
+
+/// `approvers = { group = "release-managers", threshold = 2 }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovers {
+    group: Spanned<String>,
+    threshold: Spanned<i64>,
 }
 
 /// A port as written: an integer or a `"N"` / `"N-M"` string.
@@ -261,6 +270,47 @@ impl Checker<'_> {
         } else {
             self.net_target(r, pos)?
         };
+        let approvers = match &r.approvers {
+            None => None,
+            Some(a) if r.decision != Decision::Ask => {
+                return Err(PolicyError::WrongField {
+                    at: self.at(a),
+                    message: format!(
+                        "`approvers` only applies to rules with decision = \"ask\" (rule `{id}` \
+                         decides {:?})",
+                        r.decision
+                    ),
+                });
+            }
+            Some(a) => {
+                let a = a.get_ref();
+                let group = a.group.get_ref();
+                if group.is_empty() || !group.chars().all(id_ok) {
+                    return Err(PolicyError::Invalid {
+                        at: self.at(&a.group),
+                        message: format!(
+                            "approver group `{group}` must be non-empty and use only A-Z a-z \
+                             0-9 _ . -"
+                        ),
+                    });
+                }
+                let t = *a.threshold.get_ref();
+                if !(1..=super::MAX_APPROVERS as i64).contains(&t) {
+                    return Err(PolicyError::Invalid {
+                        at: self.at(&a.threshold),
+                        message: format!(
+                            "threshold {t} is out of range: between 1 and {}",
+                            super::MAX_APPROVERS
+                        ),
+                    });
+                }
+                Some(super::Approvers {
+                    group: group.clone(),
+                    threshold: t as u32,
+                    at: self.at(&a.group),
+                })
+            }
+        };
         Ok(Rule {
             id: id.clone(),
             op: *r.op.get_ref(),
@@ -269,6 +319,7 @@ impl Checker<'_> {
             description: r.description.clone(),
             target,
             pos,
+            approvers,
         })
     }
 

@@ -1137,3 +1137,37 @@ fn diff_lists_what_a_new_policy_allows_beyond_the_old() {
         "{shown}"
     );
 }
+
+#[test]
+fn approvers_belong_to_ask_rules_with_a_sane_threshold() {
+    let rule = |decision: &str, approvers: &str| {
+        format!(
+            "[[rule]]\nid = \"r\"\nop = \"write\"\npath = [\"/x\"]\ndecision = \"{decision}\"\n\
+             approvers = {approvers}\n"
+        )
+    };
+    let p = parse_str(&format!(
+        "{HEAD}{}",
+        rule("ask", "{ group = \"release-managers\", threshold = 2 }")
+    ))
+    .unwrap();
+    let a = p.rules[0].approvers.as_ref().unwrap();
+    assert_eq!((a.group.as_str(), a.threshold), ("release-managers", 2));
+    assert_eq!(a.at.to_string(), "p.toml:9:23");
+    let e = rule_err(&rule("deny", "{ group = \"g\", threshold = 1 }"));
+    assert!(
+        e.starts_with("p.toml:9:13: `approvers` only applies to rules with decision = \"ask\""),
+        "{e}"
+    );
+    let e = rule_err(&rule("ask", "{ group = \"g\", threshold = 0 }"));
+    assert!(
+        e.starts_with("p.toml:9:40: threshold 0 is out of range"),
+        "{e}"
+    );
+    let e = rule_err(&rule("ask", "{ group = \"g\", threshold = 17 }"));
+    assert!(e.contains("between 1 and 16"), "{e}");
+    let e = rule_err(&rule("ask", "{ group = \"a b\", threshold = 1 }"));
+    assert!(e.starts_with("p.toml:9:23: approver group `a b`"), "{e}");
+    let e = rule_err(&rule("ask", "{ group = \"g\", threshold = 1, quorum = 2 }"));
+    assert!(e.contains("unknown field `quorum`"), "{e}");
+}

@@ -41,6 +41,10 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
             "daemon/ask-reject-approve-and-expiry-enforced-by-the-kernel-after-kill-9",
             ask_round_trip,
         ),
+        (
+            "daemon/two-of-three-signed-approvals-replays-and-strangers-refused",
+            signed_approvals,
+        ),
     ]
 }
 
@@ -349,20 +353,7 @@ fn as_user(ctx: &Ctx, _: &mut Notes) -> TestResult {
             "the host's audit stream has no deny-b decision of agent dev-a",
         ));
     }
-    let verify = Cmd::new(&[
-        ctx.gate.display().to_string(),
-        "audit".into(),
-        "verify".into(),
-        "--pubkey".into(),
-        base().join("audit.pub").display().to_string(),
-        base().join("audit.jsonl").display().to_string(),
-    ])
-    .run();
-    if verify.code() != Some(0) {
-        return Err(Failure::new("the daemon's audit stream does not verify")
-            .detail(verify.stdout)
-            .detail(verify.stderr));
-    }
+    verify_stream(ctx)?;
     Ok(())
 }
 
@@ -861,6 +852,22 @@ fn notice_ids(stderr: &str) -> Vec<String> {
         .collect()
 }
 
+/// `DIR/file` (an existing file the test user may write) and an empty marks directory for
+/// a scripted agent, under the daemon tests' base.
+fn ask_target(dir: &str) -> Result<(PathBuf, PathBuf), Failure> {
+    let d = base().join(dir);
+    let m = base().join(format!("marks-{dir}"));
+    for p in [&d, &m] {
+        super::remove_tree(p);
+        std::fs::create_dir_all(p).or_fail("mkdir")?;
+        std::os::unix::fs::chown(p, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+    }
+    let f = d.join("file");
+    std::fs::write(&f, "x\n").or_fail("write target")?;
+    std::os::unix::fs::chown(&f, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+    Ok((f, m))
+}
+
 /// An `ask` rule end to end: the kernel denies at once and the daemon raises a request that
 /// `gate run` shows on the agent's terminal; the agent itself cannot approve it; a rejection
 /// keeps retries denied without a new request until it ends; an approval lets the retry
@@ -868,16 +875,7 @@ fn notice_ids(stderr: &str) -> Vec<String> {
 fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     // No lockdown during the test: what ends the approval must be its own expiry.
     let mut d = Daemon::start(ctx, "lockdown_after = \"600s\"\n")?;
-    let dir = base().join("ask");
-    let f = dir.join("file");
-    let m = base().join("marks-ask");
-    for p in [&dir, &m] {
-        super::remove_tree(p);
-        std::fs::create_dir_all(p).or_fail("mkdir")?;
-        std::os::unix::fs::chown(p, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
-    }
-    std::fs::write(&f, "x\n").or_fail("write target")?;
-    std::os::unix::fs::chown(&f, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+    let (f, m) = ask_target("ask")?;
     let gate = user_gate();
     let script = format!(
         "for step in 1 2 3 4 5 6 7; do while [ ! -e {m}/go$step ]; do sleep 0.05; done; \
@@ -1026,6 +1024,218 @@ fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         "request {id} rejected for 3 s, {id2} approved for 10 s; the write went through after the \
          daemon's SIGKILL and was denied again once the approval ended"
     ));
+    Ok(())
+}
+
+/// A rule that requires 2 signatures of group `release-managers` (3 keys): approving with
+/// socket credentials is refused; one signature is not enough; the same token again
+/// (replayed), the same key again, a key outside the group and a token for another agent run
+/// are refused and recorded; a second key's token, signed away from the daemon with
+/// `--sign-only --request`, approves; the stream verifies and carries both signatures.
+fn signed_approvals(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    ensure_users(ctx)?;
+    let keys = base().join("approver-keys");
+    super::remove_tree(&keys);
+    std::fs::create_dir_all(&keys).or_fail("mkdir keys")?;
+    std::os::unix::fs::chown(&keys, Some(DEV_UID), Some(GATE_GID)).or_fail("chown keys")?;
+    let gate = user_gate();
+    let run_gate = |args: &[String]| {
+        let mut a = vec![gate.clone()];
+        a.extend(args.iter().cloned());
+        let c = as_uid(DEV_UID, &a);
+        let o = c.run();
+        (c, o)
+    };
+    for i in 0..4 {
+        let (c, o) = run_gate(&[
+            "keygen".into(),
+            keys.join(format!("k{i}")).display().to_string(),
+        ]);
+        if o.code() != Some(0) {
+            return Err(Failure::new("gate keygen failed").command(&c, &o));
+        }
+    }
+    let group: Vec<String> = (0..3)
+        .map(|i| format!("\"{}\"", keys.join(format!("k{i}.pub")).display()))
+        .collect();
+    let d = Daemon::start(
+        ctx,
+        &format!(
+            "lockdown_after = \"600s\"\n[approvers.release-managers]\nkeys = [{}]\n",
+            group.join(", ")
+        ),
+    )?;
+    let (f, m) = ask_target("ask-signed")?;
+    let script = format!(
+        "for step in 1 2 3; do while [ ! -e {m}/go$step ]; do sleep 0.05; done; \
+         if (echo x >> {f}) 2>&-; then W=ok; else W=denied; fi; echo \"R$step W=$W\"; done",
+        m = m.display(),
+        f = f.display(),
+    );
+    let cmd = gate_run(ctx, DEV_UID, "daemon-ask-signed", Some("signed"), &script);
+    let mut bg = cmd.spawn()?;
+    let r1 = step_agent(&m, &mut bg, 1)?;
+    if r1 != "R1 W=denied"
+        || !bg.wait_for_stdout_or_stderr("approval needed [", Duration::from_secs(30))
+    {
+        return Err(
+            Failure::new(format!("expected a denied write and a request, got {r1:?}"))
+                .detail(bg.stderr()),
+        );
+    }
+    let id = notice_ids(&bg.stderr())
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    let pending = approvals_json(ctx)?;
+    let request = m.join("request.json");
+    std::fs::write(
+        &request,
+        serde_json::to_string(&pending).unwrap_or_default(),
+    )
+    .or_fail("write request.json")?;
+    let mut other_run = pending.clone();
+    if let Some(r) = other_run.first_mut() {
+        r["run"] = serde_json::Value::from("00000000/1");
+    }
+    let other = m.join("other-run.json");
+    std::fs::write(
+        &other,
+        serde_json::to_string(&other_run).unwrap_or_default(),
+    )
+    .or_fail("write other-run.json")?;
+    for p in [&request, &other] {
+        std::os::unix::fs::chown(p, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+    }
+    let sign_only = |k: usize, req: &Path, out: &str| -> Result<PathBuf, Failure> {
+        let (c, o) = run_gate(&[
+            "approve".into(),
+            id.clone(),
+            "--key".into(),
+            keys.join(format!("k{k}")).display().to_string(),
+            "--sign-only".into(),
+            "--request".into(),
+            req.display().to_string(),
+        ]);
+        if o.code() != Some(0) {
+            return Err(Failure::new("gate approve --sign-only failed").command(&c, &o));
+        }
+        let p = m.join(out);
+        std::fs::write(&p, &o.stdout).or_fail("write token")?;
+        Ok(p)
+    };
+    let submit = |token: &Path| {
+        run_gate(&[
+            "approve".into(),
+            "--token".into(),
+            token.display().to_string(),
+        ])
+    };
+    let mut seen = Vec::new();
+    let mut expect = |what: &str, (c, o): (Cmd, crate::outcome::Outcome), ok: bool, says: &str| {
+        let text = format!("{}{}", o.stdout, o.stderr);
+        seen.push(format!("{what}: {}", text.trim()));
+        if (o.code() == Some(0)) != ok || !text.contains(says) {
+            return Err(Failure::new(format!(
+                "{what}: expected {} saying {says:?}",
+                if ok { "success" } else { "a refusal" }
+            ))
+            .command(&c, &o));
+        }
+        Ok(())
+    };
+    // Socket credentials are not enough for this rule.
+    expect(
+        "unsigned",
+        run_gate(&["approve".into(), id.clone()]),
+        false,
+        "requires 2 signatures",
+    )?;
+    let t0 = sign_only(0, &request, "t0")?;
+    expect(
+        "first signature",
+        submit(&t0),
+        true,
+        "1 of the 2 signatures",
+    )?;
+    let r2 = step_agent(&m, &mut bg, 2)?;
+    if r2 != "R2 W=denied" {
+        return Err(Failure::new(format!(
+            "one signature of two let the write through: {r2}"
+        )));
+    }
+    expect("the same token again", submit(&t0), false, "replayed")?;
+    let k0 = keys.join("k0").display().to_string();
+    expect(
+        "the same key again",
+        run_gate(&["approve".into(), id.clone(), "--key".into(), k0]),
+        false,
+        "signed this request already",
+    )?;
+    let stranger = sign_only(3, &request, "t3")?;
+    expect(
+        "a key outside the group",
+        submit(&stranger),
+        false,
+        "not one of the group's approvers",
+    )?;
+    let moved = sign_only(1, &other, "t1-other")?;
+    expect(
+        "a token for another run",
+        submit(&moved),
+        false,
+        "another agent run",
+    )?;
+    let t1 = sign_only(1, &request, "t1")?;
+    expect("second signature", submit(&t1), true, "approved")?;
+    let r3 = step_agent(&m, &mut bg, 3)?;
+    if r3 != "R3 W=ok" {
+        return Err(Failure::new(format!(
+            "two signatures did not let the write through: {r3}"
+        ))
+        .detail(seen.join("\n")));
+    }
+    let _ = bg.wait(Duration::from_secs(60));
+    drop(d);
+    let audit =
+        std::fs::read_to_string(base().join("audit.jsonl")).or_fail("read the audit stream")?;
+    let recs: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "approval" && r["correlation"] == id.as_str())
+        .collect();
+    let count = |step: &str| recs.iter().filter(|r| r["step"] == step).count();
+    let approved_with_two = recs.iter().any(|r| {
+        r["step"] == "approve" && r["signatures"].as_array().is_some_and(|s| s.len() == 2)
+    });
+    if count("refuse") != 4 || count("sign") != 2 || !approved_with_two {
+        return Err(Failure::new(format!(
+            "expected 4 refusals, 2 signatures and an approval carrying both in the stream: {recs:?}"
+        )));
+    }
+    verify_stream(ctx)?;
+    notes.push(format!(
+        "request {id}: unsigned, replayed, same-key, stranger and other-run tokens refused; 2 of 3 approved"
+    ));
+    Ok(())
+}
+
+/// `gate audit verify` of the daemon's stream must pass.
+fn verify_stream(ctx: &Ctx) -> Result<(), Failure> {
+    let verify = Cmd::new(&[
+        ctx.gate.display().to_string(),
+        "audit".into(),
+        "verify".into(),
+        "--pubkey".into(),
+        base().join("audit.pub").display().to_string(),
+        base().join("audit.jsonl").display().to_string(),
+    ])
+    .run();
+    if verify.code() != Some(0) {
+        return Err(Failure::new("the daemon's audit stream does not verify")
+            .detail(verify.stdout)
+            .detail(verify.stderr));
+    }
     Ok(())
 }
 
