@@ -74,6 +74,9 @@ pub mod decision {
     pub const MASK: u8 = 0x03;
     /// A matching rule asked that allowed actions be audited too.
     pub const AUDIT: u8 = 0x80;
+    /// The rule has a quota (`limit`): its counter in `VERDICTS` (`verdict_kind::QUOTA`)
+    /// decides whether this allow stands.
+    pub const LIMITED: u8 = 0x40;
 }
 
 /// Rule indexes with a meaning of their own (real rules are numbered from 0).
@@ -216,6 +219,8 @@ pub mod flag {
     /// An `ask` decision turned into a deny by a verdict the daemon wrote (a rejection, whose
     /// request is not raised again until it expires).
     pub const REJECTED: u8 = 0x20;
+    /// The rule's quota was used up in its window: its `over_limit` decision applied.
+    pub const OVER_LIMIT: u8 = 0x40;
 }
 
 /// Per-CPU counter slots (`COUNTERS` map).
@@ -570,6 +575,12 @@ pub mod verdict_kind {
     pub const OBJECT: u8 = 1;
     /// Everything the rule matches.
     pub const RULE: u8 = 2;
+    /// A quota's counter (object fields zero): `expires_ns` is the end of the current window,
+    /// `source` the actions counted in it. The kernel starts a new window and counts.
+    pub const QUOTA: u8 = 3;
+    /// A quota's terms (object fields zero): `expires_ns` is the window's length in ns,
+    /// `source` the actions allowed per window, `decision` what applies past them.
+    pub const QUOTA_TERMS: u8 = 4;
 }
 
 /// Value of the `VERDICTS` map.

@@ -259,6 +259,13 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
     let Ok(mut req) = (unsafe { bpf_probe_read_kernel(&req as *const Request) }) else {
         return eperm();
     };
+    if req.decision & decision::LIMITED != 0 && req.decision & decision::MASK == decision::ALLOW {
+        let over = over_limit(&req);
+        if over != decision::NONE {
+            req.decision = over;
+            req.flags |= flag::OVER_LIMIT;
+        }
+    }
     if req.decision & decision::MASK == decision::ASK {
         // A person's answer the daemon wrote into VERDICTS, while it lasts: an approval lets
         // the action through (and records it), a rejection keeps it denied without a new
@@ -293,27 +300,34 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
     }
 }
 
-/// The decision of an unexpired verdict the daemon wrote for this agent and the request's
-/// rule: for its object (a file by device and inode, an address and port) first, then for the
-/// whole rule; `decision::NONE` when there is none. The key is built in the per-CPU scratch
-/// (the programs' stack is full) and the expiry is checked here, against the boot-time clock,
-/// so an approval ends on time whether or not the daemon runs.
+/// The `VERDICTS` key of `kind` for the request's agent, rule and operation (object fields
+/// zero), built in the per-CPU scratch: the programs' stack is full.
 #[inline(always)]
-fn answered(o: &Offs, req: &Request) -> u8 {
-    let Some(s) = WALK.get_ptr_mut(0) else {
-        return decision::NONE;
-    };
+fn verdict_key(req: &Request, kind: u8) -> Option<&'static mut gate_common::VerdictKey> {
+    let s = WALK.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch is this program run's alone until it ends; the walk that
     // also uses it is over.
     let k = unsafe { &mut (*s).verdict };
     k.agent_id = req.agent_id;
     k.rule = req.rule;
     k.op = req.op;
-    k.kind = verdict_kind::RULE;
+    k.kind = kind;
     k.dev = 0;
     k.port = 0;
     k.family = 0;
     k.obj = [0; 16];
+    Some(k)
+}
+
+/// The decision of an unexpired verdict the daemon wrote for this agent and the request's
+/// rule: for its object (a file by device and inode, an address and port) first, then for the
+/// whole rule; `decision::NONE` when there is none. The expiry is checked here, against the boot-time clock,
+/// so an approval ends on time whether or not the daemon runs.
+#[inline(always)]
+fn answered(o: &Offs, req: &Request) -> u8 {
+    let Some(k) = verdict_key(req, verdict_kind::RULE) else {
+        return decision::NONE;
+    };
     let mut object = false;
     if req.is_file == event::kind::FILE || req.is_file == event::kind::FILE_STRING {
         if let Ok(Some(id)) = crate::walk::identity(o, req.dentry) {
@@ -348,6 +362,48 @@ fn answered(o: &Offs, req: &Request) -> u8 {
     match unsafe { VERDICTS.get(&*k) } {
         Some(v) if now < v.expires_ns => v.decision,
         _ => decision::NONE,
+    }
+}
+
+/// Counts an allow of a rule with a quota, per agent and rule: `decision::NONE` while the
+/// window's count is within the quota's terms, else the decision past it. Terms or counter
+/// missing (the daemon writes both before the policy goes live): deny, fail closed. The count
+/// is an atomic add; the window's restart is not, so at a window's boundary CPUs racing may
+/// let one action each more through.
+#[inline(always)]
+fn over_limit(req: &Request) -> u8 {
+    let Some(k) = verdict_key(req, verdict_kind::QUOTA_TERMS) else {
+        return decision::DENY;
+    };
+    // SAFETY: entries are replaced, not written into, and freed after a grace period.
+    let Some(terms) = (unsafe { VERDICTS.get(&*k) }) else {
+        return decision::DENY;
+    };
+    let (window, max, over) = (terms.expires_ns, terms.source, terms.decision);
+    k.kind = verdict_kind::QUOTA;
+    let Some(c) = VERDICTS.get_ptr_mut(&*k) else {
+        return decision::DENY;
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: `c` points into the counter's map value, which the kernel keeps alive for this
+    // program run; only programs write into it.
+    unsafe {
+        if now >= (*c).expires_ns {
+            (*c).expires_ns = now + window;
+            (*c).source = 0;
+        }
+        // An atomic add (BPF_ATOMIC BPF_ADD, its result unused): the BPF target offers no
+        // `fetch_add` on its atomic types.
+        core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            &mut (*c).source,
+            1,
+        );
+        if core::ptr::read_volatile(&(*c).source) > max {
+            over
+        } else {
+            decision::NONE
+        }
     }
 }
 

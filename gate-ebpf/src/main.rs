@@ -7,6 +7,9 @@
 //! with the previous LSM program's return value untouched.
 #![no_std]
 #![no_main]
+// `atomic_xadd` for quota counters (decide::over_limit).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod bpf;
 mod capable;

@@ -30,6 +30,7 @@ fn body() -> RecordBody {
         rule: "workspace-rw".into(),
         policy_digest: "3f".repeat(32),
         correlation: None,
+        over_limit: false,
     })
 }
 

@@ -223,6 +223,11 @@ impl MemEnforcer {
             .expect("checked when the agent was added");
     }
 
+    /// Entries of `VERDICTS` (answers, quota terms and counters).
+    pub fn verdict_count(&self) -> usize {
+        self.verdicts.len()
+    }
+
     /// Rule entries in the maps, all slots together (for tests: replaced slots are gone).
     pub fn entries(&self) -> usize {
         self.inodes.len() + self.net4.len() + self.net6.len()
@@ -325,6 +330,40 @@ impl MemEnforcer {
             lockdown = true;
         }
         let mut flags = 0;
+        if d & decision::LIMITED != 0 && d & decision::MASK == decision::ALLOW {
+            // As `decide::over_limit`.
+            let key = |kind| VerdictKey {
+                agent_id: cfg.agent_id,
+                rule: r,
+                op,
+                kind,
+                ..Default::default()
+            };
+            let terms = self
+                .verdicts
+                .get(&key(gate_common::verdict_kind::QUOTA_TERMS))
+                .copied();
+            let now = self.now_ns;
+            let over = match (
+                terms,
+                self.verdicts
+                    .get_mut(&key(gate_common::verdict_kind::QUOTA)),
+            ) {
+                (Some(t), Some(c)) => {
+                    if now >= c.expires_ns {
+                        c.expires_ns = now + t.expires_ns;
+                        c.source = 0;
+                    }
+                    c.source += 1;
+                    (c.source > t.source).then_some(t.decision)
+                }
+                _ => Some(decision::DENY),
+            };
+            if let Some(o) = over {
+                d = o;
+                flags |= gate_common::flag::OVER_LIMIT;
+            }
+        }
         if d & decision::MASK == decision::ASK {
             // As `decide::answered`: the object's verdict first, then the rule's.
             let mut key = VerdictKey {
@@ -360,9 +399,9 @@ impl MemEnforcer {
                 .map(|v| v.decision & decision::MASK);
             if answer == Some(decision::ALLOW) {
                 d = decision::ALLOW | decision::AUDIT;
-                flags = gate_common::flag::APPROVED;
+                flags |= gate_common::flag::APPROVED;
             } else if answer == Some(decision::DENY) {
-                flags = gate_common::flag::REJECTED;
+                flags |= gate_common::flag::REJECTED;
             }
         }
         self.counters[counter::DECISIONS as usize] += 1;
@@ -424,6 +463,7 @@ impl Enforcer for MemEnforcer {
             self.drop_slot(slot);
             return Err(e);
         }
+        self.verdicts.extend(policy.quota_entries(agent_id));
         self.agents
             .insert(cgroup_id, (level, policy.agent_config(slot, agent_id)));
         self.write_levels();
@@ -446,6 +486,12 @@ impl Enforcer for MemEnforcer {
             self.drop_slot(slot);
             return Err(e);
         }
+        self.verdicts.retain(|k, _| {
+            k.agent_id != old.agent_id
+                || (k.kind != gate_common::verdict_kind::QUOTA
+                    && k.kind != gate_common::verdict_kind::QUOTA_TERMS)
+        });
+        self.verdicts.extend(policy.quota_entries(old.agent_id));
         self.agents
             .insert(cgroup_id, (level, policy.agent_config(slot, old.agent_id)));
         self.drop_slot(old.slot);
@@ -460,6 +506,7 @@ impl Enforcer for MemEnforcer {
         };
         self.write_levels();
         self.drop_slot(cfg.slot);
+        self.verdicts.retain(|k, _| k.agent_id != cfg.agent_id);
         Ok(())
     }
 

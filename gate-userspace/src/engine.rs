@@ -98,7 +98,7 @@ impl Capacity {
             inodes: room(policy.inodes.len() + policy.pending.len() + extra),
             net4: room(policy.net4.len()),
             net6: room(policy.net6.len()),
-            verdicts: 1,
+            verdicts: room(policy.quota_entries(0).len()),
         }
     }
 }
@@ -121,6 +121,8 @@ struct Agent {
     level: Option<u32>,
     config: AgentConfig,
     rules: SlotRules,
+    /// The `VERDICTS` keys of its policy's quotas.
+    quotas: Vec<VerdictKey>,
 }
 
 /// What the engine knows of one agent, for status and tests.
@@ -516,13 +518,14 @@ impl Engine {
                 self.capacity.agents
             )));
         }
-        let (slot, rules, config) = self.install(cgroup_id, agent_id, policy, extra)?;
+        let (slot, rules, config, quotas) = self.install(cgroup_id, agent_id, policy, extra)?;
         self.agents.insert(
             cgroup_id,
             Agent {
                 level: Some(level),
                 config,
                 rules,
+                quotas,
             },
         );
         if let Err(e) = self.write_host() {
@@ -540,15 +543,24 @@ impl Engine {
         agent_id: u32,
         policy: &CompiledPolicy,
         extra: &[(InodeKey, InodeRule)],
-    ) -> Result<(u32, SlotRules, AgentConfig), EngineError> {
+    ) -> Result<(u32, SlotRules, AgentConfig, Vec<VerdictKey>), EngineError> {
         let slot = self.fresh_slot();
         let rules = self.write_rules(slot, policy, extra)?;
+        // The quotas' terms and counters go in before the policy that reads them.
+        let mut quotas = Vec::new();
+        for (k, v) in policy.quota_entries(agent_id) {
+            if let Err(e) = self.write_verdict(k, v) {
+                self.delete_rules(&rules);
+                return Err(e);
+            }
+            quotas.push(k);
+        }
         let config = policy.agent_config(slot, agent_id);
         if let Err(e) = self.set_agent(cgroup_id, config) {
             self.delete_rules(&rules);
             return Err(e);
         }
-        Ok((slot, rules, config))
+        Ok((slot, rules, config, quotas))
     }
 
     fn set_agent(&mut self, cgroup_id: u64, config: AgentConfig) -> Result<(), EngineError> {
@@ -574,11 +586,15 @@ impl Engine {
                 "cgroup {cgroup_id} is no agent"
             )));
         };
-        let (slot, rules, config) = self.install(cgroup_id, agent_id, policy, extra)?;
+        let (slot, rules, config, quotas) = self.install(cgroup_id, agent_id, policy, extra)?;
         let agent = self.agents.get_mut(&cgroup_id).expect("checked above");
         agent.config = config;
         let old = std::mem::replace(&mut agent.rules, rules);
+        let old_quotas = std::mem::replace(&mut agent.quotas, quotas.clone());
         self.retire(old);
+        for k in old_quotas.iter().filter(|k| !quotas.contains(k)) {
+            let _ = self.remove_verdict(*k);
+        }
         Ok(slot)
     }
 
@@ -595,6 +611,18 @@ impl Engine {
             source,
         })?;
         self.retire(agent.rules);
+        // Its quotas and answers go with it (agent ids are not reused while entries remain).
+        let agent_id = agent.config.agent_id;
+        if let Ok(map) = self.map::<HashMap<_, VerdictKey, VerdictValue>>("VERDICTS") {
+            let keys: Vec<VerdictKey> = map
+                .keys()
+                .flatten()
+                .filter(|k| k.agent_id == agent_id)
+                .collect();
+            for k in keys {
+                let _ = self.remove_verdict(k);
+            }
+        }
         self.write_host()?;
         Ok(())
     }
@@ -879,6 +907,18 @@ impl Engine {
             .copied()
             .filter(|&l| l != 0)
             .collect();
+        let quota_keys: Vec<VerdictKey> = self
+            .map::<HashMap<_, VerdictKey, VerdictValue>>("VERDICTS")
+            .map(|m| {
+                m.keys()
+                    .flatten()
+                    .filter(|k| {
+                        k.kind == gate_common::verdict_kind::QUOTA
+                            || k.kind == gate_common::verdict_kind::QUOTA_TERMS
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         for (cgroup_id, config) in found {
             let mut rules = by_slot.remove(&config.slot).unwrap_or_default();
             rules.slot = config.slot;
@@ -889,6 +929,11 @@ impl Engine {
                     level: levels.get(&cgroup_id).copied(),
                     config,
                     rules,
+                    quotas: quota_keys
+                        .iter()
+                        .filter(|k| k.agent_id == config.agent_id)
+                        .copied()
+                        .collect(),
                 },
             );
         }

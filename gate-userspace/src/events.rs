@@ -41,6 +41,9 @@ pub struct Decision {
     /// The kernel's decision came from the fail-closed rule for internal errors.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub internal_error: bool,
+    /// The rule's quota was used up: its `over_limit` decision applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub over_limit: bool,
 }
 
 /// The process a ptrace access or a signal was aimed at, and what was tried.
@@ -400,6 +403,7 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         cgroup_id: e.cgroup_id,
         ktime_ns: e.ktime_ns,
         internal_error: e.flags & flag::INTERNAL_ERROR != 0,
+        over_limit: e.flags & flag::OVER_LIMIT != 0,
     }
 }
 

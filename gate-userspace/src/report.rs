@@ -269,6 +269,7 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         rule: d.rule.clone(),
         policy_digest: digest.to_owned(),
         correlation: None,
+        over_limit: d.over_limit,
     };
     RecordBody::Decision(rec)
 }

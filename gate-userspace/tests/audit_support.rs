@@ -53,6 +53,7 @@ pub fn decision(i: u64) -> RecordBody {
         rule: format!("rule-{}", i % 13),
         policy_digest: "5e".repeat(32),
         correlation: None,
+        over_limit: false,
     })
 }
 

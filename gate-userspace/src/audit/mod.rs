@@ -23,7 +23,9 @@
 //! `tgid`, `ppid`, `uid`, `comm`, `exe` (optional), `op` (`exec|write|read|connect`), `hook`,
 //! `path` or `addr` + `port`, `decision` (`allow|deny|ask`), `enforced` (false when audit mode
 //! let a would-be denial through), `rule` (rule id, `default` or `internal`), `policy_digest`
-//! and `correlation` (optional, links an `ask` to its `approval` and the retried action).
+//! `correlation` (optional, links an `ask` to its `approval` and the retried action) and
+//! `over_limit` (optional, `true` when the rule's quota was used up and its `over_limit`
+//! decision applied).
 //!
 //! An `approval` is a step of an `ask`'s life: `correlation` (the request's id), `agent`,
 //! `decision` (`ask` for a request, `allow` for an approval, `deny` otherwise), `by` (the

@@ -180,6 +180,9 @@ pub struct Decision {
     /// Links an `ask` to its approval and to the retried action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation: Option<String>,
+    /// The rule's quota (`limit`) was used up: its `over_limit` decision applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub over_limit: bool,
 }
 
 impl Decision {
@@ -265,6 +268,10 @@ impl Decision {
         if let Some(c) = &self.correlation {
             field(buf, b"correlation");
             write_json_str(buf, c);
+        }
+        if self.over_limit {
+            field(buf, b"over_limit");
+            buf.extend_from_slice(b"true");
         }
         buf.push(b'}');
     }
@@ -565,6 +572,7 @@ mod tests {
             rule: "ssh-keys".into(),
             policy_digest: "ab".repeat(32),
             correlation: None,
+            over_limit: false,
         }
     }
 
@@ -591,6 +599,7 @@ mod tests {
         let mut d = decision();
         d.exe = None;
         d.correlation = Some("ask-\"7\"".into());
+        d.over_limit = true;
         d.comm = "we\tird\u{1}".into();
         d.enforced = false;
         d.decision = Verdict::Ask;

@@ -386,6 +386,19 @@ impl Asks {
         gone
     }
 
+    /// Drops the pending requests of agents not in `live`.
+    pub fn forget_requests_except(&mut self, live: &[u32]) {
+        let gone: Vec<String> = self
+            .pending
+            .values()
+            .filter(|a| !live.contains(&a.agent_id))
+            .map(|a| a.info.id.clone())
+            .collect();
+        for id in gone {
+            self.drop_request(&id);
+        }
+    }
+
     /// The signatures collected for a request.
     pub fn signatures(&self, id: &str) -> &[Signed] {
         self.signed.get(id).map_or(&[], Vec::as_slice)

@@ -458,6 +458,9 @@ impl Core {
     pub fn expire_answers(&mut self) {
         let asks = self.asks.clone();
         let mut asks = asks.lock().unwrap_or_else(|e| e.into_inner());
+        // Requests raised by events an agent queued just before it ended.
+        let live: Vec<u32> = self.agents.values().map(|a| a.agent_id).collect();
+        asks.forget_requests_except(&live);
         let gone = asks.expire(boot_ns());
         if gone.is_empty() {
             return;
@@ -1363,6 +1366,40 @@ path = ["/home/u/**"]
             "{steps:?}"
         );
         assert!(steps.last().unwrap().ends_with(":2"), "{steps:?}");
+    }
+
+    /// A quota of 3 a minute: 3 writes allowed, the 4th denied and marked, allowed again once
+    /// the kernel's clock enters the next window; a reload with another quota starts afresh.
+    #[test]
+    fn quotas_count_per_window_and_fall_to_their_over_limit_decision() {
+        let (mut core, mem, res, _rx) = setup(64);
+        let src = DENY_SSH.replace(
+            "decision = \"deny\"",
+            "decision = \"allow\"\nlimit = \"3/min\"",
+        );
+        core.add(new_agent("a", 50), compiled(&src, &res), &[])
+            .unwrap();
+        mem.lock().unwrap().now_ns = 1_000;
+        let rets: Vec<(i32, u8)> = (0..4)
+            .map(|_| {
+                let d = decide_write(&mem, SSH_KEY);
+                (d.ret, d.flags)
+            })
+            .collect();
+        let over = gate_common::flag::OVER_LIMIT;
+        assert_eq!(rets, [(0, 0), (0, 0), (0, 0), (-libc::EPERM, over)]);
+        mem.lock().unwrap().now_ns = 1_000 + 60_000_000_000;
+        assert_eq!(decide_write(&mem, SSH_KEY).ret, 0);
+        let ask = src.replace("limit = \"3/min\"", "limit = \"1/h\"\nover_limit = \"ask\"");
+        assert!(core.replace("a", compiled(&ask, &res)).error.is_none());
+        assert_eq!(decide_write(&mem, SSH_KEY).ret, 0);
+        let d = decide_write(&mem, SSH_KEY);
+        assert_eq!(
+            (d.ret, d.decision & gate_common::decision::MASK, d.flags),
+            (-libc::EPERM, gate_common::decision::ASK, over)
+        );
+        core.remove("a", "done").unwrap();
+        assert_eq!(mem.lock().unwrap().verdict_count(), 0);
     }
 
     #[test]

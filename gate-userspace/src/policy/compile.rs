@@ -27,6 +27,7 @@ pub struct RuleMeta {
     pub decision: Decision,
     pub audit: bool,
     pub approvers: Option<super::Approvers>,
+    pub limit: Option<super::Limit>,
 }
 
 /// Entry counts, for sizing the kernel maps.
@@ -93,6 +94,39 @@ impl CompiledPolicy {
     /// The rule a kernel event names: a rule id, or the name of a reserved index.
     pub fn rule_name(&self, index: u16) -> String {
         crate::events::rule_name(Some(self), index)
+    }
+
+    /// The `VERDICTS` entries of this policy's quotas for agent `agent_id`: per rule with a
+    /// `limit`, its terms and a fresh counter (the kernel starts the first window).
+    pub fn quota_entries(
+        &self,
+        agent_id: u32,
+    ) -> Vec<(gate_common::VerdictKey, gate_common::VerdictValue)> {
+        let mut out = Vec::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let Some(l) = r.limit else { continue };
+            let key = |kind| gate_common::VerdictKey {
+                agent_id,
+                rule: i as u16,
+                op: r.op.code(),
+                kind,
+                ..Default::default()
+            };
+            out.push((
+                key(gate_common::verdict_kind::QUOTA_TERMS),
+                gate_common::VerdictValue {
+                    expires_ns: l.window_s * 1_000_000_000,
+                    decision: l.over.code(),
+                    _pad: [0; 3],
+                    source: l.count,
+                },
+            ));
+            out.push((
+                key(gate_common::verdict_kind::QUOTA),
+                gate_common::VerdictValue::default(),
+            ));
+        }
+        out
     }
 
     /// The `AGENTS` map value for this policy, its rules written under `slot`, for the agent
@@ -224,6 +258,7 @@ pub fn compile(
                 decision: r.decision,
                 audit: r.audit,
                 approvers: r.approvers.clone(),
+                limit: r.limit,
             })
             .collect(),
         inodes: c.inodes,
@@ -266,7 +301,12 @@ fn decision_byte(rule: &Rule) -> u8 {
     } else {
         0
     };
-    rule.decision.code() | audit
+    let limited = if rule.limit.is_some() {
+        decision::LIMITED
+    } else {
+        0
+    };
+    rule.decision.code() | audit | limited
 }
 
 /// Merges a rule into one map slot the way the kernel merges matches: the more severe decision

@@ -235,6 +235,33 @@ pub struct Rule {
     /// Who must sign an approval of an `ask` rule (none: members of the daemon's group
     /// approve with their socket credentials).
     pub approvers: Option<Approvers>,
+    /// How often the rule may allow per agent (`limit`), and what applies past it.
+    pub limit: Option<Limit>,
+}
+
+/// The largest count a `limit` may name.
+pub const MAX_LIMIT: u32 = 1_000_000;
+
+/// `limit = "COUNT/PERIOD"` and `over_limit` of an allow rule, counted by the kernel per
+/// agent and rule in fixed windows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limit {
+    pub count: u32,
+    pub window_s: u64,
+    /// `Deny` or `Ask`.
+    pub over: Decision,
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per = match self.window_s {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            _ => "day",
+        };
+        write!(f, "{}/{per}", self.count)
+    }
 }
 
 /// The most signatures a rule may require.

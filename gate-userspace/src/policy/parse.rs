@@ -66,6 +66,8 @@ struct RawRule {
     port: Option<SpannedList<RawPort>>,
     unix: Option<SpannedList<String>>,
     approvers: Option<Spanned<RawApprovers>>,
+    limit: Option<Spanned<String>>,
+    over_limit: Option<Spanned<Decision>>,
 }
 
 /// `approvers = { group = "release-managers", threshold = 2 }`.
@@ -158,18 +160,12 @@ impl Checker<'_> {
             d.read.unwrap_or(fallback[2]),
             d.connect.unwrap_or(fallback[3]),
         ];
-        let unix_default = match &d.unix {
-            None => Decision::Deny,
-            Some(u) if *u.get_ref() == Decision::Ask => {
-                return Err(PolicyError::Invalid {
-                    at: self.at(u),
-                    message: "`unix` takes \"allow\" or \"deny\" (nobody is asked about a \
-                              local socket yet)"
-                        .to_owned(),
-                });
-            }
-            Some(u) => *u.get_ref(),
-        };
+        let unix_default = self.decision_but(
+            &d.unix,
+            Decision::Deny,
+            Decision::Ask,
+            "`unix` takes \"allow\" or \"deny\" (nobody is asked about a local socket yet)",
+        )?;
         let mut first_seen: HashMap<String, Pos> = HashMap::new();
         let mut rules = Vec::with_capacity(raw.rule.len());
         for r in &raw.rule {
@@ -311,6 +307,7 @@ impl Checker<'_> {
                 })
             }
         };
+        let limit = self.limit(r)?;
         Ok(Rule {
             id: id.clone(),
             op: *r.op.get_ref(),
@@ -320,7 +317,82 @@ impl Checker<'_> {
             target,
             pos,
             approvers,
+            limit,
         })
+    }
+
+    /// `limit = "30/min"` (per `s`, `min`, `h`, `day`) and `over_limit = "deny" | "ask"`, on
+    /// allow rules.
+    fn limit(&self, r: &RawRule) -> Result<Option<super::Limit>, PolicyError> {
+        let Some(l) = &r.limit else {
+            if let Some(o) = &r.over_limit {
+                return Err(PolicyError::WrongField {
+                    at: self.at(o),
+                    message: "`over_limit` needs a `limit` on the same rule".into(),
+                });
+            }
+            return Ok(None);
+        };
+        if r.decision != Decision::Allow {
+            return Err(PolicyError::WrongField {
+                at: self.at(l),
+                message: format!(
+                    "`limit` applies to allow rules (this one decides {:?}): it bounds how \
+                     often an allowed action may happen",
+                    r.decision
+                ),
+            });
+        }
+        let text = l.get_ref().trim();
+        let bad = || PolicyError::Invalid {
+            at: self.at(l),
+            message: format!(
+                "cannot read the limit {text:?}: write COUNT/PERIOD with PERIOD one of s, min, h, \
+                 day (e.g. \"30/min\"), COUNT between 1 and {}",
+                super::MAX_LIMIT
+            ),
+        };
+        let (count, per) = text.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let window_s = match per.trim() {
+            "s" => 1,
+            "min" | "m" => 60,
+            "h" => 3600,
+            "day" | "d" => 86400,
+            _ => return Err(bad()),
+        };
+        if count == 0 || count > super::MAX_LIMIT {
+            return Err(bad());
+        }
+        let over = self.decision_but(
+            &r.over_limit,
+            Decision::Deny,
+            Decision::Allow,
+            "`over_limit` is \"deny\" or \"ask\" (past its limit an action is not allowed)",
+        )?;
+        Ok(Some(super::Limit {
+            count,
+            window_s,
+            over,
+        }))
+    }
+
+    /// A decision that may be anything but `refused` (`default` when absent).
+    fn decision_but(
+        &self,
+        v: &Option<Spanned<Decision>>,
+        default: Decision,
+        refused: Decision,
+        message: &str,
+    ) -> Result<Decision, PolicyError> {
+        match v {
+            None => Ok(default),
+            Some(d) if *d.get_ref() == refused => Err(PolicyError::Invalid {
+                at: self.at(d),
+                message: message.to_owned(),
+            }),
+            Some(d) => Ok(*d.get_ref()),
+        }
     }
 
     fn file_target(&self, r: &RawRule) -> Result<Target, PolicyError> {

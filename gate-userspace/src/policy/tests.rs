@@ -1171,3 +1171,61 @@ fn approvers_belong_to_ask_rules_with_a_sane_threshold() {
     let e = rule_err(&rule("ask", "{ group = \"g\", threshold = 1, quorum = 2 }"));
     assert!(e.contains("unknown field `quorum`"), "{e}");
 }
+
+#[test]
+fn limits_belong_to_allow_rules_and_say_count_per_period() {
+    let rule = |decision: &str, extra: &str| {
+        format!(
+            "[[rule]]\nid = \"r\"\nop = \"write\"\npath = [\"/x\"]\ndecision = \"{decision}\"\n{extra}\n"
+        )
+    };
+    let p = parse_str(&format!(
+        "{HEAD}{}",
+        rule("allow", "limit = \"30/min\"\nover_limit = \"ask\"")
+    ))
+    .unwrap();
+    let l = p.rules[0].limit.unwrap();
+    assert_eq!((l.count, l.window_s, l.over), (30, 60, Decision::Ask));
+    assert_eq!(l.to_string(), "30/min");
+    let p = parse_str(&format!("{HEAD}{}", rule("allow", "limit = \"5/s\""))).unwrap();
+    assert_eq!(p.rules[0].limit.unwrap().over, Decision::Deny);
+    let e = rule_err(&rule("deny", "limit = \"5/s\""));
+    assert!(
+        e.starts_with("p.toml:9:9: `limit` applies to allow rules"),
+        "{e}"
+    );
+    for bad in ["5", "0/s", "5/week", "x/min", "2000000/day"] {
+        let e = rule_err(&rule("allow", &format!("limit = \"{bad}\"")));
+        assert!(
+            e.starts_with("p.toml:9:9: cannot read the limit"),
+            "{bad}: {e}"
+        );
+    }
+    let e = rule_err(&rule("allow", "over_limit = \"deny\""));
+    assert!(e.contains("`over_limit` needs a `limit`"), "{e}");
+    let e = rule_err(&rule("allow", "limit = \"5/s\"\nover_limit = \"allow\""));
+    assert!(
+        e.starts_with("p.toml:10:14: `over_limit` is \"deny\" or \"ask\""),
+        "{e}"
+    );
+    // The kernel sees the quota in the rule's decision byte, and its terms and counter.
+    let c = compile(
+        &parse_str(&format!("{HEAD}{}", rule("allow", "limit = \"5/s\""))).unwrap(),
+        &vars(),
+        &MemResolver::new().file("/x"),
+    )
+    .unwrap();
+    let entry = c.inodes.values().next().unwrap();
+    assert_eq!(entry.exact[1], decision::ALLOW | decision::LIMITED);
+    let q = c.quota_entries(9);
+    assert_eq!(q.len(), 2);
+    assert_eq!(q[0].0.kind, gate_common::verdict_kind::QUOTA_TERMS);
+    assert_eq!(
+        (q[0].1.expires_ns, q[0].1.source, q[0].1.decision),
+        (1_000_000_000, 5, decision::DENY)
+    );
+    assert_eq!(
+        (q[1].0.agent_id, q[1].0.kind),
+        (9, gate_common::verdict_kind::QUOTA)
+    );
+}

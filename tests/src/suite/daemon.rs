@@ -45,6 +45,7 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
             "daemon/two-of-three-signed-approvals-replays-and-strangers-refused",
             signed_approvals,
         ),
+        ("daemon/quotas-counted-by-the-kernel-per-window", quotas),
     ]
 }
 
@@ -1236,6 +1237,106 @@ fn verify_stream(ctx: &Ctx) -> Result<(), Failure> {
             .detail(verify.stdout)
             .detail(verify.stderr));
     }
+    Ok(())
+}
+
+/// Quotas counted in the kernel: 5 writes a second, the sixth denied (its record says the
+/// limit was hit), allowed again in the next second; past a `2/min` limit with
+/// `over_limit = "ask"`, a request is raised. Through the daemon as an unprivileged user,
+/// and as root without the daemon (its own engine).
+fn quotas(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, "")?;
+    let q = base().join("quota");
+    super::remove_tree(&q);
+    // The files exist: each write is one open, one check (creating a file with
+    // open(O_CREAT) is two: the creation and the open).
+    let files = |q: &Path| -> Result<(), Failure> {
+        for sub in ["burst", "slow"] {
+            std::fs::create_dir_all(q.join(sub)).or_fail("mkdir")?;
+            std::fs::write(q.join(sub).join("f"), "").or_fail("write")?;
+            // Writable by a confined root too (it has no CAP_DAC_OVERRIDE).
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                q.join(sub).join("f"),
+                std::fs::Permissions::from_mode(0o666),
+            )
+            .or_fail("chmod")?;
+            for p in [q.join(sub), q.join(sub).join("f")] {
+                std::os::unix::fs::chown(p, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+            }
+        }
+        Ok(())
+    };
+    files(&q)?;
+    std::os::unix::fs::chown(&q, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
+    // Shell builtins only (no fork between writes): the burst takes microseconds.
+    let script = format!(
+        "b={q}/burst/f; s={q}/slow/f; n=0; for i in 1 2 3 4 5 6 7 8; do \
+         if {{ echo x >> $b; }} 2>&-; then n=$((n+1)); fi; done; echo BURST=$n; sleep 1.2; \
+         if {{ echo x >> $b; }} 2>&-; then echo NEXT=ok; else echo NEXT=denied; fi; \
+         n=0; for i in 1 2 3; do if {{ echo x >> $s; }} 2>&-; then n=$((n+1)); fi; done; \
+         echo SLOW=$n",
+        q = q.display()
+    );
+    let want = "BURST=5\nNEXT=ok\nSLOW=2";
+    let cmd = gate_run(ctx, DEV_UID, "daemon-quota", Some("quota"), &script);
+    let o = cmd.run();
+    if o.stdout.trim() != want {
+        return Err(
+            Failure::new(format!("through the daemon: expected {want:?}"))
+                .command(&cmd, &o)
+                .detail(d.log()),
+        );
+    }
+    drop(d);
+    let audit =
+        std::fs::read_to_string(base().join("audit.jsonl")).or_fail("read the audit stream")?;
+    let over = audit
+        .lines()
+        .filter(|l| l.contains("\"over_limit\":true") && l.contains("\"agent\":\"quota\""))
+        .count();
+    if over < 3 {
+        return Err(Failure::new(format!(
+            "expected the 3 writes past the burst limit recorded with over_limit, found {over}"
+        )));
+    }
+    let asked = audit.lines().any(|l| {
+        l.contains("\"kind\":\"approval\"")
+            && l.contains("\"step\":\"request\"")
+            && l.contains("\"agent\":\"quota\"")
+            && l.contains("\"rule\":\"slow\"")
+    });
+    if !asked {
+        return Err(Failure::new(
+            "past the slow rule's limit (over_limit = ask), no request was recorded",
+        ));
+    }
+    // Without the daemon, as root: the same counts.
+    files(&q)?;
+    let cmd = Cmd::new(&[
+        ctx.gate.display().to_string(),
+        "run".into(),
+        "--no-daemon".into(),
+        "--user".into(),
+        "root".into(),
+        "--policy".into(),
+        ctx.test_policy("daemon-quota").display().to_string(),
+        "--".into(),
+        "/bin/sh".into(),
+        "-c".into(),
+        script,
+    ])
+    .timeout(Duration::from_secs(600));
+    let o = cmd.run();
+    if o.stdout.trim() != want {
+        return Err(
+            Failure::new(format!("without the daemon, as root: expected {want:?}"))
+                .command(&cmd, &o),
+        );
+    }
+    notes.push(format!(
+        "{over} writes past the limit recorded; same counts as root without the daemon"
+    ));
     Ok(())
 }
 
