@@ -59,6 +59,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tokens: Vec<String>,
     },
+    /// Takes an agent out of trust lockdown (its policy goes back in).
+    TrustRestore {
+        agent: String,
+    },
     /// Rejects a pending request: the agent's retries stay denied for `ttl_s` seconds without
     /// raising a new request.
     Reject {
@@ -132,6 +136,10 @@ pub enum Response {
         id: String,
         have: u32,
         need: u32,
+    },
+    /// The agent is out of trust lockdown.
+    Restored {
+        agent: String,
     },
     /// Sent on a run's connection (to `gate run`, which prints it on the agent's terminal).
     Notice {
@@ -207,6 +215,9 @@ pub struct AgentStatus {
     pub denied: u64,
     pub inode_entries: usize,
     pub net_entries: usize,
+    /// Why the agent is in trust lockdown (its denial budget was used up), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_lockdown: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -619,6 +619,7 @@ mod tests {
             lockdown_keep: 1 << op::READ,
             digest: [0; 32],
             warnings: Vec::new(),
+            max_denials: None,
         }
     }
 

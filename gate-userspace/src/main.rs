@@ -125,6 +125,12 @@ enum Cmd {
     /// Reject a pending request: the agent's retries stay denied, without a new request,
     /// until the rejection ends.
     Reject(AnswerArgs),
+    /// An agent's trust: `gate trust restore AGENT` takes it out of the lockdown its denial
+    /// budget (`[trust] max_denials`) put it in.
+    Trust {
+        #[command(subcommand)]
+        cmd: TrustCmd,
+    },
     /// Make an approver key: the private key into FILE (mode 0600), the public key into
     /// FILE.pub and on stdout (for the daemon's `[approvers.GROUP]`).
     Keygen { file: PathBuf },
@@ -138,6 +144,16 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrustCmd {
+    /// Put the agent's policy back in force.
+    Restore {
+        agent: String,
+        #[arg(long, env = "GATE_SOCKET", default_value = gate_protocol::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
 }
 
@@ -313,6 +329,9 @@ fn main() -> ExitCode {
             },
         ),
         Cmd::Keygen { file } => gate::daemon::client::keygen(&file),
+        Cmd::Trust {
+            cmd: TrustCmd::Restore { agent, socket },
+        } => gate::daemon::client::trust_restore(&socket, agent),
         Cmd::Policy {
             cmd:
                 PolicyCmd::Check {

@@ -201,6 +201,12 @@ pub fn status(socket: &Path, json: bool, agents_only: bool) -> i32 {
         println!("no agents");
     }
     for a in &s.agents {
+        if let Some(why) = &a.trust_lockdown {
+            println!(
+                "{:<20} IN TRUST LOCKDOWN ({why}); `gate trust restore {}` ends it",
+                a.name, a.name
+            );
+        }
         println!(
             "{:<20} uid {:<6} {:<7} {} ({} {}) decisions {} denied {} — {}",
             a.name,
@@ -256,6 +262,22 @@ pub fn stop(socket: &Path, agent: String) -> i32 {
     match r {
         Ok(Response::Stopped { agent, killed }) => {
             println!("gate stop: agent {agent} ended ({killed} processes killed)");
+            0
+        }
+        Ok(other) => fail(&unexpected(&other).to_string()),
+        Err(e) => fail(&e),
+    }
+}
+
+/// `gate trust restore AGENT`.
+pub fn trust_restore(socket: &Path, agent: String) -> i32 {
+    let r = connect(socket).and_then(|mut c| {
+        c.call(&Request::TrustRestore { agent })
+            .map_err(|e| e.to_string())
+    });
+    match r {
+        Ok(Response::Restored { agent }) => {
+            println!("gate: agent {agent} is out of lockdown: its policy is in force again");
             0
         }
         Ok(other) => fail(&unexpected(&other).to_string()),

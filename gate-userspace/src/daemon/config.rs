@@ -26,6 +26,10 @@
 //! [approvers.release-managers]     # who may sign approvals of rules naming this group
 //! keys = ["/etc/gate/approvers/alice.pub", "BASE64 OF A 32-BYTE ED25519 KEY"]
 //!
+//! [approvals]
+//! notify = ["/usr/local/bin/notify-chat", "--channel", "ops"]   # run per new request, JSON on stdin
+//! notify_timeout = "10s"
+//!
 //! [[agent]]                        # cgroups confined from the daemon's start
 //! name = "ci"
 //! slice = "agents.slice"           # or cgroup = "some/path" under the cgroup mount
@@ -103,6 +107,9 @@ pub struct DaemonConfig {
     pub agents: Vec<ConfigAgent>,
     /// Groups of approvers by name (`[approvers.NAME]`), each with its public keys.
     pub approvers: ApproverGroups,
+    /// `[approvals] notify`: a command run for each new request (its JSON on stdin), and how
+    /// long it may take.
+    pub notify: Option<(Vec<String>, Duration)>,
 }
 
 /// Approver groups by name, each with its Ed25519 public keys.
@@ -129,6 +136,7 @@ impl DaemonConfig {
             allow: Vec::new(),
             agents: Vec::new(),
             approvers: ApproverGroups::new(),
+            notify: None,
         }
     }
 }
@@ -147,6 +155,16 @@ struct Raw {
     agent: Vec<RawAgent>,
     #[serde(default)]
     approvers: std::collections::BTreeMap<String, RawApproverGroup>,
+    #[serde(default)]
+    approvals: Option<RawApprovals>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    /// A command (absolute path, then its arguments) run for each new request.
+    notify: Option<Spanned<Vec<String>>>,
+    notify_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -389,6 +407,25 @@ pub fn parse(source: &str, file: &Path) -> Result<DaemonConfig, ConfigError> {
             user: a.user,
         });
     }
+    if let Some(a) = raw.approvals {
+        let timeout = match &a.notify_timeout {
+            Some(t) => duration(t, &err)?,
+            None => Duration::from_secs(10),
+        };
+        if let Some(cmd) = a.notify {
+            let argv = cmd.get_ref().clone();
+            if !argv.first().is_some_and(|p| p.starts_with('/')) {
+                return Err(err(
+                    cmd.span(),
+                    "notify is a command as a list, its absolute path first (it is run \
+                     without a shell), e.g. [\"/usr/local/bin/notify-chat\", \"--channel\", \
+                     \"ops\"]"
+                        .into(),
+                ));
+            }
+            c.notify = Some((argv, timeout));
+        }
+    }
     for (name, g) in raw.approvers {
         let mut keys: Vec<crate::audit::PublicKey> = Vec::new();
         for k in &g.keys {
@@ -577,6 +614,19 @@ user = "ci"
         assert!(e.contains("has no keys"), "{e}");
         let e = p("version = 1\n[approvers.rm]\nkey = []\n").unwrap_err();
         assert!(e.contains("unknown field `key`"), "{e}");
+        let c = p("version = 1\n[approvals]\nnotify = [\"/bin/notify\", \"-x\"]\n").unwrap();
+        assert_eq!(
+            c.notify,
+            Some((
+                vec!["/bin/notify".into(), "-x".into()],
+                Duration::from_secs(10)
+            ))
+        );
+        let e = p("version = 1\n[approvals]\nnotify = [\"notify | sh\"]\n").unwrap_err();
+        assert!(
+            e.starts_with("/etc/gate/gate.toml:3:10: notify is a command"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct AgentMeta {
     pub denied: AtomicU64,
     /// Reported decisions by operation (`op::*`) and outcome (0 allowed, 1 denied).
     pub by_op: [[AtomicU64; 2]; 4],
+    /// Why the agent is in trust lockdown (its denial budget was used up); None: trusted.
+    pub distrusted: std::sync::Mutex<Option<String>>,
 }
 
 impl AgentMeta {
@@ -606,6 +608,7 @@ impl Core {
             decisions: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             by_op: Default::default(),
+            distrusted: Default::default(),
         });
         if let Ok(mut d) = self.directory.write() {
             d.insert(s.agent_id, meta.clone());
@@ -732,6 +735,7 @@ impl Core {
             decisions: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             by_op: Default::default(),
+            distrusted: Default::default(),
         });
         if let Ok(mut d) = self.directory.write() {
             d.insert(agent_id, meta.clone());
@@ -767,6 +771,16 @@ impl Core {
         if let Err(e) = self.check_approvers(&new) {
             return self.failed_reload(name, old_digest, e);
         }
+        if let Some(why) = meta.distrusted.lock().ok().and_then(|d| d.clone()) {
+            return self.failed_reload(
+                name,
+                old_digest,
+                format!(
+                    "agent {name} is in trust lockdown ({why}); a person restores it first: \
+                     gate trust restore {name}"
+                ),
+            );
+        }
         match self.enforcer.replace_policy(meta.cgroup_id, &new, &[]) {
             Ok(_) => {
                 self.reloads += 1;
@@ -790,6 +804,76 @@ impl Core {
             }
             Err(e) => self.failed_reload(name, old_digest, e.to_string()),
         }
+    }
+
+    /// Puts an agent in trust lockdown (its denial budget was used up): its policy's lockdown
+    /// variant goes in (reads decided as before; exec, write and connect denied), enforced
+    /// until a person restores it, whether or not the daemon runs.
+    pub fn distrust(&mut self, name: &str, reason: &str) -> Result<(), String> {
+        let meta = self.agent_named(name)?;
+        let mut d = meta.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        if d.is_some() {
+            return Ok(());
+        }
+        let variant = meta.policy().lockdown_variant();
+        self.enforcer
+            .replace_policy(meta.cgroup_id, &variant, &[])
+            .map_err(|e| format!("putting agent {name} in trust lockdown failed: {e}"))?;
+        *d = Some(reason.to_owned());
+        drop(d);
+        tracing::warn!(
+            agent = name,
+            reason,
+            "agent put in trust lockdown: exec, write and connect denied until `gate trust restore {name}`"
+        );
+        self.trust_record(
+            &meta,
+            false,
+            "daemon",
+            format!(
+                "{reason}: the agent is in lockdown (reads decided by its policy; exec, write \
+                 and connect denied) until a person restores it"
+            ),
+        );
+        Ok(())
+    }
+
+    /// Takes an agent out of trust lockdown: its policy goes back in.
+    pub fn restore_trust(&mut self, name: &str, by: &str) -> Result<(), String> {
+        let meta = self.agent_named(name)?;
+        let mut d = meta.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(why) = d.clone() else {
+            return Err(format!("agent {name} is not in trust lockdown"));
+        };
+        self.enforcer
+            .replace_policy(meta.cgroup_id, &meta.policy(), &[])
+            .map_err(|e| format!("restoring agent {name} failed: {e}; it stays in lockdown"))?;
+        *d = None;
+        drop(d);
+        self.trust_record(&meta, true, by, format!("restored after: {why}"));
+        Ok(())
+    }
+
+    fn agent_named(&self, name: &str) -> Result<Arc<AgentMeta>, String> {
+        self.agents
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no agent named {name:?}"))
+    }
+
+    /// The record of an agent's trust lockdown (`distrust`) or its end (`restore`).
+    fn trust_record(&self, meta: &AgentMeta, restored: bool, by: &str, reason: String) {
+        let (verdict, step) = if restored {
+            (crate::audit::Verdict::Allow, "restore")
+        } else {
+            (crate::audit::Verdict::Deny, "distrust")
+        };
+        let name = &meta.name;
+        let mut rec =
+            crate::audit::Approval::new(&format!("trust-{name}"), name, verdict, by, step);
+        rec.reason = Some(reason);
+        rec.policy_digest = Some(meta.policy().digest_hex());
+        self.audit(AuditMsg::Approval(Box::new(rec)));
     }
 
     /// Records a reload that did not happen (the policy did not compile, or did not fit).
@@ -881,6 +965,7 @@ impl Core {
                         denied: a.denied.load(Ordering::Relaxed),
                         inode_entries: info.map_or(0, |i| i.inode_entries),
                         net_entries: info.map_or(0, |i| i.net_entries),
+                        trust_lockdown: a.distrusted.lock().ok().and_then(|d| d.clone()),
                     }
                 })
                 .collect(),
@@ -1400,6 +1485,38 @@ path = ["/home/u/**"]
         );
         core.remove("a", "done").unwrap();
         assert_eq!(mem.lock().unwrap().verdict_count(), 0);
+    }
+
+    /// Trust lockdown: writes the policy allows are denied, reads still decided by it, a
+    /// reload is refused until a person restores the agent; both steps recorded.
+    #[test]
+    fn trust_lockdown_holds_until_restored() {
+        let (mut core, mem, res, rx) = setup(64);
+        let src = DENY_SSH.replacen("[[rule]]", "[trust]\nmax_denials = \"3/min\"\n[[rule]]", 1);
+        core.add(new_agent("a", 50), compiled(&src, &res), &[])
+            .unwrap();
+        assert_eq!(write(&mem, 50, OTHER), 0);
+        core.distrust("a", "more than 3 denials").unwrap();
+        assert_eq!(write(&mem, 50, OTHER), -libc::EPERM);
+        let r = core.replace("a", compiled(&src, &res));
+        assert!(r.error.unwrap().contains("gate trust restore a"));
+        assert!(core.status().agents[0].trust_lockdown.is_some());
+        assert!(core.restore_trust("b", "root").is_err());
+        core.restore_trust("a", "root (uid 0)").unwrap();
+        assert_eq!(write(&mem, 50, OTHER), 0);
+        assert!(
+            core.restore_trust("a", "root")
+                .unwrap_err()
+                .contains("not in trust lockdown")
+        );
+        let steps: Vec<String> = rx
+            .try_iter()
+            .filter_map(|m| match m {
+                AuditMsg::Approval(a) => Some(a.step.unwrap_or_default()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps, ["distrust", "restore"]);
     }
 
     #[test]

@@ -186,9 +186,13 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
         core.restore_answers();
     }
     let directory = core.directory();
+    let (trust_tx, trust_rx) = mpsc::channel::<(String, String)>();
     let asks = AskSink {
         asks: core.asks.clone(),
         notices: core.notices.clone(),
+        budget: std::sync::Mutex::new(Budget::default()),
+        trust: trust_tx,
+        notify: cfg.notify.clone(),
     };
     let shared_counters = core.counters.clone();
     let stop_events = Arc::new(AtomicBool::new(false));
@@ -258,6 +262,11 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
             recheck_config_agents(&mut core, &h, &cfg.agents, &mut failing);
             core.expire_retired(Duration::from_secs(30));
             core.expire_answers();
+            for (agent, reason) in trust_rx.try_iter() {
+                if let Err(e) = core.distrust(&agent, &reason) {
+                    tracing::error!(agent, error = %e, "an agent that used up its denial budget could not be put in lockdown");
+                }
+            }
             last_reap = Instant::now();
             if cfg.watch_policies {
                 for r in watched.changed(&mut core) {
@@ -910,6 +919,14 @@ fn serve(
                 ttl_s,
                 scope_rule,
             } => handle_answer(owner, &peer, id, false, ttl_s, scope_rule, Vec::new()),
+            Request::TrustRestore { agent } => {
+                let by = user_label(peer.uid);
+                let name = agent.clone();
+                match owner.call(move |c| c.restore_trust(&name, &by)) {
+                    Ok(()) => Response::Restored { agent },
+                    Err(message) => Response::Error { message },
+                }
+            }
             Request::Reload { agent } if peer.uid == 0 => {
                 let names = agent.map(|a| vec![a]);
                 Response::Reloaded {
@@ -995,6 +1012,14 @@ fn hold_run(
     Ok(())
 }
 
+/// A user as records name them: `alice (uid 1000)`, or `uid:N` without a name.
+fn user_label(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid:{uid}"),
+    }
+}
+
 /// `gate approve` / `gate reject`: by root or a member of the daemon's group (the
 /// connection was let in only then), named in the record by user name and uid.
 fn handle_answer(
@@ -1014,10 +1039,7 @@ fn handle_answer(
             ),
         };
     }
-    let by = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid)) {
-        Ok(Some(u)) => format!("{} (uid {})", u.name, peer.uid),
-        _ => format!("uid:{}", peer.uid),
-    };
+    let by = user_label(peer.uid);
     match owner.call(move |c| c.answer(&id, allow, scope_rule, ttl_s, &by, &tokens)) {
         Ok(r) => r,
         Err(message) => Response::Error { message },
@@ -1456,6 +1478,7 @@ fn event_loop(
             meta.count(e.op, d.denied());
             let digest = policy.digest_hex();
             let correlation = asks.observe(&e, &d, &meta, &digest, &mut records);
+            asks.count_denial(&d, &meta, &policy);
             let mut rec = decision_record(&d, &meta.name, &digest);
             if let RecordBody::Decision(r) = &mut rec {
                 r.correlation = correlation;
@@ -1490,13 +1513,74 @@ fn event_loop(
     }
 }
 
-/// The event thread's side of `ask` requests.
+/// The event thread's side of `ask` requests and denial budgets.
 struct AskSink {
     asks: Arc<std::sync::Mutex<super::asks::Asks>>,
     notices: super::core::Notices,
+    budget: std::sync::Mutex<Budget>,
+    /// Agents that used up their denial budget, for the owner thread to lock down.
+    trust: mpsc::Sender<(String, String)>,
+    /// `[approvals] notify`: the command and its time limit.
+    notify: Option<(Vec<String>, Duration)>,
+}
+
+/// Enforced denials per agent in the current window of its policy's `[trust] max_denials`.
+#[derive(Default)]
+struct Budget {
+    /// By agent id: the window's start, denials in it, whether it was reported.
+    windows: HashMap<u32, (Instant, u32, bool)>,
+}
+
+impl Budget {
+    /// Counts one denial; true the first time a window goes past `max`.
+    fn count(&mut self, agent_id: u32, max: u32, window: Duration, now: Instant) -> bool {
+        let w = self.windows.entry(agent_id).or_insert((now, 0, false));
+        if now.duration_since(w.0) >= window {
+            *w = (now, 0, false);
+        }
+        w.1 += 1;
+        if w.1 > max && !w.2 {
+            w.2 = true;
+            return true;
+        }
+        false
+    }
 }
 
 impl AskSink {
+    /// Counts an enforced denial against the agent's denial budget, and asks for its lockdown
+    /// when the budget is used up.
+    fn count_denial(
+        &self,
+        d: &events::Decision,
+        meta: &super::core::AgentMeta,
+        policy: &crate::policy::CompiledPolicy,
+    ) {
+        let Some((max, secs)) = policy.max_denials else {
+            return;
+        };
+        if !d.denied() || !d.enforced {
+            return;
+        }
+        let window = Duration::from_secs(secs);
+        let over = self.budget.lock().unwrap_or_else(|p| p.into_inner()).count(
+            meta.agent_id,
+            max,
+            window,
+            Instant::now(),
+        );
+        if over {
+            let reason = format!(
+                "more than {max} denials within {secs} s (the policy's [trust] max_denials), \
+                 the last: {} {} (rule {})",
+                d.op,
+                d.object(),
+                d.rule
+            );
+            let _ = self.trust.send((meta.name.clone(), reason));
+        }
+    }
+
     /// Raises, joins or links a request for an `ask` decision (enforced ones only: in audit
     /// mode the action went through). Returns the request's id for the decision's record,
     /// after pushing the request's own record when it is new.
@@ -1567,6 +1651,9 @@ impl AskSink {
                 rec.process = a.process.clone();
                 records.push(RecordBody::Approval(rec));
                 self.notify(&ask);
+                if let Some((argv, timeout)) = &self.notify {
+                    run_notify(argv.clone(), *timeout, &ask.info);
+                }
                 Some(ask.info.id)
             }
             Seen::Repeat(id) => Some(id),
@@ -1596,6 +1683,55 @@ impl AskSink {
         {
             n.remove(&ask.agent_id);
         }
+    }
+}
+
+/// Runs the `[approvals] notify` command for a new request, off the event thread: not through
+/// a shell, with a clean environment, the request's JSON on stdin, killed past `timeout`.
+fn run_notify(argv: Vec<String>, timeout: Duration, req: &gate_protocol::ApprovalRequest) {
+    let json = serde_json::to_string(req).unwrap_or_default();
+    let id = req.id.clone();
+    let spawned = thread::Builder::new().name("notify".into()).spawn(move || {
+        let child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(request = id, command = argv[0], error = %e, "the approval notify command could not start");
+                return;
+            }
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(json.as_bytes());
+            let _ = stdin.write_all(b"\n");
+        }
+        let started = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return,
+                Ok(Some(status)) => {
+                    tracing::warn!(request = id, command = argv[0], %status, "the approval notify command failed");
+                    return;
+                }
+                Ok(None) if started.elapsed() >= timeout => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    tracing::warn!(request = id, command = argv[0], ?timeout, "the approval notify command took too long and was killed");
+                    return;
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(20)),
+                Err(_) => return,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread for the approval notify command");
     }
 }
 
@@ -1699,5 +1835,26 @@ impl SocketLike for fs::FileType {
     fn is_socket_like(&self) -> bool {
         use std::os::unix::fs::FileTypeExt;
         self.is_socket()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denial_budget_is_reported_once_per_window() {
+        let mut b = Budget::default();
+        let t = Instant::now();
+        let w = Duration::from_secs(60);
+        let over: Vec<bool> = (0..5)
+            .map(|i| b.count(1, 3, w, t + Duration::from_secs(i)))
+            .collect();
+        assert_eq!(over, [false, false, false, true, false]);
+        // Another agent counts on its own; a new window starts afresh.
+        assert!(!b.count(2, 3, w, t));
+        let later = t + Duration::from_secs(61);
+        let over: Vec<bool> = (0..4).map(|_| b.count(1, 3, w, later)).collect();
+        assert_eq!(over, [false, false, false, true]);
     }
 }

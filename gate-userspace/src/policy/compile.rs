@@ -78,9 +78,36 @@ pub struct CompiledPolicy {
     pub digest: [u8; 32],
     /// Things that did not stop compilation but a user should know (missing paths…).
     pub warnings: Vec<String>,
+    /// `[trust] max_denials`: (count, seconds).
+    pub max_denials: Option<(u32, u64)>,
 }
 
 impl CompiledPolicy {
+    /// The policy an agent falls to when it used up its denial budget: reads are decided as
+    /// before, every exec, write and connect is denied (the decisions of the heartbeat's
+    /// lockdown, held until a person restores the agent), enforced whatever the mode.
+    pub fn lockdown_variant(&self) -> CompiledPolicy {
+        let mut p = self.clone();
+        p.mode = Mode::Enforce;
+        let keep = |r: &mut InodeRule| {
+            for op in [op::EXEC, op::WRITE] {
+                let i = usize::from(op);
+                r.exact[i] = decision::NONE;
+                r.subtree[i] = decision::NONE;
+                r.exact_rule[i] = rule_idx::DEFAULT;
+                r.subtree_rule[i] = rule_idx::DEFAULT;
+            }
+        };
+        p.inodes.values_mut().for_each(keep);
+        p.pending.values_mut().for_each(|r| keep(&mut r.rule));
+        p.net4.clear();
+        p.net6.clear();
+        for op in [op::EXEC, op::WRITE, op::CONNECT] {
+            p.defaults[usize::from(op)] = decision::DENY;
+        }
+        p
+    }
+
     /// Entry counts of every map.
     pub fn map_sizes(&self) -> MapSizes {
         MapSizes {
@@ -291,6 +318,7 @@ pub fn compile(
         lockdown_keep: 1 << op::READ,
         digest: policy.digest(),
         warnings,
+        max_denials: policy.max_denials,
     })
 }
 

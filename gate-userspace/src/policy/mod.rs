@@ -198,6 +198,9 @@ pub struct Policy {
     /// `[default] unix`: unix sockets created outside the agent that no `unix` rule names
     /// (allow or deny; deny when omitted).
     pub unix_default: Decision,
+    /// `[trust] max_denials`: denials per period (count, seconds) past which the daemon puts
+    /// the agent in lockdown until a person restores it.
+    pub max_denials: Option<(u32, u64)>,
 }
 
 /// `[namespaces]` names and the switch each turns on (`AgentConfig::grants`). Without one, a

@@ -31,6 +31,15 @@ struct RawPolicy {
     capabilities: RawSockets,
     #[serde(default)]
     namespaces: RawSockets,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+/// `[trust] max_denials = "20/min"`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    max_denials: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -234,6 +243,12 @@ impl Checker<'_> {
         }
         namespaces.sort();
         namespaces.dedup();
+        let max_denials = raw
+            .trust
+            .max_denials
+            .as_ref()
+            .map(|t| self.rate(t, "denial budget"))
+            .transpose()?;
         let file = self.file.to_path_buf();
         Ok(Policy {
             file,
@@ -246,6 +261,7 @@ impl Checker<'_> {
             capabilities,
             namespaces,
             unix_default,
+            max_denials,
         })
     }
 
@@ -343,12 +359,28 @@ impl Checker<'_> {
                 ),
             });
         }
+        let (count, window_s) = self.rate(l, "limit")?;
+        let over = self.decision_but(
+            &r.over_limit,
+            Decision::Deny,
+            Decision::Allow,
+            "`over_limit` is \"deny\" or \"ask\" (past its limit an action is not allowed)",
+        )?;
+        Ok(Some(super::Limit {
+            count,
+            window_s,
+            over,
+        }))
+    }
+
+    /// `COUNT/PERIOD` (`s`, `min`, `h`, `day`): the count and the period in seconds.
+    fn rate(&self, l: &Spanned<String>, what: &str) -> Result<(u32, u64), PolicyError> {
         let text = l.get_ref().trim();
         let bad = || PolicyError::Invalid {
             at: self.at(l),
             message: format!(
-                "cannot read the limit {text:?}: write COUNT/PERIOD with PERIOD one of s, min, h, \
-                 day (e.g. \"30/min\"), COUNT between 1 and {}",
+                "cannot read the {what} {text:?}: write COUNT/PERIOD with PERIOD one of s, min, \
+                 h, day (e.g. \"30/min\"), COUNT between 1 and {}",
                 super::MAX_LIMIT
             ),
         };
@@ -364,17 +396,7 @@ impl Checker<'_> {
         if count == 0 || count > super::MAX_LIMIT {
             return Err(bad());
         }
-        let over = self.decision_but(
-            &r.over_limit,
-            Decision::Deny,
-            Decision::Allow,
-            "`over_limit` is \"deny\" or \"ask\" (past its limit an action is not allowed)",
-        )?;
-        Ok(Some(super::Limit {
-            count,
-            window_s,
-            over,
-        }))
+        Ok((count, window_s))
     }
 
     /// A decision that may be anything but `refused` (`default` when absent).
@@ -659,6 +681,9 @@ impl Policy {
         if self.unix_default == Decision::Allow {
             out += "default unix allow\n";
         }
+        if let Some((n, w)) = self.max_denials {
+            out += &format!("trust max_denials {n}/{w}s\n");
+        }
         let mut rules: Vec<String> = self.rules.iter().map(|r| canonical_rule(r, &q)).collect();
         rules.sort();
         for r in rules {
@@ -693,6 +718,18 @@ fn canonical_rule(r: &Rule, q: &dyn Fn(&str) -> String) -> String {
     };
     items.sort();
     items.dedup();
+    // Only when present: the digests of rules without them stay as they were.
+    if let Some(a) = &r.approvers {
+        items.push(format!("approvers {} {}", q(&a.group), a.threshold));
+    }
+    if let Some(l) = &r.limit {
+        items.push(format!(
+            "limit {}/{}s over {}",
+            l.count,
+            l.window_s,
+            l.over.name()
+        ));
+    }
     let description = r.description.as_deref().map_or("-".to_owned(), q);
     format!(
         "rule {} op {} decision {} audit {} description {} {}",

@@ -1229,3 +1229,37 @@ fn limits_belong_to_allow_rules_and_say_count_per_period() {
         (9, gate_common::verdict_kind::QUOTA)
     );
 }
+
+#[test]
+fn a_denial_budget_is_read_and_counted_in_the_digest() {
+    let with = parse_str(&format!("{HEAD}[trust]\nmax_denials = \"20/min\"\n")).unwrap();
+    assert_eq!(with.max_denials, Some((20, 60)));
+    let without = parse_str(HEAD).unwrap();
+    assert_ne!(with.digest(), without.digest());
+    let e = parse_err(&format!("{HEAD}[trust]\nmax_denials = \"lots\"\n"));
+    assert!(
+        e.starts_with("p.toml:5:15: cannot read the denial budget"),
+        "{e}"
+    );
+    let e = parse_err(&format!("{HEAD}[trust]\nmax_denial = \"2/s\"\n"));
+    assert!(e.contains("unknown field `max_denial`"), "{e}");
+    // Its lockdown variant: reads as before, everything else denied, enforced.
+    let p = parse_str(&format!(
+        "{HEAD}[default]\nexec = \"allow\"\nwrite = \"allow\"\nread = \"allow\"\nconnect = \"allow\"\n\
+         [[rule]]\nid = \"r\"\nop = \"read\"\npath = [\"/usr/bin/git\"]\ndecision = \"deny\"\n"
+    ))
+    .unwrap();
+    let c = compile(&p, &vars(), &fs()).unwrap();
+    let v = c.lockdown_variant();
+    assert_eq!(
+        v.defaults,
+        [
+            decision::DENY,
+            decision::DENY,
+            decision::ALLOW,
+            decision::DENY
+        ]
+    );
+    assert_eq!(v.inodes, c.inodes);
+    assert_eq!(v.mode, Mode::Enforce);
+}

@@ -46,6 +46,10 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
             signed_approvals,
         ),
         ("daemon/quotas-counted-by-the-kernel-per-window", quotas),
+        (
+            "daemon/a-used-up-denial-budget-locks-the-agent-down-until-restored",
+            trust_budget,
+        ),
     ]
 }
 
@@ -875,7 +879,15 @@ fn ask_target(dir: &str) -> Result<(PathBuf, PathBuf), Failure> {
 /// through, also after the daemon was killed with SIGKILL, and the kernel ends it on time.
 fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     // No lockdown during the test: what ends the approval must be its own expiry.
-    let mut d = Daemon::start(ctx, "lockdown_after = \"600s\"\n")?;
+    let notified = base().join("notified.jsonl");
+    let _ = std::fs::remove_file(&notified);
+    let mut d = Daemon::start(
+        ctx,
+        &format!(
+            "lockdown_after = \"600s\"\n[approvals]\nnotify = [\"/bin/sh\", \"-c\", \"cat >> {}\"]\n",
+            notified.display()
+        ),
+    )?;
     let (f, m) = ask_target("ask")?;
     let gate = user_gate();
     let script = format!(
@@ -936,6 +948,21 @@ fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
             "expected one pending request {id} for writing {}, got {pending:?}",
             f.display()
         )));
+    }
+    // The notify command got the request as JSON on its stdin.
+    let _ = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&notified).is_ok_and(|t| t.contains(&id))
+    });
+    let told = std::fs::read_to_string(&notified).unwrap_or_default();
+    let parsed = told
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|v| v["id"] == id.as_str() && v["op"] == "write");
+    if !parsed {
+        return Err(Failure::new(format!(
+            "the notify command did not get request {id} as JSON: {told:?}"
+        ))
+        .detail(d.log()));
     }
     // 2: the agent tries to approve its own request: refused (a confined process cannot
     // reach the daemon).
@@ -1337,6 +1364,89 @@ fn quotas(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     notes.push(format!(
         "{over} writes past the limit recorded; same counts as root without the daemon"
     ));
+    Ok(())
+}
+
+/// More than 3 denials a minute (`[trust] max_denials`): the daemon puts the agent in
+/// lockdown (writes it was allowed are denied, reads still decided by its policy) until a
+/// person runs `gate trust restore`; both steps are recorded.
+fn trust_budget(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, "")?;
+    let (fa, fb) = targets()?;
+    let m = base().join("marks-trust");
+    super::remove_tree(&m);
+    std::fs::create_dir_all(&m).or_fail("mkdir")?;
+    std::os::unix::fs::chown(&m, Some(DEV_UID), Some(GATE_GID)).or_fail("chown marks")?;
+    // Shell builtins only: in lockdown the agent may not exec.
+    let script = format!(
+        "for step in 1 2 3; do while [ ! -e {m}/go$step ]; do :; done; \
+         if {{ echo x >> {fa}; }} 2>&-; then W=ok; else W=denied; fi; \
+         if read l < {fa}; then R=ok; else R=denied; fi; \
+         if [ $step = 1 ]; then for i in 1 2 3 4; do {{ echo x >> {fb}; }} 2>&-; done; fi; \
+         echo \"R$step W=$W R=$R\"; done",
+        m = m.display(),
+        fa = fa.display(),
+        fb = fb.display()
+    );
+    let cmd = gate_run(ctx, DEV_UID, "daemon-trust", Some("trusty"), &script);
+    let mut bg = cmd.spawn()?;
+    let r1 = step_agent(&m, &mut bg, 1)?;
+    let locked = wait_until(Duration::from_secs(20), || {
+        status_json(ctx).is_ok_and(|s| {
+            s["agents"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x["name"] == "trusty" && x["trust_lockdown"].is_string())
+            })
+        })
+    });
+    if !locked {
+        return Err(Failure::new(format!(
+            "4 denials did not put the agent in trust lockdown (first step: {r1})"
+        ))
+        .detail(d.log()));
+    }
+    let r2 = step_agent(&m, &mut bg, 2)?;
+    let restore = as_uid(
+        DEV_UID,
+        &[
+            user_gate(),
+            "trust".into(),
+            "restore".into(),
+            "trusty".into(),
+        ],
+    );
+    let o = restore.run();
+    if o.code() != Some(0) {
+        return Err(Failure::new("gate trust restore failed").command(&restore, &o));
+    }
+    let r3 = step_agent(&m, &mut bg, 3)?;
+    let want = ["R1 W=ok R=ok", "R2 W=denied R=ok", "R3 W=ok R=ok"];
+    if [r1.as_str(), r2.as_str(), r3.as_str()] != want {
+        return Err(Failure::new(format!(
+            "expected {want:?} (before, in trust lockdown, restored), got {:?}",
+            [r1, r2, r3]
+        ))
+        .detail(d.log()));
+    }
+    let _ = bg.wait(Duration::from_secs(60));
+    drop(d);
+    let audit =
+        std::fs::read_to_string(base().join("audit.jsonl")).or_fail("read the audit stream")?;
+    let step = |name: &str| {
+        audit.lines().any(|l| {
+            l.contains("\"correlation\":\"trust-trusty\"")
+                && l.contains(&format!("\"step\":\"{name}\""))
+        })
+    };
+    if !step("distrust") || !step("restore") {
+        return Err(Failure::new(
+            "the audit stream lacks the agent's distrust or restore record",
+        ));
+    }
+    notes.push(
+        "4 denials within a minute: lockdown (writes denied, reads decided), restored by the user"
+            .into(),
+    );
     Ok(())
 }
 
