@@ -119,7 +119,8 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
         inodes: cfg.max_file_rules,
         net4: cfg.max_net_rules,
         net6: cfg.max_net_rules,
-        verdicts: 4096,
+        // Answers to requests, and two entries per quota per agent (allocated as used).
+        verdicts: 65_536,
     };
     let t = Instant::now();
     let saved = read_saved();

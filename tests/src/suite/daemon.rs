@@ -889,19 +889,25 @@ fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         ),
     )?;
     let (f, m) = ask_target("ask")?;
+    // A second file under the same rule.
+    let f2 = f.with_file_name("other");
+    std::fs::write(&f2, "x\n").or_fail("write target")?;
+    std::os::unix::fs::chown(&f2, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
     let gate = user_gate();
     let script = format!(
-        "for step in 1 2 3 4 5 6 7; do while [ ! -e {m}/go$step ]; do sleep 0.05; done; \
+        "for step in 1 2 3 4 5 6 7 8 9; do while [ ! -e {m}/go$step ]; do sleep 0.05; done; \
          if [ $step = 2 ]; then {gate} approve $(cat {m}/id) --ttl 1h > {m}/self 2>&1; \
-         echo \"R2 self=$?\"; continue; fi; \
-         if (echo x >> {f}) 2>&-; then W=ok; else W=denied; fi; echo \"R$step W=$W\"; done",
+         echo \"R2 self=$?\"; continue; fi; t={f}; \
+         if [ $step = 6 ] || [ $step = 7 ]; then t={f2}; fi; \
+         if (echo x >> $t) 2>&-; then W=ok; else W=denied; fi; echo \"R$step W=$W\"; done",
         m = m.display(),
         f = f.display(),
+        f2 = f2.display(),
     );
     let cmd = gate_run(ctx, DEV_UID, "daemon-ask", Some("asker"), &script);
     let mut bg = cmd.spawn()?;
     let step = |n: u32, bg: &mut crate::run::Background| step_agent(&m, bg, n);
-    let approve = |verb: &str, id: &str, ttl: &str| -> Result<(), Failure> {
+    let answer = |verb: &str, id: &str, ttl: &str, scope: &str| -> Result<(), Failure> {
         let c = as_uid(
             DEV_UID,
             &[
@@ -910,6 +916,8 @@ fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
                 id.into(),
                 "--ttl".into(),
                 ttl.into(),
+                "--scope".into(),
+                scope.into(),
             ],
         );
         let o = c.run();
@@ -918,6 +926,7 @@ fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         }
         Ok(())
     };
+    let approve = |verb: &str, id: &str, ttl: &str| answer(verb, id, ttl, "object");
     let expect = |what: &str, got: &str, want: &str, bg: &crate::run::Background| {
         if got == want {
             Ok(())
@@ -1000,24 +1009,42 @@ fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
                 .detail(bg.stderr()),
         );
     };
-    // 5: approved for 10 s: the retry goes through.
-    approve("approve", &id2, "10s")?;
+    // 5: approved for 20 s (that file): the retry goes through.
+    approve("approve", &id2, "20s")?;
     let approved_at = std::time::Instant::now();
     let r5 = step(5, &mut bg)?;
     expect("write after the approval", &r5, "R5 W=ok", &bg)?;
-    // 6: the daemon is killed: the approval still holds (the kernel has it).
+    // 6: another file under the same rule is not covered: a new request, approved for the
+    // whole rule (5 s), which covers it.
+    let r6 = step(6, &mut bg)?;
+    expect("another file under the rule", &r6, "R6 W=denied", &bg)?;
+    let _ = wait_until(Duration::from_secs(10), || {
+        notice_ids(&bg.stderr()).len() >= 3
+    });
+    let Some(id3) = notice_ids(&bg.stderr()).get(2).cloned() else {
+        return Err(Failure::new("no request for the other file").detail(bg.stderr()));
+    };
+    answer("approve", &id3, "5s", "rule")?;
+    let r7 = step(7, &mut bg)?;
+    expect(
+        "the other file after a rule-wide approval",
+        &r7,
+        "R7 W=ok",
+        &bg,
+    )?;
+    // 8: the daemon is killed: the approval still holds (the kernel has it).
     if let Some(dbg) = d.bg.as_mut() {
         dbg.signal(libc::SIGKILL);
         let _ = dbg.wait(Duration::from_secs(10));
     }
     let log = d.log();
     d.bg = None;
-    let r6 = step(6, &mut bg)?;
-    expect("write after the daemon's SIGKILL", &r6, "R6 W=ok", &bg)?;
-    // 7: its time is over: the kernel denies again, with no daemon to tell it.
-    std::thread::sleep(Duration::from_millis(10_500).saturating_sub(approved_at.elapsed()));
-    let r7 = step(7, &mut bg)?;
-    expect("write after the approval ended", &r7, "R7 W=denied", &bg)?;
+    let r8 = step(8, &mut bg)?;
+    expect("write after the daemon's SIGKILL", &r8, "R8 W=ok", &bg)?;
+    // 9: both approvals' time is over: the kernel denies again, with no daemon to tell it.
+    std::thread::sleep(Duration::from_millis(20_500).saturating_sub(approved_at.elapsed()));
+    let r9 = step(9, &mut bg)?;
+    expect("write after the approvals ended", &r9, "R9 W=denied", &bg)?;
     let _ = bg.wait(Duration::from_secs(60));
     // The stream has the whole story.
     let audit =
@@ -1040,17 +1067,21 @@ fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         && has("expire", &id)
         && has("request", &id2)
         && has("approve", &id2)
+        && approvals.iter().any(|r| {
+            r["step"] == "approve" && r["correlation"] == id3.as_str() && r["scope"] == "rule"
+        })
         && allowed_write;
     if !complete {
         return Err(Failure::new(format!(
-            "the audit stream lacks steps of {id} (request, reject, expire) or {id2} (request, \
-             approve, the allowed write): {approvals:?}"
+            "the audit stream lacks steps of {id} (request, reject, expire), {id2} (request, \
+             approve, the allowed write) or {id3} (approved for the rule): {approvals:?}"
         ))
         .detail(log));
     }
     notes.push(format!(
-        "request {id} rejected for 3 s, {id2} approved for 10 s; the write went through after the \
-         daemon's SIGKILL and was denied again once the approval ended"
+        "request {id} rejected for 3 s, {id2} approved for 20 s (object), {id3} for 5 s (rule); \
+         the write went through after the daemon's SIGKILL and was denied again once the \
+         approvals ended"
     ));
     Ok(())
 }
@@ -1135,7 +1166,7 @@ fn signed_approvals(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     for p in [&request, &other] {
         std::os::unix::fs::chown(p, Some(DEV_UID), Some(GATE_GID)).or_fail("chown")?;
     }
-    let sign_only = |k: usize, req: &Path, out: &str| -> Result<PathBuf, Failure> {
+    let sign_for = |k: usize, req: &Path, out: &str, ttl: &str| -> Result<PathBuf, Failure> {
         let (c, o) = run_gate(&[
             "approve".into(),
             id.clone(),
@@ -1144,6 +1175,8 @@ fn signed_approvals(ctx: &Ctx, notes: &mut Notes) -> TestResult {
             "--sign-only".into(),
             "--request".into(),
             req.display().to_string(),
+            "--ttl".into(),
+            ttl.into(),
         ]);
         if o.code() != Some(0) {
             return Err(Failure::new("gate approve --sign-only failed").command(&c, &o));
@@ -1152,6 +1185,7 @@ fn signed_approvals(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         std::fs::write(&p, &o.stdout).or_fail("write token")?;
         Ok(p)
     };
+    let sign_only = |k: usize, req: &Path, out: &str| sign_for(k, req, out, "10m");
     let submit = |token: &Path| {
         run_gate(&[
             "approve".into(),
@@ -1207,6 +1241,23 @@ fn signed_approvals(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         false,
         "not one of the group's approvers",
     )?;
+    // A token whose statement was altered after signing (here: the scope widened).
+    let t2 = sign_only(2, &request, "t2")?;
+    let forged = std::fs::read_to_string(&t2)
+        .or_fail("read token")?
+        .replace("\\\"scope\\\":\\\"object\\\"", "\\\"scope\\\":\\\"rule\\\"");
+    let forged_path = m.join("t2-forged");
+    std::fs::write(&forged_path, forged).or_fail("write forged token")?;
+    expect(
+        "a forged token",
+        submit(&forged_path),
+        false,
+        "does not verify",
+    )?;
+    // A token past its expiry.
+    let stale = sign_for(2, &request, "t2-stale", "1s")?;
+    std::thread::sleep(Duration::from_millis(1500));
+    expect("an expired token", submit(&stale), false, "expired")?;
     let moved = sign_only(1, &other, "t1-other")?;
     expect(
         "a token for another run",
@@ -1236,14 +1287,16 @@ fn signed_approvals(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     let approved_with_two = recs.iter().any(|r| {
         r["step"] == "approve" && r["signatures"].as_array().is_some_and(|s| s.len() == 2)
     });
-    if count("refuse") != 4 || count("sign") != 2 || !approved_with_two {
+    if count("refuse") != 5 || count("sign") != 2 || !approved_with_two {
         return Err(Failure::new(format!(
-            "expected 4 refusals, 2 signatures and an approval carrying both in the stream: {recs:?}"
+            "expected 5 refusals (replayed, same key, stranger, other run, expired), 2 \
+             signatures and an approval carrying both in the stream: {recs:?}"
         )));
     }
     verify_stream(ctx)?;
     notes.push(format!(
-        "request {id}: unsigned, replayed, same-key, stranger and other-run tokens refused; 2 of 3 approved"
+        "request {id}: unsigned, replayed, same-key, stranger, other-run, forged and expired \
+         tokens refused; 2 of 3 approved"
     ));
     Ok(())
 }
