@@ -414,6 +414,28 @@ fn policy_check(file: &std::path::Path, workspace: Option<PathBuf>, dump: bool) 
                 p.net4.len() + p.net6.len(),
                 hex::encode(p.digest)
             );
+            for r in &p.rules {
+                if let Some(a) = &r.approvers {
+                    println!(
+                        "  rule {}: ask, approved by {} signature(s) of approver group {:?} \
+                         (the daemon's config must list the group)",
+                        r.id, a.threshold, a.group
+                    );
+                }
+                if let Some(l) = &r.limit {
+                    println!(
+                        "  rule {}: at most {l} per agent, then {}",
+                        r.id,
+                        l.over.name()
+                    );
+                }
+            }
+            if let Some((n, secs)) = p.max_denials {
+                println!(
+                    "  denial budget: more than {n} denials in {secs} s put the agent in \
+                     lockdown (under the daemon) until `gate trust restore`"
+                );
+            }
             if dump {
                 print!("{}", p.dump());
             }
