@@ -13,8 +13,9 @@ use gate_common::{Event, VerdictKey, VerdictValue, decision, flag, verdict_kind}
 use gate_protocol::ApprovalRequest;
 use serde::{Deserialize, Serialize};
 
-/// Requests kept at once; past this, new ones are recorded but not kept for an answer.
-pub const MAX_PENDING: usize = 1024;
+/// Requests kept at once per agent; past this, its new attempts are denied and recorded but
+/// raise no request (an agent cannot flood the people who answer, nor crowd out others).
+pub const MAX_PENDING: usize = 64;
 
 /// One request for approval: what `gate approvals` shows, and the kernel's key for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,7 +186,7 @@ pub struct Asks {
     signed: HashMap<String, Vec<Signed>>,
     index: HashMap<VerdictKey, String>,
     answers: Vec<Answer>,
-    /// Requests not kept because [`MAX_PENDING`] were pending.
+    /// Requests not kept because their agent had [`MAX_PENDING`] pending.
     pub dropped: u64,
 }
 
@@ -248,7 +249,13 @@ impl Asks {
             a.info.attempts += 1;
             return Seen::Repeat(id.clone());
         }
-        if self.pending.len() >= MAX_PENDING {
+        if self
+            .pending
+            .values()
+            .filter(|a| a.agent_id == key.agent_id)
+            .count()
+            >= MAX_PENDING
+        {
             self.dropped += 1;
             return Seen::Answered(None);
         }
@@ -502,6 +509,23 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .contains("no pending")
         );
+    }
+
+    #[test]
+    fn an_agent_cannot_raise_more_than_its_share_of_requests() {
+        let mut s = Asks::default();
+        for ino in 1..=(MAX_PENDING as u64 + 5) {
+            let e = event(ino, 0);
+            let k = object_key(&e, true).unwrap();
+            s.observe(&e, k, 0, 0, ask);
+        }
+        assert_eq!(s.pending().len(), MAX_PENDING);
+        assert_eq!(s.dropped, 5);
+        // Another agent still gets its requests through.
+        let mut e = event(1, 0);
+        e.agent_id = 8;
+        let k = object_key(&e, true).unwrap();
+        assert!(matches!(s.observe(&e, k, 0, 0, ask), Seen::New(_)));
     }
 
     #[test]
