@@ -321,8 +321,8 @@ fn verdict_key(req: &Request, kind: u8) -> Option<&'static mut gate_common::Verd
 
 /// The decision of an unexpired verdict the daemon wrote for this agent and the request's
 /// rule: for its object (a file by device and inode, an address and port) first, then for the
-/// whole rule; `decision::NONE` when there is none. The expiry is checked here, against the boot-time clock,
-/// so an approval ends on time whether or not the daemon runs.
+/// whole rule; `decision::NONE` when there is none. The expiry is checked here, against the
+/// boot-time clock, so an approval ends on time whether or not the daemon runs.
 #[inline(always)]
 fn answered(o: &Offs, req: &Request) -> u8 {
     let Some(k) = verdict_key(req, verdict_kind::RULE) else {

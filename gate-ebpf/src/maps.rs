@@ -56,7 +56,8 @@ pub struct WalkScratch {
     pub climb: u64,
     /// The name being hashed, zero-padded.
     pub name: [u64; pending::WORDS],
-    /// The key of a `VERDICTS` lookup (`decide::answered`), after the walk.
+    /// The key of a `VERDICTS` lookup (`decide::answered`, `decide::over_limit`), after the
+    /// walk.
     pub verdict: VerdictKey,
 }
 
@@ -71,8 +72,9 @@ pub static WALK: PerCpuArray<WalkScratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static FOWNERS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(8192, 0);
 
-/// Verdicts the daemon writes for one agent (approvals, rejections), read for `ask`
-/// decisions (`decide::answered`), each with its expiry.
+/// Verdicts the daemon writes for one agent: approvals and rejections, read for `ask`
+/// decisions (`decide::answered`) with their expiry, and quotas' terms and counters
+/// (`decide::over_limit`, which counts in them).
 #[map]
 pub static VERDICTS: HashMap<VerdictKey, VerdictValue> = HashMap::with_max_entries(1, NO_PREALLOC);
 

@@ -26,9 +26,6 @@ const DOMAIN: &[u8] = b"gate approval v1\n";
 /// The longest approval or rejection a person can give.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The default time an approval or rejection lasts.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(10 * 60);
-
 /// Parses `90s`, `10m`, `2h`, `1d` (a bare number is seconds), between 1 s and [`MAX_TTL`].
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -47,9 +44,15 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
             ));
         }
     };
+    check_ttl(secs).map_err(|e| format!("the duration {s:?}: {e}"))
+}
+
+/// An answer's time in seconds, between 1 s and [`MAX_TTL`] (also checked by the daemon: a
+/// client may send any number).
+pub fn check_ttl(secs: u64) -> Result<Duration, String> {
     if secs == 0 || secs > MAX_TTL.as_secs() {
         return Err(format!(
-            "the duration {s:?} is out of range: between 1s and {}d",
+            "{secs} s is out of range: between 1 s and {} days",
             MAX_TTL.as_secs() / 86400
         ));
     }

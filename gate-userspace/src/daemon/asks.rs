@@ -211,6 +211,16 @@ impl Asks {
         self.pending.get(id)
     }
 
+    /// The pending request `id`, or what to tell a person who named another.
+    pub fn request(&self, id: &str) -> Result<&Ask, String> {
+        self.pending.get(id).ok_or_else(|| {
+            format!(
+                "no pending request {id:?}: it was answered already, its agent ended, or the id \
+                 is mistyped; `gate approvals` lists the pending ones"
+            )
+        })
+    }
+
     pub fn answers(&self) -> &[Answer] {
         &self.answers
     }
@@ -288,12 +298,7 @@ impl Asks {
         now_boot_ns: u64,
         now: u64,
     ) -> Result<(VerdictKey, VerdictValue, Answer), String> {
-        let a = self.pending.get(id).ok_or_else(|| {
-            format!(
-                "no pending request {id:?}: it was answered already, its agent ended, or the id \
-                 is mistyped; `gate approvals` lists the pending ones"
-            )
-        })?;
+        let a = self.request(id)?;
         let (agent_id, a) = (a.agent_id, &a.info);
         if !scope_rule && !a.has_object {
             return Err(format!(

@@ -176,6 +176,17 @@ pub struct Core {
 /// Runs' connections by agent id.
 pub type Notices = Arc<std::sync::Mutex<BTreeMap<u32, std::os::unix::net::UnixStream>>>;
 
+/// Writes `value` as JSON to `path` atomically: a crash leaves the old file or the new one.
+fn write_json<T: serde::Serialize + ?Sized>(
+    path: &std::path::Path,
+    value: &T,
+) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// `CLOCK_BOOTTIME` in nanoseconds: the kernel's `bpf_ktime_get_boot_ns`.
 pub fn boot_ns() -> u64 {
     let mut t = libc::timespec {
@@ -235,12 +246,7 @@ impl Core {
         let (now_boot, now) = (boot_ns(), crate::approval::unix_now());
         let asks = self.asks.clone();
         let mut asks = asks.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(ask) = asks.get(id).cloned() else {
-            return Err(format!(
-                "no pending request {id:?}: it was answered already, its agent ended, or the id \
-                 is mistyped; `gate approvals` lists the pending ones"
-            ));
-        };
+        let ask = asks.request(id)?.clone();
         let policy = self.agents.get(&ask.info.agent).map(|m| m.policy());
         if policy.as_ref().map(|p| p.digest_hex()) != Some(ask.info.policy_digest.clone()) {
             asks.drop_request(id);
@@ -502,12 +508,7 @@ impl Core {
         let Some(path) = &self.answers_file else {
             return;
         };
-        let tmp = path.with_extension("tmp");
-        let r = serde_json::to_vec_pretty(asks.answers())
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = r {
+        if let Err(e) = write_json(path, asks.answers()) {
             tracing::error!(file = %path.display(), error = %e, "saving the answers failed; a restarted daemon would not record their expiry");
         }
     }
@@ -568,12 +569,7 @@ impl Core {
     /// Writes the saved agents (atomically: a crash leaves the old file or the new one).
     fn persist(&self) {
         let Some(path) = &self.state_file else { return };
-        let tmp = path.with_extension("tmp");
-        let r = serde_json::to_vec_pretty(&self.saved())
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = r {
+        if let Err(e) = write_json(path, &self.saved()) {
             tracing::error!(file = %path.display(), error = %e, "saving the agents failed; a restarted daemon would not adopt them by name");
         }
     }

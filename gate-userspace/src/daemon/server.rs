@@ -191,7 +191,7 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
     let asks = AskSink {
         asks: core.asks.clone(),
         notices: core.notices.clone(),
-        budget: std::sync::Mutex::new(Budget::default()),
+        budget: Budget::default(),
         trust: trust_tx,
         notify: cfg.notify.clone(),
     };
@@ -1032,12 +1032,9 @@ fn handle_answer(
     scope_rule: bool,
     tokens: Vec<String>,
 ) -> Response {
-    if ttl_s == 0 || ttl_s > crate::approval::MAX_TTL.as_secs() {
+    if let Err(e) = crate::approval::check_ttl(ttl_s) {
         return Response::Error {
-            message: format!(
-                "a time of {ttl_s} s is out of range: between 1 s and {} days",
-                crate::approval::MAX_TTL.as_secs() / 86400
-            ),
+            message: format!("the answer's time: {e}"),
         };
     }
     let by = user_label(peer.uid);
@@ -1434,7 +1431,7 @@ fn event_loop(
     audit: Option<(AuditLog, AuditTarget)>,
     rx: mpsc::Receiver<AuditMsg>,
     directory: Directory,
-    asks: AskSink,
+    mut asks: AskSink,
     shared: Arc<RwLock<[u64; gate_common::counter::COUNT as usize]>>,
     fill: Arc<super::ringfill::RingFill>,
     stop: &AtomicBool,
@@ -1518,7 +1515,7 @@ fn event_loop(
 struct AskSink {
     asks: Arc<std::sync::Mutex<super::asks::Asks>>,
     notices: super::core::Notices,
-    budget: std::sync::Mutex<Budget>,
+    budget: Budget,
     /// Agents that used up their denial budget, for the owner thread to lock down.
     trust: mpsc::Sender<(String, String)>,
     /// `[approvals] notify`: the command and its time limit.
@@ -1552,7 +1549,7 @@ impl AskSink {
     /// Counts an enforced denial against the agent's denial budget, and asks for its lockdown
     /// when the budget is used up.
     fn count_denial(
-        &self,
+        &mut self,
         d: &events::Decision,
         meta: &super::core::AgentMeta,
         policy: &crate::policy::CompiledPolicy,
@@ -1564,12 +1561,9 @@ impl AskSink {
             return;
         }
         let window = Duration::from_secs(secs);
-        let over = self.budget.lock().unwrap_or_else(|p| p.into_inner()).count(
-            meta.agent_id,
-            max,
-            window,
-            Instant::now(),
-        );
+        let over = self
+            .budget
+            .count(meta.agent_id, max, window, Instant::now());
         if over {
             let reason = format!(
                 "more than {max} denials within {secs} s (the policy's [trust] max_denials), \
