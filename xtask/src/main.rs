@@ -121,8 +121,12 @@ struct TestArgs {
     #[arg(long)]
     no_host: bool,
     /// Seconds each guest may run before it is killed and its suite fails.
-    #[arg(long, default_value_t = 2700)]
+    #[arg(long, default_value_t = 3300)]
     timeout: u64,
+    /// Every scenario standalone and through the daemon on every kernel (by default 6.12
+    /// runs each scenario once: through the daemon, or standalone when it needs another user).
+    #[arg(long)]
+    full: bool,
 }
 
 fn main() -> ExitCode {
@@ -151,6 +155,7 @@ fn run(task: Task) -> Result<ExitCode> {
                 .map_or_else(|| Series::ALL.to_vec(), |k| vec![k]),
             host: !args.no_host,
             timeout: Duration::from_secs(args.timeout),
+            full: args.full,
         }),
         Task::Demo => demo::run(),
         Task::Install { root } => {

@@ -21,6 +21,8 @@ struct Args {
     probe: Option<PathBuf>,
     repo: Option<PathBuf>,
     filters: Vec<String>,
+    skips: Vec<String>,
+    scenarios_once: bool,
     list: bool,
     allow_host_home: bool,
     keep: bool,
@@ -30,8 +32,12 @@ struct Args {
 }
 
 const USAGE: &str = "usage: gate-kernel-tests --gate PATH --probe PATH --repo DIR [--list] [--keep] \
-                     [--isolate] [--systemd] [--allow-host-home] [FILTER...]\n\
+                     [--isolate] [--systemd] [--allow-host-home] [--skip PATTERN]... [--scenarios-once] \
+                     [FILTER...]\n\
                      FILTER: run only tests whose name contains one of these strings\n\
+                     --skip PATTERN: do not run tests whose name contains PATTERN (repeatable)\n\
+                     --scenarios-once: run each scenario once, through the daemon where it can \
+                     (`via-daemon/`), standalone only when it needs `gate run --user`\n\
                      --systemd: only the tests of gate.service under systemd (PID 1 must be systemd)\n\
                      --keep: leave /tmp/gate-tests (logs, plans) in place\n\
                      --isolate: one gate run per scenario step (slow in TCG guests)";
@@ -42,6 +48,8 @@ fn parse_args() -> Result<Args, String> {
         probe: None,
         repo: None,
         filters: Vec::new(),
+        skips: Vec::new(),
+        scenarios_once: false,
         list: false,
         allow_host_home: false,
         keep: false,
@@ -65,6 +73,10 @@ fn parse_args() -> Result<Args, String> {
             "--isolate" => a.isolate = true,
             "--systemd" => a.systemd = true,
             "--driver" => a.driver = Some(value("--driver")?),
+            "--skip" => a
+                .skips
+                .push(value("--skip")?.to_string_lossy().into_owned()),
+            "--scenarios-once" => a.scenarios_once = true,
             "--allow-host-home" => a.allow_host_home = true,
             "-h" | "--help" => return Err(String::new()),
             s if s.starts_with('-') => return Err(format!("unknown option {s}")),
@@ -89,7 +101,7 @@ fn main() -> ExitCode {
         // Inside `gate run`: run a batch of scenario steps (see gate_tests::driver).
         return ExitCode::from(gate_tests::driver::main(plan) as u8);
     }
-    let mut rep = Reporter::new(args.filters.clone(), args.list);
+    let mut rep = Reporter::new(args.filters.clone(), args.list).skipping(args.skips.clone());
     if args.list {
         // Names only; scenario steps are listed from their files.
         if args.systemd {
@@ -127,6 +139,7 @@ fn main() -> ExitCode {
         repo,
         env,
         isolate: args.isolate,
+        scenarios_once: args.scenarios_once,
         via_daemon: None,
     };
     if let Err(e) = suite::prepare(&ctx) {

@@ -42,6 +42,10 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
             ask_round_trip,
         ),
         (
+            "daemon/a-confined-root-agent-cannot-answer-its-own-request",
+            root_self_approval,
+        ),
+        (
             "daemon/two-of-three-signed-approvals-replays-and-strangers-refused",
             signed_approvals,
         ),
@@ -62,6 +66,7 @@ pub fn scenarios_through_the_daemon(ctx: &Ctx, rep: &mut super::Reporter) {
         repo: ctx.repo.clone(),
         env: ctx.env.clone(),
         isolate: ctx.isolate,
+        scenarios_once: ctx.scenarios_once,
         via_daemon: Some(super::ViaDaemon {
             socket: PathBuf::from(SOCKET),
             log: base().join("audit.jsonl"),
@@ -1082,6 +1087,102 @@ fn ask_round_trip(ctx: &Ctx, notes: &mut Notes) -> TestResult {
         "request {id} rejected for 3 s, {id2} approved for 20 s (object), {id3} for 5 s (rule); \
          the write went through after the daemon's SIGKILL and was denied again once the \
          approvals ended"
+    ));
+    Ok(())
+}
+
+/// The self-approval attack as root: a confined root agent whose write was asked tries to
+/// approve (and reject, rule-wide) its own request, first as it is, then after trying to leave
+/// its cgroup; each is refused, the request stays pending and the write denied. The same
+/// `gate approve` run by root outside the agent then works, and the retry goes through.
+fn root_self_approval(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    let d = Daemon::start(ctx, "lockdown_after = \"600s\"\n")?;
+    let (f, m) = ask_target("ask/root")?;
+    // The agent is root without the capabilities its policy does not grant (no
+    // CAP_DAC_OVERRIDE): the file and the marks are root's.
+    for p in [&f, &m] {
+        std::os::unix::fs::chown(p, Some(0), Some(0)).or_fail("chown to root")?;
+    }
+    let gate = user_gate();
+    let script = format!(
+        "for step in 1 2 3 4; do while [ ! -e {m}/go$step ]; do sleep 0.05; done; \
+         case $step in \
+         2) {gate} approve $(cat {m}/id) --ttl 1h --scope rule > {m}/self 2>&1; a=$?; \
+            {gate} reject $(cat {m}/id) --ttl 1s > {m}/self-reject 2>&1; r=$?; \
+            echo \"R2 approve=$a reject=$r\";; \
+         3) if echo $$ > /sys/fs/cgroup/cgroup.procs 2>/dev/null; then e=left; else e=stayed; fi; \
+            {gate} approve $(cat {m}/id) --ttl 1h > {m}/self2 2>&1; echo \"R3 $e approve=$?\";; \
+         *) if (echo x >> {f}) 2>&-; then W=ok; else W=denied; fi; echo \"R$step W=$W\";; \
+         esac; done",
+        m = m.display(),
+        f = f.display(),
+    );
+    let cmd = gate_run(ctx, 0, "daemon-ask", Some("root-asker"), &script);
+    let mut bg = cmd.spawn()?;
+    let r1 = step_agent(&m, &mut bg, 1)?;
+    if r1 != "R1 W=denied" {
+        return Err(Failure::new(format!(
+            "first write: expected denied, got {r1:?}"
+        )));
+    }
+    if !bg.wait_for_stdout_or_stderr("approval needed [", Duration::from_secs(30)) {
+        return Err(Failure::new("gate run never showed the approval request")
+            .detail(bg.stderr())
+            .detail(format!("pending: {:?}", approvals_json(ctx)))
+            .detail(d.log()));
+    }
+    let id = notice_ids(&bg.stderr())
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    std::fs::write(m.join("id"), &id).or_fail("write id")?;
+    let r2 = step_agent(&m, &mut bg, 2)?;
+    let said = std::fs::read_to_string(m.join("self")).unwrap_or_default();
+    if r2 != "R2 approve=1 reject=1" || !said.contains("confined") {
+        return Err(Failure::new(format!(
+            "a confined root agent's `gate approve`/`gate reject` of its own request must be \
+             refused, got {r2:?}: {said}"
+        )));
+    }
+    let r3 = step_agent(&m, &mut bg, 3)?;
+    if r3 != "R3 stayed approve=1" {
+        let said = std::fs::read_to_string(m.join("self2")).unwrap_or_default();
+        return Err(Failure::new(format!(
+            "leaving the agent's cgroup and approving must both fail, got {r3:?}: {said}"
+        )));
+    }
+    let pending = approvals_json(ctx)?;
+    if pending.len() != 1 || pending[0]["id"] != id.as_str() {
+        return Err(Failure::new(format!(
+            "request {id} must still be pending (and alone), got {pending:?}"
+        )));
+    }
+    // The same command outside the agent, as root: approved.
+    let c = as_uid(
+        0,
+        &[
+            gate.clone(),
+            "approve".into(),
+            id.clone(),
+            "--ttl".into(),
+            "1h".into(),
+        ],
+    );
+    let o = c.run();
+    if o.code() != Some(0) {
+        return Err(Failure::new("root's `gate approve` outside the agent failed").command(&c, &o));
+    }
+    let r4 = step_agent(&m, &mut bg, 4)?;
+    if r4 != "R4 W=ok" {
+        return Err(Failure::new(format!(
+            "after root approved {id} from outside, expected the write to go through, got {r4:?}"
+        ))
+        .detail(bg.stderr()));
+    }
+    let _ = bg.wait(Duration::from_secs(60));
+    notes.push(format!(
+        "request {id}: the confined root agent's approve, reject and cgroup escape were refused; \
+         root's approve from outside let the write through"
     ));
     Ok(())
 }

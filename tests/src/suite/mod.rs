@@ -52,6 +52,9 @@ pub struct Ctx {
     pub env: Env,
     /// One `gate run` per scenario step instead of one per batch.
     pub isolate: bool,
+    /// Each scenario once (`--scenarios-once`): the standalone pass runs only the scenarios
+    /// the pass through the daemon cannot (those of another user).
+    pub scenarios_once: bool,
     /// Run `gate run` through a running daemon instead of with `--no-daemon`.
     pub via_daemon: Option<ViaDaemon>,
 }
@@ -407,6 +410,8 @@ pub struct Reporter {
     pub passed: usize,
     pub failed: usize,
     filters: Vec<String>,
+    /// Tests whose name contains one of these are not run (`--skip`).
+    skips: Vec<String>,
     list_only: bool,
     /// When the previous result was printed: each line shows the time since, so a slow test
     /// stands out in a guest log.
@@ -419,21 +424,32 @@ impl Reporter {
             passed: 0,
             failed: 0,
             filters,
+            skips: Vec::new(),
             list_only,
             last: std::time::Instant::now(),
         }
     }
 
+    /// Leaves out tests whose name contains one of `skips`, whatever the filters select.
+    pub fn skipping(mut self, skips: Vec<String>) -> Self {
+        self.skips = skips;
+        self
+    }
+
+    /// Whether the filters select `name` and no skip pattern leaves it out.
+    fn matches(&self, name: &str) -> bool {
+        (self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str())))
+            && !self.skips.iter().any(|s| name.contains(s.as_str()))
+    }
+
     /// Whether a test with this name should run.
     /// Whether the filters select `name` (without listing it).
     pub fn selected(&self, name: &str) -> bool {
-        !self.list_only
-            && (self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str())))
+        !self.list_only && self.matches(name)
     }
 
     pub fn wants(&self, name: &str) -> bool {
-        let selected =
-            self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()));
+        let selected = self.matches(name);
         if selected && self.list_only {
             println!("{name}");
             return false;

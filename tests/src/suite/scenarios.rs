@@ -39,6 +39,8 @@ pub fn run_all(ctx: &Ctx, rep: &mut Reporter) {
             // Through the daemon a command runs as its caller: scenarios of another user run
             // with `gate run --user` only.
             Ok(s) if s.user.is_some() && ctx.via_daemon.is_some() => {}
+            // Once per kernel: the pass through the daemon runs this one.
+            Ok(s) if s.user.is_none() && ctx.via_daemon.is_none() && ctx.scenarios_once => {}
             Ok(s) => run_scenario(ctx, rep, &s),
             Err(e) => {
                 let name = format!(
