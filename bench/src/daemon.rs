@@ -49,7 +49,7 @@ pub struct Options<'a> {
     pub no_daemon_runs: usize,
 }
 
-const SOCKET: &str = "/run/gate-bench-daemon/gate.sock";
+pub const SOCKET: &str = "/run/gate-bench-daemon/gate.sock";
 
 /// Where [`Root`] builds the chroot.
 pub const ROOT: &str = "/tmp/gate-bench-root";
@@ -168,7 +168,7 @@ impl Root {
     }
 
     /// Makes `cmd` run chrooted here (and on every CPU: the benchmark pins itself to CPU 0).
-    fn enter(&self, cmd: &mut Command) {
+    pub fn enter(&self, cmd: &mut Command) {
         let dir = crate::util::cstring(&self.dir);
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
@@ -198,7 +198,7 @@ impl Drop for Root {
 /// Memory snapshots are taken after these many launches.
 const SNAPSHOTS: [usize; 3] = [1, 10, 100];
 
-fn copy_exe(src: &Path, dst: &Path) -> Result<()> {
+pub fn copy_exe(src: &Path, dst: &Path) -> Result<()> {
     if let Some(d) = dst.parent() {
         fs::create_dir_all(d)?;
     }
@@ -222,7 +222,7 @@ fn memory(pid: u32, agents: usize) -> Value {
     })
 }
 
-fn status() -> Result<gate_protocol::Status> {
+pub fn status() -> Result<gate_protocol::Status> {
     let mut c = Client::connect(Path::new(SOCKET))?;
     match c.call(&Request::Status {})? {
         Response::Status(s) => Ok(s),
@@ -231,7 +231,7 @@ fn status() -> Result<gate_protocol::Status> {
 }
 
 /// Sleeps `ms` (virtual) milliseconds.
-fn nap(ms: u64) {
+pub fn nap(ms: u64) {
     std::thread::sleep(std::time::Duration::from_millis(ms));
 }
 
@@ -249,11 +249,11 @@ fn stamp_of(child: &mut Child, t0: u64) -> Result<u64> {
 }
 
 /// `path` opened for appending (created if missing): where the clients' stderr goes.
-fn append_to(path: &Path) -> std::io::Result<fs::File> {
+pub fn append_to(path: &Path) -> std::io::Result<fs::File> {
     fs::OpenOptions::new().create(true).append(true).open(path)
 }
 
-fn tail(path: &Path) -> String {
+pub fn tail(path: &Path) -> String {
     let s = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
@@ -286,19 +286,7 @@ impl Running {
             nap(50);
         }
         let reaped_ns = now_ns() - t0;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        let st = self.daemon.wait()?;
-        let mut unload = Command::new(gate);
-        unload.arg("unload").env("GATE_SOCKET", SOCKET);
-        root.enter(&mut unload);
-        let unload = unload.output()?;
-        if !unload.status.success() {
-            bail!(
-                "gate unload failed: {}",
-                String::from_utf8_lossy(&unload.stderr)
-            );
-        }
+        let code = stop(&mut self.daemon, root, gate)?;
         anyhow::ensure!(
             failed == 0,
             "{failed} of {} gate run clients exited with an error; daemon log:\n{}",
@@ -309,7 +297,7 @@ impl Running {
             "clients_exit_codes_nonzero": failed,
             "agents_left_after_exit": left,
             "all_agents_removed_ns": reaped_ns,
-            "daemon_exit": st.code(),
+            "daemon_exit": code,
         }))
     }
 }
@@ -324,6 +312,74 @@ impl Drop for Running {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
     }
+}
+
+/// The daemon's config: its socket and audit stream in `dir`.
+pub fn write_config(dir: &Path) -> Result<PathBuf> {
+    let cfg = dir.join("gate.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "version = 1\n[daemon]\nsocket = \"{SOCKET}\"\n\n[audit]\nlog = \"{d}/audit.jsonl\"\n\
+             key = \"{d}/audit.key\"\n",
+            d = dir.display()
+        ),
+    )?;
+    Ok(cfg)
+}
+
+/// Starts `gate daemon --config cfg` in the root (its stderr into `log`) and waits until it
+/// answers on its socket with no agents: the daemon and the virtual ns that took.
+pub fn start(root: &Root, gate: &Path, cfg: &Path, log: &Path) -> Result<(Child, u64)> {
+    let _ = fs::remove_file(SOCKET);
+    let t0 = now_ns();
+    let mut cmd = Command::new(gate);
+    cmd.args(["daemon", "--config"])
+        .arg(cfg)
+        .env("GATE_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log)?);
+    root.enter(&mut cmd);
+    let mut daemon = cmd.spawn().context("starting gate daemon")?;
+    for _ in 0..2400 {
+        if let Ok(s) = status() {
+            if !s.agents.is_empty() {
+                let _ = daemon.kill();
+                let _ = daemon.wait();
+                bail!("a fresh daemon has agents: {:?}", s.agents);
+            }
+            return Ok((daemon, now_ns() - t0));
+        }
+        if let Some(st) = daemon.try_wait()? {
+            bail!(
+                "gate daemon exited ({st}) before it was ready:\n{}",
+                tail(log)
+            );
+        }
+        nap(50);
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    bail!("gate daemon never became ready:\n{}", tail(log))
+}
+
+/// Stops the daemon (SIGTERM) and detaches what it left pinned (`gate unload`).
+pub fn stop(daemon: &mut Child, root: &Root, gate: &Path) -> Result<Option<i32>> {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let st = daemon.wait()?;
+    let mut unload = Command::new(gate);
+    unload.arg("unload").env("GATE_SOCKET", SOCKET);
+    root.enter(&mut unload);
+    let unload = unload.output()?;
+    if !unload.status.success() {
+        bail!(
+            "gate unload failed: {}",
+            String::from_utf8_lossy(&unload.stderr)
+        );
+    }
+    Ok(st.code())
 }
 
 pub fn run(o: &Options<'_>) -> Result<Value> {
@@ -343,31 +399,13 @@ pub fn run(o: &Options<'_>) -> Result<Value> {
         copy_exe(o.stamp, &w.join("bin/gate-stamp"))?;
         fs::create_dir_all(w.join("src"))?;
     }
-    let cfg = o.dir.join("gate.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "version = 1\n[daemon]\nsocket = \"{SOCKET}\"\n\n[audit]\nlog = \"{d}/audit.jsonl\"\n\
-             key = \"{d}/audit.key\"\n",
-            d = o.dir.display()
-        ),
-    )?;
+    let cfg = write_config(o.dir)?;
     let root = Root::build(Path::new(ROOT), &gate, &policies)?;
     let log = o.dir.join("daemon.log");
     let client_log = o.dir.join("clients.log");
-    let _ = fs::remove_file(SOCKET);
 
     say("daemon: starting gate daemon (the kernel verifies gate's programs now)");
-    let t0 = now_ns();
-    let mut cmd = Command::new(&gate);
-    cmd.args(["daemon", "--config"])
-        .arg(&cfg)
-        .env("GATE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log)?);
-    root.enter(&mut cmd);
-    let daemon = cmd.spawn().context("starting gate daemon")?;
+    let (daemon, ready_ns) = start(&root, &gate, &cfg, &log)?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut r = Running {
         daemon,
@@ -375,27 +413,6 @@ pub fn run(o: &Options<'_>) -> Result<Value> {
         hold: Some(wr),
     };
     let pid = r.daemon.id();
-    let mut ready_ns = None;
-    for _ in 0..2400 {
-        if let Ok(s) = status() {
-            anyhow::ensure!(
-                s.agents.is_empty(),
-                "a fresh daemon has agents: {:?}",
-                s.agents
-            );
-            ready_ns = Some(now_ns() - t0);
-            break;
-        }
-        if let Some(st) = r.daemon.try_wait()? {
-            bail!(
-                "gate daemon exited ({st}) before it was ready:\n{}",
-                tail(&log)
-            );
-        }
-        nap(50);
-    }
-    let ready_ns =
-        ready_ns.with_context(|| format!("gate daemon never became ready:\n{}", tail(&log)))?;
     say(&format!(
         "daemon: ready after {:.3} virtual s",
         ready_ns as f64 / 1e9

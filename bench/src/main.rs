@@ -6,6 +6,7 @@
 //! - `suite [--quick] [--only PARTS] …`: everything; prints one JSON document between marker
 //!   lines (see `suite::Options`).
 mod agents;
+mod approvals;
 mod daemon;
 mod fsprep;
 mod gatecond;
@@ -42,7 +43,7 @@ fn run(args: &[String]) -> Result<()> {
         }
         _ => bail!(
             "usage: gate-bench suite [--quick] [--repo DIR] [--gate PATH] [--stamp PATH] \
-             [--only micro,workload,gate,events,agents,daemon,pysuite]"
+             [--asker PATH] [--only micro,workload,gate,events,agents,daemon,approvals,pysuite]"
         ),
     }
 }

@@ -14,7 +14,10 @@
 //!    of unconfined workers with 1, 10 and 100 agents confined, and of a worker confined as one
 //!    of the 100;
 //! 7. the real `gate daemon` (`daemon`): its memory and BPF maps with 0, 1, 10 and 100 agents,
-//!    and the time from `gate run` to the command's first instruction (bench/src/daemon.rs).
+//!    and the time from `gate run` to the command's first instruction (bench/src/daemon.rs);
+//! 8. approvals and quotas through the daemon (`approvals`): the ask round trip 1,000 times, and
+//!    what a connect costs under a plain rule, a `limit` and an approved `ask`
+//!    (bench/src/approvals.rs).
 //!
 //! Each measurement runs in a freshly forked worker that confines itself as its condition says
 //! (joins the cgroup, or applies Landlock) and first checks that confinement is what it should
@@ -30,7 +33,7 @@ use serde_json::{Value, json};
 
 use crate::{
     agents::ManyAgents,
-    daemon,
+    approvals, daemon,
     fsprep::{self, Layout},
     gatecond::{self, Gate},
     lockdown,
@@ -44,7 +47,7 @@ use crate::{
 pub struct Options {
     pub quick: bool,
     pub repo: PathBuf,
-    /// micro, workload, gate (phase B), events, agents, daemon, pysuite.
+    /// micro, workload, gate (phase B), events, agents, daemon, approvals, pysuite.
     pub parts: BTreeSet<String>,
     /// Which gate policies get a phase-B block: ca, 1k, 10k.
     pub policies: BTreeSet<String>,
@@ -58,6 +61,10 @@ pub struct Options {
     /// The `gate` binary and `gate-stamp` (for the daemon part).
     pub gate: Option<PathBuf>,
     pub stamp: Option<PathBuf>,
+    /// `gate-asker` (for the approvals part).
+    pub asker: Option<PathBuf>,
+    /// Approval round trips.
+    pub approvals: usize,
     /// Python and its library as one tar archive (made by `cargo xtask bench`).
     pub python_tar: Option<PathBuf>,
     pub no_daemon_runs: usize,
@@ -69,7 +76,7 @@ impl Options {
         let mut o = Options {
             quick: false,
             repo: PathBuf::from("/work/main"),
-            parts: set("micro,workload,gate,events,agents,daemon,pysuite"),
+            parts: set("micro,workload,gate,events,agents,daemon,approvals,pysuite"),
             policies: set("ca,1k,10k"),
             rounds_a: 4,
             rounds_b: 3,
@@ -79,6 +86,8 @@ impl Options {
             rounds_agents: 4,
             gate: None,
             stamp: None,
+            asker: None,
+            approvals: 1000,
             python_tar: None,
             no_daemon_runs: 3,
         };
@@ -98,6 +107,7 @@ impl Options {
                     o.events = 500;
                     o.rounds_agents = 2;
                     o.no_daemon_runs = 1;
+                    o.approvals = 100;
                 }
                 "--repo" => o.repo = PathBuf::from(val()?),
                 "--only" => o.parts = set(&val()?),
@@ -110,6 +120,8 @@ impl Options {
                 "--agents-rounds" => o.rounds_agents = val()?.parse()?,
                 "--gate" => o.gate = Some(PathBuf::from(val()?)),
                 "--stamp" => o.stamp = Some(PathBuf::from(val()?)),
+                "--asker" => o.asker = Some(PathBuf::from(val()?)),
+                "--approvals" => o.approvals = val()?.parse()?,
                 "--python-tar" => o.python_tar = Some(PathBuf::from(val()?)),
                 "--no-daemon-runs" => o.no_daemon_runs = val()?.parse()?,
                 other => bail!("unknown option {other}"),
@@ -360,6 +372,18 @@ pub fn run(opts: &Options) -> Result<Value> {
         }
     }
 
+    let mut approvals_doc = Value::Null;
+    if opts.parts.contains("approvals") {
+        match b.approvals_block() {
+            Ok(v) => approvals_doc = v,
+            Err(e) => {
+                let msg = short_error(&format!("{e:#}"));
+                say(&format!("approvals: FAILED: {msg}"));
+                errors.push(json!({ "part": "approvals", "error": msg }));
+            }
+        }
+    }
+
     let plans: serde_json::Map<String, Value> = b
         .plans
         .iter()
@@ -385,6 +409,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         "events": events,
         "agents": agents,
         "daemon": daemon_doc,
+        "approvals": approvals_doc,
         "errors": errors,
         "total_virtual_ns": now_ns() - t_begin,
     }))
@@ -744,6 +769,28 @@ impl Bench<'_> {
             policies: [&coding, &other],
             agents: self.opts.agents,
             no_daemon_runs: self.opts.no_daemon_runs,
+        })
+    }
+
+    /// Approvals and quotas through the real daemon (bench/src/approvals.rs).
+    fn approvals_block(&mut self) -> Result<Value> {
+        let gate = self
+            .opts
+            .gate
+            .as_deref()
+            .context("no --gate binary given (cargo xtask bench passes target/release/gate)")?;
+        let asker = self
+            .opts
+            .asker
+            .as_deref()
+            .context("no --asker binary given (cargo xtask bench builds bench/src/asker.c)")?;
+        approvals::run(&approvals::Options {
+            gate,
+            asker,
+            dir: &self.layout.state.join("approvals"),
+            n: self.opts.approvals,
+            rounds: if self.opts.quick { 2 } else { 5 },
+            per_sample: if self.opts.quick { 500 } else { 2000 },
         })
     }
 

@@ -72,7 +72,8 @@ pub fn run(options: &Options) -> Result<()> {
         "the benchmark crate in bench/ (package gate-bench) should provide it",
     )?;
     let gate = workspace::release_binary("gate", "package gate-userspace should provide it")?;
-    let stamp = build_stamp()?;
+    let stamp = build_static("stamp.c", "gate-stamp")?;
+    let asker = build_static("asker.c", "gate-asker")?;
     let python = python_archive()?;
     let mut suite_cmd = vec![bench.to_string_lossy().into_owned(), "suite".to_owned()];
     suite_cmd.extend([
@@ -82,6 +83,8 @@ pub fn run(options: &Options) -> Result<()> {
         gate.to_string_lossy().into_owned(),
         "--stamp".to_owned(),
         stamp.to_string_lossy().into_owned(),
+        "--asker".to_owned(),
+        asker.to_string_lossy().into_owned(),
         "--python-tar".to_owned(),
         python.to_string_lossy().into_owned(),
     ]);
@@ -143,10 +146,10 @@ pub fn run(options: &Options) -> Result<()> {
     if kernels.is_empty() {
         bail!("no benchmark finished: {}", failures.join("; "));
     }
-    if only_pysuite(&options.suite_args) {
-        return merge_pysuite(kernels, &failures);
+    if let Some(parts) = only_separate_parts(&options.suite_args) {
+        return merge_parts(kernels, &parts, &failures);
     }
-    keep_earlier_pysuite(&mut kernels);
+    keep_earlier_parts(&mut kernels);
     let doc = json!({
         "generated_unix": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "date": utc_date(),
@@ -181,10 +184,14 @@ pub fn run(options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// A run that left the CPython suite out (`-- --only` without `pysuite`) keeps its earlier
-/// figures from benchmarks.json, with their date and host marks: its runs take most of an
-/// hour per kernel, and a run of the rest should not erase them.
-fn keep_earlier_pysuite(kernels: &mut serde_json::Map<String, Value>) {
+/// Parts of the benchmark that can be run on their own (`-- --only pysuite`, `-- --only
+/// approvals`, or both): such a run updates their figures in the existing benchmarks.json, and
+/// a run that leaves them out keeps their earlier figures, with their date and host marks
+/// (the CPython suite takes most of an hour per kernel).
+const SEPARATE_PARTS: [&str; 2] = ["pysuite", "approvals"];
+
+/// A run that left a separate part out keeps its earlier figures from benchmarks.json.
+fn keep_earlier_parts(kernels: &mut serde_json::Map<String, Value>) {
     let path = paths::repo_root().join("benchmarks.json");
     let Some(old) = std::fs::read_to_string(&path)
         .ok()
@@ -194,36 +201,49 @@ fn keep_earlier_pysuite(kernels: &mut serde_json::Map<String, Value>) {
     };
     for (name, k) in kernels.iter_mut() {
         let earlier = &old["kernels"][name];
-        if !k["guest"]["pysuite"].is_null() || earlier["guest"]["pysuite"].is_null() {
-            continue;
-        }
-        k["guest"]["pysuite"] = earlier["guest"]["pysuite"].clone();
-        k["pysuite_date"] = earlier["pysuite_date"].clone();
-        if let (Some(marks), Some(old_marks)) = (
-            k["host_marks"].as_object_mut(),
-            earlier["host_marks"].as_object(),
-        ) {
-            for (m, v) in old_marks.iter().filter(|(m, _)| m.starts_with("pysuite-")) {
-                marks.insert(m.clone(), v.clone());
+        for part in SEPARATE_PARTS {
+            if !k["guest"][part].is_null() || earlier["guest"][part].is_null() {
+                continue;
+            }
+            k["guest"][part] = earlier["guest"][part].clone();
+            let date = format!("{part}_date");
+            k[&date] = earlier[&date].clone();
+            if let (Some(marks), Some(old_marks)) = (
+                k["host_marks"].as_object_mut(),
+                earlier["host_marks"].as_object(),
+            ) {
+                let prefix = format!("{part}-");
+                for (m, v) in old_marks.iter().filter(|(m, _)| m.starts_with(&prefix)) {
+                    marks.insert(m.clone(), v.clone());
+                }
             }
         }
     }
 }
 
-/// Whether the run measured only the CPython suite (`-- --only pysuite`).
-fn only_pysuite(args: &[String]) -> bool {
-    args.windows(2)
-        .any(|w| w[0] == "--only" && w[1].trim() == "pysuite")
+/// The separate parts the run measured, when it measured nothing else (`-- --only …`).
+fn only_separate_parts(args: &[String]) -> Option<Vec<String>> {
+    let only = args.windows(2).find(|w| w[0] == "--only")?;
+    let parts: Vec<String> = only[1].split(',').map(|p| p.trim().to_owned()).collect();
+    parts
+        .iter()
+        .all(|p| SEPARATE_PARTS.contains(&p.as_str()))
+        .then_some(parts)
 }
 
-/// A `--only pysuite` run updates the suite's figures in the existing benchmarks.json (and
+/// A run of separate parts only updates their figures in the existing benchmarks.json (and
 /// re-renders BENCHMARKS.md) instead of replacing every other figure with nothing.
-fn merge_pysuite(kernels: serde_json::Map<String, Value>, failures: &[String]) -> Result<()> {
+fn merge_parts(
+    kernels: serde_json::Map<String, Value>,
+    parts: &[String],
+    failures: &[String],
+) -> Result<()> {
     let root = paths::repo_root();
     let path = root.join("benchmarks.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
-            "`--only pysuite` updates {}, which is missing: run the whole `cargo xtask bench` first",
+            "`--only {}` updates {}, which is missing: run the whole `cargo xtask bench` first",
+            parts.join(","),
             path.display()
         )
     })?;
@@ -231,16 +251,30 @@ fn merge_pysuite(kernels: serde_json::Map<String, Value>, failures: &[String]) -
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     for (k, new) in kernels {
         let Some(old) = doc["kernels"].get_mut(&k) else {
-            bail!("benchmarks.json has no Linux {k} results to add the CPython suite's to");
+            bail!("benchmarks.json has no Linux {k} results to add these figures to");
         };
-        old["guest"]["pysuite"] = new["guest"]["pysuite"].clone();
-        old["host_marks"] = new["host_marks"].clone();
-        old["pysuite_date"] = json!(utc_date());
+        for part in parts {
+            old["guest"][part] = new["guest"][part].clone();
+            old[format!("{part}_date")] = json!(utc_date());
+            let prefix = format!("{part}-");
+            if let (Some(marks), Some(new_marks)) = (
+                old["host_marks"].as_object_mut(),
+                new["host_marks"].as_object(),
+            ) {
+                marks.retain(|m, _| !m.starts_with(&prefix));
+                for (m, v) in new_marks.iter().filter(|(m, _)| m.starts_with(&prefix)) {
+                    marks.insert(m.clone(), v.clone());
+                }
+            }
+        }
     }
     std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
         .context("writing benchmarks.json")?;
     std::fs::write(root.join("BENCHMARKS.md"), render(&doc)).context("writing BENCHMARKS.md")?;
-    println!("updated the CPython suite's figures in BENCHMARKS.md and benchmarks.json");
+    println!(
+        "updated the figures of {} in BENCHMARKS.md and benchmarks.json",
+        parts.join(" and ")
+    );
     if !failures.is_empty() {
         bail!("some kernels failed: {}", failures.join("; "));
     }
@@ -388,9 +422,10 @@ fn python_archive() -> Result<std::path::PathBuf> {
 
 /// `gate-stamp` (bench/src/stamp.c): a static program without libc that prints its clock at
 /// its first instruction, for the time from `gate run` to the command's start.
-fn build_stamp() -> Result<std::path::PathBuf> {
-    let src = paths::repo_root().join("bench/src/stamp.c");
-    let out = paths::target_dir()?.join("release/gate-stamp");
+/// Compiles one of the benchmark's libc-free helpers (bench/src/`src`) into target/release/`name`.
+fn build_static(src: &str, name: &str) -> Result<std::path::PathBuf> {
+    let src = paths::repo_root().join("bench/src").join(src);
+    let out = paths::target_dir()?.join("release").join(name);
     crate::cmd::run(
         Command::new("cc")
             .args([
@@ -404,7 +439,12 @@ fn build_stamp() -> Result<std::path::PathBuf> {
             .arg(&out)
             .arg(&src),
     )
-    .context("compiling bench/src/stamp.c (gcc is installed by `cargo xtask setup`)")?;
+    .with_context(|| {
+        format!(
+            "compiling {} (gcc is installed by `cargo xtask setup`)",
+            src.display()
+        )
+    })?;
     Ok(out)
 }
 
@@ -1031,6 +1071,7 @@ fn render(doc: &Value) -> String {
         render_pysuite(&mut md, k);
         render_userspace(&mut md, g);
         render_daemon(&mut md, g, s);
+        render_approvals(&mut md, k);
     }
     let _ = writeln!(md, "## Where we are short, and why\n");
     md.push_str(&shortfalls(&kernels));
@@ -1155,6 +1196,134 @@ fn render_agents(md: &mut String, g: &Value, s: &Value) {
         mn,
         a["agents"],
     );
+}
+
+/// The ask round trip through the daemon and what a connect costs under quotas and approvals
+/// (bench/src/approvals.rs), from the raw samples.
+fn render_approvals(md: &mut String, k: &Value) {
+    let a = &k["guest"]["approvals"];
+    if !a.is_object() {
+        return;
+    }
+    let v = |key: &str| -> Vec<f64> {
+        a[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect()
+    };
+    let date = k["approvals_date"]
+        .as_str()
+        .map(|d| format!(" (measured {d})"))
+        .unwrap_or_default();
+    let _ = writeln!(md, "### Approvals and quotas{date}\n");
+    let _ = writeln!(
+        md,
+        "The release `gate daemon` (in the tmpfs root described under \"The daemon\") with one \
+         agent, `gate run --name bench-approvals -- gate-asker` (bench/src/asker.c: static, no \
+         libc, UDP connects on command). {} round trips, each on a port of its own so each is a \
+         new request: the agent's connect is denied (EPERM) by an `ask` rule; the daemon raises \
+         the request and sends its notice, which `gate run` prints on the agent's stderr; the \
+         benchmark, as the approver (root on the control socket), sends `Approve` for that id as \
+         soon as the notice arrives and waits for `Answered` (the verdict is in the kernel's map \
+         and the approval record in the audit stream); the agent's retry is then allowed by the \
+         kernel. Virtual time:\n",
+        a["n"]
+    );
+    let _ = writeln!(md, "| leg | p50 | p99 | max |");
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for (key, what) in [
+        (
+            "notice_ns",
+            "denied connect → notice on the agent's terminal",
+        ),
+        (
+            "approve_call_ns",
+            "`Approve` sent → `Answered` (verdict in the kernel)",
+        ),
+        ("retry_ns", "`Answered` → the retried connect returned 0"),
+        ("round_trip_ns", "**denied → allowed retry**"),
+    ] {
+        let x = v(key);
+        if x.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {what} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            quantile(&x, 0.5) / 1e6,
+            quantile(&x, 0.99) / 1e6,
+            quantile(&x, 1.0) / 1e6,
+        );
+    }
+    let _ = writeln!(md);
+    let calls = v("approve_call_ns");
+    if calls.len() >= 200 {
+        let tenth = calls.len() / 10;
+        let first = stats(&calls[..tenth]).map_or(0.0, |s| s.median);
+        let last = stats(&calls[calls.len() - tenth..]).map_or(0.0, |s| s.median);
+        let _ = writeln!(
+            md,
+            "The `Approve` call grows with the answers in force, none of which expire during the \
+             run: each answer rewrites the daemon's whole answers file (`/run/gate/daemon/\
+             answers.json`, from which a restarted daemon learns every verdict's expiry): \
+             O(answers in force) per call. Median of the \
+             first {tenth} calls {:.2} ms, of the last {tenth} (over {} answers in force) {:.2} \
+             ms.\n",
+            first / 1e6,
+            calls.len() - tenth,
+            last / 1e6
+        );
+    }
+    let c = &a["connect_ns"];
+    let med = |name: &str| -> Option<f64> {
+        let x: Vec<f64> = c[name]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect();
+        stats(&x).map(|s| s.median)
+    };
+    let (Some(base), Some(allowed)) = (med("unconfined"), med("allowed")) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "What the kernel's decision costs: a UDP `connect` repeated on one socket ({} per \
+         sample, {} rounds, the order rotated every round; median of the rounds' ns per \
+         connect). Every allowed connect is also an audit event (ring buffer, daemon).\n",
+        a["per_sample"], a["rounds"]
+    );
+    let _ = writeln!(
+        md,
+        "| condition | ns per connect | vs unconfined | vs plain allow rule |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|");
+    for (name, what) in [
+        ("unconfined", "not an agent (gate loaded)"),
+        ("allowed", "agent, plain allow rule"),
+        (
+            "limited",
+            "agent, allow rule with a `limit` (counted, never reached)",
+        ),
+        (
+            "approved_object",
+            "agent, `ask` rule approved for this address",
+        ),
+        ("approved_rule", "agent, `ask` rule approved rule-wide"),
+    ] {
+        if let Some(x) = med(name) {
+            let _ = writeln!(
+                md,
+                "| {what} | {x:.0} | {:+.1} % | {:+.1} % |",
+                (x / base - 1.0) * 100.0,
+                (x / allowed - 1.0) * 100.0
+            );
+        }
+    }
+    let _ = writeln!(md);
 }
 
 /// The real daemon: start-up, memory with 0/1/10/100 agents, `gate run` to first instruction.
@@ -1451,6 +1620,16 @@ before spawning the client; p50 and p99 over the 100 launches. The daemon's VmRS
 `memlock` of its BPF maps are read from `/proc` with 0, 1, 10 and 100 agents. Then the stamps end, \
 the daemon is stopped (SIGTERM) and `gate unload` detaches its programs, and a few `gate run \
 --no-daemon` runs are timed the same way.
+- **Approvals and quotas.** A fresh daemon in the same kind of root, one agent running \
+`gate-asker` (bench/src/asker.c, static, no libc) under a policy of `ask` rules on loopback ports. \
+1,000 round trips, one new request each: denied connect, the notice `gate run` prints on the \
+agent's stderr (read by the benchmark as it arrives), `Approve` over the control socket as root, \
+the retried connect; each leg timed with the guest's clock, p50 and p99. Then the cost of a \
+decision: a UDP `connect` repeated 2,000 times on one socket per sample, in 5 rounds with the order \
+of the conditions rotated (a process outside the agent, the agent under a plain allow rule, under \
+a rule with a `limit` it never reaches, under an `ask` rule approved for that address and one \
+approved rule-wide). `cargo xtask bench -- --only approvals` measures this part alone and updates \
+its figures in place.
 ";
 
 /// The host's 1-minute load average (wall times depend on it; the figures do not).
