@@ -429,8 +429,14 @@ impl Asks {
     }
 
     /// Answers kept across a daemon restart (their kernel entries stay in the pinned map).
+    /// Takes back answers in the order they were given (a journal): a later answer for the
+    /// same key replaces the earlier one, as [`Asks::settle`] does.
     pub fn restore(&mut self, answers: Vec<Answer>) {
-        self.answers = answers;
+        self.answers.clear();
+        for a in answers {
+            self.answers.retain(|b| b.key.0 != a.key.0);
+            self.answers.push(a);
+        }
     }
 }
 

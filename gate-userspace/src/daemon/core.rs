@@ -164,6 +164,8 @@ pub struct Core {
     pub asks: Arc<std::sync::Mutex<super::asks::Asks>>,
     /// Where the answers are saved after every change (None in tests).
     pub answers_file: Option<PathBuf>,
+    /// Lines in the answers file: one per answer given since it was last rewritten whole.
+    answers_lines: std::sync::atomic::AtomicUsize,
     /// Runs' connections by agent id, to tell `gate run` (and so the agent's terminal) about
     /// new requests.
     pub notices: Notices,
@@ -223,6 +225,7 @@ impl Core {
             state_file: None,
             asks: Arc::default(),
             answers_file: None,
+            answers_lines: std::sync::atomic::AtomicUsize::new(0),
             notices: Arc::default(),
             approvers: Default::default(),
             replay: crate::approval::ReplayStore::memory(),
@@ -316,8 +319,9 @@ impl Core {
         rec.signatures = signatures;
         self.audit(AuditMsg::Approval(Box::new(rec)));
         let expires = answer.expires;
+        let line = answer.clone();
         let closed = asks.settle(answer);
-        self.persist_answers(&asks);
+        self.journal_answer(&asks, &line);
         Ok(gate_protocol::Response::Answered {
             id: id.to_owned(),
             allow,
@@ -504,42 +508,102 @@ impl Core {
         self.audit(AuditMsg::Approval(Box::new(rec)));
     }
 
+    /// Rewrites the answers file whole (JSON lines, one answer each): after answers ended.
     fn persist_answers(&self, asks: &super::asks::Asks) {
         let Some(path) = &self.answers_file else {
             return;
         };
-        if let Err(e) = write_json(path, asks.answers()) {
-            tracing::error!(file = %path.display(), error = %e, "saving the answers failed; a restarted daemon would not record their expiry");
+        let mut text = Vec::new();
+        for a in asks.answers() {
+            if serde_json::to_writer(&mut text, a).is_ok() {
+                text.push(b'\n');
+            }
+        }
+        let tmp = path.with_extension("tmp");
+        match std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
+            Ok(()) => self
+                .answers_lines
+                .store(asks.answers().len(), std::sync::atomic::Ordering::Relaxed),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "saving the answers failed; a restarted daemon would not record their expiry")
+            }
         }
     }
 
-    /// Takes back the answers a previous daemon wrote (their entries are in the pinned map).
+    /// Adds a new answer to the answers file: one appended line, so that an answer costs the
+    /// same however many are in force. The file is rewritten whole once replaced answers make
+    /// up most of it.
+    fn journal_answer(&self, asks: &super::asks::Asks, answer: &super::asks::Answer) {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        let Some(path) = &self.answers_file else {
+            return;
+        };
+        let lines = self.answers_lines.load(Ordering::Relaxed);
+        if lines >= 2 * asks.answers().len() + 64 {
+            return self.persist_answers(asks);
+        }
+        let mut line = match serde_json::to_vec(answer) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "an answer cannot be saved");
+                return;
+            }
+        };
+        line.push(b'\n');
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(&line));
+        match appended {
+            Ok(()) => {
+                self.answers_lines.store(lines + 1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "saving an answer failed; a restarted daemon would not record its expiry");
+            }
+        }
+    }
+
+    /// Takes back the answers a previous daemon wrote (their entries are in the pinned map):
+    /// the file's lines in order, a later answer for a key replacing an earlier one. A line
+    /// that cannot be read (cut by a crash mid-write) is passed over with a warning.
     pub fn restore_answers(&mut self) {
         let Some(path) = &self.answers_file else {
             return;
         };
-        let Ok(text) = std::fs::read(path) else {
+        let Ok(text) = std::fs::read_to_string(path) else {
             return;
         };
-        match serde_json::from_slice::<Vec<super::asks::Answer>>(&text) {
-            Ok(v) => {
-                let known: Vec<super::asks::Answer> = v
-                    .into_iter()
-                    .filter(|a| {
-                        self.directory
-                            .read()
-                            .is_ok_and(|d| d.contains_key(&a.agent_id))
-                    })
-                    .collect();
-                self.asks
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .restore(known);
+        let mut answers = Vec::new();
+        let mut lines = 0;
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "the saved answers cannot be read; their kernel entries still end on time")
+            lines += 1;
+            match serde_json::from_str::<super::asks::Answer>(line) {
+                Ok(a) => answers.push(a),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), line = n + 1, error = %e, "a saved answer cannot be read; its kernel entry still ends on time")
+                }
             }
         }
+        let known: Vec<super::asks::Answer> = answers
+            .into_iter()
+            .filter(|a| {
+                self.directory
+                    .read()
+                    .is_ok_and(|d| d.contains_key(&a.agent_id))
+            })
+            .collect();
+        self.asks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(known);
+        self.answers_lines
+            .store(lines, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The agents as saved for a restart.
@@ -1336,6 +1400,35 @@ path = ["/home/u/**"]
             })
             .collect();
         assert_eq!(steps, ["approve root (uid 0) object"]);
+    }
+
+    /// Each answer is one line appended to the answers file; a restarted daemon takes them
+    /// back in order (a later answer for a key replaces the earlier one) and passes over a
+    /// line cut by a crash.
+    #[test]
+    fn answers_are_journaled_and_restored_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("answers.jsonl");
+        let (mut core, mem, res, _rx) = setup(64);
+        core.answers_file = Some(file.clone());
+        let src = DENY_SSH.replace("decision = \"deny\"", "decision = \"ask\"");
+        let a = raise_ask(&mut core, &mem, &res, &src);
+        core.answer(&a.info.id, true, false, 60, "root", &[])
+            .unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let first: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        let mut later = first.clone();
+        later["id"] = "later".into();
+        let mut other = first.clone();
+        other["id"] = "other".into();
+        other["key"] = "ab".repeat(32).into();
+        std::fs::write(&file, format!("{first}\n{later}\n{other}\n{{\"id\":\"cut")).unwrap();
+        core.restore_answers();
+        let asks = core.asks.lock().unwrap();
+        let mut ids: Vec<&str> = asks.answers().iter().map(|a| a.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["later", "other"]);
     }
 
     /// A rule requiring 2 of 3 approvers: no token, one signature, the same key again, a

@@ -59,12 +59,15 @@ impl Owner {
     /// Runs `f` on the owner thread and returns its result.
     pub fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Core) -> R + Send + 'static) -> R {
         let (tx, rx) = mpsc::channel();
-        self.0
-            .send(Box::new(move |c| {
-                let _ = tx.send(f(c));
-            }))
-            .expect("the owner thread runs as long as the daemon");
-        rx.recv().expect("the owner thread answers every job")
+        let sent = self.0.send(Box::new(move |c| {
+            let _ = tx.send(f(c));
+        }));
+        match sent.ok().and_then(|()| rx.recv().ok()) {
+            Some(r) => r,
+            // The owner thread has ended: the daemon is stopping. This thread (a connection's)
+            // ends with it, quietly: unwinding without the panic hook's message and backtrace.
+            None => std::panic::resume_unwind(Box::new("the daemon is stopping")),
+        }
     }
 }
 
@@ -379,7 +382,7 @@ fn serve_metrics(l: std::net::TcpListener, owner: Owner) {
 pub const STATE_FILE: &str = "/run/gate/daemon/agents.json";
 
 /// The answers to `ask` requests in the kernel, for a restarted daemon to record their end.
-pub const ANSWERS_FILE: &str = "/run/gate/daemon/answers.json";
+pub const ANSWERS_FILE: &str = "/run/gate/daemon/answers.jsonl";
 
 /// Nonces of the approval tokens accepted in this boot (a token names its agent's run, which
 /// names the boot, so none could be used in another).
@@ -898,8 +901,8 @@ fn serve(
             Request::Run(req) => {
                 let (resp, session) = handle_run(owner, cfg, h, &peer, req);
                 if let (Response::Started { agent, .. }, Some(session)) = (&resp, session) {
-                    write_line(&mut w, &resp)?;
-                    return hold_run(r, w, owner, agent, peer.pid, session);
+                    let started = answer_started(owner, agent, &mut w, &resp)?;
+                    return hold_run(r, owner, agent, peer.pid, session, started);
                 }
                 resp
             }
@@ -950,27 +953,40 @@ fn serve(
 /// The connection of a started run: its caller is confined now, so nothing it sends is
 /// answered. When it closes (the command ended, or the caller was killed), what is left of
 /// the agent's tree is ended and the agent removed.
+/// Sends `Started` on a run's connection and, in the same step, makes the connection the
+/// agent's notice channel: the notices lock is held while `Started` is written, so a request
+/// the agent raises at once (its first action, within microseconds of starting) gets its
+/// notice, and no notice can come before `Started`. The agent's id, if it is still there.
+fn answer_started(
+    owner: &Owner,
+    agent: &str,
+    w: &mut UnixStream,
+    started: &Response,
+) -> io::Result<Option<u32>> {
+    let (id, notices) = owner.call({
+        let agent = agent.to_string();
+        move |c| (c.agent(&agent).map(|a| a.agent_id), c.notices.clone())
+    });
+    let mut n = notices.lock().unwrap_or_else(|e| e.into_inner());
+    write_line(w, started)?;
+    if let Some(id) = id {
+        let notice = w.try_clone()?;
+        let _ = notice.set_write_timeout(Some(Duration::from_millis(200)));
+        n.insert(id, notice);
+    }
+    Ok(id)
+}
+
 fn hold_run(
     mut r: BufReader<UnixStream>,
-    w: UnixStream,
     owner: &Owner,
     agent: &str,
     caller: i32,
     session: Session,
+    started: Option<u32>,
 ) -> io::Result<()> {
     // The agent this connection started, by id: its name may be taken by another agent
     // once this one is reaped. Its connection carries notices of new approval requests.
-    let started = owner.call({
-        let agent = agent.to_string();
-        move |c| {
-            let id = c.agent(&agent).map(|a| a.agent_id);
-            if let (Some(id), Ok(mut n)) = (id, c.notices.lock()) {
-                let _ = w.set_write_timeout(Some(Duration::from_millis(200)));
-                n.insert(id, w);
-            }
-            id
-        }
-    });
     let mut ignored = 0u64;
     while let Ok(Some(_)) = read_line(&mut r) {
         ignored += 1;
