@@ -20,7 +20,7 @@
 //!    lookup misses, the rule's finds it).
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::mpsc::{Receiver, channel},
     time::Duration,
@@ -245,7 +245,7 @@ fn measure(
     o: &Options<'_>,
     root: &Root,
     gate: &Path,
-    asker_bin: &PathBuf,
+    asker_bin: &Path,
     policy: &Path,
 ) -> Result<Value> {
     let mut c = Command::new(gate);
@@ -272,7 +272,7 @@ fn measure(
 fn round_trips_and_costs(
     o: &Options<'_>,
     root: &Root,
-    asker_bin: &PathBuf,
+    asker_bin: &Path,
     agent: &mut Asker,
     rx: &Receiver<(String, u64)>,
     control: &mut Client,
@@ -308,7 +308,12 @@ fn round_trips_and_costs(
     }
 
     // 2. Costs. The two ask rules approved first (object-wide and rule-wide).
-    for (port, rule_wide) in [(30003, false), (30004, true)] {
+    for (name, port) in COST_PORTS {
+        let rule_wide = match name {
+            "approved_object" => false,
+            "approved_rule" => true,
+            _ => continue,
+        };
         let denied = agent.connect(port)?;
         anyhow::ensure!(
             denied.ret == EPERM,

@@ -747,13 +747,17 @@ impl Bench<'_> {
         Ok(setup)
     }
 
-    /// The real `gate daemon` with `agents` agents (bench/src/daemon.rs).
-    fn daemon_block(&mut self) -> Result<Value> {
-        let gate = self
-            .opts
+    /// The `gate` release binary the daemon parts run.
+    fn gate_bin(&self) -> Result<&Path> {
+        self.opts
             .gate
             .as_deref()
-            .context("no --gate binary given (cargo xtask bench passes target/release/gate)")?;
+            .context("no --gate binary given (cargo xtask bench passes target/release/gate)")
+    }
+
+    /// The real `gate daemon` with `agents` agents (bench/src/daemon.rs).
+    fn daemon_block(&mut self) -> Result<Value> {
+        let gate = self.gate_bin()?;
         let stamp = self
             .opts
             .stamp
@@ -774,11 +778,7 @@ impl Bench<'_> {
 
     /// Approvals and quotas through the real daemon (bench/src/approvals.rs).
     fn approvals_block(&mut self) -> Result<Value> {
-        let gate = self
-            .opts
-            .gate
-            .as_deref()
-            .context("no --gate binary given (cargo xtask bench passes target/release/gate)")?;
+        let gate = self.gate_bin()?;
         let asker = self
             .opts
             .asker

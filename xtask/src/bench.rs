@@ -1201,6 +1201,15 @@ fn render_agents(md: &mut String, g: &Value, s: &Value) {
     );
 }
 
+/// The numbers of a JSON array (nothing for anything else).
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_f64)
+        .collect()
+}
+
 /// The ask round trip through the daemon and what a connect costs under quotas and approvals
 /// (bench/src/approvals.rs), from the raw samples.
 fn render_approvals(md: &mut String, k: &Value) {
@@ -1208,14 +1217,7 @@ fn render_approvals(md: &mut String, k: &Value) {
     if !a.is_object() {
         return;
     }
-    let v = |key: &str| -> Vec<f64> {
-        a[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_f64)
-            .collect()
-    };
+    let v = |key: &str| floats(&a[key]);
     let date = k["approvals_date"]
         .as_str()
         .map(|d| format!(" (measured {d})"))
@@ -1279,15 +1281,7 @@ fn render_approvals(md: &mut String, k: &Value) {
         );
     }
     let c = &a["connect_ns"];
-    let med = |name: &str| -> Option<f64> {
-        let x: Vec<f64> = c[name]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_f64)
-            .collect();
-        stats(&x).map(|s| s.median)
-    };
+    let med = |name: &str| stats(&floats(&c[name])).map(|s| s.median);
     let (Some(base), Some(allowed)) = (med("unconfined"), med("allowed")) else {
         return;
     };

@@ -362,9 +362,14 @@ impl Asks {
                 closed.push(id);
             }
         }
-        self.answers.retain(|a| a.key.0 != key);
-        self.answers.push(answer);
+        self.put(answer);
         closed
+    }
+
+    /// Puts `answer` in force, in place of any earlier answer for its key.
+    fn put(&mut self, answer: Answer) {
+        self.answers.retain(|a| a.key.0 != answer.key.0);
+        self.answers.push(answer);
     }
 
     /// Answers that ended by `now_boot_ns` (their kernel entries no longer apply; the caller
@@ -428,14 +433,12 @@ impl Asks {
         }
     }
 
-    /// Answers kept across a daemon restart (their kernel entries stay in the pinned map).
-    /// Takes back answers in the order they were given (a journal): a later answer for the
-    /// same key replaces the earlier one, as [`Asks::settle`] does.
+    /// Answers kept across a daemon restart (their kernel entries stay in the pinned map), in
+    /// the order they were given: a later answer for a key replaces the earlier one.
     pub fn restore(&mut self, answers: Vec<Answer>) {
         self.answers.clear();
         for a in answers {
-            self.answers.retain(|b| b.key.0 != a.key.0);
-            self.answers.push(a);
+            self.put(a);
         }
     }
 }

@@ -165,7 +165,7 @@ pub struct Core {
     /// Where the answers are saved after every change (None in tests).
     pub answers_file: Option<PathBuf>,
     /// Lines in the answers file: one per answer given since it was last rewritten whole.
-    answers_lines: std::sync::atomic::AtomicUsize,
+    answers_lines: usize,
     /// Runs' connections by agent id, to tell `gate run` (and so the agent's terminal) about
     /// new requests.
     pub notices: Notices,
@@ -183,8 +183,13 @@ fn write_json<T: serde::Serialize + ?Sized>(
     path: &std::path::Path,
     value: &T,
 ) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to `path` atomically: a crash leaves the old file or the new one.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
@@ -225,7 +230,7 @@ impl Core {
             state_file: None,
             asks: Arc::default(),
             answers_file: None,
-            answers_lines: std::sync::atomic::AtomicUsize::new(0),
+            answers_lines: 0,
             notices: Arc::default(),
             approvers: Default::default(),
             replay: crate::approval::ReplayStore::memory(),
@@ -509,7 +514,7 @@ impl Core {
     }
 
     /// Rewrites the answers file whole (JSON lines, one answer each): after answers ended.
-    fn persist_answers(&self, asks: &super::asks::Asks) {
+    fn persist_answers(&mut self, asks: &super::asks::Asks) {
         let Some(path) = &self.answers_file else {
             return;
         };
@@ -519,11 +524,8 @@ impl Core {
                 text.push(b'\n');
             }
         }
-        let tmp = path.with_extension("tmp");
-        match std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
-            Ok(()) => self
-                .answers_lines
-                .store(asks.answers().len(), std::sync::atomic::Ordering::Relaxed),
+        match write_atomic(path, &text) {
+            Ok(()) => self.answers_lines = asks.answers().len(),
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "saving the answers failed; a restarted daemon would not record their expiry")
             }
@@ -533,14 +535,12 @@ impl Core {
     /// Adds a new answer to the answers file: one appended line, so that an answer costs the
     /// same however many are in force. The file is rewritten whole once replaced answers make
     /// up most of it.
-    fn journal_answer(&self, asks: &super::asks::Asks, answer: &super::asks::Answer) {
+    fn journal_answer(&mut self, asks: &super::asks::Asks, answer: &super::asks::Answer) {
         use std::io::Write;
-        use std::sync::atomic::Ordering;
         let Some(path) = &self.answers_file else {
             return;
         };
-        let lines = self.answers_lines.load(Ordering::Relaxed);
-        if lines >= 2 * asks.answers().len() + 64 {
+        if self.answers_lines >= 2 * asks.answers().len() + 64 {
             return self.persist_answers(asks);
         }
         let mut line = match serde_json::to_vec(answer) {
@@ -557,9 +557,7 @@ impl Core {
             .open(path)
             .and_then(|mut f| f.write_all(&line));
         match appended {
-            Ok(()) => {
-                self.answers_lines.store(lines + 1, Ordering::Relaxed);
-            }
+            Ok(()) => self.answers_lines += 1,
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "saving an answer failed; a restarted daemon would not record its expiry");
             }
@@ -602,8 +600,7 @@ impl Core {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .restore(known);
-        self.answers_lines
-            .store(lines, std::sync::atomic::Ordering::Relaxed);
+        self.answers_lines = lines;
     }
 
     /// The agents as saved for a restart.

@@ -950,9 +950,6 @@ fn serve(
     Ok(())
 }
 
-/// The connection of a started run: its caller is confined now, so nothing it sends is
-/// answered. When it closes (the command ended, or the caller was killed), what is left of
-/// the agent's tree is ended and the agent removed.
 /// Sends `Started` on a run's connection and, in the same step, makes the connection the
 /// agent's notice channel: the notices lock is held while `Started` is written, so a request
 /// the agent raises at once (its first action, within microseconds of starting) gets its
@@ -977,6 +974,9 @@ fn answer_started(
     Ok(id)
 }
 
+/// The connection of a started run: its caller is confined now, so nothing it sends is
+/// answered. When it closes (the command ended, or the caller was killed), what is left of
+/// the agent's tree is ended and the agent removed.
 fn hold_run(
     mut r: BufReader<UnixStream>,
     owner: &Owner,
@@ -985,8 +985,8 @@ fn hold_run(
     session: Session,
     started: Option<u32>,
 ) -> io::Result<()> {
-    // The agent this connection started, by id: its name may be taken by another agent
-    // once this one is reaped. Its connection carries notices of new approval requests.
+    // `started`: the agent this connection started, by id (its name may be taken by another
+    // agent once this one is reaped).
     let mut ignored = 0u64;
     while let Ok(Some(_)) = read_line(&mut r) {
         ignored += 1;
