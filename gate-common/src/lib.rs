@@ -221,6 +221,9 @@ pub mod flag {
     pub const REJECTED: u8 = 0x20;
     /// The rule's quota was used up in its window: its `over_limit` decision applied.
     pub const OVER_LIMIT: u8 = 0x40;
+    /// The first allowed action of a network flow (`FlowKey`): the flow's later actions are
+    /// counted in the kernel (`FLOWS`), not sent one by one, and reported in `flow` records.
+    pub const FLOW: u8 = 0x80;
 }
 
 /// Per-CPU counter slots (`COUNTERS` map).
@@ -487,7 +490,7 @@ impl Default for NetRule {
 /// Version of the kernel ABI: the maps, their key and value layouts, their pin names and what
 /// the programs read from them. Pinned state is adopted only by a gate of the same version.
 /// Bump it with any change to a type or map in this file.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// Cgroup levels at which agents' root cgroups may sit at once (`HostConfig::levels`).
 pub const MAX_LEVELS: usize = 4;
@@ -596,6 +599,51 @@ pub struct VerdictValue {
     /// The approval or quota record that wrote it (for the audit record of its use).
     pub source: u32,
 }
+
+/// A network flow of one agent's process whose allowed actions the kernel counts instead of
+/// sending an event for each (`FLOWS`): the datagrams one socket sends to one destination
+/// (`socket_sendmsg`, `socket` the `struct socket` address), or the connects the process
+/// makes to one destination (`socket_connect`, `socket` 0). The decision, rule and flags are
+/// part of the flow: a different verdict starts another one. Denials are never counted: each
+/// is sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub socket: u64,
+    pub agent_id: u32,
+    pub tgid: u32,
+    pub rule: u16,
+    /// `hook::SOCKET_CONNECT` or `hook::SOCKET_SENDMSG`.
+    pub hook: u8,
+    pub decision: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad2: [u16; 3],
+    /// As in events (v4-mapped IPv6 as AF_INET, the address in `addr[..4]`).
+    pub addr: [u8; 16],
+}
+
+/// Value of the `FLOWS` map. The kernel inserts it with the flow's first action (which it
+/// sends as an event flagged `flag::FLOW`), then adds one to `count` (atomically) and sets
+/// `last_ns` for each later one. Userspace reports `count`'s growth and retires idle flows with
+/// an atomic lookup-and-delete; a program that finds its flow gone after counting sends its
+/// action as an event, so no action is neither counted nor sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// Actions after the first.
+    pub count: u64,
+    /// `bpf_ktime_get_boot_ns` of the first action and of the latest.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// Entries of `FLOWS`. When it is full, new flows are not counted: each of their actions is
+/// sent as an event, as before flows existed.
+pub const FLOW_ENTRIES: u32 = 16384;
 
 pub const MODE_ENFORCE: u8 = 0;
 pub const MODE_AUDIT: u8 = 1;
@@ -720,6 +768,8 @@ const _: () = assert!(core::mem::size_of::<HostConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<AgentConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 50 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 
@@ -735,6 +785,8 @@ mod pod {
     unsafe impl aya::Pod for super::AgentConfig {}
     unsafe impl aya::Pod for super::VerdictKey {}
     unsafe impl aya::Pod for super::VerdictValue {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }
 

@@ -196,6 +196,15 @@ pub fn confined() -> Option<Agent> {
 #[inline(always)]
 pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -> i32 {
     count(counter::DECISIONS);
+    // The fast exit: a plain allow with nothing to record or count (no audit request, no
+    // quota, not an exec's or a connect's record) returns before any event preparation.
+    if v.decision == decision::ALLOW
+        && v.flags == 0
+        && op != gate_common::op::CONNECT
+        && !(op == gate_common::op::EXEC && hook == gate_common::hook::BPRM_CHECK)
+    {
+        return 0;
+    }
     let cfg = &a.cfg;
     let mut req = Request {
         op,
@@ -249,6 +258,18 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
             req.port = *port;
             req.addr = *addr;
         }
+        Object::Dest {
+            family,
+            port,
+            addr,
+            socket,
+        } => {
+            req.family = *family;
+            req.port = *port;
+            req.addr = *addr;
+            req.is_file = event::kind::FLOW;
+            req.vfsmnt = *socket;
+        }
         Object::Task { tgid, code, comm } => {
             req.dentry = *tgid as u64;
             req.port = *code;
@@ -289,6 +310,14 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
         || req.decision & decision::AUDIT != 0
         || (req.op == gate_common::op::EXEC && req.hook == gate_common::hook::BPRM_CHECK)
         || req.op == gate_common::op::CONNECT;
+    // An allowed network action of a flow already recorded is counted, not sent.
+    if wanted && !denied && req.is_file == event::kind::FLOW {
+        match crate::flow::counted(&req) {
+            crate::flow::COUNTED => return 0,
+            crate::flow::FIRST => req.flags |= gate_common::flag::FLOW,
+            _ => {}
+        }
+    }
     if wanted && !event::emit(o, &req) && req.audit_required != 0 {
         // The action cannot be recorded and the policy requires a record: deny it.
         return eperm();

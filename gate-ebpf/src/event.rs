@@ -23,6 +23,14 @@ pub enum Object {
         port: u16,
         addr: [u8; 16],
     },
+    /// A network destination of a flow (`flow`): `socket` is the sending socket, or 0 for a
+    /// process's connects.
+    Dest {
+        family: u16,
+        port: u16,
+        addr: [u8; 16],
+        socket: u64,
+    },
     /// Another task: its thread-group id, its command name, and the signal or ptrace mode.
     Task {
         tgid: u32,
@@ -59,6 +67,9 @@ pub mod kind {
     pub const STRING: u8 = 2;
     /// A file, and a kernel string's address in the first 8 bytes of `Request::addr`.
     pub const FILE_STRING: u8 = 3;
+    /// A network destination of a flow (`flow`): the socket's address (0 for a process's
+    /// connects) in `vfsmnt`.
+    pub const FLOW: u8 = 4;
 }
 
 /// Sends one event; false when the ring buffer had no room (counted as lost).
@@ -115,8 +126,32 @@ pub fn emit(o: &Offs, r: &Request) -> bool {
             (*e).ino = r.dentry;
         }
     }
-    entry.submit(0);
+    entry.submit(wakeup(r));
     true
+}
+
+/// `bpf_ringbuf_submit` flags (include/uapi/linux/bpf.h) and `bpf_ringbuf_query` ones.
+const RB_NO_WAKEUP: u64 = 1;
+const RB_FORCE_WAKEUP: u64 = 2;
+const RB_AVAIL_DATA: u64 = 0;
+const RB_RING_SIZE: u64 = 1;
+
+/// Whether userspace is woken for this event: at once for a denial (a person or an agent may
+/// be waiting on its record or its approval notice), and for anything once a quarter of the
+/// ring is waiting to be read; otherwise not (userspace reads the ring at least every 100 ms),
+/// so a busy agent's allowed actions cost no wake-up each.
+#[inline(always)]
+fn wakeup(r: &Request) -> u64 {
+    let sev = r.decision & gate_common::decision::MASK;
+    if sev != gate_common::decision::ALLOW {
+        return RB_FORCE_WAKEUP;
+    }
+    let waiting = EVENTS.query(RB_AVAIL_DATA);
+    if waiting.saturating_mul(4) >= EVENTS.query(RB_RING_SIZE) {
+        RB_FORCE_WAKEUP
+    } else {
+        RB_NO_WAKEUP
+    }
 }
 
 /// # Safety

@@ -17,6 +17,7 @@ mod decide;
 mod event;
 mod exec;
 mod file_open;
+mod flow;
 mod kernel;
 mod maps;
 mod net;

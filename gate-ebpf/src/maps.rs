@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use gate_common::{
-    AgentConfig, HostConfig, InodeKey, InodeRule, NetRule, PendingKey, PendingRule, VerdictKey,
-    VerdictValue, counter, pending,
+    AgentConfig, FLOW_ENTRIES, FlowKey, FlowValue, HostConfig, InodeKey, InodeRule, NetRule,
+    PendingKey, PendingRule, VerdictKey, VerdictValue, counter, pending,
 };
 
 /// Entries of hash maps that userspace updates while programs read them are freed only after
@@ -59,6 +59,9 @@ pub struct WalkScratch {
     /// The key of a `VERDICTS` lookup (`decide::answered`, `decide::over_limit`), after the
     /// walk.
     pub verdict: VerdictKey,
+    /// A network flow's key and first value (`flow::counted`).
+    pub flow: FlowKey,
+    pub flow_value: FlowValue,
 }
 
 #[map]
@@ -77,6 +80,13 @@ pub static FOWNERS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(819
 /// (`decide::over_limit`, which counts in them).
 #[map]
 pub static VERDICTS: HashMap<VerdictKey, VerdictValue> = HashMap::with_max_entries(1, NO_PREALLOC);
+
+/// Network flows whose later allowed actions are counted, not sent (`flow::counted`).
+/// Entries are freed after a grace period (`BPF_F_NO_PREALLOC`): a program's count never
+/// lands in another flow's reused entry.
+#[map]
+pub static FLOWS: HashMap<FlowKey, FlowValue> =
+    HashMap::with_max_entries(FLOW_ENTRIES, NO_PREALLOC);
 
 /// Bloom filter over the keys of `INODES` (`gate_common::filter`); sized at load, and
 /// `FILTER_MASK` (read-only data) set to its number of bits minus one.

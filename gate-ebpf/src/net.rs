@@ -22,7 +22,8 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
     }
     let Some(a) = confined() else { return 0 };
     let o = offsets();
-    check_addr(&a, &o, hook::SOCKET_CONNECT, ctx.arg(1), ctx.arg(2))
+    // Repeated connects of one process to one destination make one flow.
+    check_addr(&a, &o, hook::SOCKET_CONNECT, ctx.arg(1), ctx.arg(2), 0)
 }
 
 #[lsm(hook = "socket_sendmsg")]
@@ -44,7 +45,9 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     if name == 0 || namelen <= 0 {
         return 0;
     }
-    check_addr(&a, &o, hook::SOCKET_SENDMSG, name, namelen)
+    // The datagrams one socket sends to one destination make one flow.
+    let sock: u64 = ctx.arg(0);
+    check_addr(&a, &o, hook::SOCKET_SENDMSG, name, namelen, sock)
 }
 
 /// A destination that could not be read: an internal error, denied and counted.
@@ -61,7 +64,7 @@ fn unreadable(a: &Agent, o: &Offs, hook: u8) -> i32 {
 
 /// Checks a destination given as a kernel copy of a `struct sockaddr`.
 #[inline(always)]
-fn check_addr(a: &Agent, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
+fn check_addr(a: &Agent, o: &Offs, hook: u8, sa: u64, len: i32, socket: u64) -> i32 {
     let family: u16 = match read(sa, 0) {
         Ok(f) => f,
         Err(_) => return unreadable(a, o, hook),
@@ -104,7 +107,12 @@ fn check_addr(a: &Agent, o: &Offs, hook: u8, sa: u64, len: i32) -> i32 {
         op::CONNECT,
         hook,
         v,
-        &Object::Net { family, port, addr },
+        &Object::Dest {
+            family,
+            port,
+            addr,
+            socket,
+        },
     )
 }
 

@@ -31,6 +31,7 @@ fn body() -> RecordBody {
         policy_digest: "3f".repeat(32),
         correlation: None,
         over_limit: false,
+        flow: false,
     })
 }
 

@@ -207,15 +207,15 @@ pub fn place_levels(host: &HostConfig, want: &BTreeSet<u32>) -> Result<HostConfi
 
 /// The maps userspace works with, by name and kind. They are what gets pinned under
 /// `<dir>/maps/` and adopted back (the programs' read-only data stays with the programs).
-pub const SHARED_MAPS: [&str; 10] = [
+pub const SHARED_MAPS: [&str; 11] = [
     "HOST", "AGENTS", "INODES", "PENDING", "VERDICTS", "FILTER", "NET4", "NET6", "EVENTS",
-    "COUNTERS",
+    "COUNTERS", "FLOWS",
 ];
 
 fn wrap(name: &str, data: MapData) -> Map {
     match name {
         "HOST" | "FILTER" => Map::Array(data),
-        "AGENTS" | "INODES" | "PENDING" | "VERDICTS" => Map::HashMap(data),
+        "AGENTS" | "INODES" | "PENDING" | "VERDICTS" | "FLOWS" => Map::HashMap(data),
         "NET4" | "NET6" => Map::LpmTrie(data),
         "EVENTS" => Map::RingBuf(data),
         _ => Map::PerCpuArray(data),
@@ -762,6 +762,15 @@ impl Engine {
             source,
         })?;
         Ok((ring, size))
+    }
+
+    /// The network flows the kernel counts (can be taken once).
+    pub fn take_flows(&mut self) -> Result<crate::flows::Flows, EngineError> {
+        let map = self
+            .maps
+            .remove("FLOWS")
+            .ok_or(EngineError::Missing("FLOWS"))?;
+        Ok(crate::flows::Flows::new(map))
     }
 
     /// The per-CPU counters (can be taken once).

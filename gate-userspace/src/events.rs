@@ -44,6 +44,9 @@ pub struct Decision {
     /// The rule's quota was used up: its `over_limit` decision applied.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub over_limit: bool,
+    /// The first allowed action of a network flow: the kernel counts the flow's later ones.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub flow: bool,
 }
 
 /// The process a ptrace access or a signal was aimed at, and what was tried.
@@ -404,6 +407,7 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         ktime_ns: e.ktime_ns,
         internal_error: e.flags & flag::INTERNAL_ERROR != 0,
         over_limit: e.flags & flag::OVER_LIMIT != 0,
+        flow: e.flags & flag::FLOW != 0,
     }
 }
 

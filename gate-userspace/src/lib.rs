@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod enforcer;
 pub mod engine;
 pub mod events;
+pub mod flows;
 pub mod policy;
 pub mod report;
 pub mod run;

@@ -59,6 +59,16 @@ impl LogSink {
         self.log.append(&rec).map(|_| ())
     }
 
+    /// Records the counted actions of a network flow.
+    pub fn flow(
+        &mut self,
+        f: &crate::flows::FlowReport,
+        policy: &CompiledPolicy,
+    ) -> Result<(), AuditError> {
+        let rec = flow_record(f, &self.agent, Some(policy), &self.digest);
+        self.log.append(&rec).map(|_| ())
+    }
+
     /// Records `lost` events the kernel could not queue (a signed gap in the stream).
     pub fn gap(&mut self, lost: u64, cpu: Option<u32>) -> Result<(), AuditError> {
         self.log
@@ -270,6 +280,42 @@ pub fn decision_record(d: &Decision, agent: &str, digest: &str) -> RecordBody {
         policy_digest: digest.to_owned(),
         correlation: None,
         over_limit: d.over_limit,
+        flow: d.flow,
     };
     RecordBody::Decision(rec)
+}
+
+/// The audit record of a network flow's counted actions, for `agent` under the policy
+/// `digest` (`policy` None: the rule by number).
+pub fn flow_record(
+    f: &crate::flows::FlowReport,
+    agent: &str,
+    policy: Option<&CompiledPolicy>,
+    digest: &str,
+) -> RecordBody {
+    let sev = f.key.decision & gate_common::decision::MASK;
+    RecordBody::Flow(crate::audit::Flow {
+        agent: agent.to_owned(),
+        tgid: f.key.tgid,
+        op: AuditOp::Connect,
+        hook: gate_common::hook::NAMES
+            .get(f.key.hook as usize)
+            .copied()
+            .unwrap_or("unknown")
+            .to_owned(),
+        object: Object::Socket {
+            addr: f.addr(),
+            port: f.key.port,
+        },
+        decision: if sev == gate_common::decision::ALLOW {
+            Verdict::Allow
+        } else {
+            Verdict::Deny
+        },
+        rule: crate::events::rule_name(policy, f.key.rule),
+        policy_digest: digest.to_owned(),
+        count: f.count,
+        total: f.total,
+        ended: f.ended,
+    })
 }

@@ -32,6 +32,7 @@ use crate::{
     cgroup::{self, Cgroup, CgroupError, Hierarchy},
     engine::{Capacity, Counters, Engine, EngineError},
     events,
+    flows::Flows,
     policy::{self, CompiledPolicy, Mode, PolicyError, Vars},
     report::{LogSink, Summary},
     session::Session,
@@ -266,12 +267,13 @@ fn confine_and_run(
     let attached = engine.attach(&run.pin_dir);
     let mut events = engine.take_events()?;
     let counters = engine.take_counters()?;
+    let flows = engine.take_flows()?;
     let outcome = attached.map_err(RunError::from).and_then(|()| {
         let t = Instant::now();
         session.self_test(&run.canary_path(), policy.mode)?;
         wait_selftest_event(&mut events)?;
         tracing::debug!(ms = t.elapsed().as_millis() as u64, "self-test passed");
-        supervise(opts, policy, cg, events, counters, who)
+        supervise(opts, policy, cg, (events, flows), counters, who)
     });
     // Whatever happened, nothing confined may be left running unconfined: the session ends
     // the tree before enforcement is removed (when dropped on an error, too).
@@ -406,7 +408,7 @@ fn supervise(
     opts: &RunOptions,
     policy: &Arc<CompiledPolicy>,
     cg: &Cgroup,
-    events: RingBuf<MapData>,
+    (events, flows): (RingBuf<MapData>, Flows),
     counters: Counters,
     who: &RunAs,
 ) -> Result<Summary, RunError> {
@@ -423,7 +425,7 @@ fn supervise(
     let stop = Arc::new(AtomicBool::new(false));
     let collector = {
         let (stop, policy) = (stop.clone(), policy.clone());
-        thread::spawn(move || collect(events, counters, sink, &policy, &stop))
+        thread::spawn(move || collect((events, flows), counters, sink, &policy, &stop))
     };
     let status = spawn_and_wait(opts, cg, who);
     // The command's own exit does not end what it left running: end the tree.
@@ -498,10 +500,11 @@ fn spawn_and_wait(opts: &RunOptions, cg: &Cgroup, who: &RunAs) -> Result<i32, Ru
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// Drains the ring buffer into the log and the summary until told to stop, then once more.
+/// Drains the ring buffer into the log and the summary until told to stop, then once more;
+/// reports the network flows the kernel counted (every few seconds, and all at the end).
 /// Events the kernel could not queue become signed gap records.
 fn collect(
-    mut events: RingBuf<MapData>,
+    (mut events, mut flows): (RingBuf<MapData>, Flows),
     counters: Counters,
     mut sink: Option<LogSink>,
     policy: &CompiledPolicy,
@@ -523,6 +526,13 @@ fn collect(
             summary.add(&d);
             if let Some(s) = sink.as_mut() {
                 s.decision(&d)?;
+            }
+        }
+        // At the end every flow is retired: its last counts go into the log.
+        for f in flows.sweep(stopping, |_| stopping) {
+            *summary.counts.entry(("connect", "allow")).or_default() += f.count;
+            if let Some(s) = sink.as_mut() {
+                s.flow(&f, policy)?;
             }
         }
         summary.counters = counters.read()?;

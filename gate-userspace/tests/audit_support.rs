@@ -54,6 +54,7 @@ pub fn decision(i: u64) -> RecordBody {
         policy_digest: "5e".repeat(32),
         correlation: None,
         over_limit: false,
+        flow: false,
     })
 }
 

@@ -74,6 +74,7 @@ pub const OPS: &[OpSpec] = &[
     op("finit-module", 1, "FILE"),
     op("connect", 2, "ADDR PORT"),
     op("sendto", 2, "ADDR PORT"),
+    op("sendto-burst", 3, "ADDR PORT COUNT"),
     op("fastopen", 2, "ADDR PORT"),
     op("listen", 3, "ADDR PORT SECONDS"),
     OpSpec {

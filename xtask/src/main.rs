@@ -121,8 +121,11 @@ struct TestArgs {
     #[arg(long)]
     no_host: bool,
     /// Seconds each guest may run before it is killed and its suite fails.
-    #[arg(long, default_value_t = 3300)]
+    #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Boot one kernel's guests after the other's instead of side by side.
+    #[arg(long)]
+    sequential: bool,
     /// Every scenario standalone and through the daemon on every kernel (by default 6.12
     /// runs each scenario once: through the daemon, or standalone when it needs another user).
     #[arg(long)]
@@ -156,6 +159,7 @@ fn run(task: Task) -> Result<ExitCode> {
             host: !args.no_host,
             timeout: Duration::from_secs(args.timeout),
             full: args.full,
+            sequential: args.sequential,
         }),
         Task::Demo => demo::run(),
         Task::Install { root } => {

@@ -1,8 +1,8 @@
 //! `cargo xtask test`: host tests, a release build, then the kernel test suite in a qemu guest
-//! for each kernel, one after the other, each followed by a second boot of that kernel with the
-//! host's systemd as PID 1 that tests gate.service under it (`gate-kernel-tests --systemd`). A
-//! guest that cannot boot or does not report fails its suite. Ends with a summary table and a
-//! `N passed, N failed` line.
+//! for each kernel, the kernels side by side (one after the other with `--sequential`), each
+//! suite followed by a second boot of its kernel with the host's systemd as PID 1 that tests
+//! gate.service under it (`gate-kernel-tests --systemd`). A guest that cannot boot or does not
+//! report fails its suite. Ends with a summary table and a `N passed, N failed` line.
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -24,6 +24,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Every scenario standalone and through the daemon on every kernel (see `suite_args`).
     pub full: bool,
+    /// One kernel's guests after the other's instead of side by side.
+    pub sequential: bool,
 }
 
 enum Verdict {
@@ -93,13 +95,43 @@ fn run_guest_suites(env: &Environment, options: &Options, results: &mut Vec<Suit
             return;
         }
     };
-    for series in &options.kernels {
-        for boot in Boot::ALL {
-            results.push(timed(&boot.suite_name(*series), || {
-                guest_suite(env, *series, boot, &binaries, options)
-            }));
+    // A guest's emulated CPUs do most of their work on one host core (the suites run one
+    // process at a time), so two kernels side by side take little longer than the slower one
+    // alone. Every console line carries its kernel's label.
+    let binaries = &binaries;
+    let suites = |series: Series| -> Vec<SuiteResult> {
+        Boot::ALL
+            .iter()
+            .map(|&boot| {
+                timed(&boot.suite_name(series), || {
+                    guest_suite(env, series, boot, binaries, options)
+                })
+            })
+            .collect()
+    };
+    if options.sequential {
+        for &series in &options.kernels {
+            results.extend(suites(series));
         }
+        return;
     }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = options
+            .kernels
+            .iter()
+            .map(|&series| (series, scope.spawn(move || suites(series))))
+            .collect();
+        for (series, handle) in handles {
+            match handle.join() {
+                Ok(done) => results.extend(done),
+                Err(_) => results.extend(Boot::ALL.iter().map(|&boot| SuiteResult {
+                    name: boot.suite_name(series),
+                    verdict: Verdict::Failed("the thread running this guest panicked".into()),
+                    duration: Duration::ZERO,
+                })),
+            }
+        }
+    });
 }
 
 /// How a kernel is booted for a suite.

@@ -107,8 +107,8 @@ pub mod writer;
 
 pub use chain::{Encoder, GENESIS, Hash, Rfc3339, hash_line};
 pub use record::{
-    Approval, Checkpoint, CheckpointReason, Decision, Gap, Kind, Lifecycle, Object, Op, PolicyLoad,
-    PolicyMode, Record, RecordBody, Scope, Verdict,
+    Approval, Checkpoint, CheckpointReason, Decision, Flow, Gap, Kind, Lifecycle, Object, Op,
+    PolicyLoad, PolicyMode, Record, RecordBody, Scope, Verdict,
 };
 pub use sign::{KeyError, KeyId, PublicKey, SigningKey, public_key_path};
 pub use tail::{TailError, TailOptions, Tailer, format_record, tail_cmd};

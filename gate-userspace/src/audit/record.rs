@@ -21,6 +21,7 @@ pub enum Kind {
     Stop,
     Gap,
     Checkpoint,
+    Flow,
 }
 
 impl Kind {
@@ -33,6 +34,7 @@ impl Kind {
             Kind::Stop => "stop",
             Kind::Gap => "gap",
             Kind::Checkpoint => "checkpoint",
+            Kind::Flow => "flow",
         }
     }
 }
@@ -183,6 +185,10 @@ pub struct Decision {
     /// The rule's quota (`limit`) was used up: its `over_limit` decision applied.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub over_limit: bool,
+    /// The first allowed action of a network flow (a socket's datagrams to one destination,
+    /// a process's connects to one): the flow's later actions are counted in `flow` records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flow: bool,
 }
 
 impl Decision {
@@ -271,6 +277,10 @@ impl Decision {
         }
         if self.over_limit {
             field(buf, b"over_limit");
+            buf.extend_from_slice(b"true");
+        }
+        if self.flow {
+            field(buf, b"flow");
             buf.extend_from_slice(b"true");
         }
         buf.push(b'}');
@@ -409,6 +419,33 @@ impl Lifecycle {
     }
 }
 
+/// The allowed actions of a network flow counted since its last record: a socket's datagrams
+/// to one destination (`hook` `sendmsg`), or a process's connects to one (`hook` `connect`).
+/// The flow's first action is a `decision` record with `flow: true`; the kernel counts the
+/// rest, and a `flow` record reports them every few seconds while they grow and once more
+/// when the flow ends (idle, or its agent gone: `ended`). Denials are never counted: each is
+/// a `decision` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    pub agent: String,
+    /// The process whose actions these are.
+    pub tgid: u32,
+    pub op: Op,
+    pub hook: String,
+    #[serde(flatten)]
+    pub object: Object,
+    pub decision: Verdict,
+    pub rule: String,
+    pub policy_digest: String,
+    /// Actions since the flow's previous record.
+    pub count: u64,
+    /// Actions after the first, in all.
+    pub total: u64,
+    /// The flow was retired: a later action starts a new flow with a `decision` record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
+}
+
 /// Events that were lost before reaching the log (ring buffer full, a record cut by a crash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gap {
@@ -480,6 +517,7 @@ pub enum RecordBody {
     Stop(Lifecycle),
     Gap(Gap),
     Checkpoint(Checkpoint),
+    Flow(Flow),
 }
 
 impl RecordBody {
@@ -492,6 +530,7 @@ impl RecordBody {
             RecordBody::Stop(_) => Kind::Stop,
             RecordBody::Gap(_) => Kind::Gap,
             RecordBody::Checkpoint(_) => Kind::Checkpoint,
+            RecordBody::Flow(_) => Kind::Flow,
         }
     }
 
@@ -507,6 +546,7 @@ impl RecordBody {
             RecordBody::Start(b) | RecordBody::Stop(b) => serde_json::to_writer(buf, b),
             RecordBody::Gap(b) => serde_json::to_writer(buf, b),
             RecordBody::Checkpoint(b) => serde_json::to_writer(buf, b),
+            RecordBody::Flow(b) => serde_json::to_writer(buf, b),
         }
     }
 }
@@ -573,6 +613,7 @@ mod tests {
             policy_digest: "ab".repeat(32),
             correlation: None,
             over_limit: false,
+            flow: false,
         }
     }
 
@@ -600,6 +641,7 @@ mod tests {
         d.exe = None;
         d.correlation = Some("ask-\"7\"".into());
         d.over_limit = true;
+        d.flow = true;
         d.comm = "we\tird\u{1}".into();
         d.enforced = false;
         d.decision = Verdict::Ask;
@@ -646,5 +688,45 @@ mod tests {
         assert_eq!(rec.seq, 7);
         assert_eq!(rec.canonical().unwrap(), line);
         assert_eq!(d.object.to_string(), "[2001:db8::1]:443");
+    }
+
+    #[test]
+    fn flow_records_round_trip_with_their_counts() {
+        let body = RecordBody::Flow(Flow {
+            agent: "/gate/run-1".into(),
+            tgid: 77,
+            op: Op::Connect,
+            hook: "sendmsg".into(),
+            object: Object::Socket {
+                addr: "10.0.0.53".parse().unwrap(),
+                port: 53,
+            },
+            decision: Verdict::Allow,
+            rule: "dns".into(),
+            policy_digest: "ab".repeat(32),
+            count: 1200,
+            total: 4811,
+            ended: true,
+        });
+        let mut line = Vec::new();
+        Encoder::new("h", "b")
+            .encode(
+                &mut line,
+                3,
+                "2026-01-01T00:00:00.000000000Z",
+                &[2; 32],
+                &body,
+            )
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["kind"], "flow");
+        assert_eq!(v["addr"], "10.0.0.53");
+        assert_eq!(v["port"], 53);
+        assert_eq!(v["count"], 1200);
+        assert_eq!(v["total"], 4811);
+        assert_eq!(v["ended"], true);
+        let rec = Record::parse(&line).unwrap();
+        assert_eq!(rec.body, body);
+        assert_eq!(rec.canonical().unwrap(), line);
     }
 }

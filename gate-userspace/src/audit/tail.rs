@@ -318,6 +318,20 @@ pub fn format_record(rec: &Record, color: bool) -> String {
                 format!("{} events lost{cpu}: {}", g.lost, g.reason),
             )
         }
+        RecordBody::Flow(f) => (
+            "flow",
+            DIM,
+            format!(
+                "{} {} {} more ({} after the first{}), rule {}, process {}",
+                f.op.as_str(),
+                printable(&f.object.to_string()),
+                f.count,
+                f.total,
+                if f.ended { "; ended" } else { "" },
+                printable(&f.rule),
+                f.tgid
+            ),
+        ),
         RecordBody::Checkpoint(c) => (
             "signed",
             DIM,

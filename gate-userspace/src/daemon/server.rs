@@ -43,7 +43,7 @@ use crate::{
     engine::{Capacity, Counters, Engine},
     events,
     policy::{self, Mode, Vars},
-    report::{decision_record, policy_load},
+    report::{decision_record, flow_record, policy_load},
     session::Session,
     state,
 };
@@ -135,6 +135,7 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
         ring_size,
     ));
     let counters = engine.take_counters().map_err(|e| e.to_string())?;
+    let flows = engine.take_flows().map_err(|e| e.to_string())?;
     tracing::info!(
         ms = t.elapsed().as_millis() as u64,
         pins = %pin_dir.display(),
@@ -206,7 +207,7 @@ fn run_inner(config_path: &Path) -> Result<(), String> {
             .name("events".into())
             .spawn(move || {
                 event_loop(
-                    events,
+                    (events, flows),
                     counters,
                     audit,
                     audit_rx,
@@ -1439,10 +1440,12 @@ impl AuditSink {
 }
 
 /// The event thread: drains the ring buffer into the audit stream, per agent, and writes the
-/// lifecycle records the owner sends; records lost events as signed gaps.
+/// lifecycle records the owner sends; reports the network flows the kernel counted (every few
+/// seconds; a flow of an agent gone, and at the daemon's stop every flow, retired with its last
+/// count, so a next daemon starts them afresh); records lost events as signed gaps.
 #[allow(clippy::too_many_arguments)]
 fn event_loop(
-    mut events: RingBuf<MapData>,
+    (mut events, mut flows): (RingBuf<MapData>, crate::flows::Flows),
     counters: Counters,
     audit: Option<(AuditLog, AuditTarget)>,
     rx: mpsc::Receiver<AuditMsg>,
@@ -1498,6 +1501,28 @@ fn event_loop(
                 r.correlation = correlation;
             }
             records.push(rec);
+        }
+        let known: Option<std::collections::BTreeSet<u32>> =
+            directory.read().ok().map(|d| d.keys().copied().collect());
+        // An unreadable directory retires nothing (its flows are reported later).
+        let gone = |id: u32| stopping || known.as_ref().is_some_and(|k| !k.contains(&id));
+        for f in flows.sweep(stopping, gone) {
+            let meta = directory
+                .read()
+                .ok()
+                .and_then(|d| d.get(&f.key.agent_id).cloned());
+            records.push(match meta {
+                Some(meta) => {
+                    let policy = meta.policy();
+                    flow_record(&f, &meta.name, Some(&policy), &policy.digest_hex())
+                }
+                None => flow_record(
+                    &f,
+                    &format!("agent-{} (not known to this daemon)", f.key.agent_id),
+                    None,
+                    "",
+                ),
+            });
         }
         let now = counters.read().unwrap_or_default();
         if let Ok(mut s) = shared.write() {

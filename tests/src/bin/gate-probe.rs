@@ -639,6 +639,12 @@ fn run(op: &str, a: &[OsString]) -> ProbeResult {
         }
         "connect" => connect(sockaddr_arg(&a[0], &a[1])?),
         "sendto" => sendto_udp(sockaddr_arg(&a[0], &a[1])?),
+        "sendto-burst" => {
+            let count: u32 = text(&a[2])?
+                .parse()
+                .map_err(|_| format!("bad count {:?}", a[2]))?;
+            sendto_burst(sockaddr_arg(&a[0], &a[1])?, count)
+        }
         "fastopen" => fastopen(sockaddr_arg(&a[0], &a[1])?),
         "listen" => {
             let secs: u64 = text(&a[2])?
@@ -931,6 +937,25 @@ fn sendto_udp(addr: SocketAddr) -> ProbeResult {
     // SAFETY: buf and raw are valid for the given lengths.
     let r = unsafe { libc::sendto(fd.0, buf.as_ptr().cast(), buf.len(), 0, raw.ptr(), raw.len) };
     Ok(if r < 0 { Err(last_errno()) } else { Ok(()) })
+}
+
+/// `count` datagrams from one UDP socket to `addr`: the first failure ends the burst.
+fn sendto_burst(addr: SocketAddr, count: u32) -> ProbeResult {
+    let raw = RawAddr::new(addr);
+    let fd = match socket(raw.family, libc::SOCK_DGRAM) {
+        Ok(fd) => fd,
+        Err(e) => return Ok(Err(e)),
+    };
+    let buf = b"gate-probe";
+    for _ in 0..count {
+        // SAFETY: buf and raw are valid for the given lengths.
+        let r =
+            unsafe { libc::sendto(fd.0, buf.as_ptr().cast(), buf.len(), 0, raw.ptr(), raw.len) };
+        if r < 0 {
+            return Ok(Err(last_errno()));
+        }
+    }
+    Ok(Ok(()))
 }
 
 fn fastopen(addr: SocketAddr) -> ProbeResult {

@@ -6,6 +6,7 @@
 
 pub mod audit_overflow;
 pub mod daemon;
+pub mod flows;
 pub mod lifecycle;
 pub mod process_tree;
 pub mod scenarios;
@@ -496,6 +497,7 @@ pub fn rust_tests() -> Vec<(&'static str, TestFn)> {
     v.extend(process_tree::tests());
     v.extend(lifecycle::tests());
     v.extend(audit_overflow::tests());
+    v.extend(flows::tests());
     // Last: they add users (bind mounts over /etc/passwd and /etc/group) for the boot.
     v.extend(daemon::tests());
     v

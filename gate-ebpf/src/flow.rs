@@ -1,0 +1,85 @@
+//! Network flows: an allowed connect or datagram whose flow (`gate_common::FlowKey`: the
+//! agent, the process and its socket, the destination and the verdict) was already recorded
+//! is counted in `FLOWS` instead of sent as an event. Userspace reports the counts in `flow`
+//! records.
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+
+use crate::{
+    decide::Request,
+    maps::{FLOWS, WALK},
+};
+
+/// `BPF_NOEXIST`: insert only when the key is absent.
+const NOEXIST: u64 = 1;
+
+/// What `counted` found.
+pub const SEND: u64 = 0;
+pub const COUNTED: u64 = 1;
+pub const FIRST: u64 = 2;
+
+/// Counts an allowed network action of a flow: `COUNTED` when its flow was recorded already
+/// (nothing to send); `FIRST` when this action starts the flow (to be sent, flagged
+/// `flag::FLOW`); `SEND` when it is to be sent unflagged (the map is full, or another CPU
+/// started the same flow first).
+#[inline(always)]
+pub fn counted(req: &Request) -> u64 {
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return SEND;
+    };
+    // SAFETY: the per-CPU scratch is this program run's alone until it ends; the walk and the
+    // verdict lookups that also use it are over.
+    let k = unsafe { &mut (*s).flow };
+    k.socket = req.vfsmnt;
+    k.agent_id = req.agent_id;
+    k.tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    k.rule = req.rule;
+    k.hook = req.hook;
+    k.decision = req.decision;
+    k.flags = req.flags;
+    k._pad = 0;
+    k.family = req.family;
+    k.port = req.port;
+    k._pad2 = [0; 3];
+    k.addr = req.addr;
+    count_in_scratch()
+}
+
+/// The map work of `counted`, on the key in the per-CPU scratch. A BPF subprogram of its own,
+/// taking no arguments: its frame adds to the hook's, which is near the verifier's limit.
+#[inline(never)]
+fn count_in_scratch() -> u64 {
+    let Some(s) = WALK.get_ptr_mut(0) else {
+        return SEND;
+    };
+    // SAFETY: as in `counted`.
+    let s = unsafe { &mut *s };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(v) = FLOWS.get_ptr_mut(&s.flow) {
+        // SAFETY: `v` points into the flow's map value, which the kernel keeps alive for
+        // this program run; programs only add to `count` (atomically) and set `last_ns`.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &mut (*v).count,
+                1,
+            );
+            (*v).last_ns = now;
+        }
+        // Userspace retires a flow by an atomic lookup-and-delete: if it took the flow before
+        // the add above, the add went into a value no one will read. The flow is then gone
+        // or replaced by the time of this second lookup, and the action is sent instead.
+        return match FLOWS.get_ptr_mut(&s.flow) {
+            Some(again) if again as u64 == v as u64 => COUNTED,
+            _ => SEND,
+        };
+    }
+    // Field by field, in place (no value on this frame).
+    s.flow_value.count = 0;
+    s.flow_value.first_ns = now;
+    s.flow_value.last_ns = now;
+    if FLOWS.insert(&s.flow, &s.flow_value, NOEXIST).is_ok() {
+        FIRST
+    } else {
+        SEND
+    }
+}
