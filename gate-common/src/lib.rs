@@ -221,8 +221,9 @@ pub mod flag {
     pub const REJECTED: u8 = 0x20;
     /// The rule's quota was used up in its window: its `over_limit` decision applied.
     pub const OVER_LIMIT: u8 = 0x40;
-    /// The first allowed action of a network flow (`FlowKey`): the flow's later actions are
-    /// counted in the kernel (`FLOWS`), not sent one by one, and reported in `flow` records.
+    /// The first allowed action of a network flow (`FlowKey`) in its epoch: the flow's later
+    /// actions are counted in the kernel (`FLOWS`), not sent one by one, and reported in
+    /// `flow` records.
     pub const FLOW: u8 = 0x80;
 }
 
@@ -603,9 +604,9 @@ pub struct VerdictValue {
 /// A network flow of one agent's process whose allowed actions the kernel counts instead of
 /// sending an event for each (`FLOWS`): the datagrams one socket sends to one destination
 /// (`socket_sendmsg`, `socket` the `struct socket` address), or the connects the process
-/// makes to one destination (`socket_connect`, `socket` 0). The decision, rule and flags are
-/// part of the flow: a different verdict starts another one. Denials are never counted: each
-/// is sent.
+/// makes to one destination (`socket_connect`, `socket` 0), in one epoch (`FLOW_EPOCH`). The
+/// decision, rule and flags are part of the flow: a different verdict starts another one.
+/// Denials are never counted: each is sent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -617,28 +618,33 @@ pub struct FlowKey {
     pub hook: u8,
     pub decision: u8,
     pub flags: u8,
-    pub _pad: u8,
+    /// `FLOW_EPOCH` when the flow started (0 or 1; any other value there turns flows off:
+    /// every allowed network action is sent).
+    pub epoch: u8,
     pub family: u16,
     /// Host byte order.
     pub port: u16,
-    pub _pad2: [u16; 3],
+    pub _pad: [u16; 3],
     /// As in events (v4-mapped IPv6 as AF_INET, the address in `addr[..4]`).
     pub addr: [u8; 16],
 }
 
-/// Value of the `FLOWS` map. The kernel inserts it with the flow's first action (which it
-/// sends as an event flagged `flag::FLOW`), then adds one to `count` (atomically) and sets
-/// `last_ns` for each later one. Userspace reports `count`'s growth and retires idle flows with
-/// an atomic lookup-and-delete; a program that finds its flow gone after counting sends its
-/// action as an event, so no action is neither counted nor sent.
+/// Value of the `FLOWS` map. The kernel inserts it with the flow's first action in an epoch
+/// (which it sends as an event flagged `flag::FLOW`), then adds one to `count` (atomically)
+/// for each later one.
+///
+/// Userspace reports the flows epoch by epoch: it switches `FLOW_EPOCH` to the other epoch,
+/// waits until every program that may have read the old one has returned (an RCU grace
+/// period: LSM programs run inside an RCU read-side section), and only then takes the old
+/// epoch's flows out of the map. No program counts into a flow after it was taken, so every
+/// allowed action is either sent or counted, once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
     /// Actions after the first.
     pub count: u64,
-    /// `bpf_ktime_get_boot_ns` of the first action and of the latest.
+    /// `bpf_ktime_get_boot_ns` of the first action.
     pub first_ns: u64,
-    pub last_ns: u64,
 }
 
 /// Entries of `FLOWS`. When it is full, new flows are not counted: each of their actions is
@@ -769,7 +775,7 @@ const _: () = assert!(core::mem::size_of::<AgentConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<VerdictKey>() == 32);
 const _: () = assert!(core::mem::size_of::<VerdictValue>() == 16);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 50 * 4);
 const _: () = assert!(core::mem::size_of::<Event>() == 96 + EVENT_NAMES * EVENT_NAME_LEN);
 

@@ -318,9 +318,14 @@ pub fn finish(a: &Agent, o: &Offs, op: u8, hook: u8, v: Verdict, obj: &Object) -
             _ => {}
         }
     }
-    if wanted && !event::emit(o, &req) && req.audit_required != 0 {
-        // The action cannot be recorded and the policy requires a record: deny it.
-        return eperm();
+    if wanted && !event::emit(o, &req) {
+        if req.flags & gate_common::flag::FLOW != 0 {
+            crate::flow::forget();
+        }
+        if req.audit_required != 0 {
+            // The action cannot be recorded and the policy requires a record: deny it.
+            return eperm();
+        }
     }
     if denied && (req.mode != MODE_AUDIT || lockdown) {
         eperm()

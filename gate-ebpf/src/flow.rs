@@ -1,12 +1,12 @@
 //! Network flows: an allowed connect or datagram whose flow (`gate_common::FlowKey`: the
-//! agent, the process and its socket, the destination and the verdict) was already recorded
-//! is counted in `FLOWS` instead of sent as an event. Userspace reports the counts in `flow`
-//! records.
+//! agent, the process and its socket, the destination, the verdict and the epoch) was
+//! recorded already is counted in `FLOWS` instead of sent as an event. Userspace reports the
+//! counts in `flow` records, one epoch at a time (see `gate_common::FlowValue`).
 use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 
 use crate::{
     decide::Request,
-    maps::{FLOWS, WALK},
+    maps::{FLOW_EPOCH, FLOWS, WALK},
 };
 
 /// `BPF_NOEXIST`: insert only when the key is absent.
@@ -18,9 +18,9 @@ pub const COUNTED: u64 = 1;
 pub const FIRST: u64 = 2;
 
 /// Counts an allowed network action of a flow: `COUNTED` when its flow was recorded already
-/// (nothing to send); `FIRST` when this action starts the flow (to be sent, flagged
-/// `flag::FLOW`); `SEND` when it is to be sent unflagged (the map is full, or another CPU
-/// started the same flow first).
+/// in this epoch (nothing to send); `FIRST` when this action starts the flow (to be sent,
+/// flagged `flag::FLOW`); `SEND` when it is to be sent unflagged (the map is full, or another
+/// CPU started the same flow first).
 #[inline(always)]
 pub fn counted(req: &Request) -> u64 {
     let Some(s) = WALK.get_ptr_mut(0) else {
@@ -36,10 +36,10 @@ pub fn counted(req: &Request) -> u64 {
     k.hook = req.hook;
     k.decision = req.decision;
     k.flags = req.flags;
-    k._pad = 0;
+    k.epoch = 0;
     k.family = req.family;
     k.port = req.port;
-    k._pad2 = [0; 3];
+    k._pad = [0; 3];
     k.addr = req.addr;
     count_in_scratch()
 }
@@ -53,33 +53,41 @@ fn count_in_scratch() -> u64 {
     };
     // SAFETY: as in `counted`.
     let s = unsafe { &mut *s };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // An epoch past 1: userspace cannot end epochs exactly, flows are off.
+    match FLOW_EPOCH.get(0) {
+        Some(e) if *e <= 1 => s.flow.epoch = *e as u8,
+        _ => return SEND,
+    }
     if let Some(v) = FLOWS.get_ptr_mut(&s.flow) {
-        // SAFETY: `v` points into the flow's map value, which the kernel keeps alive for
-        // this program run; programs only add to `count` (atomically) and set `last_ns`.
+        // SAFETY: `v` points into the flow's map value, which userspace takes out of the map
+        // only after every program that could reach it (this one) has returned; programs
+        // only add to `count`, atomically.
         unsafe {
             core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
                 &mut (*v).count,
                 1,
             );
-            (*v).last_ns = now;
         }
-        // Userspace retires a flow by an atomic lookup-and-delete: if it took the flow before
-        // the add above, the add went into a value no one will read. The flow is then gone
-        // or replaced by the time of this second lookup, and the action is sent instead.
-        return match FLOWS.get_ptr_mut(&s.flow) {
-            Some(again) if again as u64 == v as u64 => COUNTED,
-            _ => SEND,
-        };
+        return COUNTED;
     }
     // Field by field, in place (no value on this frame).
     s.flow_value.count = 0;
-    s.flow_value.first_ns = now;
-    s.flow_value.last_ns = now;
+    // SAFETY: plain helper call.
+    s.flow_value.first_ns = unsafe { bpf_ktime_get_boot_ns() };
     if FLOWS.insert(&s.flow, &s.flow_value, NOEXIST).is_ok() {
         FIRST
     } else {
         SEND
+    }
+}
+
+/// Removes the flow `counted` just started (its first action could not be sent): the next
+/// action of the flow is sent again rather than counted under a flow with no record. A
+/// subprogram taking no arguments, as `count_in_scratch`.
+#[inline(never)]
+pub fn forget() {
+    if let Some(s) = WALK.get_ptr_mut(0) {
+        // SAFETY: as in `counted`; the key is still the one it wrote.
+        let _ = FLOWS.remove(unsafe { &(*s).flow });
     }
 }

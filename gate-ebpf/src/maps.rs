@@ -10,8 +10,11 @@ use gate_common::{
     PendingKey, PendingRule, VerdictKey, VerdictValue, counter, pending,
 };
 
-/// Entries of hash maps that userspace updates while programs read them are freed only after
-/// an RCU grace period (`BPF_F_NO_PREALLOC`): a program never sees an entry reused under it.
+/// Hash maps that userspace updates while programs read them allocate entries on demand
+/// (`BPF_F_NO_PREALLOC`). Up to 6.0 a replaced entry was freed after an RCU grace period; from
+/// 6.1 the kernel's BPF allocator may hand a freed entry out again at once, so a program must
+/// not count on an entry it found staying the same while it runs (flows do not: see
+/// `gate_common::FlowValue`).
 const NO_PREALLOC: u32 = 1;
 
 /// Host-wide configuration, one entry: the cgroup levels agents sit at, the heartbeat.
@@ -82,11 +85,13 @@ pub static FOWNERS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(819
 pub static VERDICTS: HashMap<VerdictKey, VerdictValue> = HashMap::with_max_entries(1, NO_PREALLOC);
 
 /// Network flows whose later allowed actions are counted, not sent (`flow::counted`).
-/// Entries are freed after a grace period (`BPF_F_NO_PREALLOC`): a program's count never
-/// lands in another flow's reused entry.
 #[map]
 pub static FLOWS: HashMap<FlowKey, FlowValue> =
     HashMap::with_max_entries(FLOW_ENTRIES, NO_PREALLOC);
+
+/// The epoch new flows start in (0 or 1), written by userspace only (`gate_common::FlowValue`).
+#[map]
+pub static FLOW_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Bloom filter over the keys of `INODES` (`gate_common::filter`); sized at load, and
 /// `FILTER_MASK` (read-only data) set to its number of bits minus one.

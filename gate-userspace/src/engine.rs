@@ -207,14 +207,24 @@ pub fn place_levels(host: &HostConfig, want: &BTreeSet<u32>) -> Result<HostConfi
 
 /// The maps userspace works with, by name and kind. They are what gets pinned under
 /// `<dir>/maps/` and adopted back (the programs' read-only data stays with the programs).
-pub const SHARED_MAPS: [&str; 11] = [
-    "HOST", "AGENTS", "INODES", "PENDING", "VERDICTS", "FILTER", "NET4", "NET6", "EVENTS",
-    "COUNTERS", "FLOWS",
+pub const SHARED_MAPS: [&str; 12] = [
+    "HOST",
+    "AGENTS",
+    "INODES",
+    "PENDING",
+    "VERDICTS",
+    "FILTER",
+    "NET4",
+    "NET6",
+    "EVENTS",
+    "COUNTERS",
+    "FLOWS",
+    "FLOW_EPOCH",
 ];
 
 fn wrap(name: &str, data: MapData) -> Map {
     match name {
-        "HOST" | "FILTER" => Map::Array(data),
+        "HOST" | "FILTER" | "FLOW_EPOCH" => Map::Array(data),
         "AGENTS" | "INODES" | "PENDING" | "VERDICTS" | "FLOWS" => Map::HashMap(data),
         "NET4" | "NET6" => Map::LpmTrie(data),
         "EVENTS" => Map::RingBuf(data),
@@ -770,7 +780,11 @@ impl Engine {
             .maps
             .remove("FLOWS")
             .ok_or(EngineError::Missing("FLOWS"))?;
-        Ok(crate::flows::Flows::new(map))
+        let epoch = self
+            .maps
+            .remove("FLOW_EPOCH")
+            .ok_or(EngineError::Missing("FLOW_EPOCH"))?;
+        Ok(crate::flows::Flows::new(map, epoch))
     }
 
     /// The per-CPU counters (can be taken once).

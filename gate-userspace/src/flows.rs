@@ -1,34 +1,25 @@
 //! Network flows the kernel counts (`FLOWS`, see `gate_common::FlowKey`): the first allowed
-//! action of a flow is an event like any other (flagged `flow`); the kernel counts the later
-//! ones. [`Flows::sweep`] turns the counts into `flow` audit records: every
-//! [`REPORT_EVERY`] for flows whose count grew, and once more when a flow is retired (idle
-//! for [`IDLE`], or its agent gone, or the run over). Retiring is an atomic lookup-and-delete
-//! of the kernel's entry; a program that counted into an entry just retired sends its action
-//! as an event instead, so every action is either counted here or recorded on its own.
-use std::{
-    collections::HashMap,
-    os::fd::{AsFd, AsRawFd},
-    time::{Duration, Instant},
-};
+//! action of a flow in an epoch is an event like any other (flagged `flow`); the kernel counts
+//! the later ones. [`Flows::sweep`] ends an epoch every [`REPORT_EVERY`] and turns its
+//! counts into `flow` records: it switches the kernel to the other epoch (`FLOW_EPOCH`), waits
+//! for an RCU grace period (every program that read the old epoch has returned: LSM programs
+//! run inside an RCU read-side section), then takes the old epoch's flows out of the map.
+//! Nothing counts into a flow once it is taken, so every allowed action is either in a
+//! decision record or in one flow record, once.
+use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData};
 use gate_common::{FlowKey, FlowValue};
 
-/// How often flows whose count grew are reported.
+/// How often an epoch ends and its flows are reported.
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
-/// A flow with no action for this long is retired (reported a last time and removed from the
-/// kernel's map; its next action starts a new flow).
-pub const IDLE: Duration = Duration::from_secs(30);
 
-/// The actions of one flow to put in a record.
+/// The counted actions of one flow in one epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowReport {
     pub key: FlowKey,
-    /// Actions since the flow's previous report.
+    /// Actions after the flow's first in the epoch.
     pub count: u64,
-    /// Actions after the first, in all.
-    pub total: u64,
-    pub ended: bool,
 }
 
 impl FlowReport {
@@ -43,119 +34,113 @@ impl FlowReport {
     }
 }
 
-/// The kernel's flow map and what was reported of each flow so far.
+/// The kernel's flow map and its epoch.
 pub struct Flows {
     map: Map,
-    reported: HashMap<FlowKey, u64>,
+    epoch_map: Map,
+    epoch: u64,
     last: Option<Instant>,
+    /// Flows are off in the kernel (`OFF` in `FLOW_EPOCH`).
+    off: bool,
+}
+
+/// A `FLOW_EPOCH` value that turns flows off.
+const OFF: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    #[error("the kernel's flow maps: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error(
+        "cannot wait for the kernel's programs to leave an epoch (membarrier: {0}); flow counts \
+         would not be exact"
+    )]
+    Barrier(std::io::Error),
 }
 
 impl Flows {
-    pub fn new(map: Map) -> Self {
+    /// The flows and the epoch map (`FLOW_EPOCH`); the epoch in force is read from the kernel
+    /// (an adopted engine may be in either). Where epochs cannot be ended exactly (no
+    /// `membarrier`), flows are turned off in the kernel: every allowed network action is then
+    /// an event of its own, as the warning says.
+    pub fn new(map: Map, mut epoch_map: Map) -> Self {
+        let epoch = Array::<&MapData, u64>::try_from(&epoch_map)
+            .and_then(|a| a.get(&0, 0))
+            .unwrap_or(0);
+        let mut off = false;
+        if let Err(e) = wait_for_programs() {
+            tracing::warn!(
+                error = %e,
+                "membarrier(2) is not available: allowed network actions are recorded one by \
+                 one instead of per flow"
+            );
+            off = Array::<&mut MapData, u64>::try_from(&mut epoch_map)
+                .and_then(|mut a| a.set(0, OFF, 0))
+                .is_ok();
+        }
         Flows {
             map,
-            reported: HashMap::new(),
+            epoch_map,
+            epoch: epoch & 1,
             last: None,
+            off,
         }
     }
 
-    /// The reports due now: none until [`REPORT_EVERY`] has passed since the last sweep,
-    /// unless `force`. Flows of agents for which `gone` is true are retired whatever their
-    /// age (`|_| true` at the end of a run: every flow). A map that cannot be read gives no
-    /// report this time (the counts stay in the kernel for the next sweep).
-    pub fn sweep(&mut self, force: bool, gone: impl Fn(u32) -> bool) -> Vec<FlowReport> {
-        let now = Instant::now();
-        if !force
-            && self
-                .last
-                .is_some_and(|t| now.duration_since(t) < REPORT_EVERY)
+    /// Ends the epoch and returns its flows' counts: not before [`REPORT_EVERY`] has passed
+    /// since the last sweep, unless `now`. With `all`, the flows of both epochs are taken (at
+    /// the end of a run, when nothing confined is left to count). An error leaves the counts in
+    /// the kernel for a later sweep.
+    pub fn sweep(&mut self, now: bool, all: bool) -> Result<Vec<FlowReport>, FlowError> {
+        let t = Instant::now();
+        if self.off
+            || (!now
+                && self
+                    .last
+                    .is_some_and(|l| t.duration_since(l) < REPORT_EVERY))
         {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        self.last = Some(now);
-        let boot_now = boot_ns();
-        let entries: Vec<(FlowKey, FlowValue)> =
-            match BpfHashMap::<&MapData, FlowKey, FlowValue>::try_from(&self.map) {
-                Ok(m) => m.iter().filter_map(Result::ok).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "the kernel's flow map cannot be read; flow counts are reported later");
-                    return Vec::new();
-                }
-            };
+        self.last = Some(t);
+        let old = self.epoch;
+        let next = old ^ 1;
+        Array::<&mut MapData, u64>::try_from(&mut self.epoch_map)?.set(0, next, 0)?;
+        self.epoch = next;
+        wait_for_programs().map_err(FlowError::Barrier)?;
+        let mut flows = BpfHashMap::<&mut MapData, FlowKey, FlowValue>::try_from(&mut self.map)?;
+        let keys: Vec<FlowKey> = flows
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| all || u64::from(k.epoch) == old)
+            .collect();
         let mut out = Vec::new();
-        for (key, value) in entries {
-            let idle = boot_now.saturating_sub(value.last_ns) >= IDLE.as_nanos() as u64;
-            let (value, ended) = if idle || gone(key.agent_id) {
-                match self.take(&key) {
-                    Some(v) => (v, true),
-                    // Taken already (another sweeper): nothing more to count here.
-                    None => continue,
-                }
-            } else {
-                (value, false)
+        for key in keys {
+            // No program counts into an old epoch's flow any more: read, then remove.
+            let Ok(value) = flows.get(&key, 0) else {
+                continue;
             };
-            let before = if ended {
-                self.reported.remove(&key).unwrap_or(0)
-            } else {
-                self.reported.insert(key, value.count).unwrap_or(0)
-            };
-            let count = value.count.saturating_sub(before);
-            if count > 0 {
+            let _ = flows.remove(&key);
+            if value.count > 0 {
                 out.push(FlowReport {
                     key,
-                    count,
-                    total: value.count,
-                    ended,
+                    count: value.count,
                 });
             }
         }
-        out
-    }
-
-    /// Removes a flow from the kernel's map and returns its last value, in one step
-    /// (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`, which aya does not offer for hash maps).
-    fn take(&self, key: &FlowKey) -> Option<FlowValue> {
-        const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-        #[repr(C)]
-        struct Attr {
-            map_fd: u32,
-            _pad: u32,
-            key: u64,
-            value: u64,
-            flags: u64,
-        }
-        let Map::HashMap(data) = &self.map else {
-            return None;
-        };
-        let mut value = FlowValue::default();
-        let attr = Attr {
-            map_fd: data.fd().as_fd().as_raw_fd() as u32,
-            _pad: 0,
-            key: key as *const FlowKey as u64,
-            value: &mut value as *mut FlowValue as u64,
-            flags: 0,
-        };
-        // SAFETY: `attr` names a live key and a value buffer of the map's value size, both
-        // outliving the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-                &attr as *const Attr,
-                std::mem::size_of::<Attr>(),
-            )
-        };
-        (r == 0).then_some(value)
+        Ok(out)
     }
 }
 
-/// `CLOCK_BOOTTIME` in ns: the kernel's `bpf_ktime_get_boot_ns`.
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// Returns once every BPF program that was running has returned: `membarrier(2)`'s
+/// `MEMBARRIER_CMD_GLOBAL` waits for an RCU grace period, and gate's programs run inside RCU
+/// read-side sections.
+fn wait_for_programs() -> std::io::Result<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: a system call without pointers.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

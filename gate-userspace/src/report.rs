@@ -315,7 +315,5 @@ pub fn flow_record(
         rule: crate::events::rule_name(policy, f.key.rule),
         policy_digest: digest.to_owned(),
         count: f.count,
-        total: f.total,
-        ended: f.ended,
     })
 }

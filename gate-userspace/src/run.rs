@@ -528,12 +528,17 @@ fn collect(
                 s.decision(&d)?;
             }
         }
-        // At the end every flow is retired: its last counts go into the log.
-        for f in flows.sweep(stopping, |_| stopping) {
-            *summary.counts.entry(("connect", "allow")).or_default() += f.count;
-            if let Some(s) = sink.as_mut() {
-                s.flow(&f, policy)?;
+        // At the end (the agent's processes are gone) the flows of both epochs.
+        match flows.sweep(stopping, stopping) {
+            Ok(reports) => {
+                for f in reports {
+                    *summary.counts.entry(("connect", "allow")).or_default() += f.count;
+                    if let Some(s) = sink.as_mut() {
+                        s.flow(&f, policy)?;
+                    }
+                }
             }
+            Err(e) => tracing::warn!(error = %e, "flow counts not read this time"),
         }
         summary.counters = counters.read()?;
         let lost = summary.counters[gate_common::counter::RINGBUF_FULL as usize];

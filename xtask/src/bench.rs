@@ -1289,7 +1289,8 @@ fn render_approvals(md: &mut String, k: &Value) {
         md,
         "What the kernel's decision costs: a UDP `connect` repeated on one socket ({} per \
          sample, {} rounds, the order rotated every round; median of the rounds' ns per \
-         connect). Every allowed connect is also an audit event (ring buffer, daemon).\n",
+         connect). The process's first allowed connect to a destination is an audit event \
+         (ring buffer, daemon); the kernel counts the rest of that flow (`flow` records).\n",
         a["per_sample"], a["rounds"]
     );
     let _ = writeln!(

@@ -419,12 +419,11 @@ impl Lifecycle {
     }
 }
 
-/// The allowed actions of a network flow counted since its last record: a socket's datagrams
-/// to one destination (`hook` `sendmsg`), or a process's connects to one (`hook` `connect`).
-/// The flow's first action is a `decision` record with `flow: true`; the kernel counts the
-/// rest, and a `flow` record reports them every few seconds while they grow and once more
-/// when the flow ends (idle, or its agent gone: `ended`). Denials are never counted: each is
-/// a `decision` record.
+/// The allowed actions of a network flow the kernel counted in one epoch (5 s): a socket's
+/// datagrams to one destination (`hook` `sendmsg`), or a process's connects to one (`hook`
+/// `connect`). The flow's first action in the epoch is a `decision` record with `flow: true`;
+/// the kernel counts the rest, and this record reports them when the epoch ends (none when
+/// there were none). Denials are never counted: each is a `decision` record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
     pub agent: String,
@@ -437,13 +436,8 @@ pub struct Flow {
     pub decision: Verdict,
     pub rule: String,
     pub policy_digest: String,
-    /// Actions since the flow's previous record.
+    /// Actions after the flow's first in the epoch.
     pub count: u64,
-    /// Actions after the first, in all.
-    pub total: u64,
-    /// The flow was retired: a later action starts a new flow with a `decision` record.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub ended: bool,
 }
 
 /// Events that were lost before reaching the log (ring buffer full, a record cut by a crash).
@@ -705,8 +699,6 @@ mod tests {
             rule: "dns".into(),
             policy_digest: "ab".repeat(32),
             count: 1200,
-            total: 4811,
-            ended: true,
         });
         let mut line = Vec::new();
         Encoder::new("h", "b")
@@ -723,8 +715,6 @@ mod tests {
         assert_eq!(v["addr"], "10.0.0.53");
         assert_eq!(v["port"], 53);
         assert_eq!(v["count"], 1200);
-        assert_eq!(v["total"], 4811);
-        assert_eq!(v["ended"], true);
         let rec = Record::parse(&line).unwrap();
         assert_eq!(rec.body, body);
         assert_eq!(rec.canonical().unwrap(), line);

@@ -322,12 +322,10 @@ pub fn format_record(rec: &Record, color: bool) -> String {
             "flow",
             DIM,
             format!(
-                "{} {} {} more ({} after the first{}), rule {}, process {}",
+                "{} {} {} more, rule {}, process {}",
                 f.op.as_str(),
                 printable(&f.object.to_string()),
                 f.count,
-                f.total,
-                if f.ended { "; ended" } else { "" },
                 printable(&f.rule),
                 f.tgid
             ),

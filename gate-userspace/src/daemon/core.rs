@@ -74,6 +74,14 @@ impl AgentMeta {
         }
     }
 
+    /// Counts `n` allowed actions of `op` at once (a network flow's counted actions).
+    pub fn count_allowed(&self, op: u8, n: u64) {
+        self.decisions.fetch_add(n, Ordering::Relaxed);
+        if let Some(c) = self.by_op.get(op as usize) {
+            c[0].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     pub fn policy(&self) -> Arc<CompiledPolicy> {
         self.policy
             .read()

@@ -1440,9 +1440,8 @@ impl AuditSink {
 }
 
 /// The event thread: drains the ring buffer into the audit stream, per agent, and writes the
-/// lifecycle records the owner sends; reports the network flows the kernel counted (every few
-/// seconds; a flow of an agent gone, and at the daemon's stop every flow, retired with its last
-/// count, so a next daemon starts them afresh); records lost events as signed gaps.
+/// lifecycle records the owner sends; reports the network flows the kernel counted, an epoch
+/// every few seconds (`flows`); records lost events as signed gaps.
 #[allow(clippy::too_many_arguments)]
 fn event_loop(
     (mut events, mut flows): (RingBuf<MapData>, crate::flows::Flows),
@@ -1502,11 +1501,13 @@ fn event_loop(
             }
             records.push(rec);
         }
-        let known: Option<std::collections::BTreeSet<u32>> =
-            directory.read().ok().map(|d| d.keys().copied().collect());
-        // An unreadable directory retires nothing (its flows are reported later).
-        let gone = |id: u32| stopping || known.as_ref().is_some_and(|k| !k.contains(&id));
-        for f in flows.sweep(stopping, gone) {
+        // At the stop, the epoch so far; what the agents do after it is counted for the next
+        // daemon.
+        let reports = flows.sweep(stopping, false).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "flow counts not read this time");
+            Vec::new()
+        });
+        for f in reports {
             let meta = directory
                 .read()
                 .ok()
@@ -1514,6 +1515,7 @@ fn event_loop(
             records.push(match meta {
                 Some(meta) => {
                     let policy = meta.policy();
+                    meta.count_allowed(gate_common::op::CONNECT, f.count);
                     flow_record(&f, &meta.name, Some(&policy), &policy.digest_hex())
                 }
                 None => flow_record(

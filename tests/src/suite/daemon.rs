@@ -51,6 +51,10 @@ pub fn tests() -> Vec<(&'static str, TestFn)> {
         ),
         ("daemon/quotas-counted-by-the-kernel-per-window", quotas),
         (
+            "daemon/network-flows-counted-and-reported-when-the-daemon-stops",
+            flows,
+        ),
+        (
             "daemon/a-used-up-denial-budget-locks-the-agent-down-until-restored",
             trust_budget,
         ),
@@ -1517,6 +1521,53 @@ fn quotas(ctx: &Ctx, notes: &mut Notes) -> TestResult {
     }
     notes.push(format!(
         "{over} writes past the limit recorded; same counts as root without the daemon"
+    ));
+    Ok(())
+}
+
+/// Network records per flow through the daemon: an unprivileged agent's 200 datagrams from
+/// one socket are a decision record flagged `flow` (two if an epoch ended during the burst)
+/// and flow records counting the rest, written by the time the daemon has stopped; the stream
+/// verifies.
+fn flows(ctx: &Ctx, notes: &mut Notes) -> TestResult {
+    const DATAGRAMS: u64 = 200;
+    let d = Daemon::start(ctx, "")?;
+    let script = format!("{} sendto-burst 127.0.0.1 40995 {DATAGRAMS}", user_probe());
+    let cmd = gate_run(ctx, DEV_UID, "daemon-a", Some("flows"), &script);
+    let o = cmd.run();
+    if o.code() != Some(0) {
+        return Err(Failure::new("the confined burst failed")
+            .command(&cmd, &o)
+            .detail(d.log()));
+    }
+    drop(d);
+    let audit =
+        std::fs::read_to_string(base().join("audit.jsonl")).or_fail("read the audit stream")?;
+    let ours = |v: &serde_json::Value| {
+        v["agent"] == "flows" && v["hook"] == "sendmsg" && v["port"] == 40995
+    };
+    let (mut first, mut counted) = (0u64, 0u64);
+    for v in audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| ours(v))
+    {
+        match v["kind"].as_str() {
+            Some("decision") if v["flow"] == true => first += 1,
+            Some("flow") => counted += v["count"].as_u64().unwrap_or(0),
+            _ => {}
+        }
+    }
+    if !(1..=2).contains(&first) || first + counted != DATAGRAMS {
+        return Err(Failure::new(format!(
+            "expected {DATAGRAMS} datagrams as one decision record flagged flow (two if an \
+             epoch ended during the burst) and the rest counted in flow records; found {first} \
+             flagged, {counted} counted"
+        )));
+    }
+    verify_stream(ctx)?;
+    notes.push(format!(
+        "{DATAGRAMS} datagrams: {first} decision record(s), {counted} counted in flow records"
     ));
     Ok(())
 }
