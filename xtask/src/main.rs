@@ -120,8 +120,9 @@ struct TestArgs {
     /// Skip `cargo test --workspace` on the host.
     #[arg(long)]
     no_host: bool,
-    /// Seconds each guest may run before it is killed and its suite fails.
-    #[arg(long, default_value_t = 3600)]
+    /// Seconds each guest may run before it is killed and its suite fails (with the two
+    /// kernels side by side, 6.12's suite takes about an hour in emulated guests).
+    #[arg(long, default_value_t = 4500)]
     timeout: u64,
     /// Boot one kernel's guests after the other's instead of side by side.
     #[arg(long)]
