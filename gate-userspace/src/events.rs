@@ -341,6 +341,16 @@ fn kernel_load_kind(id: u16) -> &'static str {
     }
 }
 
+/// A network destination as the kernel reports it: AF_INET's address in the first 4 bytes
+/// (v4-mapped IPv6 addresses come as AF_INET), else the 16 bytes of an IPv6 address.
+pub fn ip_addr(family: u16, addr: &[u8; 16]) -> std::net::IpAddr {
+    if family == 2 {
+        std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(*addr).into()
+    }
+}
+
 pub fn decode(e: &Event, policy: &CompiledPolicy) -> Decision {
     decode_in(e, Some(policy))
 }
@@ -352,10 +362,7 @@ pub fn decode_in(e: &Event, policy: Option<&CompiledPolicy>) -> Decision {
         let protocol = i32::from_le_bytes([e.addr[0], e.addr[1], e.addr[2], e.addr[3]]);
         crate::policy::socket_kind_name(e.family, e.port, protocol)
     });
-    let addr = net.then(|| match e.family {
-        2 => std::net::Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string(),
-        _ => std::net::Ipv6Addr::from(e.addr).to_string(),
-    });
+    let addr = net.then(|| ip_addr(e.family, &e.addr).to_string());
     let sev = e.decision & decision::MASK;
     Decision {
         op: op_name(e.op),

@@ -25,12 +25,7 @@ pub struct FlowReport {
 impl FlowReport {
     /// The destination, as events show it.
     pub fn addr(&self) -> std::net::IpAddr {
-        let a = self.key.addr;
-        if self.key.family == 2 {
-            std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
-        } else {
-            std::net::Ipv6Addr::from(a).into()
-        }
+        crate::events::ip_addr(self.key.family, &self.key.addr)
     }
 }
 

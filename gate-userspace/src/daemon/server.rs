@@ -1485,7 +1485,7 @@ fn event_loop(
                 // An agent this daemon no longer (or not yet) knows: its decision is still
                 // recorded, with the rule by number, never dropped.
                 let d = events::decode_in(&e, None);
-                let name = format!("agent-{} (not known to this daemon)", e.agent_id);
+                let name = unknown_agent(e.agent_id);
                 records.push(decision_record(&d, &name, ""));
                 continue;
             };
@@ -1518,12 +1518,7 @@ fn event_loop(
                     meta.count_allowed(gate_common::op::CONNECT, f.count);
                     flow_record(&f, &meta.name, Some(&policy), &policy.digest_hex())
                 }
-                None => flow_record(
-                    &f,
-                    &format!("agent-{} (not known to this daemon)", f.key.agent_id),
-                    None,
-                    "",
-                ),
+                None => flow_record(&f, &unknown_agent(f.key.agent_id), None, ""),
             });
         }
         let now = counters.read().unwrap_or_default();
@@ -1552,6 +1547,11 @@ fn event_loop(
     if let Some(sink) = sink {
         sink.close();
     }
+}
+
+/// How records name an agent this daemon no longer (or not yet) knows.
+fn unknown_agent(id: u32) -> String {
+    format!("agent-{id} (not known to this daemon)")
 }
 
 /// The event thread's side of `ask` requests and denial budgets.
